@@ -1,0 +1,33 @@
+"""linx_otp: run Linux workloads in fresh namespaces under OTP-style supervision.
+
+>>> import linx_otp
+>>> from linx_otp import process as P
+>>> session = P.spawn(argv=["/bin/echo", "hello"], stdio="devnull")
+>>> linx_otp.receive(("linx_process", "ready"), timeout=5)[1]
+'ready'
+>>> P.proceed(session)
+>>> P.wait(session)
+('exited', 0)
+>>> session.stop()
+True
+
+Modules: ``process`` (sessions and their verbs), ``mailbox`` (where events land), ``actor``
+(the actor base and monitors), ``errors``. The agent protocol is ``native/PROTOCOL.md``.
+"""
+
+from .actor import Actor, monitor
+from .errors import LinxError, LinxValueError
+from .mailbox import Mailbox, flush, mailbox, receive
+from .process import Info
+
+__all__ = [
+    "Actor",
+    "Info",
+    "LinxError",
+    "LinxValueError",
+    "Mailbox",
+    "flush",
+    "mailbox",
+    "monitor",
+    "receive",
+]

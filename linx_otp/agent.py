@@ -1,0 +1,189 @@
+"""Starting an agent process and talking to it.
+
+``AgentConnection.start`` posix_spawns the native agent (never a fork of this multi-threaded
+process) with one end of a socketpair as its fd 3, sends the request, and registers the socket
+and a pidfd with the reactor. Decoded events queue up in the connection; its listener (the
+session) is nudged and takes them. When the agent has exited and its socket is drained, a last
+``("agent_exit", status)`` event follows, so the session can tell a silent death from a
+reported end. This module knows the wire, not the session's rules.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import stat
+import threading
+from collections import deque
+from pathlib import Path
+from typing import Callable
+
+from . import protocol
+from .errors import LinxError
+from .reactor import reactor
+
+AGENT_PATH_VARIABLE = "LINX_OTP_AGENT"
+"""An environment variable naming another agent binary (for debugging the agent)."""
+
+BUNDLED_AGENT = Path(__file__).parent / "_bin" / "linx-agent"
+RECEIVE_SIZE = 256 * 1024
+
+
+def agent_path() -> str:
+    """The agent binary to run; raises ``LinxError(("missing_binary", path))`` if it is not an
+    executable file (for instance when the package was not installed with ``pip install``)."""
+    path = os.environ.get(AGENT_PATH_VARIABLE) or str(BUNDLED_AGENT)
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        mode = 0
+    if not stat.S_ISREG(mode) or not mode & 0o111:
+        raise LinxError(
+            ("missing_binary", path),
+            f"the linx agent {path} is missing or not executable; reinstall with `pip install .`",
+        )
+    return path
+
+
+def exit_status(result: os.waitid_result) -> int:
+    """An agent's exit status as a shell shows it: the code, or 128+N for signal N."""
+    if result.si_code == os.CLD_EXITED:
+        return result.si_status
+    return 128 + result.si_status
+
+
+class AgentConnection:
+    """One agent process: its socket, its pidfd, and the events read from it."""
+
+    def __init__(self, sock: socket.socket, pid: int, pidfd: int) -> None:
+        self.pid = pid
+        self._socket = sock
+        self._pidfd = pidfd
+        self._pidfd_lock = threading.Lock()
+        self._send_lock = threading.Lock()
+        self._decoder = protocol.EventDecoder()
+        self._events: deque[tuple] = deque()
+        self._events_lock = threading.Lock()
+        self._listener: Callable[[], None] | None = None
+        self._listener_nudged = False
+        self._socket_drained = False
+        self._status: int | None = None
+        self.finished = threading.Event()
+        """Set once the agent has exited and everything it sent has been queued."""
+
+    @classmethod
+    def start(cls, request_frame: bytes) -> AgentConnection:
+        """Start an agent and hand it the request."""
+        path = agent_path()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            pid = os.posix_spawn(
+                path,
+                [path],
+                {},
+                file_actions=[(os.POSIX_SPAWN_DUP2, theirs.fileno(), 3)],
+                setsigmask=(),
+                # Its own process group: a Ctrl-C at the terminal goes to Python, which stops
+                # sessions gracefully, instead of killing every agent at once.
+                setpgroup=0,
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        pidfd = os.pidfd_open(pid)
+        connection = cls(ours, pid, pidfd)
+        connection.send(request_frame)
+        io = reactor()
+        io.register(ours.fileno(), connection._on_socket_readable)
+        io.register(pidfd, connection._on_agent_exited)
+        return connection
+
+    # -- the session's side --------------------------------------------------------------
+
+    def listen(self, listener: Callable[[], None]) -> None:
+        """``listener()`` is called (from the I/O thread) whenever events wait in the queue."""
+        with self._events_lock:
+            self._listener = listener
+            pending = bool(self._events)
+        if pending:
+            self._nudge()
+
+    def take_events(self) -> list[tuple]:
+        """Every queued event, oldest first."""
+        with self._events_lock:
+            events = list(self._events)
+            self._events.clear()
+            self._listener_nudged = False
+        return events
+
+    def send(self, data: bytes) -> bool:
+        """Send frames to the agent; False if it is gone."""
+        with self._send_lock:
+            if self._socket.fileno() < 0:
+                return False
+            try:
+                self._socket.sendall(data)
+            except OSError:
+                return False
+            return True
+
+    def kill(self) -> None:
+        """SIGKILL the agent (its workload dies with it, by its parent-death signal)."""
+        with self._pidfd_lock:
+            if self._pidfd < 0:
+                return
+            try:
+                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+            except OSError:
+                pass
+
+    # -- the I/O thread's side -----------------------------------------------------------
+
+    def _queue(self, events: list[tuple]) -> None:
+        with self._events_lock:
+            self._events.extend(events)
+            nudge = self._listener is not None and not self._listener_nudged
+            if nudge:
+                self._listener_nudged = True
+        if nudge:
+            self._nudge()
+
+    def _nudge(self) -> None:
+        listener = self._listener
+        if listener is not None:
+            listener()
+
+    def _on_socket_readable(self) -> None:
+        try:
+            data = self._socket.recv(RECEIVE_SIZE)
+        except (ConnectionResetError, BrokenPipeError):
+            data = b""  # the agent exited with a command unread; what it sent came first
+        if data:
+            self._queue(self._decoder.feed(data))
+            return
+        if self._decoder.pending:
+            self._queue([("malformed", b"truncated frame at end of stream")])
+        reactor().unregister(self._socket.fileno())
+        with self._send_lock:
+            self._socket.close()
+        self._socket_drained = True
+        self._finish_if_done()
+
+    def _on_agent_exited(self) -> None:
+        result = os.waitid(os.P_PIDFD, self._pidfd, os.WEXITED | os.WNOHANG)
+        if result is None:
+            return
+        reactor().unregister(self._pidfd)
+        with self._pidfd_lock:
+            os.close(self._pidfd)
+            self._pidfd = -1
+        self._status = exit_status(result)
+        self._finish_if_done()
+
+    def _finish_if_done(self) -> None:
+        if self._socket_drained and self._status is not None and not self.finished.is_set():
+            self._queue([("agent_exit", self._status)])
+            self.finished.set()

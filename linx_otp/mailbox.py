@@ -1,0 +1,98 @@
+"""Mailboxes: where lifecycle events land when the owner is not an actor.
+
+``receive`` and ``flush`` work on the calling thread's own mailbox, like ``receive`` and
+``flush()`` in iex; ``Mailbox()`` is an explicit one to pass as ``owner``. A mailbox only
+queues and matches messages: it never starts a thread and never drops a message.
+
+>>> box = Mailbox()
+>>> box.tell(("linx_process", "running"))
+>>> box.receive(("linx_process",), timeout=1)
+('linx_process', 'running')
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from typing import Any, Callable
+
+Match = tuple | Callable[[Any], bool] | None
+
+
+def _matcher(match: Match) -> Callable[[Any], bool]:
+    if match is None:
+        return lambda message: True
+    if callable(match):
+        return match
+    if isinstance(match, tuple):
+        size = len(match)
+        return lambda message: isinstance(message, tuple) and message[:size] == match
+    raise TypeError(f"match must be a tuple prefix, a predicate or None, not {match!r}")
+
+
+class Mailbox:
+    """A thread-safe queue with selective receive. Anything with ``.tell`` can be an owner;
+    this is the one to use from plain threads."""
+
+    def __init__(self) -> None:
+        self._messages: deque[Any] = deque()
+        self._condition = threading.Condition()
+
+    def tell(self, message: Any) -> None:
+        """Queue a message (never blocks)."""
+        with self._condition:
+            self._messages.append(message)
+            self._condition.notify_all()
+
+    def receive(self, match: Match = None, timeout: float | None = None) -> Any:
+        """Take the first queued message that matches, waiting up to ``timeout`` seconds for
+        one; the others stay queued in order. Raises ``TimeoutError``."""
+        accepts = _matcher(match)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._condition:
+            while True:
+                for index in range(len(self._messages)):
+                    if accepts(self._messages[index]):
+                        message = self._messages[index]
+                        del self._messages[index]
+                        return message
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError(f"no message matching {match!r} within {timeout} s")
+                self._condition.wait(remaining)
+
+    def flush(self) -> list[Any]:
+        """Return and remove every queued message."""
+        with self._condition:
+            messages = list(self._messages)
+            self._messages.clear()
+            return messages
+
+    def __len__(self) -> int:
+        with self._condition:
+            return len(self._messages)
+
+    def __repr__(self) -> str:
+        return f"<Mailbox {len(self)} queued>"
+
+
+_thread_local = threading.local()
+
+
+def mailbox() -> Mailbox:
+    """The calling thread's own mailbox (what ``self()`` is in Elixir)."""
+    own = getattr(_thread_local, "mailbox", None)
+    if own is None:
+        own = _thread_local.mailbox = Mailbox()
+    return own
+
+
+def receive(match: Match = None, timeout: float | None = None) -> Any:
+    """``receive`` on the calling thread's mailbox."""
+    return mailbox().receive(match, timeout)
+
+
+def flush() -> list[Any]:
+    """Return and remove every message in the calling thread's mailbox."""
+    return mailbox().flush()

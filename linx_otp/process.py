@@ -1,0 +1,506 @@
+"""Sessions: one pykka actor per workload, owning exactly one agent process.
+
+A user spawns (or enters) a workload, which parks at the checkpoint between clone and execve;
+the owner gets ``("linx_process", "ready", host_pid)``, configures the child from the host,
+and calls ``proceed``. Events follow to the owner's mailbox, ending with exactly one terminal
+event. The module-level functions are the verbs (SPEC §2.3); the ``Session`` actor holds the
+state ladder (reference §2). This module never forks and never blocks the I/O thread.
+
+>>> from linx_otp import process as P
+>>> import linx_otp
+>>> session = P.spawn(argv=["/bin/true"], auto_proceed=True)
+>>> P.wait(session)
+('exited', 0)
+>>> [event[1] for event in linx_otp.flush()]
+['ready', 'running', 'exited']
+>>> session.stop()
+True
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+import pykka
+
+from . import protocol
+from .actor import Actor, _tell_quietly
+from .agent import AgentConnection
+from .errors import LinxError, LinxValueError, describe_outcome
+from .mailbox import flush, mailbox, receive
+from .options import SessionPlan, check_owner, check_target, plan_session
+
+log = logging.getLogger(__name__)
+
+EVENT_TAG = "linx_process"
+STOP_TIMEOUT = 10.0
+"""How long a graceful stop waits for the agent to reap the workload before it kills the agent
+(whose death takes the workload with it)."""
+
+Outcome = tuple
+"""``("exited", code)``, ``("signaled", signum)``, ``("aborted",)`` or ``("error", errno, stage)``."""
+
+TERMINAL_EVENTS = ("exited", "signaled", "aborted", "error")
+
+
+@dataclass(frozen=True)
+class Info:
+    """A snapshot of a session (``info(session)``)."""
+
+    mode: str
+    """``"spawn"`` or ``"enter"``."""
+    stage: str
+    """``starting spawned ready running`` (live) or ``exited signaled aborted errored``."""
+    host_pid: int | None
+    """The workload's pid as the host sees it; None before the agent has cloned."""
+    child_pid: int | None
+    """The workload's own view of its pid (1 in a fresh pid namespace); None before ready."""
+    pty: bool
+    result: Outcome | None
+    """The outcome once terminal, else None."""
+
+    def __repr__(self) -> str:
+        stage = self.stage
+        match self.result:
+            case ("exited" | "signaled", number):
+                stage = f"{stage}({number})"
+            case ("error", number, where):
+                stage = f"{stage}({where}/{number})"
+        host = "" if self.host_pid is None else f" host={self.host_pid}"
+        return f"<Info {self.mode} {stage}{host}{' pty' if self.pty else ''}>"
+
+
+def exit_reason(outcome: Outcome) -> Any:
+    """The exit reason of a ``linger=False`` session that ended with ``outcome`` (SPEC §4)."""
+    match outcome:
+        case ("exited", 0):
+            return "normal"
+        case ("aborted",):
+            return ("shutdown", "aborted")
+    return outcome
+
+
+class _EventsWaiting:
+    """Nudge from the I/O thread: the agent connection has events queued."""
+
+
+_EVENTS_WAITING = _EventsWaiting()
+
+
+@dataclass(frozen=True)
+class _Verb:
+    name: str
+    args: tuple = ()
+
+
+class Session(Actor):
+    """The session actor. Use the module's functions rather than messages."""
+
+    def __init__(self, plan: SessionPlan, connection: AgentConnection) -> None:
+        super().__init__()
+        self._plan = plan
+        self._connection = connection
+        self._owner = plan.owner
+        self._pty = plan.request.pty
+        self._host_pid: int | None = None
+        self._child_pid: int | None = None
+        self._proceeded = False
+        self._running = False
+        self._pending_signals: list[int] = []
+        self._pending_abort = False
+        self._waiters: list[concurrent.futures.Future] = []
+        self._result: Outcome | None = None
+        self._stopping = False
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def on_start(self) -> None:
+        self._connection.listen(self._nudge)
+
+    def _nudge(self) -> None:
+        try:
+            self.actor_ref.tell(_EVENTS_WAITING)
+        except pykka.ActorDeadError:
+            pass  # stopping: terminate() drains the rest itself
+
+    def on_receive(self, message: Any) -> Any:
+        if message is _EVENTS_WAITING:
+            self._drain_events()
+            return None
+        if isinstance(message, _Verb):
+            return getattr(self, f"_verb_{message.name}")(*message.args)
+        log.warning("session ignoring unexpected message %r", message)
+        return None
+
+    def terminate(self, reason: Any) -> None:
+        """The graceful reap: the workload never outlives its session (SPEC §2)."""
+        self._stopping = True
+        if self._result is None and not self._connection.finished.is_set():
+            self._connection.send(protocol.encode_command(protocol.CMD_STOP))
+            if not self._connection.finished.wait(STOP_TIMEOUT):
+                log.error("agent %d did not reap its workload in %s s; killing it", self._connection.pid, STOP_TIMEOUT)
+                self._connection.kill()
+                self._connection.finished.wait(STOP_TIMEOUT)
+        self._drain_events()
+        for waiter in self._waiters:
+            waiter.set_exception(LinxError("no_process", "the session stopped"))
+        self._waiters.clear()
+
+    # -- events from the agent -----------------------------------------------------------
+
+    def _drain_events(self) -> None:
+        for event in self._connection.take_events():
+            self._handle_event(event)
+
+    def _emit(self, *event: Any) -> None:
+        _tell_quietly(self._owner, (EVENT_TAG, *event))
+
+    def _send(self, frame: bytes) -> None:
+        if not self._connection.send(frame):
+            raise LinxError("no_process", "the session's agent is gone")
+
+    def _handle_event(self, event: tuple) -> None:
+        kind = event[0]
+        if self._result is not None:
+            if kind not in TERMINAL_EVENTS and kind != "agent_exit":
+                log.warning("session dropped %r after its terminal event", event)
+            return
+        match event:
+            case ("spawned", host_pid):
+                self._host_pid = host_pid
+            case ("ready", child_pid):
+                self._child_pid = child_pid
+                self._emit("ready", self._host_pid)
+                if self._pending_abort:
+                    self._connection.send(protocol.encode_command(protocol.CMD_ABORT))
+                elif self._plan.auto_proceed:
+                    self._proceeded = True
+                    self._connection.send(protocol.encode_command(protocol.CMD_PROCEED))
+            case ("running",):
+                self._running = True
+                self._emit("running")
+                for signum in self._pending_signals:
+                    self._connection.send(protocol.encode_signal(signum))
+                self._pending_signals.clear()
+            case ("pty_out", _) | ("pty_in_dropped", _):
+                self._emit(*event)
+            case ("exited" | "signaled", _) | ("aborted",) | ("error", _, _):
+                self._finish(event)
+            case ("agent_exit", status):
+                self._finish(("error", status, "agent_died"))
+            case _:
+                log.warning("session dropped a malformed agent frame %r", event)
+
+    def _finish(self, outcome: Outcome) -> None:
+        self._result = outcome
+        self._emit(*outcome)
+        for waiter in self._waiters:
+            waiter.set_result(outcome)
+        self._waiters.clear()
+        if not self._plan.linger and not self._stopping:
+            self._stopping = True
+            self.exit(exit_reason(outcome))
+
+    # -- verbs (each runs in the actor's thread; the order of checks is the ladder) ----------
+
+    def _require_live(self, verb: str) -> None:
+        if self._result is not None:
+            raise LinxError("no_process", f"{verb}: the session has ended ({describe_outcome(self._result)})")
+
+    def _verb_proceed(self) -> None:
+        self._require_live("proceed")
+        if self._running:
+            raise LinxError("running", "proceed: the workload is already running")
+        if self._child_pid is None:
+            raise LinxError("not_ready", "proceed: the child has not reached the checkpoint yet")
+        if not self._proceeded:
+            self._proceeded = True
+            self._send(protocol.encode_command(protocol.CMD_PROCEED))
+
+    def _verb_abort(self) -> None:
+        self._require_live("abort")
+        if self._running or self._proceeded:
+            raise LinxError("running", "abort: the workload is past the checkpoint; use signal()")
+        if self._child_pid is None:
+            self._pending_abort = True
+        else:
+            self._send(protocol.encode_command(protocol.CMD_ABORT))
+
+    def _verb_signal(self, signum: int) -> None:
+        self._require_live("signal")
+        if self._running:
+            self._send(protocol.encode_signal(signum))
+        else:
+            self._pending_signals.append(signum)
+
+    def _verb_wait(self, waiter: concurrent.futures.Future) -> Outcome | None:
+        if self._result is not None:
+            return self._result
+        self._waiters.append(waiter)
+        return None
+
+    def _verb_cancel_wait(self, waiter: concurrent.futures.Future) -> None:
+        if waiter in self._waiters:
+            self._waiters.remove(waiter)
+
+    def _verb_host_pid(self) -> int:
+        if self._host_pid is None:
+            raise LinxError("not_ready", "host_pid: the agent has not cloned the child yet")
+        return self._host_pid
+
+    def _verb_info(self) -> Info:
+        return Info(
+            mode=self._plan.mode,
+            stage=self._stage(),
+            host_pid=self._host_pid,
+            child_pid=self._child_pid,
+            pty=self._pty,
+            result=self._result,
+        )
+
+    def _stage(self) -> str:
+        if self._result is not None:
+            return {"exited": "exited", "signaled": "signaled", "aborted": "aborted"}.get(self._result[0], "errored")
+        if self._running:
+            return "running"
+        if self._child_pid is not None:
+            return "ready"
+        if self._host_pid is not None:
+            return "spawned"
+        return "starting"
+
+    def _verb_set_owner(self, owner: Any) -> None:
+        self._owner = owner
+
+    def _verb_pty_write(self, data: bytes) -> None:
+        self._require_live("pty_write")
+        if not self._pty:
+            raise LinxError("no_pty", "pty_write: not a pty session (spawn with stdio='pty')")
+        if not self._running:
+            raise LinxError("not_running", f"pty_write: the workload is not running yet (stage {self._stage()})")
+        for frame in protocol.encode_pty_input(data):
+            self._send(frame)
+
+    def _verb_pty_set_winsize(self, size: tuple[int, int, int, int]) -> None:
+        self._require_live("pty_set_winsize")
+        if not self._pty:
+            raise LinxError("no_pty", "pty_set_winsize: not a pty session (spawn with stdio='pty')")
+        self._send(protocol.encode_winsize(*size))
+
+
+# -- the public verbs -------------------------------------------------------------------------
+
+SessionRef = pykka.ActorRef
+
+
+def _start(plan: SessionPlan) -> SessionRef:
+    connection = AgentConnection.start(protocol.encode_request(plan.request))
+    try:
+        return Session.start(plan, connection)
+    except BaseException:
+        connection.kill()
+        raise
+
+
+def spawn(
+    *,
+    argv: Sequence[str | bytes] | None = None,
+    namespaces: Iterable[str] | None = None,
+    env: Mapping[str, str] | Sequence[str] | None = None,
+    cwd: Any = None,
+    stdio: Any = "inherit",
+    owner: Any = None,
+    linger: bool = True,
+    auto_proceed: bool = False,
+    no_new_privs: bool = False,
+    orphan_policy: tuple[str, float] | str | None = None,
+) -> SessionRef:
+    """Start a workload in fresh namespaces, parked at the checkpoint; returns the session.
+
+    >>> session = spawn(argv=["/bin/echo", "hello"], namespaces=["uts"], stdio="devnull")
+    >>> receive(("linx_process", "ready"), timeout=5)[0]
+    'linx_process'
+    >>> proceed(session); wait(session)
+    ('exited', 0)
+    >>> session.stop()
+    True
+    """
+    return _start(
+        plan_session(
+            mode=protocol.MODE_SPAWN,
+            target=None,
+            argv=argv,
+            namespaces=namespaces,
+            env=env,
+            cwd=cwd,
+            stdio=stdio,
+            owner=owner,
+            linger=linger,
+            auto_proceed=auto_proceed,
+            no_new_privs=no_new_privs,
+            orphan_policy=orphan_policy,
+        )
+    )
+
+
+def enter(
+    target_pid: int,
+    *,
+    argv: Sequence[str | bytes] | None = None,
+    namespaces: Iterable[str] | None = None,
+    env: Mapping[str, str] | Sequence[str] | None = None,
+    cwd: Any = None,
+    stdio: Any = "inherit",
+    owner: Any = None,
+    linger: bool = True,
+    auto_proceed: bool = False,
+    no_new_privs: bool = False,
+    orphan_policy: tuple[str, float] | str | None = None,
+) -> SessionRef:
+    """Run a workload inside the namespaces of the process ``target_pid`` (a host pid): all of
+    them by default, or those named. Like ``nsenter --target`` or ``docker exec``.
+
+    >>> import os
+    >>> probe = enter(os.getpid(), argv=["/bin/true"], namespaces=["net"], auto_proceed=True)
+    >>> wait(probe)
+    ('exited', 0)
+    >>> probe.stop()
+    True
+    """
+    return _start(
+        plan_session(
+            mode=protocol.MODE_ENTER,
+            target=check_target(target_pid),
+            argv=argv,
+            namespaces=namespaces,
+            env=env,
+            cwd=cwd,
+            stdio=stdio,
+            owner=owner,
+            linger=linger,
+            auto_proceed=auto_proceed,
+            no_new_privs=no_new_privs,
+            orphan_policy=orphan_policy,
+        )
+    )
+
+
+def _ask(session: SessionRef, verb: str, *args: Any) -> Any:
+    try:
+        return session.ask(_Verb(verb, args))
+    except pykka.ActorDeadError:
+        raise LinxError("no_process", f"{verb}: the session is gone") from None
+
+
+def proceed(session: SessionRef) -> None:
+    """Let a parked child go on to execve. Raises ``not_ready`` before ``ready``, ``running``
+    once past the checkpoint, ``no_process`` once terminal."""
+    _ask(session, "proceed")
+
+
+def abort(session: SessionRef) -> None:
+    """Discard a parked child unrun (buffered before ``ready``). Raises ``running`` once past
+    the checkpoint, ``no_process`` once terminal."""
+    _ask(session, "abort")
+
+
+def signal(session: SessionRef, signum: int) -> None:
+    """Send ``signum`` (1..64) to the workload; buffered until ``running``, flushed in order."""
+    if not isinstance(signum, int) or isinstance(signum, bool) or not 1 <= signum <= 64:
+        raise LinxValueError(("bad_signal", signum), f"signum must be an int in 1..64, not {signum!r}")
+    _ask(session, "signal", int(signum))
+
+
+def wait(session: SessionRef, timeout: float | None = None) -> Outcome:
+    """The workload's outcome, blocking until it ends. Raises ``TimeoutError`` if it is still
+    live after ``timeout`` seconds (the session is unaffected)."""
+    waiter: concurrent.futures.Future = concurrent.futures.Future()
+    outcome = _ask(session, "wait", waiter)
+    if outcome is not None:
+        return outcome
+    try:
+        return waiter.result(timeout)
+    except concurrent.futures.TimeoutError:
+        try:
+            session.tell(_Verb("cancel_wait", (waiter,)))
+        except pykka.ActorDeadError:
+            pass
+        raise TimeoutError(f"the workload is still live after {timeout} s") from None
+
+
+def host_pid(session: SessionRef) -> int:
+    """The workload's host pid, from the moment the agent has cloned it."""
+    return _ask(session, "host_pid")
+
+
+def info(session: SessionRef) -> Info:
+    """A snapshot of the session's state."""
+    return _ask(session, "info")
+
+
+def set_owner(session: SessionRef, owner: Any = None) -> None:
+    """Send future events to ``owner`` (None: the calling thread's mailbox), in any stage."""
+    _ask(session, "set_owner", check_owner(owner))
+
+
+def pty_write(session: SessionRef, data: bytes | str) -> None:
+    """Type into a running pty session; data of any size is chunked."""
+    if isinstance(data, str):
+        data = data.encode()
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise LinxValueError(("bad_data", data), f"pty_write takes bytes or str, not {data!r}")
+    _ask(session, "pty_write", bytes(data))
+
+
+def _window_size_fields(size: Any) -> tuple | None:
+    if isinstance(size, tuple) and len(size) == 4:
+        return size
+    if isinstance(size, Mapping):
+        try:
+            return tuple(size[key] for key in ("rows", "cols", "xpixel", "ypixel"))
+        except KeyError:
+            return None
+    try:
+        return (size.rows, size.cols, size.xpixel, size.ypixel)
+    except AttributeError:
+        return None
+
+
+def pty_set_winsize(session: SessionRef, size: Any) -> None:
+    """Set a pty session's window size: ``(rows, cols, xpixel, ypixel)``, or anything with
+    those fields (``linx_otp.tty.WindowSize``). Before proceed the workload sees it at exec;
+    while running it gets SIGWINCH."""
+    fields = _window_size_fields(size)
+    if fields is None or not all(
+        isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 65535 for value in fields
+    ):
+        raise LinxValueError(
+            ("bad_winsize", size), f"a window size is (rows, cols, xpixel, ypixel) of ints in 0..65535, not {size!r}"
+        )
+    _ask(session, "pty_set_winsize", fields)
+
+__all__ = [
+    "Info",
+    "Outcome",
+    "Session",
+    "SessionRef",
+    "abort",
+    "enter",
+    "exit_reason",
+    "flush",
+    "host_pid",
+    "info",
+    "mailbox",
+    "proceed",
+    "pty_set_winsize",
+    "pty_write",
+    "receive",
+    "set_owner",
+    "signal",
+    "spawn",
+    "wait",
+]

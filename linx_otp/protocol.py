@@ -1,0 +1,230 @@
+"""The agent's wire protocol (``native/PROTOCOL.md``): frames, the request, commands, events.
+
+Pure encoding and decoding, no I/O and no policy: what a frame *means* for a session is
+``process.py``'s business. The numbers here must equal those in ``native/protocol.h``;
+``tests/test_protocol.py`` checks that they do.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import Iterator
+
+FRAME_HEADER = struct.Struct(">I")
+REQUEST_MAX = 1024 * 1024
+COMMAND_MAX = 64 * 1024
+PTY_OUT_CHUNK = 8192
+PTY_IN_BUFFER_MAX = 1024 * 1024
+PTY_IN_CHUNK = 16 * 1024
+"""``pty_write`` splits data into frames of this size, well under ``COMMAND_MAX``."""
+
+MSG_REQUEST = 0x01
+CMD_PROCEED = 0x02
+CMD_ABORT = 0x03
+CMD_SIGNAL = 0x04
+CMD_PTY_IN = 0x05
+CMD_WINSIZE = 0x06
+CMD_STOP = 0x07
+
+EVT_SPAWNED = 0x81
+EVT_READY = 0x82
+EVT_RUNNING = 0x83
+EVT_EXITED = 0x84
+EVT_SIGNALED = 0x85
+EVT_ABORTED = 0x86
+EVT_ERROR = 0x87
+EVT_PTY_OUT = 0x88
+EVT_PTY_IN_DROPPED = 0x89
+
+FIELD_MODE = 0x01
+FIELD_TARGET = 0x02
+FIELD_ARGV = 0x03
+FIELD_ENV = 0x04
+FIELD_NAMESPACES = 0x05
+FIELD_CWD = 0x06
+FIELD_STDIO = 0x07
+FIELD_PTY = 0x08
+FIELD_NO_NEW_PRIVS = 0x09
+FIELD_ORPHAN_POLICY = 0x0A
+
+MODE_SPAWN = 0
+MODE_ENTER = 1
+
+STDIO_INHERIT = 0
+STDIO_DEVNULL = 1
+STDIO_CONNECT_UNIX = 2
+
+ORPHAN_KILL = 0
+ORPHAN_LINGER = 1
+ORPHAN_DEFAULT_GRACE_MS = 5000
+
+NS_USER = 1
+NS_MOUNT = 2
+NS_UTS = 4
+NS_IPC = 8
+NS_CGROUP = 16
+NS_NET = 32
+NS_TIME = 64
+NS_PID = 128
+
+NAMESPACE_BITS = {
+    "user": NS_USER,
+    "mount": NS_MOUNT,
+    "uts": NS_UTS,
+    "ipc": NS_IPC,
+    "cgroup": NS_CGROUP,
+    "net": NS_NET,
+    "time": NS_TIME,
+    "pid": NS_PID,
+}
+"""Namespace names in the order enter mode joins them."""
+
+
+@dataclass(frozen=True)
+class StdioDirective:
+    """What one of fds 0..2 becomes: ``kind`` is a ``STDIO_*`` number."""
+
+    kind: int = STDIO_INHERIT
+    path: bytes | None = None
+
+
+@dataclass(frozen=True)
+class Request:
+    """Everything the agent needs to create (or enter) and run one workload."""
+
+    mode: int
+    argv: tuple[bytes, ...]
+    env: tuple[bytes, ...]
+    target: int | None = None
+    namespaces: frozenset[str] | None = None
+    cwd: bytes | None = None
+    stdio: tuple[StdioDirective, StdioDirective, StdioDirective] = field(
+        default=(StdioDirective(), StdioDirective(), StdioDirective())
+    )
+    pty: bool = False
+    no_new_privs: bool = False
+    orphan_policy: tuple[int, int] | None = None
+    """``(ORPHAN_KILL, grace_ms)`` or ``(ORPHAN_LINGER, 0)``; None leaves the agent's default."""
+
+
+def frame(payload: bytes) -> bytes:
+    """One frame: the 4-byte big-endian length, then the payload (type byte first)."""
+    return FRAME_HEADER.pack(len(payload)) + payload
+
+
+def _field(tag: int, value: bytes) -> bytes:
+    return bytes((tag,)) + FRAME_HEADER.pack(len(value)) + value
+
+
+def _string(value: bytes) -> bytes:
+    return value + b"\0"
+
+
+def namespace_mask(names: frozenset[str]) -> int:
+    mask = 0
+    for name in names:
+        mask |= NAMESPACE_BITS[name]
+    return mask
+
+
+def encode_request(request: Request) -> bytes:
+    """The request frame, ready to send."""
+    parts = [bytes((MSG_REQUEST,)), _field(FIELD_MODE, bytes((request.mode,)))]
+    if request.target is not None:
+        parts.append(_field(FIELD_TARGET, FRAME_HEADER.pack(request.target)))
+    parts.extend(_field(FIELD_ARGV, _string(arg)) for arg in request.argv)
+    parts.extend(_field(FIELD_ENV, _string(entry)) for entry in request.env)
+    if request.namespaces is not None:
+        parts.append(_field(FIELD_NAMESPACES, FRAME_HEADER.pack(namespace_mask(request.namespaces))))
+    if request.cwd is not None:
+        parts.append(_field(FIELD_CWD, _string(request.cwd)))
+    for fd, directive in enumerate(request.stdio):
+        if directive.kind == STDIO_CONNECT_UNIX:
+            assert directive.path is not None
+            parts.append(_field(FIELD_STDIO, bytes((fd, directive.kind)) + _string(directive.path)))
+        elif directive.kind != STDIO_INHERIT:
+            parts.append(_field(FIELD_STDIO, bytes((fd, directive.kind))))
+    if request.pty:
+        parts.append(_field(FIELD_PTY, b""))
+    if request.no_new_privs:
+        parts.append(_field(FIELD_NO_NEW_PRIVS, b""))
+    if request.orphan_policy is not None:
+        kind, grace_ms = request.orphan_policy
+        parts.append(_field(FIELD_ORPHAN_POLICY, bytes((kind,)) + FRAME_HEADER.pack(grace_ms)))
+    return frame(b"".join(parts))
+
+
+def encode_command(command_type: int, body: bytes = b"") -> bytes:
+    """A command frame: ``proceed``, ``abort``, ``stop``, ``signal``, ``pty_in``, ``winsize``."""
+    return frame(bytes((command_type,)) + body)
+
+
+def encode_signal(signum: int) -> bytes:
+    return encode_command(CMD_SIGNAL, bytes((signum,)))
+
+
+def encode_winsize(rows: int, cols: int, xpixel: int, ypixel: int) -> bytes:
+    return encode_command(CMD_WINSIZE, struct.pack(">HHHH", rows, cols, xpixel, ypixel))
+
+
+def encode_pty_input(data: bytes) -> Iterator[bytes]:
+    """``pty_in`` frames for data of any size, chunked."""
+    for start in range(0, len(data), PTY_IN_CHUNK):
+        yield encode_command(CMD_PTY_IN, data[start : start + PTY_IN_CHUNK])
+
+
+Event = tuple
+"""A decoded agent event: ``("spawned", pid)``, ``("ready", pid)``, ``("running",)``,
+``("exited", code)``, ``("signaled", signum)``, ``("aborted",)``, ``("error", errno, stage)``,
+``("pty_out", bytes)``, ``("pty_in_dropped", n)``, or ``("malformed", payload)``."""
+
+_U32_EVENTS = {
+    EVT_SPAWNED: "spawned",
+    EVT_READY: "ready",
+    EVT_EXITED: "exited",
+    EVT_SIGNALED: "signaled",
+    EVT_PTY_IN_DROPPED: "pty_in_dropped",
+}
+
+
+def decode_event(payload: bytes) -> Event:
+    """One event from a frame's payload. Never raises: a frame that does not parse comes back
+    as ``("malformed", payload)`` for the session to log and drop."""
+    kind, body = payload[0], payload[1:]
+    if kind in _U32_EVENTS and len(body) == 4:
+        return (_U32_EVENTS[kind], FRAME_HEADER.unpack(body)[0])
+    if kind == EVT_RUNNING and not body:
+        return ("running",)
+    if kind == EVT_ABORTED and not body:
+        return ("aborted",)
+    if kind == EVT_PTY_OUT:
+        return ("pty_out", bytes(body))
+    if kind == EVT_ERROR and len(body) > 4:
+        return ("error", FRAME_HEADER.unpack(body[:4])[0], body[4:].decode("ascii", "replace"))
+    return ("malformed", bytes(payload))
+
+
+class EventDecoder:
+    """Turns a byte stream from the agent into events, however the bytes are split."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[Event]:
+        self._buffer += data
+        events = []
+        while len(self._buffer) >= FRAME_HEADER.size:
+            (length,) = FRAME_HEADER.unpack_from(self._buffer)
+            end = FRAME_HEADER.size + length
+            if len(self._buffer) < end:
+                break
+            payload = bytes(self._buffer[FRAME_HEADER.size : end])
+            del self._buffer[:end]
+            events.append(decode_event(payload) if payload else ("malformed", payload))
+        return events
+
+    @property
+    def pending(self) -> int:
+        """Bytes of an incomplete frame still held."""
+        return len(self._buffer)

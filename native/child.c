@@ -1,0 +1,174 @@
+/* The child's life between clone3 and execve: announce ready, wait at the checkpoint, then
+ * set up stdio, signals and fds and exec the workload. Runs in a copy of the single-threaded
+ * agent, so it may call libc, but it must never return into the agent's code, and every
+ * failure is reported on the report pipe with its stage, then _exit. */
+#define _GNU_SOURCE
+#include "agent.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <linux/close_range.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/prctl.h>
+#include <unistd.h>
+
+static int report_fd = -1;
+
+static void write_report(const struct child_report *report)
+{
+    ssize_t written;
+    do
+        written = write(report_fd, report, sizeof *report);
+    while (written < 0 && errno == EINTR);
+    if (written != (ssize_t)sizeof *report)
+        _exit(CHILD_EXIT_REPORT_FAILED);
+}
+
+static _Noreturn void fail(int error, const char *stage)
+{
+    struct child_report report = {.kind = REPORT_ERROR, .value = error};
+    snprintf(report.stage, sizeof report.stage, "%s", stage);
+    write_report(&report);
+    _exit(CHILD_EXIT_FAILED);
+}
+
+static void close_agent_fds(const struct agent *agent)
+{
+    int agent_fds[] = {CONTROL_FD, agent->report_pipe[0], agent->go_pipe[1], agent->pty_master};
+    for (size_t i = 0; i < sizeof agent_fds / sizeof agent_fds[0]; i++)
+        if (agent_fds[i] >= 0 && close(agent_fds[i]) < 0)
+            fail(errno, "stdio");
+}
+
+static void wait_at_checkpoint(int go_fd)
+{
+    char command;
+    ssize_t got;
+    do
+        got = read(go_fd, &command, 1);
+    while (got < 0 && errno == EINTR);
+    if (got <= 0)
+        _exit(CHILD_EXIT_ABORTED); /* abort, or the agent died */
+    if (command != 'P')
+        _exit(CHILD_EXIT_PROTOCOL);
+    if (close(go_fd) < 0)
+        fail(errno, "stdio");
+}
+
+static void attach_pty(int slave)
+{
+    if (setsid() < 0 || ioctl(slave, TIOCSCTTY, 0) < 0)
+        fail(errno, "stdio");
+    for (int fd = 0; fd <= 2; fd++)
+        if (dup2(slave, fd) < 0)
+            fail(errno, "stdio");
+}
+
+static void apply_stdio(const struct agent *agent)
+{
+    if (agent->request.pty) {
+        attach_pty(agent->pty_slave);
+        return;
+    }
+    /* The prepared fds are all above 2 (the agent keeps 0..2 occupied), so no dup2 here
+     * clobbers a source another one still needs. dup2 clears close-on-exec on the target. */
+    for (int fd = 0; fd <= 2; fd++)
+        if (agent->stdio_fds[fd] >= 0 && dup2(agent->stdio_fds[fd], fd) < 0)
+            fail(errno, "stdio");
+}
+
+/* Default dispositions for every signal and an empty mask: the workload starts clean, not
+ * with what the agent (or the Python process) had. */
+static void reset_signals(void)
+{
+    struct sigaction default_action = {.sa_handler = SIG_DFL};
+    sigset_t empty;
+    sigemptyset(&default_action.sa_mask);
+    for (int signum = 1; signum < NSIG; signum++) {
+        if (signum == SIGKILL || signum == SIGSTOP)
+            continue;
+        /* glibc reserves two real-time signals and refuses them with EINVAL; they were
+         * never changed, so there is nothing to reset there. */
+        if (sigaction(signum, &default_action, NULL) < 0 && errno != EINVAL)
+            fail(errno, "stdio");
+    }
+    sigemptyset(&empty);
+    if (sigprocmask(SIG_SETMASK, &empty, NULL) < 0)
+        fail(errno, "stdio");
+}
+
+static const char *lookup_env(const char **env, const char *name)
+{
+    size_t length = strlen(name);
+    for (; *env; env++)
+        if (strncmp(*env, name, length) == 0 && (*env)[length] == '=')
+            return *env + length + 1;
+    return NULL;
+}
+
+/* execve, searching the workload's own PATH when argv[0] has no slash, as execvp does (but
+ * with the workload's environment, not the agent's). Returns the errno to report. */
+static int exec_workload(const char **argv, const char **env)
+{
+    const char *file = argv[0];
+    char *const *args = (char *const *)argv;
+    char *const *envp = (char *const *)env;
+    if (file[0] == '\0')
+        return ENOENT;
+    if (strchr(file, '/')) {
+        execve(file, args, envp);
+        return errno;
+    }
+    const char *search = lookup_env(env, "PATH");
+    if (!search)
+        search = "/bin:/usr/bin";
+    bool denied = false;
+    for (const char *start = search;; start++) {
+        const char *stop = strchrnul(start, ':');
+        int dir_length = (int)(stop - start);
+        char candidate[PATH_MAX];
+        if (dir_length == 0)
+            snprintf(candidate, sizeof candidate, "%s", file);
+        else if (snprintf(candidate, sizeof candidate, "%.*s/%s", dir_length, start, file) >=
+                 (int)sizeof candidate)
+            goto next;
+        execve(candidate, args, envp);
+        if (errno == EACCES)
+            denied = true;
+        else if (errno != ENOENT && errno != ENOTDIR && errno != ESTALE && errno != ENAMETOOLONG)
+            return errno;
+    next:
+        if (*stop == '\0')
+            break;
+        start = stop;
+    }
+    return denied ? EACCES : ENOENT;
+}
+
+_Noreturn void run_child(struct agent *agent)
+{
+    report_fd = agent->report_pipe[1];
+    /* The go pipe's end-of-file covers an agent that dies before this line. */
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0)
+        fail(errno, "parent_death_signal");
+    close_agent_fds(agent);
+    if (agent->request.no_new_privs && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+        fail(errno, "no_new_privs");
+
+    struct child_report ready = {.kind = REPORT_READY, .value = (int32_t)getpid()};
+    write_report(&ready);
+    wait_at_checkpoint(agent->go_pipe[0]);
+
+    apply_stdio(agent);
+    reset_signals();
+    /* Only 0, 1 and 2 reach the workload; the report pipe closes at a successful execve,
+     * which is how the agent learns that the workload runs. */
+    if (close_range(3, ~0U, CLOSE_RANGE_CLOEXEC) < 0)
+        fail(errno, "stdio");
+    if (agent->request.cwd && chdir(agent->request.cwd) < 0)
+        fail(errno, "chdir");
+    fail(exec_workload(agent->request.argv, agent->request.env), "execve");
+}

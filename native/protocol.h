@@ -1,0 +1,66 @@
+/* The numbers of the control protocol (see PROTOCOL.md). Python's linx_otp/protocol.py holds
+ * the same numbers; tests/test_protocol.py reads this file to check that they agree. */
+#ifndef LINX_PROTOCOL_H
+#define LINX_PROTOCOL_H
+
+#define FRAME_HEADER_SIZE 4
+#define REQUEST_MAX (1024 * 1024)
+#define COMMAND_MAX (64 * 1024)
+#define PTY_OUT_CHUNK 8192
+#define PTY_IN_BUFFER_MAX (1024 * 1024)
+
+/* Python -> agent */
+#define MSG_REQUEST 0x01
+#define CMD_PROCEED 0x02
+#define CMD_ABORT 0x03
+#define CMD_SIGNAL 0x04
+#define CMD_PTY_IN 0x05
+#define CMD_WINSIZE 0x06
+#define CMD_STOP 0x07
+
+/* agent -> Python */
+#define EVT_SPAWNED 0x81
+#define EVT_READY 0x82
+#define EVT_RUNNING 0x83
+#define EVT_EXITED 0x84
+#define EVT_SIGNALED 0x85
+#define EVT_ABORTED 0x86
+#define EVT_ERROR 0x87
+#define EVT_PTY_OUT 0x88
+#define EVT_PTY_IN_DROPPED 0x89
+
+/* request fields */
+#define FIELD_MODE 0x01
+#define FIELD_TARGET 0x02
+#define FIELD_ARGV 0x03
+#define FIELD_ENV 0x04
+#define FIELD_NAMESPACES 0x05
+#define FIELD_CWD 0x06
+#define FIELD_STDIO 0x07
+#define FIELD_PTY 0x08
+#define FIELD_NO_NEW_PRIVS 0x09
+#define FIELD_ORPHAN_POLICY 0x0a
+
+#define MODE_SPAWN 0
+#define MODE_ENTER 1
+
+#define STDIO_INHERIT 0
+#define STDIO_DEVNULL 1
+#define STDIO_CONNECT_UNIX 2
+
+#define ORPHAN_KILL 0
+#define ORPHAN_LINGER 1
+#define ORPHAN_DEFAULT_GRACE_MS 5000
+
+/* namespace mask bits, in the order enter mode joins them */
+#define NS_USER 1
+#define NS_MOUNT 2
+#define NS_UTS 4
+#define NS_IPC 8
+#define NS_CGROUP 16
+#define NS_NET 32
+#define NS_TIME 64
+#define NS_PID 128
+#define NS_ALL 255
+
+#endif

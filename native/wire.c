@@ -1,0 +1,119 @@
+/* Framing on the control socket. Never decides what a frame means: that is request.c's and
+ * agent.c's job. */
+#define _GNU_SOURCE
+#include "wire.h"
+#include "agent.h"
+#include "protocol.h"
+
+#include <errno.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+static bool peer_gone;
+
+uint32_t load_u32(const uint8_t *bytes)
+{
+    return (uint32_t)bytes[0] << 24 | (uint32_t)bytes[1] << 16 | (uint32_t)bytes[2] << 8 |
+           (uint32_t)bytes[3];
+}
+
+uint16_t load_u16(const uint8_t *bytes)
+{
+    return (uint16_t)(bytes[0] << 8 | bytes[1]);
+}
+
+static void store_u32(uint8_t *bytes, uint32_t value)
+{
+    bytes[0] = (uint8_t)(value >> 24);
+    bytes[1] = (uint8_t)(value >> 16);
+    bytes[2] = (uint8_t)(value >> 8);
+    bytes[3] = (uint8_t)value;
+}
+
+ssize_t read_fully(int fd, void *buffer, size_t size)
+{
+    size_t done = 0;
+    while (done < size) {
+        ssize_t got = read(fd, (uint8_t *)buffer + done, size - done);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got < 0)
+            return -1;
+        if (got == 0)
+            break;
+        done += (size_t)got;
+    }
+    return (ssize_t)done;
+}
+
+enum frame_result read_frame(int fd, uint8_t *buffer, size_t ceiling, size_t *length)
+{
+    uint8_t header[FRAME_HEADER_SIZE];
+    ssize_t got = read_fully(fd, header, sizeof header);
+    if (got < 0)
+        return FRAME_FAILED;
+    if (got == 0)
+        return FRAME_EOF;
+    if ((size_t)got < sizeof header)
+        return FRAME_TRUNCATED;
+    uint32_t declared = load_u32(header);
+    if (declared == 0)
+        return FRAME_EMPTY;
+    if (declared > ceiling)
+        return FRAME_TOO_BIG;
+    got = read_fully(fd, buffer, declared);
+    if (got < 0)
+        return FRAME_FAILED;
+    if ((size_t)got < declared)
+        return FRAME_TRUNCATED;
+    *length = declared;
+    return FRAME_OK;
+}
+
+static void send_all(const uint8_t *bytes, size_t size)
+{
+    while (size > 0 && !peer_gone) {
+        ssize_t sent = send(CONTROL_FD, bytes, size, MSG_NOSIGNAL);
+        if (sent < 0 && errno == EINTR)
+            continue;
+        if (sent < 0) {
+            if (errno != EPIPE && errno != ECONNRESET)
+                fprintf(stderr, "linx-agent: sending an event: %s\n", strerror(errno));
+            peer_gone = true;
+            return;
+        }
+        bytes += sent;
+        size -= (size_t)sent;
+    }
+}
+
+void send_event(uint8_t type, const void *body, size_t size)
+{
+    uint8_t frame[FRAME_HEADER_SIZE + 1 + PTY_OUT_CHUNK];
+    if (size > PTY_OUT_CHUNK)
+        size = PTY_OUT_CHUNK; /* callers never exceed it; the guard keeps the copy in bounds */
+    store_u32(frame, (uint32_t)(size + 1));
+    frame[FRAME_HEADER_SIZE] = type;
+    if (size > 0)
+        memcpy(frame + FRAME_HEADER_SIZE + 1, body, size);
+    send_all(frame, FRAME_HEADER_SIZE + 1 + size);
+}
+
+void send_event_u32(uint8_t type, uint32_t value)
+{
+    uint8_t body[4];
+    store_u32(body, value);
+    send_event(type, body, sizeof body);
+}
+
+void send_error(int error, const char *stage)
+{
+    uint8_t body[4 + STAGE_NAME_MAX];
+    size_t stage_length = strnlen(stage, STAGE_NAME_MAX);
+    store_u32(body, (uint32_t)error);
+    memcpy(body + 4, stage, stage_length);
+    send_event(EVT_ERROR, body, 4 + stage_length);
+}

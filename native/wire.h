@@ -1,0 +1,32 @@
+/* Framing on the control socket (fd 3): reading one frame whole, sending events. */
+#ifndef LINX_WIRE_H
+#define LINX_WIRE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+enum frame_result {
+    FRAME_OK,
+    FRAME_EOF,        /* end-of-file before the first byte: the peer is gone */
+    FRAME_TRUNCATED,  /* end-of-file inside a frame */
+    FRAME_EMPTY,      /* declared length 0 */
+    FRAME_TOO_BIG,    /* declared length over the ceiling; the body is left unread */
+    FRAME_FAILED,     /* a read error; errno says which */
+};
+
+/* Reads one frame from fd into buffer (capacity `ceiling`); its length goes to *length. */
+enum frame_result read_frame(int fd, uint8_t *buffer, size_t ceiling, size_t *length);
+
+/* Reads exactly `size` bytes unless end-of-file comes first. Returns the bytes read, or -1. */
+ssize_t read_fully(int fd, void *buffer, size_t size);
+
+/* Events to the Python side. After the peer has gone (EPIPE) sending is a silent no-op. */
+void send_event(uint8_t type, const void *body, size_t size);
+void send_event_u32(uint8_t type, uint32_t value);
+void send_error(int error, const char *stage);
+
+uint32_t load_u32(const uint8_t *bytes);
+uint16_t load_u16(const uint8_t *bytes);
+
+#endif
