@@ -13,6 +13,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 static int report_fd = -1;
@@ -80,19 +81,25 @@ static void apply_stdio(const struct agent *agent)
             fail(errno, "stdio");
 }
 
+/* The kernel's sigaction layout, for rt_sigaction without glibc in the way. */
+struct kernel_sigaction {
+    void (*handler)(int);
+    unsigned long flags;
+    void (*restorer)(void);
+    uint64_t mask;
+};
+
 /* Default dispositions for every signal and an empty mask: the workload starts clean, not
- * with what the agent (or the Python process) had. */
+ * with what the agent (or the Python process) had. The raw syscall, because glibc's
+ * sigaction refuses the two real-time signals it reserves, and those can arrive ignored. */
 static void reset_signals(void)
 {
-    struct sigaction default_action = {.sa_handler = SIG_DFL};
+    struct kernel_sigaction default_action = {.handler = SIG_DFL};
     sigset_t empty;
-    sigemptyset(&default_action.sa_mask);
-    for (int signum = 1; signum < NSIG; signum++) {
+    for (int signum = 1; signum <= 64; signum++) {
         if (signum == SIGKILL || signum == SIGSTOP)
             continue;
-        /* glibc reserves two real-time signals and refuses them with EINVAL; they were
-         * never changed, so there is nothing to reset there. */
-        if (sigaction(signum, &default_action, NULL) < 0 && errno != EINVAL)
+        if (syscall(SYS_rt_sigaction, signum, &default_action, NULL, sizeof default_action.mask) < 0)
             fail(errno, "stdio");
     }
     sigemptyset(&empty);

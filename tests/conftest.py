@@ -1,0 +1,44 @@
+"""Shared fixtures. Every test is checked for leaks afterwards: all actors are stopped
+gracefully, then no child process of this Python process and no actor thread may remain."""
+
+from __future__ import annotations
+
+import pykka
+import pytest
+
+import linx_otp
+
+from support import actor_threads, child_pids, wait_until
+
+
+@pytest.fixture(autouse=True)
+def no_leaks():
+    linx_otp.flush()
+    yield
+    pykka.ActorRegistry.stop_all()
+    assert wait_until(lambda: not child_pids(), 10), f"processes left behind: {child_pids()}"
+    assert wait_until(lambda: not actor_threads(), 5), f"actor threads left: {actor_threads()}"
+    linx_otp.flush()
+
+
+@pytest.fixture
+def box() -> linx_otp.Mailbox:
+    return linx_otp.Mailbox()
+
+
+@pytest.fixture
+def listener(tmp_path):
+    from support import Listener
+
+    created = Listener(tmp_path)
+    yield created
+    created.close()
+
+
+@pytest.fixture
+def stalled_listener(tmp_path):
+    from support import Listener
+
+    created = Listener(tmp_path, stalled=True)
+    yield created
+    created.close()

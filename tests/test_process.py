@@ -1,0 +1,728 @@
+"""Sessions against the real kernel: the seed's Linx.Process examples, every verb in every
+stage, what the workload gets, and namespaces."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import linx_otp
+from linx_otp import process as P
+from support import needs_root, process_alive, read_all, wait_until
+
+TIMEOUT = 10
+
+
+def next_event(match: tuple = ("linx_process",)) -> tuple:
+    return linx_otp.receive(match, timeout=TIMEOUT)
+
+
+def ready(session) -> int:
+    return next_event(("linx_process", "ready"))[2]
+
+
+def start_running(**options):
+    session = P.spawn(**options)
+    host = ready(session)
+    P.proceed(session)
+    assert next_event() == ("linx_process", "running")
+    return session, host
+
+
+def terminal_events(events: list[tuple]) -> list[tuple]:
+    return [e for e in events if e[1] in ("exited", "signaled", "aborted", "error")]
+
+
+# -- the seed's quick start and checkpoint ----------------------------------------------------
+
+
+def test_quick_start_reports_ready_with_the_host_pid(capfd):
+    session = P.spawn(argv=["/bin/echo", "hello"])
+    event = next_event()
+    assert event[:2] == ("linx_process", "ready") and isinstance(event[2], int) and event[2] > 0
+    assert P.host_pid(session) == event[2]
+    P.proceed(session)
+    assert P.wait(session) == ("exited", 0)
+    assert linx_otp.flush() == [("linx_process", "running"), ("linx_process", "exited", 0)]
+    assert "hello" in capfd.readouterr().out
+
+
+def test_the_child_does_not_run_before_proceed(tmp_path):
+    marker = tmp_path / "ran"
+    session = P.spawn(argv=["/bin/sh", "-c", f"touch {marker}"])
+    ready(session)
+    time.sleep(0.2)
+    assert not marker.exists()
+    assert P.info(session).stage == "ready"
+    P.proceed(session)
+    assert P.wait(session) == ("exited", 0)
+    assert marker.exists()
+
+
+def test_every_session_ends_with_exactly_one_terminal_event_last():
+    session = P.spawn(argv=["/bin/sh", "-c", "exit 3"], auto_proceed=True)
+    assert P.wait(session) == ("exited", 3)
+    session.stop()
+    events = linx_otp.flush()
+    assert [e[1] for e in events] == ["ready", "running", "exited"]
+    assert terminal_events(events) == [("linx_process", "exited", 3)]
+
+
+# -- namespaces -------------------------------------------------------------------------------
+
+
+def namespace_inode(pid: int | str, kind: str) -> str:
+    return os.readlink(f"/proc/{pid}/ns/{kind}")
+
+
+@needs_root
+def test_spawn_into_fresh_net_uts_ipc_namespaces():
+    session = P.spawn(argv=["/bin/sleep", "30"], namespaces=["net", "uts", "ipc"])
+    host = ready(session)
+    for kind in ("net", "uts", "ipc"):
+        assert namespace_inode(host, kind) != namespace_inode("self", kind)
+    for kind in ("mnt", "pid", "user"):
+        assert namespace_inode(host, kind) == namespace_inode("self", kind)
+    session.stop()
+    assert not process_alive(host)
+
+
+@needs_root
+@pytest.mark.parametrize("kind", ["net", "mount", "pid", "uts", "ipc", "cgroup", "time", "user"])
+def test_each_namespace_alone_is_created(kind):
+    proc_name = {"mount": "mnt"}.get(kind, kind)
+    session = P.spawn(argv=["/bin/true"], namespaces=[kind])
+    host = ready(session)
+    assert namespace_inode(host, proc_name) != namespace_inode("self", proc_name)
+    P.proceed(session)
+    assert P.wait(session) == ("exited", 0)
+
+
+@needs_root
+def test_all_namespaces_together():
+    kinds = ["user", "mount", "uts", "ipc", "cgroup", "net", "time", "pid"]
+    session = P.spawn(argv=["/bin/true"], namespaces=kinds)
+    host = ready(session)
+    for kind in kinds:
+        proc_name = {"mount": "mnt"}.get(kind, kind)
+        assert namespace_inode(host, proc_name) != namespace_inode("self", proc_name), kind
+    P.proceed(session)
+    assert P.wait(session) == ("exited", 0)
+
+
+@needs_root
+def test_time_namespace_is_really_new_inside_the_workload(listener):
+    """The original's clone() dropped CLONE_NEWTIME; clone3 must not."""
+    session = P.spawn(
+        argv=["/bin/readlink", "/proc/self/ns/time"],
+        namespaces=["time"],
+        stdio={"stdout": ("connect_unix", listener.path)},
+    )
+    ready(session)
+    connection = listener.accept()
+    P.proceed(session)
+    inside = read_all(connection).decode().strip()
+    assert P.wait(session) == ("exited", 0)
+    assert inside.startswith("time:[") and inside != namespace_inode("self", "time")
+
+
+@needs_root
+def test_child_pid_is_1_in_a_fresh_pid_namespace():
+    session = P.spawn(argv=["/bin/true"], namespaces=["pid"])
+    host = ready(session)
+    info = P.info(session)
+    assert info.child_pid == 1 and info.host_pid == host != 1
+    P.proceed(session)
+    assert P.wait(session) == ("exited", 0)
+
+
+def test_child_pid_equals_host_pid_without_a_pid_namespace():
+    session = P.spawn(argv=["/bin/true"])
+    host = ready(session)
+    assert P.info(session).child_pid == host
+    P.abort(session)
+
+
+@needs_root
+def test_a_fresh_net_namespace_holds_only_lo():
+    session = P.spawn(argv=["/bin/sleep", "30"], namespaces=["net"])
+    host = ready(session)
+    lines = Path(f"/proc/{host}/net/dev").read_text().splitlines()[2:]
+    assert [line.split(":")[0].strip() for line in lines] == ["lo"]
+    P.abort(session)
+
+
+@needs_root
+def test_host_pid_addresses_the_workload_with_user_and_pid_namespaces():
+    session = P.spawn(argv=["/bin/sleep", "30"], namespaces=["user", "pid"])
+    host = ready(session)
+    assert P.host_pid(session) == host
+    assert Path(f"/proc/{host}/status").exists()
+    assert P.info(session).child_pid == 1
+    P.abort(session)
+    assert next_event() == ("linx_process", "aborted")
+    assert P.host_pid(session) == host, "host_pid stays stable after the end"
+
+
+# -- signals and waits ------------------------------------------------------------------------
+
+
+def test_sigterm_to_a_running_workload():
+    session, _ = start_running(argv=["/bin/sleep", "60"])
+    P.signal(session, 15)
+    assert next_event() == ("linx_process", "signaled", 15)
+
+
+def test_signals_before_running_are_buffered_and_flushed_at_running(tmp_path):
+    log = tmp_path / "log"
+    script = f'trap "echo USR1 >> {log}" USR1; trap "echo TERM >> {log}; exit 7" TERM; while :; do sleep 0.01; done'
+    session = P.spawn(argv=["/bin/sh", "-c", script])
+    ready(session)
+    time.sleep(0.1)
+    P.signal(session, signal.SIGUSR1)
+    P.signal(session, signal.SIGTERM)
+    assert P.info(session).stage == "ready", "a buffered signal must not touch the parked child"
+    P.proceed(session)
+    assert next_event() == ("linx_process", "running")
+    assert next_event() == ("linx_process", "exited", 7)
+    assert log.read_text().split() == ["USR1", "TERM"]
+
+
+def test_sigkill_to_a_parked_session_is_only_buffered():
+    session = P.spawn(argv=["/bin/sleep", "60"])
+    host = ready(session)
+    P.signal(session, 9)
+    time.sleep(0.1)
+    assert process_alive(host) and P.info(session).stage == "ready"
+    P.abort(session)
+    assert next_event() == ("linx_process", "aborted")
+
+
+def test_wait_before_and_after_the_terminal_event():
+    session = P.spawn(argv=["/bin/true"])
+    ready(session)
+    P.proceed(session)
+    assert P.wait(session) == ("exited", 0)
+    assert P.wait(session) == ("exited", 0)
+    assert linx_otp.flush()[-1] == ("linx_process", "exited", 0)
+    assert P.wait(session, 0) == ("exited", 0)
+
+
+def test_wait_timeout_leaves_the_session_unaffected():
+    session, host = start_running(argv=["/bin/sleep", "60"])
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        P.wait(session, 0.1)
+    assert 0.09 <= time.monotonic() - started < 2
+    assert P.info(session).stage == "running" and process_alive(host)
+    P.signal(session, 9)
+    assert P.wait(session) == ("signaled", 9)
+
+
+def test_many_threads_can_wait_at_once():
+    session, _ = start_running(argv=["/bin/sleep", "60"])
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(P.wait(session))) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.05)
+    P.signal(session, 9)
+    for thread in threads:
+        thread.join(TIMEOUT)
+    assert results == [("signaled", 9)] * 8
+
+
+def test_signal_rejects_numbers_outside_1_to_64():
+    session = P.spawn(argv=["/bin/true"])
+    for bad in (0, 65, -1, "TERM", 1.5, True):
+        with pytest.raises(linx_otp.LinxError) as caught:
+            P.signal(session, bad)
+        assert caught.value.reason == ("bad_signal", bad)
+        assert isinstance(caught.value, ValueError)
+    P.abort(session)
+
+
+# -- abort and its state table ----------------------------------------------------------------
+
+
+@needs_root
+def test_abort_a_parked_session():
+    session = P.spawn(argv=["/bin/sleep", "60"], namespaces=["net"])
+    host = ready(session)
+    P.abort(session)
+    assert next_event() == ("linx_process", "aborted")
+    assert P.wait(session) == ("aborted",)
+    assert not process_alive(host)
+    assert "running" not in [e[1] for e in linx_otp.flush()]
+
+
+def test_abort_before_ready_is_buffered_and_fires_at_the_checkpoint(stalled_listener, tmp_path):
+    marker = tmp_path / "ran"
+    session = P.spawn(argv=["/bin/touch", str(marker)], stdio={"stdout": ("connect_unix", stalled_listener.path)})
+    time.sleep(0.1)
+    assert P.info(session).stage == "starting"
+    P.abort(session)
+    stalled_listener.release()
+    assert next_event()[1] == "ready"
+    assert next_event() == ("linx_process", "aborted")
+    assert P.wait(session) == ("aborted",) and not marker.exists()
+
+
+def test_abort_wins_over_auto_proceed(stalled_listener, tmp_path):
+    marker = tmp_path / "ran"
+    session = P.spawn(
+        argv=["/bin/touch", str(marker)],
+        auto_proceed=True,
+        stdio={"stdout": ("connect_unix", stalled_listener.path)},
+    )
+    P.abort(session)
+    stalled_listener.release()
+    assert P.wait(session) == ("aborted",) and not marker.exists()
+
+
+def test_abort_once_running_raises_running():
+    session, _ = start_running(argv=["/bin/sleep", "60"])
+    with pytest.raises(linx_otp.LinxError) as caught:
+        P.abort(session)
+    assert caught.value.reason == "running"
+    P.signal(session, 9)
+    assert P.wait(session) == ("signaled", 9)
+
+
+def test_abort_once_terminal_raises_no_process():
+    session = P.spawn(argv=["/bin/true"], auto_proceed=True)
+    P.wait(session)
+    with pytest.raises(linx_otp.LinxError) as caught:
+        P.abort(session)
+    assert caught.value.reason == "no_process"
+
+
+# -- every verb in every stage ----------------------------------------------------------------
+
+
+def reason_of(verb, *args):
+    try:
+        verb(*args)
+    except linx_otp.LinxError as error:
+        return error.reason
+    return "ok"
+
+
+def test_verbs_before_ready(stalled_listener):
+    session = P.spawn(argv=["/bin/true"], stdio={"stdout": ("connect_unix", stalled_listener.path)})
+    time.sleep(0.1)
+    assert P.info(session).stage == "starting"
+    assert repr(P.info(session)) == "<Info spawn starting>"
+    assert reason_of(P.proceed, session) == "not_ready"
+    assert reason_of(P.host_pid, session) == "not_ready"
+    assert reason_of(P.signal, session, 15) == "ok"
+    assert reason_of(P.pty_write, session, b"x") == "no_pty"
+    assert reason_of(P.pty_set_winsize, session, (24, 80, 0, 0)) == "no_pty"
+    assert reason_of(P.set_owner, session, None) == "ok"
+    with pytest.raises(TimeoutError):
+        P.wait(session, 0.05)
+    assert reason_of(P.abort, session) == "ok"
+    stalled_listener.release()
+    assert P.wait(session) == ("aborted",)
+
+
+def test_verbs_at_the_checkpoint():
+    session = P.spawn(argv=["/bin/true"])
+    host = ready(session)
+    assert P.info(session).stage == "ready"
+    assert repr(P.info(session)) == f"<Info spawn ready host={host}>"
+    assert P.host_pid(session) == host
+    assert reason_of(P.signal, session, 15) == "ok"
+    assert reason_of(P.pty_write, session, b"x") == "no_pty"
+    assert reason_of(P.set_owner, session, None) == "ok"
+    assert reason_of(P.proceed, session) == "ok"
+    assert reason_of(P.proceed, session) in ("ok", "running"), "a second proceed never reaches the agent twice"
+
+
+def test_verbs_while_running():
+    session, host = start_running(argv=["/bin/sleep", "60"])
+    assert repr(P.info(session)) == f"<Info spawn running host={host}>"
+    assert reason_of(P.proceed, session) == "running"
+    assert reason_of(P.abort, session) == "running"
+    assert reason_of(P.pty_write, session, b"x") == "no_pty"
+    assert reason_of(P.pty_set_winsize, session, (1, 2, 3, 4)) == "no_pty"
+    assert P.host_pid(session) == host
+    assert reason_of(P.signal, session, 9) == "ok"
+    assert P.wait(session) == ("signaled", 9)
+
+
+def test_verbs_once_terminal_and_once_gone():
+    session = P.spawn(argv=["/bin/sh", "-c", "exit 4"], auto_proceed=True)
+    host = ready(session)
+    assert P.wait(session) == ("exited", 4)
+    assert repr(P.info(session)) == f"<Info spawn exited(4) host={host}>"
+    info = P.info(session)
+    assert (info.mode, info.stage, info.result, info.pty) == ("spawn", "exited", ("exited", 4), False)
+    for verb, args in [(P.proceed, ()), (P.abort, ()), (P.signal, (9,))]:
+        assert reason_of(verb, session, *args) == "no_process"
+    assert reason_of(P.set_owner, session, None) == "ok"
+    assert P.host_pid(session) == host
+    session.stop()
+    for verb, args in [
+        (P.proceed, ()),
+        (P.abort, ()),
+        (P.signal, (9,)),
+        (P.info, ()),
+        (P.host_pid, ()),
+        (P.set_owner, (None,)),
+        (P.wait, ()),
+        (P.pty_write, (b"x",)),
+        (P.pty_set_winsize, ((1, 1, 0, 0),)),
+    ]:
+        assert reason_of(verb, session, *args) == "no_process", verb.__name__
+
+
+def test_info_repr_of_signaled_and_errored_sessions():
+    session, host = start_running(argv=["/bin/sleep", "60"])
+    P.signal(session, 9)
+    P.wait(session)
+    assert repr(P.info(session)) == f"<Info spawn signaled(9) host={host}>"
+    failed = P.spawn(argv=["/this/does/not/exist"], auto_proceed=True)
+    failed_host = ready(failed)
+    assert P.wait(failed) == ("error", 2, "execve")
+    assert repr(P.info(failed)) == f"<Info spawn errored(execve/2) host={failed_host}>"
+    assert P.info(failed).stage == "errored"
+
+
+# -- errors -----------------------------------------------------------------------------------
+
+
+def test_missing_binary_fails_at_execve_after_proceed():
+    session = P.spawn(argv=["/this/does/not/exist"])
+    ready(session)
+    P.proceed(session)
+    assert next_event() == ("linx_process", "error", 2, "execve")
+    assert linx_otp.flush() == []
+
+
+def test_argv0_without_a_slash_is_looked_up_in_the_workloads_path():
+    session = P.spawn(argv=["true"], env={"PATH": "/nonexistent:/usr/bin:/bin"}, auto_proceed=True)
+    assert P.wait(session) == ("exited", 0)
+    default_path = P.spawn(argv=["true"], env={}, auto_proceed=True)
+    assert P.wait(default_path) == ("exited", 0)
+    unknown = P.spawn(argv=["no-such-program-anywhere"], auto_proceed=True)
+    assert P.wait(unknown) == ("error", 2, "execve")
+
+
+def test_bad_cwd_fails_at_chdir():
+    session = P.spawn(argv=["/bin/true"], cwd="/no/such/dir", auto_proceed=True)
+    assert P.wait(session) == ("error", 2, "chdir")
+
+
+def test_validation_errors_start_nothing():
+    from support import child_pids
+
+    before = (set(child_pids()), threading.active_count())
+    with pytest.raises(linx_otp.LinxError) as caught:
+        P.spawn(argv=[])
+    assert caught.value.reason == "argv_required"
+    with pytest.raises(linx_otp.LinxError) as caught:
+        P.spawn(argv=["/bin/true"], namespaces=["typo"])
+    assert caught.value.reason == ("bad_namespaces", ["typo"])
+    assert (set(child_pids()), threading.active_count()) == before
+
+
+# -- enter ------------------------------------------------------------------------------------
+
+
+@needs_root
+def test_enter_runs_a_probe_inside_a_containers_namespaces(listener):
+    container, target = start_running(argv=["/bin/sleep", "60"], namespaces=["net"])
+    probe = P.enter(
+        target, argv=["/bin/sh", "-c", "ip -o link | wc -l"], stdio={"stdout": ("connect_unix", listener.path)}
+    )
+    ready(probe)
+    connection = listener.accept()
+    P.proceed(probe)
+    assert P.wait(probe) == ("exited", 0)
+    assert read_all(connection) == b"1\n", "only lo in there"
+    assert P.info(probe).mode == "enter"
+    P.signal(container, 9)
+    assert P.wait(container) == ("signaled", 9)
+
+
+@needs_root
+def test_enter_joins_every_namespace_by_default_and_narrows_when_asked():
+    kinds = ["net", "uts", "ipc", "pid", "mount"]
+    container, target = start_running(argv=["/bin/sleep", "60"], namespaces=kinds)
+    everything = P.enter(target, argv=["/bin/sleep", "60"])
+    entered = ready(everything)
+    for kind in ("net", "uts", "ipc", "mnt"):
+        assert namespace_inode(entered, kind) == namespace_inode(target, kind), kind
+    assert P.info(everything).child_pid not in (None, 1, entered), "an in-namespace pid"
+    P.abort(everything)
+    only_net = P.enter(target, argv=["/bin/true"], namespaces=["net"])
+    entered = ready(only_net)
+    assert namespace_inode(entered, "net") == namespace_inode(target, "net")
+    assert namespace_inode(entered, "uts") == namespace_inode("self", "uts")
+    assert P.info(only_net).child_pid == entered
+    P.abort(only_net)
+    container.stop()
+
+
+def test_enter_a_bogus_target_fails_at_open_ns_proc_and_never_readies():
+    session = P.enter(99999999, argv=["/bin/true"])
+    assert next_event() == ("linx_process", "error", 2, "open_ns_proc")
+    assert P.info(session).host_pid is None
+    time.sleep(0.05)
+    assert linx_otp.flush() == []
+
+
+@pytest.mark.parametrize("target", [0, -1, "1", 1.0, True, None])
+def test_enter_rejects_a_bad_target(target):
+    with pytest.raises(linx_otp.LinxError) as caught:
+        P.enter(target, argv=["/bin/true"])
+    assert caught.value.reason == ("bad_target", target)
+
+
+# -- stdio ------------------------------------------------------------------------------------
+
+
+def test_devnull_silences_the_workload(capfd):
+    session = P.spawn(argv=["/bin/echo", "this won't be seen"], stdio="devnull")
+    ready(session)
+    P.proceed(session)
+    assert P.wait(session) == ("exited", 0)
+    assert "won't be seen" not in capfd.readouterr().out
+
+
+def test_connect_unix_is_connected_at_spawn_and_carries_output_after_proceed(listener):
+    session = P.spawn(argv=["/bin/echo", "hello from a workload"], stdio={"stdout": ("connect_unix", listener.path)})
+    ready(session)
+    connection = listener.accept(timeout=2)  # accepted while the child is still parked
+    connection.settimeout(0.1)
+    with pytest.raises(TimeoutError):
+        connection.recv(100)
+    connection.settimeout(5)
+    P.proceed(session)
+    assert connection.recv(100) == b"hello from a workload\n"
+    assert P.wait(session) == ("exited", 0)
+    assert connection.recv(100) == b"", "EOF once the workload has exited"
+
+
+def test_connect_unix_without_a_listener_fails_before_ready(tmp_path):
+    session = P.spawn(argv=["/bin/true"], stdio={"stderr": ("connect_unix", str(tmp_path / "nobody"))})
+    assert next_event() == ("linx_process", "error", 2, "connect_unix")
+    assert P.info(session).host_pid is None
+
+
+def test_connect_unix_path_too_long_is_enametoolong():
+    P.spawn(argv=["/bin/true"], stdio={"stdout": ("connect_unix", "/tmp/" + "x" * 120)})
+    assert next_event() == ("linx_process", "error", 36, "connect_unix")
+
+
+# -- what the workload gets -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stdio", ["inherit", "devnull", "pty", "connect_unix"])
+def test_the_workload_gets_fds_0_1_2_and_nothing_else(stdio, listener):
+    chosen = {"stdout": ("connect_unix", listener.path)} if stdio == "connect_unix" else stdio
+    session, host = start_running(argv=["/bin/sleep", "60"], stdio=chosen)
+    assert sorted(os.listdir(f"/proc/{host}/fd")) == ["0", "1", "2"]
+    P.signal(session, 9)
+    P.wait(session)
+
+
+def test_fds_seen_from_inside_the_workload(listener):
+    session = P.spawn(
+        argv=["/bin/sh", "-c", "ls -l /proc/self/fd/ | tail -n +2"], stdio={"stdout": ("connect_unix", listener.path)}
+    )
+    ready(session)
+    connection = listener.accept()
+    P.proceed(session)
+    lines = read_all(connection).decode().splitlines()
+    assert P.wait(session) == ("exited", 0)
+    fds = dict(line.split(" ", 8)[-1].split(" -> ", 1) for line in lines)
+    extra = {fd: where for fd, where in fds.items() if fd not in ("0", "1", "2")}
+    # ls itself holds the directory it is listing open; nothing else may be there
+    assert all(where.startswith("/proc/") and where.endswith("/fd") for where in extra.values()), fds
+    assert len(extra) <= 1, fds
+
+
+def test_the_workload_starts_with_default_signals_and_an_empty_mask():
+    assert signal.getsignal(signal.SIGPIPE) == signal.SIG_IGN, "Python ignores SIGPIPE; the workload must not"
+    session, host = start_running(argv=["/bin/sleep", "60"])
+    status = dict(line.split(":\t") for line in Path(f"/proc/{host}/status").read_text().splitlines() if ":\t" in line)
+    assert int(status["SigIgn"], 16) == 0
+    assert int(status["SigBlk"], 16) == 0
+    assert status["NoNewPrivs"] == "0"
+    P.signal(session, 9)
+    P.wait(session)
+
+
+def test_no_new_privs_is_set_before_ready():
+    session = P.spawn(argv=["/bin/sleep", "60"], no_new_privs=True)
+    host = ready(session)
+    assert "NoNewPrivs:\t1" in Path(f"/proc/{host}/status").read_text()
+    P.abort(session)
+
+
+def test_env_replaces_the_environment_and_cwd_is_applied(listener):
+    session = P.spawn(
+        argv=["/bin/sh", "-c", "env | grep -v '^PWD=' | sort; pwd"],
+        env={"A": "1", "PATH": "/bin"},
+        cwd="/tmp",
+        stdio={"stdout": ("connect_unix", listener.path)},
+        auto_proceed=True,
+    )
+    connection = listener.accept()
+    assert P.wait(session) == ("exited", 0)
+    assert read_all(connection).decode().split() == ["A=1", "PATH=/bin", "/tmp"]
+
+
+def test_env_as_a_list_of_key_value_strings(listener):
+    session = P.spawn(
+        argv=["/usr/bin/env"], env=["X=1", "Y=two=2"], stdio={"stdout": ("connect_unix", listener.path)}, auto_proceed=True
+    )
+    connection = listener.accept()
+    assert P.wait(session) == ("exited", 0)
+    assert read_all(connection) == b"X=1\nY=two=2\n"
+
+
+def test_default_env_is_the_hosts_at_spawn_time(listener, monkeypatch):
+    monkeypatch.setenv("LINX_TEST_MARKER", "present")
+    session = P.spawn(argv=["/usr/bin/env"], stdio={"stdout": ("connect_unix", listener.path)}, auto_proceed=True)
+    connection = listener.accept()
+    assert P.wait(session) == ("exited", 0)
+    assert b"LINX_TEST_MARKER=present\n" in read_all(connection)
+
+
+# -- owners, linger, auto_proceed -------------------------------------------------------------
+
+
+def test_owner_receives_events_and_set_owner_hands_them_over(box):
+    other = linx_otp.Mailbox()
+    session = P.spawn(argv=["/bin/sleep", "60"], owner=box)
+    assert box.receive(timeout=TIMEOUT)[1] == "ready"
+    P.set_owner(session, other)
+    P.proceed(session)
+    assert other.receive(timeout=TIMEOUT) == ("linx_process", "running")
+    P.set_owner(session, box)
+    P.signal(session, 9)
+    assert box.receive(timeout=TIMEOUT) == ("linx_process", "signaled", 9)
+    assert len(other) == 0 and linx_otp.flush() == []
+
+
+def test_an_actor_can_own_a_session():
+    received = []
+    done = threading.Event()
+
+    class Owner(linx_otp.Actor):
+        def on_receive(self, message):
+            received.append(message)
+            if message[1] == "exited":
+                done.set()
+
+    owner = Owner.start()
+    P.spawn(argv=["/bin/true"], owner=owner, auto_proceed=True)
+    assert done.wait(TIMEOUT)
+    assert [m[1] for m in received] == ["ready", "running", "exited"]
+    owner.stop()
+
+
+def test_events_to_a_dead_owner_are_dropped_without_harm():
+    class Owner(linx_otp.Actor):
+        pass
+
+    owner = Owner.start()
+    owner.stop()
+    session = P.spawn(argv=["/bin/true"], owner=owner, auto_proceed=True)
+    assert P.wait(session) == ("exited", 0)
+
+
+def test_linger_true_keeps_the_session_answering_after_the_end():
+    session = P.spawn(argv=["/bin/true"], auto_proceed=True)
+    P.wait(session)
+    time.sleep(0.05)
+    assert session.is_alive() and P.info(session).stage == "exited"
+
+
+@pytest.mark.parametrize(
+    "argv, action, reason",
+    [
+        (["/bin/true"], None, "normal"),
+        (["/bin/sh", "-c", "exit 7"], None, ("exited", 7)),
+        (["/bin/sleep", "60"], "kill", ("signaled", 9)),
+        (["/bin/sleep", "60"], "abort", ("shutdown", "aborted")),
+        (["/no/such/file"], None, ("error", 2, "execve")),
+    ],
+)
+def test_linger_false_stops_with_the_exit_reason(box, argv, action, reason):
+    session = P.spawn(argv=argv, linger=False, auto_proceed=action != "abort", owner=box)
+    watcher = linx_otp.Mailbox()
+    linx_otp.monitor(session, watcher)
+    box.receive(("linx_process", "ready"), timeout=TIMEOUT)
+    if action == "kill":
+        box.receive(("linx_process", "running"), timeout=TIMEOUT)
+        P.signal(session, 9)
+    elif action == "abort":
+        P.abort(session)
+    assert watcher.receive(timeout=TIMEOUT) == ("DOWN", session, reason)
+    assert not session.is_alive()
+    with pytest.raises(linx_otp.LinxError) as caught:
+        P.wait(session)
+    assert caught.value.reason == "no_process"
+    assert P.exit_reason(box.flush()[-1][1:]) == reason
+
+
+def test_a_graceful_stop_reaps_the_workload_in_every_stage(stalled_listener, box):
+    starting = P.spawn(argv=["/bin/true"], stdio={"stdout": ("connect_unix", stalled_listener.path)}, owner=box)
+    time.sleep(0.05)
+    parked = P.spawn(argv=["/bin/sleep", "60"], owner=box)
+    running, running_host = start_running(argv=["/bin/sleep", "60"])
+    parked_host = P.host_pid(parked) if wait_until(lambda: P.info(parked).stage == "ready") else None
+    stopper = threading.Thread(target=starting.stop)
+    stopper.start()
+    time.sleep(0.05)
+    stalled_listener.release()
+    stopper.join(TIMEOUT)
+    assert parked.stop() and running.stop()
+    assert not process_alive(parked_host) and not process_alive(running_host)
+    assert next_event() == ("linx_process", "signaled", 9), "the owner still gets one terminal event"
+    assert terminal_events(box.flush()) == [("linx_process", "aborted"), ("linx_process", "aborted")]
+
+
+def test_a_stop_answers_blocked_waiters():
+    session, _ = start_running(argv=["/bin/sleep", "60"])
+    results = []
+    waiter = threading.Thread(target=lambda: results.append(P.wait(session)))
+    waiter.start()
+    time.sleep(0.05)
+    session.stop()
+    waiter.join(TIMEOUT)
+    assert results == [("signaled", 9)]
+
+
+def test_many_concurrent_sessions():
+    sessions = [P.spawn(argv=["/bin/sh", "-c", f"exit {i % 5}"], auto_proceed=True, owner=linx_otp.Mailbox()) for i in range(60)]
+    assert [P.wait(s, TIMEOUT) for s in sessions] == [("exited", i % 5) for i in range(60)]
+
+
+# -- when the agent dies ----------------------------------------------------------------------
+
+
+def agent_of(host: int) -> int:
+    return int(Path(f"/proc/{host}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+@pytest.mark.parametrize("stage", ["ready", "running"])
+def test_a_killed_agent_gives_agent_died_137_and_the_workload_dies(stage):
+    session = P.spawn(argv=["/bin/sleep", "60"])
+    host = ready(session)
+    if stage == "running":
+        P.proceed(session)
+        assert next_event() == ("linx_process", "running")
+    os.kill(agent_of(host), signal.SIGKILL)
+    assert next_event() == ("linx_process", "error", 137, "agent_died")
+    assert P.wait(session) == ("error", 137, "agent_died")
+    assert wait_until(lambda: not process_alive(host), 3), "the workload must die with its agent"
