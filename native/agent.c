@@ -330,7 +330,7 @@ enum control_wait { CONTROL_QUIET, CONTROL_READABLE, CONTROL_HANGUP };
 
 static short control_events(void)
 {
-    return agent.control_open ? (POLLIN | POLLRDHUP) : 0;
+    return agent.control_open ? POLLIN : 0;
 }
 
 static enum control_wait control_state(short revents)
@@ -339,7 +339,7 @@ static enum control_wait control_state(short revents)
         return CONTROL_QUIET;
     if (revents & POLLIN)
         return CONTROL_READABLE;
-    if (revents & (POLLHUP | POLLERR | POLLRDHUP))
+    if (revents & (POLLHUP | POLLERR))
         return CONTROL_HANGUP;
     return CONTROL_QUIET;
 }
@@ -412,14 +412,15 @@ static void apply_winsize(const struct command *command)
 
 /* ---- step 6: ready ---------------------------------------------------------------------- */
 
-/* Waits for one record from the child while watching fd 3. Returns the bytes read (0 on
- * end-of-file). A hangup of the Python side discards the child: it must never run. */
+/* Waits for one record from the child while watching fd 3 for a hangup (commands wait in the
+ * socket until the checkpoint reads them in order). Returns the bytes read (0 on end-of-file).
+ * A hangup of the Python side discards the child: it must never run. */
 static ssize_t await_report(struct child_report *report)
 {
     for (;;) {
         struct pollfd fds[2] = {
             {.fd = agent.report_pipe[0], .events = POLLIN},
-            {.fd = CONTROL_FD, .events = POLLRDHUP},
+            {.fd = CONTROL_FD, .events = 0},
         };
         if (poll(fds, agent.control_open ? 2 : 1, -1) < 0) {
             if (errno == EINTR)

@@ -1,0 +1,127 @@
+"""The orphan policy, with a real Python host process killed (or exiting) under its sessions.
+
+Each test runs a small host script as a subprocess, learns the workload's host pid from it,
+then kills the host with SIGKILL (or lets it exit) and watches the workload from here."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from support import process_alive, wait_until
+
+HOST_SCRIPT = r"""
+import json, sys, time
+import linx_otp
+from linx_otp import process as P
+
+argv, policy, proceed, then = json.loads(sys.argv[1])
+options = {} if policy is None else {"orphan_policy": tuple(policy) if isinstance(policy, list) else policy}
+session = P.spawn(argv=argv, auto_proceed=proceed, **options)
+linx_otp.receive(("linx_process", "ready"), timeout=10)
+if proceed:
+    linx_otp.receive(("linx_process", "running"), timeout=10)
+print(P.host_pid(session), flush=True)
+if then == "sleep":
+    time.sleep(600)
+# otherwise: fall off the end of the script with the session still live
+"""
+
+
+class Host:
+    """A Python process owning one session; the workload's host pid is read from it."""
+
+    def __init__(self, argv, policy=None, proceed=True, then="sleep"):
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", HOST_SCRIPT, json.dumps([argv, policy, proceed, then])],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        line = self.process.stdout.readline()
+        assert line, "the host script failed to start its session"
+        self.workload = int(line)
+
+    def kill(self):
+        self.process.kill()
+        self.process.wait(10)
+
+    def cleanup(self):
+        if self.process.poll() is None:
+            self.kill()
+        self.process.stdout.close()
+        try:
+            os.kill(self.workload, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.fixture
+def hosts():
+    started = []
+
+    def start(*args, **kwargs):
+        host = Host(*args, **kwargs)
+        started.append(host)
+        return host
+
+    yield start
+    for host in started:
+        host.cleanup()
+
+
+def test_default_policy_terminates_a_running_workload(hosts):
+    host = hosts(["/bin/sleep", "60"])
+    assert process_alive(host.workload)
+    host.kill()
+    assert wait_until(lambda: not process_alive(host.workload), 3), "SIGTERM should end sleep at once"
+
+
+def test_kill_policy_escalates_to_sigkill_after_the_grace(hosts):
+    host = hosts(["/bin/sh", "-c", 'trap "" TERM; while :; do sleep 0.05; done'], policy=["kill", 1.0])
+    host.kill()
+    killed_at = time.monotonic()
+    time.sleep(0.3)
+    assert process_alive(host.workload), "a TERM-ignoring workload survives the SIGTERM"
+    assert wait_until(lambda: not process_alive(host.workload), 4)
+    assert time.monotonic() - killed_at >= 0.9, "SIGKILL must wait for the grace"
+
+
+def test_kill_policy_with_zero_grace_kills_at_once(hosts):
+    host = hosts(["/bin/sh", "-c", 'trap "" TERM; while :; do sleep 0.05; done'], policy=["kill", 0])
+    host.kill()
+    assert wait_until(lambda: not process_alive(host.workload), 2)
+
+
+def test_linger_policy_leaves_the_workload_running(hosts):
+    host = hosts(["/bin/sleep", "60"], policy="linger")
+    host.kill()
+    time.sleep(0.5)
+    assert process_alive(host.workload)
+
+
+def test_a_parked_child_never_runs_when_the_host_dies(hosts, tmp_path):
+    marker = tmp_path / "ran"
+    host = hosts(["/bin/touch", str(marker)], proceed=False)
+    assert process_alive(host.workload)
+    host.kill()
+    assert wait_until(lambda: not process_alive(host.workload), 3)
+    time.sleep(0.1)
+    assert not marker.exists()
+
+
+def test_a_script_that_never_stops_its_sessions_still_exits(hosts, tmp_path):
+    running = hosts(["/bin/sleep", "60"], then="exit")
+    assert running.process.wait(10) == 0, "live sessions must not keep the interpreter alive"
+    assert wait_until(lambda: not process_alive(running.workload), 3), "the orphan policy applies"
+
+    marker = tmp_path / "ran"
+    parked = hosts(["/bin/touch", str(marker)], proceed=False, then="exit")
+    assert parked.process.wait(10) == 0
+    assert wait_until(lambda: not process_alive(parked.workload), 3)
+    assert not marker.exists(), "a parked child never runs"

@@ -1,0 +1,173 @@
+"""The Python codec and the C agent agree: on the numbers, on every field, and on what is
+malformed."""
+
+from __future__ import annotations
+
+import re
+import struct
+from pathlib import Path
+
+import pytest
+
+from agent_driver import request, run_agent
+from linx_otp import protocol
+
+NATIVE = Path(__file__).resolve().parent.parent / "native"
+
+
+def c_defines() -> dict[str, int]:
+    defines = {}
+    for name, value in re.findall(r"^#define (\w+) (.+)$", (NATIVE / "protocol.h").read_text(), re.M):
+        if name != "LINX_PROTOCOL_H":
+            defines[name] = eval(value, {})  # only integer arithmetic lives there
+    return defines
+
+
+def test_every_number_in_protocol_h_is_the_same_in_python():
+    defines = c_defines()
+    assert len(defines) > 40
+    for name, value in defines.items():
+        if name in ("NS_ALL", "FRAME_HEADER_SIZE"):
+            continue
+        assert getattr(protocol, name) == value, name
+    assert protocol.FRAME_HEADER.size == defines["FRAME_HEADER_SIZE"]
+    assert sum(protocol.NAMESPACE_BITS.values()) == defines["NS_ALL"]
+
+
+def test_every_error_stage_the_c_side_names_is_documented():
+    documented = (NATIVE / "PROTOCOL.md").read_text()
+    source = "".join(path.read_text() for path in NATIVE.glob("*.c"))
+    stages = set(re.findall(r'fail(?:_with_child)?\([^;]*?"([a-z_]+)"', source))
+    assert {"malformed_request", "execve", "connect_unix", "command_too_big"} <= stages
+    for stage in stages:
+        assert f"`{stage}`" in documented, stage
+    for prefix in ("open_ns", "setns"):
+        assert f"`{prefix}_<ns>`" in documented
+
+
+def test_event_decoder_handles_any_split():
+    stream = b"".join(
+        protocol.frame(payload)
+        for payload in (
+            bytes([protocol.EVT_SPAWNED]) + struct.pack(">I", 41234),
+            bytes([protocol.EVT_READY]) + struct.pack(">I", 1),
+            bytes([protocol.EVT_RUNNING]),
+            bytes([protocol.EVT_PTY_OUT]) + b"hi\r\n",
+            bytes([protocol.EVT_ERROR]) + struct.pack(">I", 2) + b"execve",
+        )
+    )
+    expected = [("spawned", 41234), ("ready", 1), ("running",), ("pty_out", b"hi\r\n"), ("error", 2, "execve")]
+    for cut in range(len(stream) + 1):
+        decoder = protocol.EventDecoder()
+        assert decoder.feed(stream[:cut]) + decoder.feed(stream[cut:]) == expected
+    one_at_a_time = protocol.EventDecoder()
+    assert [e for byte in stream for e in one_at_a_time.feed(bytes([byte]))] == expected
+
+
+def test_decoder_reports_malformed_frames_instead_of_raising():
+    decoder = protocol.EventDecoder()
+    assert decoder.feed(protocol.frame(bytes([protocol.EVT_EXITED, 1]))) == [("malformed", bytes([protocol.EVT_EXITED, 1]))]
+    assert decoder.feed(protocol.frame(b"\x42")) == [("malformed", b"\x42")]
+
+
+def test_pty_input_is_chunked_under_the_command_ceiling():
+    frames = list(protocol.encode_pty_input(b"x" * (3 * protocol.PTY_IN_CHUNK + 5)))
+    assert len(frames) == 4
+    assert all(len(f) - 4 <= protocol.COMMAND_MAX for f in frames)
+
+
+def test_the_agent_accepts_a_valid_request_and_runs_it_on_proceed():
+    run = run_agent(request() + protocol.encode_command(protocol.CMD_PROCEED), close_after=False)
+    assert [e[0] for e in run.events] == ["spawned", "ready", "running", "exited"]
+    assert run.events[-1] == ("exited", 0) and run.exit_status == 0
+
+
+def test_the_agent_skips_unknown_fields():
+    frame = request()
+    body = frame[4:] + bytes([0x7F]) + struct.pack(">I", 3) + b"new"
+    run = run_agent(protocol.frame(body) + protocol.encode_command(protocol.CMD_PROCEED), close_after=False)
+    assert run.events[-1] == ("exited", 0)
+
+
+def test_hangup_at_the_checkpoint_discards_the_child():
+    run = run_agent(request())
+    assert [e[0] for e in run.events] == ["spawned", "ready"]
+    assert run.exit_status == 1
+
+
+def raw_request(*fields: tuple[int, bytes]) -> bytes:
+    body = bytes([protocol.MSG_REQUEST]) + b"".join(bytes([tag]) + struct.pack(">I", len(v)) + v for tag, v in fields)
+    return protocol.frame(body)
+
+
+MODE = (protocol.FIELD_MODE, b"\x00")
+ARGV = (protocol.FIELD_ARGV, b"/bin/true\0")
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        pytest.param(raw_request(MODE), id="no argv"),
+        pytest.param(raw_request(ARGV), id="no mode"),
+        pytest.param(raw_request((protocol.FIELD_MODE, b"\x02"), ARGV), id="bad mode"),
+        pytest.param(raw_request((protocol.FIELD_MODE, b"\x01"), ARGV), id="enter without target"),
+        pytest.param(raw_request(MODE, (protocol.FIELD_ARGV, b"/bin/true")), id="string without NUL"),
+        pytest.param(raw_request(MODE, (protocol.FIELD_ARGV, b"/bin\0/true\0")), id="string with inner NUL"),
+        pytest.param(raw_request(MODE, ARGV, (protocol.FIELD_NAMESPACES, struct.pack(">I", 256))), id="unknown namespace bit"),
+        pytest.param(raw_request(MODE, ARGV, (protocol.FIELD_NAMESPACES, b"\x01")), id="short namespaces"),
+        pytest.param(raw_request(MODE, ARGV, (protocol.FIELD_STDIO, b"\x03\x00")), id="stdio fd 3"),
+        pytest.param(raw_request(MODE, ARGV, (protocol.FIELD_STDIO, b"\x01\x09")), id="stdio kind 9"),
+        pytest.param(raw_request(MODE, ARGV, (protocol.FIELD_STDIO, b"\x01\x02")), id="connect_unix without path"),
+        pytest.param(
+            raw_request(MODE, ARGV, (protocol.FIELD_ORPHAN_POLICY, b"\x00" + struct.pack(">I", 2**31))), id="grace too long"
+        ),
+        pytest.param(raw_request(MODE, ARGV, (protocol.FIELD_PTY, b"x")), id="pty with a value"),
+        pytest.param(protocol.frame(bytes([protocol.MSG_REQUEST, protocol.FIELD_MODE, 0, 0])), id="field overruns"),
+        pytest.param(protocol.frame(bytes([protocol.CMD_PROCEED])), id="not a request"),
+        pytest.param(struct.pack(">I", 0), id="empty frame"),
+        pytest.param(request()[:-3], id="truncated"),
+    ],
+)
+def test_malformed_requests_are_refused_cleanly(frame):
+    run = run_agent(frame)
+    assert run.events == [("error", 22, "malformed_request")]
+    assert run.exit_status == 2
+
+
+def test_an_oversized_request_is_request_too_big():
+    run = run_agent(struct.pack(">I", protocol.REQUEST_MAX + 1) + b"\x01" * 64)
+    assert run.events == [("error", 90, "request_too_big")] and run.exit_status == 1
+
+
+def test_eof_before_any_request_exits_silently():
+    run = run_agent(b"")
+    assert run.events == [] and run.exit_status == 1
+
+
+@pytest.mark.parametrize(
+    "command, stage, errno",
+    [
+        (protocol.encode_command(0x42), "malformed_command", 71),
+        (protocol.encode_command(protocol.CMD_PROCEED, b"x"), "malformed_command", 71),
+        (protocol.encode_command(protocol.CMD_SIGNAL, b"\x00"), "malformed_command", 71),
+        (protocol.encode_command(protocol.CMD_SIGNAL, b"\x41"), "malformed_command", 71),
+        (protocol.encode_command(protocol.CMD_WINSIZE, b"\x00" * 7), "malformed_command", 71),
+        (struct.pack(">I", 0), "malformed_command", 71),
+        (struct.pack(">I", protocol.COMMAND_MAX + 1) + b"x" * 100, "command_too_big", 90),
+    ],
+)
+def test_malformed_commands_at_the_checkpoint_discard_the_child(command, stage, errno):
+    run = run_agent(request() + command)
+    assert run.events[:2] == [("spawned", run.events[0][1]), ("ready", run.events[1][1])]
+    assert run.events[2:] == [("error", errno, stage)] and run.exit_status == 1
+
+
+def test_a_well_formed_command_out_of_phase_is_ignored():
+    run = run_agent(
+        request()
+        + protocol.encode_signal(9)
+        + protocol.encode_command(protocol.CMD_PTY_IN, b"x")
+        + protocol.encode_command(protocol.CMD_PROCEED),
+        close_after=False,
+    )
+    assert run.events[-1] == ("exited", 0)
