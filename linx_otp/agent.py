@@ -56,7 +56,7 @@ def exit_status(result: os.waitid_result) -> int:
 class AgentConnection:
     """One agent process: its socket, its pidfd, and the events read from it."""
 
-    def __init__(self, sock: socket.socket, pid: int, pidfd: int) -> None:
+    def __init__(self, sock: socket.socket, pid: int, pidfd: int, proceed_on_ready: bool = False) -> None:
         self.pid = pid
         self._socket = sock
         self._pidfd = pidfd
@@ -69,12 +69,17 @@ class AgentConnection:
         self._listener_nudged = False
         self._socket_drained = False
         self._status: int | None = None
+        self._proceed_on_ready = proceed_on_ready
+        """auto_proceed: the I/O thread sends ``proceed`` the moment ``ready`` is decoded."""
+        self._proceed_sent = False
+        self._proceed_lock = threading.Lock()
         self.finished = threading.Event()
         """Set once the agent has exited and everything it sent has been queued."""
 
     @classmethod
-    def start(cls, request_frame: bytes) -> AgentConnection:
-        """Start an agent and hand it the request."""
+    def start(cls, request_frame: bytes, proceed_on_ready: bool = False) -> AgentConnection:
+        """Start an agent and hand it the request. With ``proceed_on_ready`` (auto_proceed)
+        the I/O thread proceeds at ``ready`` itself, sparing a detour through the session."""
         path = agent_path()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -94,7 +99,7 @@ class AgentConnection:
         finally:
             theirs.close()
         pidfd = os.pidfd_open(pid)
-        connection = cls(ours, pid, pidfd)
+        connection = cls(ours, pid, pidfd, proceed_on_ready)
         connection.send(request_frame)
         io = reactor()
         io.register(ours.fileno(), connection._on_socket_readable)
@@ -110,6 +115,15 @@ class AgentConnection:
             pending = bool(self._events)
         if pending:
             self._nudge()
+
+    def claim_proceed(self) -> bool:
+        """Take the right to send ``proceed``: False if it was already sent. ``abort`` claims it
+        too, which is how an abort before ready wins over auto_proceed."""
+        with self._proceed_lock:
+            claimed = not self._proceed_sent
+            self._proceed_sent = True
+            self._proceed_on_ready = False
+            return claimed
 
     def take_events(self) -> list[tuple]:
         """Every queued event, oldest first."""
@@ -162,7 +176,10 @@ class AgentConnection:
         except (ConnectionResetError, BrokenPipeError):
             data = b""  # the agent exited with a command unread; what it sent came first
         if data:
-            self._queue(self._decoder.feed(data))
+            events = self._decoder.feed(data)
+            if self._proceed_on_ready and any(event[0] == "ready" for event in events):
+                self._auto_proceed()
+            self._queue(events)
             return
         if self._decoder.pending:
             self._queue([("malformed", b"truncated frame at end of stream")])
@@ -171,6 +188,14 @@ class AgentConnection:
             self._socket.close()
         self._socket_drained = True
         self._finish_if_done()
+
+    def _auto_proceed(self) -> None:
+        with self._proceed_lock:
+            if not self._proceed_on_ready:
+                return
+            self._proceed_on_ready = False
+            self._proceed_sent = True
+        self.send(protocol.encode_command(protocol.CMD_PROCEED))
 
     def _on_agent_exited(self) -> None:
         result = os.waitid(os.P_PIDFD, self._pidfd, os.WEXITED | os.WNOHANG)

@@ -101,7 +101,7 @@ def _check_env_entry(key: Any, value: Any, original: Any) -> bytes:
 
 def check_env(env: Any) -> tuple[bytes, ...]:
     if env is None:
-        return tuple(os.fsencode(k) + b"=" + os.fsencode(v) for k, v in os.environ.items())
+        return tuple(key + b"=" + value for key, value in os.environb.items())
     if isinstance(env, Mapping):
         return tuple(_check_env_entry(key, value, env) for key, value in env.items())
     if not _is_list_like(env):

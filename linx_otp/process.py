@@ -108,7 +108,6 @@ class Session(Actor):
         self._pty = plan.request.pty
         self._host_pid: int | None = None
         self._child_pid: int | None = None
-        self._proceeded = False
         self._running = False
         self._pending_signals: list[int] = []
         self._pending_abort = False
@@ -146,9 +145,17 @@ class Session(Actor):
                 self._connection.kill()
                 self._connection.finished.wait(STOP_TIMEOUT)
         self._drain_events()
+        self._answer_queued_waits()
         for waiter in self._waiters:
             waiter.set_exception(LinxError("no_process", "the session stopped"))
         self._waiters.clear()
+
+    def _answer_queued_waits(self) -> None:
+        """``wait`` is told, not asked; a wait still queued behind the stop is answered here."""
+        while not self.actor_inbox.empty():
+            message = self.actor_inbox.get_nowait().message
+            if isinstance(message, _Verb) and message.name == "wait":
+                self._verb_wait(*message.args)
 
     # -- events from the agent -----------------------------------------------------------
 
@@ -177,9 +184,7 @@ class Session(Actor):
                 self._emit("ready", self._host_pid)
                 if self._pending_abort:
                     self._connection.send(protocol.encode_command(protocol.CMD_ABORT))
-                elif self._plan.auto_proceed:
-                    self._proceeded = True
-                    self._connection.send(protocol.encode_command(protocol.CMD_PROCEED))
+                # auto_proceed was sent by the I/O thread already (AgentConnection)
             case ("running",):
                 self._running = True
                 self._emit("running")
@@ -217,13 +222,12 @@ class Session(Actor):
             raise LinxError("running", "proceed: the workload is already running")
         if self._child_pid is None:
             raise LinxError("not_ready", "proceed: the child has not reached the checkpoint yet")
-        if not self._proceeded:
-            self._proceeded = True
+        if self._connection.claim_proceed():
             self._send(protocol.encode_command(protocol.CMD_PROCEED))
 
     def _verb_abort(self) -> None:
         self._require_live("abort")
-        if self._running or self._proceeded:
+        if self._running or not self._connection.claim_proceed():
             raise LinxError("running", "abort: the workload is past the checkpoint; use signal()")
         if self._child_pid is None:
             self._pending_abort = True
@@ -237,15 +241,16 @@ class Session(Actor):
         else:
             self._pending_signals.append(signum)
 
-    def _verb_wait(self, waiter: concurrent.futures.Future) -> Outcome | None:
+    def _verb_wait(self, waiter: concurrent.futures.Future) -> None:
         if self._result is not None:
-            return self._result
-        self._waiters.append(waiter)
-        return None
+            waiter.set_result(self._result)
+        else:
+            self._waiters.append(waiter)
 
-    def _verb_cancel_wait(self, waiter: concurrent.futures.Future) -> None:
+    def _verb_cancel_wait(self, waiter: concurrent.futures.Future) -> Outcome | None:
         if waiter in self._waiters:
             self._waiters.remove(waiter)
+        return self._result
 
     def _verb_host_pid(self) -> int:
         if self._host_pid is None:
@@ -298,7 +303,7 @@ SessionRef = pykka.ActorRef
 
 
 def _start(plan: SessionPlan) -> SessionRef:
-    connection = AgentConnection.start(protocol.encode_request(plan.request))
+    connection = AgentConnection.start(protocol.encode_request(plan.request), plan.auto_proceed)
     try:
         return Session.start(plan, connection)
     except BaseException:
@@ -419,16 +424,16 @@ def wait(session: SessionRef, timeout: float | None = None) -> Outcome:
     """The workload's outcome, blocking until it ends. Raises ``TimeoutError`` if it is still
     live after ``timeout`` seconds (the session is unaffected)."""
     waiter: concurrent.futures.Future = concurrent.futures.Future()
-    outcome = _ask(session, "wait", waiter)
-    if outcome is not None:
-        return outcome
+    try:
+        session.tell(_Verb("wait", (waiter,)))
+    except pykka.ActorDeadError:
+        raise LinxError("no_process", "wait: the session is gone") from None
     try:
         return waiter.result(timeout)
     except concurrent.futures.TimeoutError:
-        try:
-            session.tell(_Verb("cancel_wait", (waiter,)))
-        except pykka.ActorDeadError:
-            pass
+        outcome = _ask(session, "cancel_wait", waiter)  # also catches an end that raced the timeout
+        if outcome is not None:
+            return outcome
         raise TimeoutError(f"the workload is still live after {timeout} s") from None
 
 

@@ -30,7 +30,7 @@ def process_alive(pid: int) -> bool:
     """True if the pid exists and is not a zombie."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone, or in the middle of exiting
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
