@@ -1,0 +1,160 @@
+"""Spawn cost and scale, measured side by side with the tools people would otherwise use.
+
+    sudo python benchmarks/spawn.py [--runs 300] [--sessions 1000]
+
+Prints a Markdown table. Each spawn figure is the median (and p99) of --runs iterations; the
+baseline and linx_otp alternate within one loop, so machine noise hits both alike and the
+ratio is what to read. Needs root for the namespace rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import linx_otp
+from linx_otp import process as P
+
+NAMESPACES = ["net", "pid", "mount", "uts", "ipc"]
+UNSHARE = ["unshare", "--net", "--pid", "--fork", "--mount", "--uts", "--ipc", "/bin/true"]
+
+
+def percentile(samples: list[float], fraction: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def timed(action) -> float:
+    started = time.perf_counter()
+    action()
+    return (time.perf_counter() - started) * 1000
+
+
+def linx_true(namespaces: list[str], box: linx_otp.Mailbox):
+    sessions = []
+
+    def run():
+        session = P.spawn(argv=["/bin/true"], namespaces=namespaces, auto_proceed=True, owner=box)
+        P.wait(session)
+        sessions.append(session)
+
+    def clean():
+        for session in sessions:
+            session.stop()
+        sessions.clear()
+        box.flush()
+
+    return run, clean
+
+
+def compare(runs: int, baseline, candidate, clean) -> tuple[list[float], list[float]]:
+    base, ours = [], []
+    for _ in range(runs):
+        base.append(timed(baseline))
+        ours.append(timed(candidate))
+        clean()
+    return base, ours
+
+
+def row(name: str, baseline_name: str, base: list[float], ours: list[float], limit: float) -> str:
+    ratio = statistics.median(ours) / statistics.median(base)
+    verdict = "yes" if ratio <= limit else "NO"
+    return (
+        f"| {name} | {statistics.median(ours):.2f} / {percentile(ours, 0.99):.2f} "
+        f"| {baseline_name} | {statistics.median(base):.2f} / {percentile(base, 0.99):.2f} "
+        f"| {ratio:.2f}× | ≤ {limit}×: {verdict} |"
+    )
+
+
+def rss_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+def private_kib(pid: int) -> int:
+    total = 0
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith(("Private_Clean:", "Private_Dirty:")):
+            total += int(line.split()[1])
+    return total
+
+
+def agent_pid_of(workload: int) -> int:
+    return int(Path(f"/proc/{workload}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def scale(count: int) -> list[str]:
+    box = linx_otp.Mailbox()
+    rss_before, threads_before = rss_kib(), threading.active_count()
+    started = time.perf_counter()
+    sessions = [P.spawn(argv=["/bin/sleep", "600"], auto_proceed=True, owner=box) for _ in range(count)]
+    running = 0
+    deadline = time.monotonic() + 60
+    while running < count and time.monotonic() < deadline:
+        box.receive(("linx_process", "running"), timeout=60)
+        running += 1
+    reached = time.perf_counter() - started
+    rss_growth = (rss_kib() - rss_before) / 1024
+    thread_growth = threading.active_count() - threads_before
+    agents = [agent_pid_of(P.host_pid(s)) for s in sessions[:50]]
+    agent_private = statistics.median(private_kib(pid) for pid in agents)
+
+    signalled_at = time.perf_counter()
+    for session in sessions:
+        P.signal(session, signal.SIGTERM)
+    delivered = 0
+    while delivered < count:
+        box.receive(("linx_process", "signaled"), timeout=30)
+        delivered += 1
+    signal_seconds = time.perf_counter() - signalled_at
+    for session in sessions:
+        session.stop()
+    return [
+        f"| {count} sessions reach `running` | {running}/{count} in {reached:.2f} s | all | {'yes' if running == count else 'NO'} |",
+        f"| Python process growth | {rss_growth:.1f} MiB, {thread_growth} threads | ≤ 100 MiB, ≤ 1010 threads | "
+        f"{'yes' if rss_growth <= 100 and thread_growth <= 1010 else 'NO'} |",
+        f"| SIGTERM to all, every `signaled` event in | {signal_seconds:.2f} s | ≤ 5 s | {'yes' if signal_seconds <= 5 else 'NO'} |",
+        f"| private memory of one agent | {agent_private:.0f} KiB | (report) | |",
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=300)
+    parser.add_argument("--sessions", type=int, default=1000)
+    arguments = parser.parse_args()
+
+    box = linx_otp.Mailbox()
+    print(f"linx_otp spawn benchmark: {arguments.runs} runs each, {os.cpu_count()} cores, Python {sys.version.split()[0]}\n")
+    print("| linx_otp | ms (median / p99) | baseline | ms (median / p99) | ratio | target |")
+    print("|---|---|---|---|---|---|")
+    run, clean = linx_true([], box)
+    for _ in range(20):  # warm up both paths
+        run(), clean(), subprocess.run(["/bin/true"])
+    base, ours = compare(arguments.runs, lambda: subprocess.run(["/bin/true"]), run, clean)
+    print(row("spawn + auto_proceed + wait, `/bin/true`", "`subprocess.run(['/bin/true'])`", base, ours, 2.5))
+    if os.geteuid() == 0 and shutil.which("unshare"):
+        run, clean = linx_true(NAMESPACES, box)
+        base, ours = compare(arguments.runs, lambda: subprocess.run(UNSHARE), run, clean)
+        print(row(f"same, namespaces {','.join(NAMESPACES)}", "`unshare --net --pid --fork --mount --uts --ipc`", base, ours, 1.2))
+    else:
+        print("| namespaces row skipped: needs root and unshare | | | | | |")
+
+    print("\n| at scale | measured | target | met |")
+    print("|---|---|---|---|")
+    for line in scale(arguments.sessions):
+        print(line)
+
+
+if __name__ == "__main__":
+    main()

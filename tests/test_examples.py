@@ -1,0 +1,23 @@
+"""Every example script runs to completion (they are the seed's examples, as users will run them)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from support import IS_ROOT
+
+EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "examples").glob("*.py"))
+NEEDS_ROOT = {"namespaces.py", "enter.py"}
+
+
+@pytest.mark.parametrize("script", EXAMPLES, ids=[path.name for path in EXAMPLES])
+def test_example_runs(script):
+    if script.name in NEEDS_ROOT and not IS_ROOT:
+        pytest.skip("creates namespaces: needs root")
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip(), "an example shows what it does"
