@@ -59,8 +59,10 @@ def test_monitor_defaults_to_the_calling_threads_mailbox():
 def test_sessions_report_down_too(linger):
     from linx_otp import process as P
 
-    session = P.spawn(argv=["/bin/true"], auto_proceed=True, linger=linger)
+    session = P.spawn(argv=["/bin/true"], linger=linger)
     linx_otp.monitor(session)
+    linx_otp.receive(("linx_process", "ready"), timeout=5)
+    P.proceed(session)
     if linger:
         P.wait(session)
         session.stop()

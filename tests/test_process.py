@@ -683,10 +683,12 @@ def test_linger_true_keeps_the_session_answering_after_the_end():
     ],
 )
 def test_linger_false_stops_with_the_exit_reason(box, argv, action, reason):
-    session = P.spawn(argv=argv, linger=False, auto_proceed=action != "abort", owner=box)
+    session = P.spawn(argv=argv, linger=False, owner=box)
     watcher = linx_otp.Mailbox()
-    linx_otp.monitor(session, watcher)
+    linx_otp.monitor(session, watcher)  # before proceed, so the end cannot outrun the monitor
     box.receive(("linx_process", "ready"), timeout=TIMEOUT)
+    if action != "abort":
+        P.proceed(session)
     if action == "kill":
         box.receive(("linx_process", "running"), timeout=TIMEOUT)
         P.signal(session, 9)
