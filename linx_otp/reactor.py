@@ -37,10 +37,6 @@ class Reactor:
         except (OSError, ValueError):
             pass
 
-    @property
-    def thread(self) -> threading.Thread:
-        return self._thread
-
     def _run(self) -> None:
         while True:
             try:
