@@ -151,11 +151,18 @@ class Session(Actor):
         self._waiters.clear()
 
     def _answer_queued_waits(self) -> None:
-        """``wait`` is told, not asked; a wait still queued behind the stop is answered here."""
+        """``wait`` is told, not asked, so pykka's teardown would never answer one queued
+        behind the stop: answer those here, and put everything else back for the teardown
+        (which answers asks, and a second stop, itself)."""
+        others = []
         while not self.actor_inbox.empty():
-            message = self.actor_inbox.get_nowait().message
-            if isinstance(message, _Verb) and message.name == "wait":
-                self._verb_wait(*message.args)
+            envelope = self.actor_inbox.get_nowait()
+            if isinstance(envelope.message, _Verb) and envelope.message.name == "wait":
+                self._verb_wait(*envelope.message.args)
+            else:
+                others.append(envelope)
+        for envelope in others:
+            self.actor_inbox.put(envelope)
 
     # -- events from the agent -----------------------------------------------------------
 

@@ -779,3 +779,27 @@ def test_pty_winsize_set_at_the_checkpoint_is_seen_at_exec():
     P.proceed(session)
     assert P.wait(session) == ("exited", 0)
     assert b"".join(e[2] for e in linx_otp.flush() if e[1] == "pty_out") == b"42 132\r\n"
+
+
+def test_calls_queued_behind_a_stop_are_answered_never_dropped():
+    """Asks and a second stop that queue up behind a stop must each get an answer (a result or
+    no_process); none may be swallowed and leave its caller blocked."""
+    import pykka
+
+    for _ in range(30):
+        session, _ = start_running(argv=["/bin/sleep", "60"])
+        first_stop = session.stop(block=False)
+        queued = [session.ask(P._Verb("info"), block=False) for _ in range(5)]
+        second_stop = session.stop(block=False)
+        waiter = threading.Thread(target=lambda: reason_of(P.wait, session))
+        waiter.start()
+        assert first_stop.get(timeout=5) is True
+        for future in queued:
+            try:
+                future.get(timeout=5)
+            except pykka.ActorDeadError:
+                pass
+        assert second_stop.get(timeout=5) in (True, False)
+        waiter.join(5)
+        assert not waiter.is_alive()
+        linx_otp.flush()
