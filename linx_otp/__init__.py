@@ -8,6 +8,8 @@
 >>> P.proceed(session)
 >>> P.wait(session)
 ('exited', 0)
+>>> [event[1] for event in linx_otp.flush()]
+['running', 'exited']
 >>> session.stop()
 True
 

@@ -12,7 +12,7 @@ import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 from . import protocol
 from .errors import LinxValueError
@@ -204,22 +204,38 @@ def check_target(target: Any) -> int:
     return target
 
 
+class SessionOptions(TypedDict, total=False):
+    """The keyword options of ``spawn`` and ``enter`` (SPEC §2.1); defaults in ``plan_session``."""
+
+    argv: Sequence[str | bytes]
+    namespaces: Iterable[str] | None
+    env: Mapping[str, str] | Sequence[str] | None
+    cwd: str | bytes | os.PathLike | None
+    stdio: str | Mapping[str, Any]
+    owner: Any
+    linger: bool
+    auto_proceed: bool
+    no_new_privs: bool
+    orphan_policy: tuple[str, float] | str | None
+
+
 def plan_session(
     *,
     mode: int,
     target: int | None,
-    argv: Any,
-    namespaces: Any,
-    env: Any,
-    cwd: Any,
-    stdio: Any,
-    owner: Any,
-    linger: Any,
-    auto_proceed: Any,
-    no_new_privs: Any,
-    orphan_policy: Any,
+    argv: Any = None,
+    namespaces: Any = None,
+    env: Any = None,
+    cwd: Any = None,
+    stdio: Any = "inherit",
+    owner: Any = None,
+    linger: Any = True,
+    auto_proceed: Any = False,
+    no_new_privs: Any = False,
+    orphan_policy: Any = None,
 ) -> SessionPlan:
-    """Validate everything, in order, and build the plan. Raises ``LinxValueError``."""
+    """Validate everything, in order, and build the plan. Raises ``LinxValueError``; an
+    option that does not exist is a ``TypeError``, as for any Python call."""
     encoded_argv = check_argv(argv)
     if namespaces is None:
         chosen_namespaces = None if mode == protocol.MODE_ENTER else frozenset()

@@ -23,7 +23,7 @@ import concurrent.futures
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Unpack
 
 import pykka
 
@@ -32,7 +32,7 @@ from .actor import Actor, _tell_quietly
 from .agent import AgentConnection
 from .errors import LinxError, LinxValueError, describe_outcome
 from .mailbox import flush, mailbox, receive
-from .options import SessionPlan, check_owner, check_target, plan_session
+from .options import SessionOptions, SessionPlan, check_owner, check_target, plan_session
 
 log = logging.getLogger(__name__)
 
@@ -318,87 +318,39 @@ def _start(plan: SessionPlan) -> SessionRef:
         raise
 
 
-def spawn(
-    *,
-    argv: Sequence[str | bytes] | None = None,
-    namespaces: Iterable[str] | None = None,
-    env: Mapping[str, str] | Sequence[str] | None = None,
-    cwd: Any = None,
-    stdio: Any = "inherit",
-    owner: Any = None,
-    linger: bool = True,
-    auto_proceed: bool = False,
-    no_new_privs: bool = False,
-    orphan_policy: tuple[str, float] | str | None = None,
-) -> SessionRef:
+def spawn(**options: Unpack[SessionOptions]) -> SessionRef:
     """Start a workload in fresh namespaces, parked at the checkpoint; returns the session.
+    The options are SPEC §2.1's: ``argv`` (required), ``namespaces``, ``env``, ``cwd``,
+    ``stdio``, ``owner``, ``linger``, ``auto_proceed``, ``no_new_privs``, ``orphan_policy``.
 
     >>> session = spawn(argv=["/bin/echo", "hello"], namespaces=["uts"], stdio="devnull")
     >>> receive(("linx_process", "ready"), timeout=5)[0]
     'linx_process'
     >>> proceed(session); wait(session)
     ('exited', 0)
+    >>> [event[1] for event in flush()]
+    ['running', 'exited']
     >>> session.stop()
     True
     """
-    return _start(
-        plan_session(
-            mode=protocol.MODE_SPAWN,
-            target=None,
-            argv=argv,
-            namespaces=namespaces,
-            env=env,
-            cwd=cwd,
-            stdio=stdio,
-            owner=owner,
-            linger=linger,
-            auto_proceed=auto_proceed,
-            no_new_privs=no_new_privs,
-            orphan_policy=orphan_policy,
-        )
-    )
+    return _start(plan_session(mode=protocol.MODE_SPAWN, target=None, **options))
 
 
-def enter(
-    target_pid: int,
-    *,
-    argv: Sequence[str | bytes] | None = None,
-    namespaces: Iterable[str] | None = None,
-    env: Mapping[str, str] | Sequence[str] | None = None,
-    cwd: Any = None,
-    stdio: Any = "inherit",
-    owner: Any = None,
-    linger: bool = True,
-    auto_proceed: bool = False,
-    no_new_privs: bool = False,
-    orphan_policy: tuple[str, float] | str | None = None,
-) -> SessionRef:
+def enter(target_pid: int, **options: Unpack[SessionOptions]) -> SessionRef:
     """Run a workload inside the namespaces of the process ``target_pid`` (a host pid): all of
-    them by default, or those named. Like ``nsenter --target`` or ``docker exec``.
+    them by default, or those named in ``namespaces``. Like ``nsenter --target`` or
+    ``docker exec``. The options are ``spawn``'s.
 
     >>> import os
     >>> probe = enter(os.getpid(), argv=["/bin/true"], namespaces=["net"], auto_proceed=True)
     >>> wait(probe)
     ('exited', 0)
+    >>> [event[1] for event in flush()]
+    ['ready', 'running', 'exited']
     >>> probe.stop()
     True
     """
-    return _start(
-        plan_session(
-            mode=protocol.MODE_ENTER,
-            target=check_target(target_pid),
-            argv=argv,
-            namespaces=namespaces,
-            env=env,
-            cwd=cwd,
-            stdio=stdio,
-            owner=owner,
-            linger=linger,
-            auto_proceed=auto_proceed,
-            no_new_privs=no_new_privs,
-            orphan_policy=orphan_policy,
-        )
-    )
+    return _start(plan_session(mode=protocol.MODE_ENTER, target=check_target(target_pid), **options))
 
 
 def _ask(session: SessionRef, verb: str, *args: Any) -> Any:
