@@ -38,10 +38,6 @@ class SessionPlan:
         return "enter" if self.request.mode == protocol.MODE_ENTER else "spawn"
 
 
-def _refuse(reason: Any, message: str) -> LinxValueError:
-    return LinxValueError(reason, message)
-
-
 def _is_list_like(value: Any) -> bool:
     return isinstance(value, Iterable) and not isinstance(value, (str, bytes, bytearray, Mapping))
 
@@ -59,12 +55,12 @@ def _encode(value: Any) -> bytes | None:
 
 def check_argv(argv: Any) -> tuple[bytes, ...]:
     if not isinstance(argv, Sequence) or isinstance(argv, (str, bytes, bytearray)) or not argv:
-        raise _refuse("argv_required", f"argv must be a non-empty list of str or bytes, not {argv!r}")
+        raise LinxValueError("argv_required", f"argv must be a non-empty list of str or bytes, not {argv!r}")
     if not isinstance(argv[0], (str, bytes, os.PathLike)):
-        raise _refuse("argv_required", f"argv[0] must be a str or bytes path, not {argv[0]!r}")
+        raise LinxValueError("argv_required", f"argv[0] must be a str or bytes path, not {argv[0]!r}")
     encoded = tuple(_encode(arg) for arg in argv)
     if any(arg is None for arg in encoded):
-        raise _refuse(
+        raise LinxValueError(
             ("bad_argv", list(argv)),
             f"every argv element must be a str or bytes without NUL bytes: {argv!r}",
         )
@@ -73,14 +69,14 @@ def check_argv(argv: Any) -> tuple[bytes, ...]:
 
 def check_namespaces(namespaces: Any) -> frozenset[str]:
     if not _is_list_like(namespaces):
-        raise _refuse(
+        raise LinxValueError(
             ("bad_namespaces", ("not_a_list", namespaces)),
             f"namespaces must be a list of names from {NAMESPACES}, not {namespaces!r}",
         )
     names = list(namespaces)
     unknown = [name for name in names if name not in NAMESPACES]
     if unknown:
-        raise _refuse(
+        raise LinxValueError(
             ("bad_namespaces", unknown),
             f"unknown namespace(s) {unknown!r}; expected names from {NAMESPACES}",
         )
@@ -90,12 +86,12 @@ def check_namespaces(namespaces: Any) -> frozenset[str]:
 def _check_env_entry(key: Any, value: Any, original: Any) -> bytes:
     encoded_key, encoded_value = _encode(key), _encode(value)
     if encoded_key is None or encoded_value is None:
-        raise _refuse(
+        raise LinxValueError(
             ("bad_env", ("not_all_strings", original)),
             "env keys and values must be str or bytes without NUL bytes",
         )
     if not encoded_key or b"=" in encoded_key:
-        raise _refuse(("bad_env", ("bad_entry", key)), f"env key {key!r} must be non-empty and contain no '='")
+        raise LinxValueError(("bad_env", ("bad_entry", key)), f"env key {key!r} must be non-empty and contain no '='")
     return encoded_key + b"=" + encoded_value
 
 
@@ -105,7 +101,7 @@ def check_env(env: Any) -> tuple[bytes, ...]:
     if isinstance(env, Mapping):
         return tuple(_check_env_entry(key, value, env) for key, value in env.items())
     if not _is_list_like(env):
-        raise _refuse(
+        raise LinxValueError(
             ("bad_env", ("not_a_list", env)),
             f"env must be a mapping or a list of 'KEY=VALUE' strings, not {env!r}",
         )
@@ -113,10 +109,10 @@ def check_env(env: Any) -> tuple[bytes, ...]:
     for entry in env:
         encoded = _encode(entry)
         if encoded is None:
-            raise _refuse(("bad_env", ("not_all_strings", list(env))), "env entries must be str or bytes without NUL bytes")
+            raise LinxValueError(("bad_env", ("not_all_strings", list(env))), "env entries must be str or bytes without NUL bytes")
         key, separator, _ = encoded.partition(b"=")
         if not separator or not key:
-            raise _refuse(("bad_env", ("bad_entry", entry)), f"env entry {entry!r} is not of the form 'KEY=VALUE'")
+            raise LinxValueError(("bad_env", ("bad_entry", entry)), f"env entry {entry!r} is not of the form 'KEY=VALUE'")
         entries.append(encoded)
     return tuple(entries)
 
@@ -130,7 +126,7 @@ def _check_directive(directive: Any) -> protocol.StdioDirective:
         path = _encode(directive[1])
         if path:
             return protocol.StdioDirective(protocol.STDIO_CONNECT_UNIX, path)
-    raise _refuse(
+    raise LinxValueError(
         ("bad_stdio", ("bad_directive", directive)),
         f"bad stdio directive {directive!r}; expected 'inherit', 'devnull' or ('connect_unix', path)",
     )
@@ -143,14 +139,14 @@ def check_stdio(stdio: Any) -> tuple[tuple[protocol.StdioDirective, ...], bool]:
     if stdio in ("inherit", "devnull"):
         return (_check_directive(stdio),) * 3, False
     if not isinstance(stdio, Mapping):
-        raise _refuse(
+        raise LinxValueError(
             ("bad_stdio", stdio),
             f"stdio must be 'inherit', 'devnull', 'pty' or a mapping of {STDIO_KEYS}, not {stdio!r}",
         )
     directives = [protocol.StdioDirective()] * 3
     for key, directive in stdio.items():
         if key not in STDIO_KEYS:
-            raise _refuse(("bad_stdio", ("bad_fd_entry", key)), f"stdio key {key!r} is not one of {STDIO_KEYS}")
+            raise LinxValueError(("bad_stdio", ("bad_fd_entry", key)), f"stdio key {key!r} is not one of {STDIO_KEYS}")
         directives[STDIO_KEYS.index(key)] = _check_directive(directive)
     return tuple(directives), False
 
@@ -160,13 +156,13 @@ def check_cwd(cwd: Any) -> bytes | None:
         return None
     encoded = _encode(cwd)
     if encoded is None:
-        raise _refuse(("bad_cwd", cwd), f"cwd must be a str, bytes or path without NUL bytes, not {cwd!r}")
+        raise LinxValueError(("bad_cwd", cwd), f"cwd must be a str, bytes or path without NUL bytes, not {cwd!r}")
     return encoded
 
 
 def check_bool(name: str, value: Any) -> bool:
     if not isinstance(value, bool):
-        raise _refuse((f"bad_{name}", value), f"{name} must be True or False, not {value!r}")
+        raise LinxValueError((f"bad_{name}", value), f"{name} must be True or False, not {value!r}")
     return value
 
 
@@ -184,7 +180,7 @@ def check_orphan_policy(policy: Any) -> tuple[int, int] | None:
             and 0 <= grace <= MAX_GRACE_SECONDS
         ):
             return (protocol.ORPHAN_KILL, round(grace * 1000))
-    raise _refuse(
+    raise LinxValueError(
         ("bad_orphan_policy", policy),
         f"orphan_policy must be ('kill', grace_seconds) with 0 <= grace <= {MAX_GRACE_SECONDS} or 'linger', not {policy!r}",
     )
@@ -194,13 +190,13 @@ def check_owner(owner: Any) -> Any:
     if owner is None:
         return mailbox()
     if not callable(getattr(owner, "tell", None)):
-        raise _refuse(("bad_owner", owner), f"owner must be an ActorRef, a Mailbox or have .tell(message), not {owner!r}")
+        raise LinxValueError(("bad_owner", owner), f"owner must be an ActorRef, a Mailbox or have .tell(message), not {owner!r}")
     return owner
 
 
 def check_target(target: Any) -> int:
     if not isinstance(target, int) or isinstance(target, bool) or not 0 < target <= MAX_PID:
-        raise _refuse(("bad_target", target), f"the target must be a host pid (an int > 0), not {target!r}")
+        raise LinxValueError(("bad_target", target), f"the target must be a host pid (an int > 0), not {target!r}")
     return target
 
 

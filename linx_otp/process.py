@@ -276,7 +276,7 @@ class Session(Actor):
 
     def _stage(self) -> str:
         if self._result is not None:
-            return {"exited": "exited", "signaled": "signaled", "aborted": "aborted"}.get(self._result[0], "errored")
+            return "errored" if self._result[0] == "error" else self._result[0]
         if self._running:
             return "running"
         if self._child_pid is not None:

@@ -461,8 +461,7 @@ static void await_ready(void)
         relay_child_error(&report);
     if (report.kind != REPORT_READY)
         fail_with_child(EPROTO, "malformed_ready", EXIT_INFRASTRUCTURE);
-    agent.child_own_pid = report.value;
-    send_event_u32(EVT_READY, (uint32_t)agent.child_own_pid);
+    send_event_u32(EVT_READY, (uint32_t)report.value);
 }
 
 /* ---- step 7: the checkpoint ------------------------------------------------------------- */
@@ -505,16 +504,11 @@ static void hold_checkpoint(void)
             exit(EXIT_CHANNEL);
         }
         switch (command.type) {
-        case CMD_PROCEED: {
-            ssize_t written;
-            do
-                written = write(agent.go_pipe[1], "P", 1);
-            while (written < 0 && errno == EINTR);
-            if (written < 0)
+        case CMD_PROCEED:
+            if (write_fully(agent.go_pipe[1], "P", 1) < 0)
                 relay_parked_death(); /* EPIPE: the child is already gone */
             close_fd(&agent.go_pipe[1]);
             return;
-        }
         case CMD_ABORT:
         case CMD_STOP:
             abort_child();
@@ -532,12 +526,9 @@ static void hold_checkpoint(void)
 static void await_exec_outcome(void)
 {
     struct child_report report;
-    ssize_t got;
     /* Not await_report: once proceed is sent the exec is under way; a hangup now is the
      * orphan policy's business, in the supervise loop. */
-    do
-        got = read_fully(agent.report_pipe[0], &report, sizeof report);
-    while (got < 0 && errno == EINTR);
+    ssize_t got = read_fully(agent.report_pipe[0], &report, sizeof report);
     if (got == 0) {
         close_fd(&agent.report_pipe[0]);
         send_event(EVT_RUNNING, NULL, 0);

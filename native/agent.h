@@ -62,7 +62,6 @@ struct agent {
     int go_pipe[2];         /* agent -> child */
     pid_t child;            /* as the agent's pid namespace sees it */
     int child_pidfd;
-    pid_t child_own_pid;    /* as the child sees itself */
     bool control_open;      /* fd 3 still has a live peer */
 };
 

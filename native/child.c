@@ -4,6 +4,7 @@
  * failure is reported on the report pipe with its stage, then _exit. */
 #define _GNU_SOURCE
 #include "agent.h"
+#include "wire.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -20,11 +21,7 @@ static int report_fd = -1;
 
 static void write_report(const struct child_report *report)
 {
-    ssize_t written;
-    do
-        written = write(report_fd, report, sizeof *report);
-    while (written < 0 && errno == EINTR);
-    if (written != (ssize_t)sizeof *report)
+    if (write_fully(report_fd, report, sizeof *report) != (ssize_t)sizeof *report)
         _exit(CHILD_EXIT_REPORT_FAILED);
 }
 

@@ -49,6 +49,20 @@ ssize_t read_fully(int fd, void *buffer, size_t size)
     return (ssize_t)done;
 }
 
+ssize_t write_fully(int fd, const void *buffer, size_t size)
+{
+    size_t done = 0;
+    while (done < size) {
+        ssize_t written = write(fd, (const uint8_t *)buffer + done, size - done);
+        if (written < 0 && errno == EINTR)
+            continue;
+        if (written < 0)
+            return -1;
+        done += (size_t)written;
+    }
+    return (ssize_t)done;
+}
+
 enum frame_result read_frame(int fd, uint8_t *buffer, size_t ceiling, size_t *length)
 {
     uint8_t header[FRAME_HEADER_SIZE];

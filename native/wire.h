@@ -21,6 +21,9 @@ enum frame_result read_frame(int fd, uint8_t *buffer, size_t ceiling, size_t *le
 /* Reads exactly `size` bytes unless end-of-file comes first. Returns the bytes read, or -1. */
 ssize_t read_fully(int fd, void *buffer, size_t size);
 
+/* Writes all `size` bytes, retrying on EINTR. Returns the bytes written, or -1. */
+ssize_t write_fully(int fd, const void *buffer, size_t size);
+
 /* Events to the Python side. After the peer has gone (EPIPE) sending is a silent no-op. */
 void send_event(uint8_t type, const void *body, size_t size);
 void send_event_u32(uint8_t type, uint32_t value);
