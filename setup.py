@@ -13,12 +13,11 @@ ROOT = Path(__file__).parent.resolve()
 class BuildWithAgent(build_py):
     def run(self):
         super().run()
-        targets = [ROOT / "linx_otp" / "_bin" / "linx-agent"]
-        if not self.editable_mode:
-            targets.append(Path(self.build_lib).resolve() / "linx_otp" / "_bin" / "linx-agent")
-        for target in targets:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            subprocess.run(["make", "-C", str(ROOT / "native"), f"OUT={target}"], check=True)
+        # Editable installs run the package from the source tree; others from build_lib.
+        package = ROOT / "linx_otp" if self.editable_mode else Path(self.build_lib).resolve() / "linx_otp"
+        target = package / "_bin" / "linx-agent"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["make", "-C", str(ROOT / "native"), f"OUT={target}"], check=True)
 
 
 setup(cmdclass={"build_py": BuildWithAgent})

@@ -8,16 +8,21 @@ import pytest
 
 import linx_otp
 
-from support import actor_threads, child_pids, wait_until
+import threading
+
+from support import child_pids, threads_added_since, wait_until
 
 
 @pytest.fixture(autouse=True)
 def no_leaks():
     linx_otp.flush()
+    threads_before = set(threading.enumerate())
     yield
     pykka.ActorRegistry.stop_all()
     assert wait_until(lambda: not child_pids(), 10), f"processes left behind: {child_pids()}"
-    assert wait_until(lambda: not actor_threads(), 5), f"actor threads left: {actor_threads()}"
+    assert wait_until(lambda: not threads_added_since(threads_before), 5), (
+        f"threads left: {threads_added_since(threads_before)}"
+    )
     linx_otp.flush()
 
 
