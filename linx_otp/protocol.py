@@ -113,12 +113,18 @@ def frame(payload: bytes) -> bytes:
     return FRAME_HEADER.pack(len(payload)) + payload
 
 
+FIELD_HEADER = struct.Struct(">BI")
+"""A request field's tag and size."""
+
+
 def _field(tag: int, value: bytes) -> bytes:
-    return bytes((tag,)) + FRAME_HEADER.pack(len(value)) + value
+    return FIELD_HEADER.pack(tag, len(value)) + value
 
 
-def _string(value: bytes) -> bytes:
-    return value + b"\0"
+def _string_fields(tag: int, values: tuple[bytes, ...]) -> list[bytes]:
+    """One field per string, NUL-terminated (argv and env: the hot part of every request)."""
+    pack = FIELD_HEADER.pack
+    return [pack(tag, len(value) + 1) + value + b"\0" for value in values]
 
 
 def namespace_mask(names: frozenset[str]) -> int:
@@ -133,16 +139,16 @@ def encode_request(request: Request) -> bytes:
     parts = [bytes((MSG_REQUEST,)), _field(FIELD_MODE, bytes((request.mode,)))]
     if request.target is not None:
         parts.append(_field(FIELD_TARGET, FRAME_HEADER.pack(request.target)))
-    parts.extend(_field(FIELD_ARGV, _string(arg)) for arg in request.argv)
-    parts.extend(_field(FIELD_ENV, _string(entry)) for entry in request.env)
+    parts += _string_fields(FIELD_ARGV, request.argv)
+    parts += _string_fields(FIELD_ENV, request.env)
     if request.namespaces is not None:
         parts.append(_field(FIELD_NAMESPACES, FRAME_HEADER.pack(namespace_mask(request.namespaces))))
     if request.cwd is not None:
-        parts.append(_field(FIELD_CWD, _string(request.cwd)))
+        parts.append(_field(FIELD_CWD, request.cwd + b"\0"))
     for fd, directive in enumerate(request.stdio):
         if directive.kind == STDIO_CONNECT_UNIX:
             assert directive.path is not None
-            parts.append(_field(FIELD_STDIO, bytes((fd, directive.kind)) + _string(directive.path)))
+            parts.append(_field(FIELD_STDIO, bytes((fd, directive.kind)) + directive.path + b"\0"))
         elif directive.kind != STDIO_INHERIT:
             parts.append(_field(FIELD_STDIO, bytes((fd, directive.kind))))
     if request.pty:
