@@ -13,17 +13,19 @@
 >>> session.stop()
 True
 
-Modules: ``process`` (sessions and their verbs), ``mailbox`` (where events land), ``actor``
-(the actor base and monitors), ``errors``. The agent protocol is ``native/PROTOCOL.md``.
+Modules: ``process`` (sessions and their verbs), ``supervisor`` (OTP supervisors and trees),
+``mailbox`` (where events land), ``actor`` (the actor base, monitors and child specs),
+``errors``. The agent protocol is ``native/PROTOCOL.md``.
 """
 
-from .actor import Actor, monitor
+from .actor import Actor, ChildSpec, monitor, start_monitored
 from .errors import LinxError, LinxValueError
 from .mailbox import Mailbox, flush, mailbox, receive
 from .process import Info
 
 __all__ = [
     "Actor",
+    "ChildSpec",
     "Info",
     "LinxError",
     "LinxValueError",
@@ -32,4 +34,5 @@ __all__ = [
     "mailbox",
     "monitor",
     "receive",
+    "start_monitored",
 ]

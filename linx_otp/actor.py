@@ -1,9 +1,13 @@
-"""The actor base every linx_otp actor is built on, and monitors.
+"""The actor base every linx_otp actor is built on, monitors, and child specs.
 
 pykka has no links or monitors; OTP supervision needs to know *how* an actor ended. An
 ``Actor`` records an exit reason (``"normal"``, ``"shutdown"``, ``("shutdown", x)`` or an
-abnormal reason) and tells every monitor ``("DOWN", ref, reason)`` once it has stopped. It runs
-on a daemon thread, so live actors never keep the interpreter from exiting.
+abnormal reason) and tells every monitor ``("DOWN", ref, reason)`` once it has stopped and
+cleaned up. It runs on a daemon thread, so live actors never keep the interpreter from exiting.
+
+Unlike a plain pykka actor, a crash in ``on_start`` is an exit with a reason (pykka only logs
+it), and ``SystemExit`` raised in a handler ends that actor alone (pykka stops every actor in
+the process). This module never starts an OS process.
 
 >>> import linx_otp
 >>> class Echo(Actor):
@@ -22,13 +26,18 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
 
 import pykka
 
+from .errors import LinxError, LinxValueError
 from .mailbox import mailbox
 
 log = logging.getLogger(__name__)
+
+RESTART_TYPES = ("permanent", "transient", "temporary")
+CHILD_TYPES = ("worker", "supervisor")
 
 
 class _AddMonitor:
@@ -36,19 +45,48 @@ class _AddMonitor:
         self.watcher = watcher
 
 
+class _Shutdown:
+    """A supervisor asks its child to end with reason ``"shutdown"`` (the graceful phase)."""
+
+
+class _Exit:
+    """End with ``reason`` once the messages queued before this one are handled."""
+
+    def __init__(self, reason: Any) -> None:
+        self.reason = reason
+
+
+class _Birth:
+    """What ``start_actor`` hands to the actor it is creating: monitors that must be in place
+    from the first instruction, and a way to learn whether ``on_start`` succeeded."""
+
+    def __init__(self, monitors: Iterable[Any]) -> None:
+        self.monitors = list(monitors)
+        self.settled = threading.Event()
+        self.failure: Any = None
+
+
+_births = threading.local()
+
+
 class Actor(pykka.ThreadingActor):
     """A pykka actor that ends with an exit reason and reports it to its monitors.
 
-    Subclasses put their cleanup in ``terminate(reason)`` (not ``on_stop``/``on_failure``)
-    and end themselves with ``self.exit(reason)``.
+    Subclasses put their cleanup in ``terminate(reason)`` (not ``on_stop``/``on_failure``),
+    end themselves with ``self.exit(reason)``, and may override ``shutdown_requested()`` to
+    end gracefully when a supervisor asks.
     """
 
     use_daemon_thread = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        birth = getattr(_births, "pending", None)
+        _births.pending = None  # only the first actor created inside start_actor() takes it
+        self._birth: _Birth | None = birth
         self._exit_reason: Any = "normal"
-        self._monitors: list[Any] = []
+        self._ended = False
+        self._monitors: list[Any] = list(birth.monitors) if birth else []
         self._monitors_lock = threading.Lock()
 
     def exit(self, reason: Any) -> None:
@@ -59,22 +97,74 @@ class Actor(pykka.ThreadingActor):
     def terminate(self, reason: Any) -> None:
         """Cleanup hook, run in the actor's thread once, however it ends."""
 
-    # -- pykka hooks ---------------------------------------------------------------------
+    def shutdown_requested(self) -> None:
+        """A supervisor asks this actor to end with ``"shutdown"``; it has the child spec's
+        ``shutdown`` seconds to do so before it is stopped outright. Default: at once."""
+        self.exit("shutdown")
+
+    @classmethod
+    def child_spec(
+        cls,
+        *args: Any,
+        id: Any = None,
+        restart: str = "permanent",
+        shutdown: float | str | None = 5.0,
+        **kwargs: Any,
+    ) -> ChildSpec:
+        """A child spec that starts ``cls(*args, **kwargs)`` (``id`` defaults to the class
+        name); ``id``, ``restart`` and ``shutdown`` are the supervisor's, not the actor's."""
+        return ChildSpec(
+            id=cls.__name__ if id is None else id,
+            start=lambda: cls.start(*args, **kwargs),
+            restart=restart,
+            shutdown=shutdown,
+        )
+
+    # -- pykka hooks (private in pykka 4; pinned in pyproject) ----------------------------
+
+    def _actor_loop_setup(self) -> None:
+        try:
+            self.on_start()
+        except BaseException as error:  # pykka would only log it and leave monitors waiting
+            log.error("%s failed to start", self, exc_info=error)
+            self._stop_with(("exception", error))
+        finally:
+            if self._birth is not None:
+                self._birth.failure = self._exit_reason if self._ended else None
+                self._birth.settled.set()
 
     def _handle_receive(self, message: Any) -> Any:
         if isinstance(message, _AddMonitor):
             with self._monitors_lock:
                 self._monitors.append(message.watcher)
             return None
-        return super()._handle_receive(message)
+        if isinstance(message, _Shutdown):
+            self._exit_reason = "shutdown"
+            return self.shutdown_requested()
+        if isinstance(message, _Exit):
+            return self.exit(message.reason)
+        try:
+            return super()._handle_receive(message)
+        except SystemExit as error:  # pykka would stop every actor in the process
+            log.error("%s raised SystemExit(%r); stopping it alone", self, error.code)
+            self._stop_with(("exception", error))
+            raise LinxError(("exception", error), f"the actor exited: SystemExit({error.code!r})") from error
+
+    def _stop_with(self, reason: Any) -> None:
+        self._exit_reason = reason
+        self._stop()
 
     def on_stop(self) -> None:
         self._end(self._exit_reason)
 
     def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
-        self._end(("exception", exception_value))
+        cause = exception_value.__cause__ if isinstance(exception_value, LinxError) else None
+        self._end(("exception", cause if isinstance(cause, SystemExit) else exception_value))
 
     def _end(self, reason: Any) -> None:
+        if self._ended:
+            return
+        self._ended = True
         self._exit_reason = reason
         try:
             self.terminate(reason)
@@ -102,3 +192,98 @@ def monitor(ref: pykka.ActorRef, watcher: Any = None) -> None:
         ref.ask(_AddMonitor(destination))
     except pykka.ActorDeadError:
         _tell_quietly(destination, ("DOWN", ref, "noproc"))
+
+
+def start_actor(start: Callable[[], pykka.ActorRef], monitors: Iterable[Any] = ()) -> pykka.ActorRef:
+    """Run ``start`` (which creates one ``Actor``), with ``monitors`` watching it from birth,
+    and return its ref once its ``on_start`` has run. If ``on_start`` failed, the monitors
+    get their DOWN and this raises ``LinxError(("failed_to_start", reason))``.
+
+    Monitoring from birth matters: a ``linger=False`` session can end before a later
+    ``monitor()`` call would reach it.
+    """
+    birth = _Birth(monitors)
+    _births.pending = birth
+    try:
+        ref = start()
+    finally:
+        _births.pending = None
+    if not issubclass(ref.actor_class, Actor):
+        ref.stop()
+        raise LinxValueError(("bad_start", start), f"a child must start a linx_otp.Actor, not {ref.actor_class!r}")
+    birth.settled.wait()
+    if birth.failure is not None:
+        match birth.failure:
+            case ("exception", BaseException() as cause):
+                pass
+            case _:
+                cause = None
+        raise LinxError(
+            ("failed_to_start", birth.failure), f"{ref.actor_class.__name__} failed to start: {birth.failure!r}"
+        ) from cause
+    return ref
+
+
+def start_monitored(start: Callable[[], pykka.ActorRef], watcher: Any = None) -> pykka.ActorRef:
+    """Start an actor with ``start`` and monitor it from its first instruction: the DOWN
+    reaches ``watcher`` (default: the calling thread's mailbox) even if the actor ends before
+    this returns, which a later ``monitor()`` could miss (it would say ``"noproc"``).
+
+    >>> import linx_otp
+    >>> from linx_otp import process as P
+    >>> box = linx_otp.Mailbox()
+    >>> session = start_monitored(lambda: P.spawn(argv=["true"], linger=False, auto_proceed=True, owner=box), box)
+    >>> box.receive(("DOWN",), timeout=5)[2]
+    'normal'
+    """
+    return start_actor(start, [mailbox() if watcher is None else watcher])
+
+
+def request_shutdown(ref: pykka.ActorRef) -> None:
+    """Ask an actor to end with ``"shutdown"`` (``shutdown_requested`` runs in its thread)."""
+    _tell_quietly(ref, _Shutdown())
+
+
+def exit_actor(ref: pykka.ActorRef, reason: Any) -> None:
+    """Make an actor end with ``reason`` after the messages already queued to it."""
+    _tell_quietly(ref, _Exit(reason))
+
+
+def _check_shutdown(shutdown: Any) -> None:
+    if shutdown is None or shutdown == "brutal_kill":
+        return
+    if isinstance(shutdown, (int, float)) and not isinstance(shutdown, bool) and shutdown >= 0:
+        return
+    raise LinxValueError(
+        ("bad_shutdown", shutdown), f"shutdown must be seconds >= 0, 'brutal_kill' or None, not {shutdown!r}"
+    )
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    """How a supervisor starts, restarts and stops one child (OTP's child spec).
+
+    ``start`` creates the child actor and returns its ref; ``restart`` is ``"permanent"``,
+    ``"transient"`` or ``"temporary"``; ``shutdown`` is seconds (ask, wait, then stop
+    outright), ``"brutal_kill"`` or ``None`` (wait forever); ``type`` is ``"worker"`` or
+    ``"supervisor"``.
+    """
+
+    id: Any
+    start: Callable[[], pykka.ActorRef] = field(repr=False)
+    restart: str = "permanent"
+    shutdown: float | str | None = 5.0
+    type: str = "worker"
+
+    def __post_init__(self) -> None:
+        try:
+            hash(self.id)
+        except TypeError:
+            raise LinxValueError(("bad_id", self.id), f"a child id must be hashable, not {self.id!r}") from None
+        if not callable(self.start):
+            raise LinxValueError(("bad_start", self.start), "start must be a callable that returns an actor ref")
+        if self.restart not in RESTART_TYPES:
+            raise LinxValueError(("bad_restart", self.restart), f"restart must be one of {RESTART_TYPES}, not {self.restart!r}")
+        _check_shutdown(self.shutdown)
+        if self.type not in CHILD_TYPES:
+            raise LinxValueError(("bad_type", self.type), f"type must be one of {CHILD_TYPES}, not {self.type!r}")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+from signal import SIGTERM
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Unpack
@@ -28,7 +29,7 @@ from typing import Any, Unpack
 import pykka
 
 from . import protocol
-from .actor import Actor, _tell_quietly
+from .actor import Actor, ChildSpec, _tell_quietly
 from .agent import AgentConnection
 from .errors import LinxError, LinxValueError, describe_outcome
 from .mailbox import flush, mailbox, receive
@@ -114,6 +115,7 @@ class Session(Actor):
         self._waiters: list[concurrent.futures.Future] = []
         self._result: Outcome | None = None
         self._stopping = False
+        self._shutting_down = False
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -138,8 +140,9 @@ class Session(Actor):
     def terminate(self, reason: Any) -> None:
         """The graceful reap: the workload never outlives its session (SPEC §2)."""
         self._stopping = True
-        if self._result is None and not self._connection.finished.is_set():
-            self._connection.send(protocol.encode_command(protocol.CMD_STOP))
+        if not self._connection.finished.is_set():  # when it is, the agent is reaped: DOWN means gone
+            if self._result is None:
+                self._connection.send(protocol.encode_command(protocol.CMD_STOP))
             if not self._connection.finished.wait(STOP_TIMEOUT):
                 log.error("agent %d did not reap its workload in %s s; killing it", self._connection.pid, STOP_TIMEOUT)
                 self._connection.kill()
@@ -149,6 +152,18 @@ class Session(Actor):
         for waiter in self._waiters:
             waiter.set_exception(LinxError("no_process", "the session stopped"))
         self._waiters.clear()
+
+    def shutdown_requested(self) -> None:
+        """A supervisor's graceful stop: SIGTERM to a running workload, abort for one that has
+        not been let past the checkpoint; the session ends with ``"shutdown"`` at its outcome."""
+        if self._result is not None:
+            self.exit("shutdown")
+            return
+        self._shutting_down = True
+        if self._connection.claim_proceed():
+            self._abort_claimed()
+        else:
+            self._verb_signal(SIGTERM)
 
     def _answer_queued_waits(self) -> None:
         """``wait`` is told, not asked, so pykka's teardown would never answer one queued
@@ -213,9 +228,11 @@ class Session(Actor):
         for waiter in self._waiters:
             waiter.set_result(outcome)
         self._waiters.clear()
-        if not self._plan.linger and not self._stopping:
+        if self._stopping:
+            return
+        if self._shutting_down or not self._plan.linger:
             self._stopping = True
-            self.exit(exit_reason(outcome))
+            self.exit("shutdown" if self._shutting_down else exit_reason(outcome))
 
     # -- verbs (each runs in the actor's thread; the order of checks is the ladder) ----------
 
@@ -236,6 +253,9 @@ class Session(Actor):
         self._require_live("abort")
         if self._running or not self._connection.claim_proceed():
             raise LinxError("running", "abort: the workload is past the checkpoint; use signal()")
+        self._abort_claimed()
+
+    def _abort_claimed(self) -> None:
         if self._child_pid is None:
             self._pending_abort = True
         else:
@@ -353,6 +373,29 @@ def enter(target_pid: int, **options: Unpack[SessionOptions]) -> SessionRef:
     return _start(plan_session(mode=protocol.MODE_ENTER, target=check_target(target_pid), **options))
 
 
+def child_spec(
+    *,
+    id: Any = "linx_process",
+    restart: str = "permanent",
+    shutdown: float | str | None = 5.0,
+    **options: Unpack[SessionOptions],
+) -> ChildSpec:
+    """A child spec for a supervisor: a session with ``options`` (``spawn``'s) and
+    ``linger=False``, so its outcome becomes its exit reason (SPEC §4). The options are
+    checked now, and the owner is fixed now (default: the calling thread's mailbox); every
+    restart spawns a new session with the same options and owner. A supervised session needs
+    ``auto_proceed=True`` unless something else proceeds it.
+
+    >>> spec = child_spec(id="sleeper", argv=["sleep", "60"], auto_proceed=True)
+    >>> spec.id, spec.restart, spec.shutdown, spec.type
+    ('sleeper', 'permanent', 5.0, 'worker')
+    """
+    if options.get("linger", False) is not False:
+        raise LinxValueError(("bad_linger", options["linger"]), "a supervised session has linger=False (its outcome is its exit reason)")
+    plan = plan_session(mode=protocol.MODE_SPAWN, target=None, **{**options, "linger": False})
+    return ChildSpec(id=id, start=lambda: _start(plan), restart=restart, shutdown=shutdown)
+
+
 def _ask(session: SessionRef, verb: str, *args: Any) -> Any:
     try:
         return session.ask(_Verb(verb, args))
@@ -453,6 +496,7 @@ __all__ = [
     "Session",
     "SessionRef",
     "abort",
+    "child_spec",
     "enter",
     "exit_reason",
     "flush",

@@ -7,6 +7,7 @@ import pykka
 import pytest
 
 import linx_otp
+from linx_otp.supervisor import Supervisor
 
 import threading
 
@@ -18,6 +19,8 @@ def no_leaks():
     linx_otp.flush()
     threads_before = set(threading.enumerate())
     yield
+    for tree in pykka.ActorRegistry.get_by_class(Supervisor):  # first, or they would restart children
+        tree.stop()
     pykka.ActorRegistry.stop_all()
     assert wait_until(lambda: not child_pids(), 10), f"processes left behind: {child_pids()}"
     assert wait_until(lambda: not threads_added_since(threads_before), 5), (

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pykka
 import pytest
 
 import linx_otp
+from linx_otp.actor import start_actor
 
 
 class Echo(linx_otp.Actor):
@@ -67,3 +69,61 @@ def test_sessions_report_down_too(linger):
         P.wait(session)
         session.stop()
     assert linx_otp.receive(("DOWN",), timeout=5) == ("DOWN", session, "normal")
+
+
+class Quitter(linx_otp.Actor):
+    def on_receive(self, message):
+        raise SystemExit(3)
+
+
+def test_system_exit_ends_that_actor_alone(box):
+    bystander = Echo.start()
+    quitter = Quitter.start()
+    linx_otp.monitor(quitter, box)
+    quitter.tell("anything")
+    down = box.receive(timeout=5)
+    assert down[:2] == ("DOWN", quitter) and down[2][0] == "exception" and isinstance(down[2][1], SystemExit)
+    assert bystander.ask("still here") == "still here"
+    bystander.stop()
+
+
+def test_system_exit_in_an_ask_reaches_the_caller_and_ends_the_actor(box):
+    quitter = Quitter.start()
+    linx_otp.monitor(quitter, box)
+    with pytest.raises(linx_otp.LinxError):
+        quitter.ask("anything")
+    assert box.receive(timeout=5)[2][0] == "exception"
+    assert not quitter.is_alive()
+
+
+class BrokenStart(linx_otp.Actor):
+    def on_start(self):
+        raise ValueError("cannot start")
+
+
+def test_a_crash_in_on_start_is_an_exit_reason_not_a_silent_log():
+    box = linx_otp.Mailbox()
+    with pytest.raises(linx_otp.LinxError) as raised:
+        start_actor(BrokenStart.start, [box])
+    assert raised.value.reason[0] == "failed_to_start"
+    down = box.receive(timeout=5)
+    assert down[2][0] == "exception" and str(down[2][1]) == "cannot start"
+
+
+def test_a_monitor_from_birth_sees_an_actor_that_ends_at_once():
+    class Brief(linx_otp.Actor):
+        def on_start(self):
+            self.exit(("shutdown", "done already"))
+
+    box = linx_otp.Mailbox()
+    ref = start_actor(Brief.start, [box])
+    assert box.receive(timeout=5) == ("DOWN", ref, ("shutdown", "done already"))
+
+
+def test_start_actor_refuses_a_plain_pykka_actor():
+    class Plain(pykka.ThreadingActor):
+        pass
+
+    with pytest.raises(linx_otp.LinxValueError):
+        start_actor(Plain.start)
+    assert not pykka.ActorRegistry.get_all()

@@ -1,0 +1,433 @@
+"""Supervisors: OTP's supervisor behaviour on linx_otp actors (SPEC §4).
+
+A supervisor is an ``Actor`` that starts its children in order, monitors each from birth,
+restarts them by its strategy (``one_for_one``, ``one_for_all``, ``rest_for_one``) and their
+restart type (``permanent``, ``transient``, ``temporary``), and gives up when restarts exceed
+``max_restarts`` in ``max_seconds``: it then stops every child in reverse start order and exits
+``"shutdown"``, which its own supervisor sees like any child's exit. Children are sessions
+(``process.child_spec``), supervisors (``child_spec`` here) or any ``Actor``
+(``MyActor.child_spec(...)``). Reports go to ``logging`` and, when asked, to an ``events``
+owner as ``("linx_supervisor", kind, supervisor_id, child_id, detail)`` tuples.
+
+This module never touches an OS process itself: stopping a session is the session's job.
+
+>>> from linx_otp import process as P, supervisor as S
+>>> tree = S.start([P.child_spec(id="sleeper", argv=["sleep", "60"], auto_proceed=True)])
+>>> [(child_id, kind) for child_id, _, kind in S.which_children(tree)]
+[('sleeper', 'worker')]
+>>> S.stop(tree)
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import pykka
+
+from .actor import Actor, ChildSpec, _tell_quietly, exit_actor, request_shutdown, start_actor
+from .errors import LinxError, LinxValueError
+
+log = logging.getLogger(__name__)
+
+EVENT_TAG = "linx_supervisor"
+STRATEGIES = ("one_for_one", "one_for_all", "rest_for_one")
+NORMAL_REASONS = ("normal", "shutdown")
+
+
+def is_normal_exit(reason: Any) -> bool:
+    """Whether a transient child that ended with ``reason`` stays down (OTP's rule)."""
+    return reason in NORMAL_REASONS or (isinstance(reason, tuple) and len(reason) == 2 and reason[0] == "shutdown")
+
+
+class _Watch:
+    """Monitors one incarnation of one child for its supervisor: remembers the reason, wakes
+    a supervisor waiting through a shutdown, and tells the supervisor's inbox."""
+
+    def __init__(self, supervisor: pykka.ActorRef) -> None:
+        self.supervisor = supervisor
+        self.down = threading.Event()
+        self.reason: Any = None
+
+    def tell(self, message: tuple) -> None:
+        self.reason = message[2]
+        self.down.set()
+        _tell_quietly(self.supervisor, _ChildDown(self))
+
+
+@dataclass(frozen=True)
+class _ChildDown:
+    watch: _Watch
+
+
+@dataclass(frozen=True)
+class _RetryRestart:
+    child_ids: tuple
+
+
+@dataclass(frozen=True)
+class _Call:
+    name: str
+    args: tuple = ()
+
+
+class _Child:
+    def __init__(self, spec: ChildSpec) -> None:
+        self.spec = spec
+        self.ref: pykka.ActorRef | None = None
+        self.watch: _Watch | None = None
+        self.restarts = 0
+
+
+@dataclass(frozen=True)
+class _Settings:
+    id: Any
+    strategy: str
+    max_restarts: int
+    max_seconds: float
+    max_children: int | None
+    events: Any
+
+
+class Supervisor(Actor):
+    """The supervisor actor. Use the module's functions rather than messages."""
+
+    def __init__(self, specs: list[ChildSpec], settings: _Settings) -> None:
+        super().__init__()
+        self._settings = settings
+        self._children = [_Child(spec) for spec in specs]
+        self._restart_times: deque[float] = deque()
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def on_start(self) -> None:
+        for child in self._children:
+            try:
+                self._start_child(child)
+            except LinxError as error:
+                self._stop_children(self._children)
+                raise LinxError(
+                    ("failed_to_start_child", child.spec.id, error.reason), f"child {child.spec.id!r}: {error}"
+                ) from error
+
+    def terminate(self, reason: Any) -> None:
+        self._stop_children(self._children)
+
+    def on_receive(self, message: Any) -> Any:
+        match message:
+            case _ChildDown(watch):
+                self._child_down(watch)
+            case _RetryRestart(child_ids):
+                group = [child for child in map(self._find, child_ids) if child is not None and child.ref is None]
+                if group and not self._gave_up(group[0].spec.id):
+                    self._start_group(group)
+            case _Call(name, args):
+                return getattr(self, f"_verb_{name}")(*args)
+            case _:
+                log.warning("supervisor %r ignoring unexpected message %r", self._settings.id, message)
+        return None
+
+    # -- reports ---------------------------------------------------------------------------
+
+    def _report(self, kind: str, child_id: Any, detail: Any, level: int = logging.INFO) -> None:
+        log.log(level, "supervisor %r: child %r %s: %r", self._settings.id, child_id, kind, detail)
+        if self._settings.events is not None:
+            _tell_quietly(self._settings.events, (EVENT_TAG, kind, self._settings.id, child_id, detail))
+
+    # -- starting and stopping children ---------------------------------------------------
+
+    def _start_child(self, child: _Child, report: str = "started") -> pykka.ActorRef:
+        watch = _Watch(self.actor_ref)
+        try:
+            ref = start_actor(child.spec.start, [watch])
+        except LinxError as error:
+            self._report("start_failed", child.spec.id, error.reason, logging.ERROR)
+            raise
+        except Exception as error:
+            self._report("start_failed", child.spec.id, ("exception", error), logging.ERROR)
+            raise LinxError(("exception", error), f"starting {child.spec.id!r} raised {error!r}") from error
+        child.ref, child.watch = ref, watch
+        self._report(report, child.spec.id, ref)
+        return ref
+
+    def _stop_children(self, children: Iterable[_Child]) -> None:
+        for child in reversed(list(children)):
+            self._stop_child(child)
+
+    def _stop_child(self, child: _Child) -> None:
+        """Stop one child by its spec's ``shutdown``: ask, wait, then stop it outright."""
+        ref, watch, shutdown = child.ref, child.watch, child.spec.shutdown
+        if ref is None or watch is None:
+            return
+        child.ref = child.watch = None
+        if shutdown == "brutal_kill":
+            exit_actor(ref, "shutdown")
+        else:
+            request_shutdown(ref)
+            if not watch.down.wait(shutdown):
+                log.warning("supervisor %r: child %r ignored shutdown for %s s; stopping it", self._settings.id, child.spec.id, shutdown)
+                exit_actor(ref, "shutdown")
+        watch.down.wait()
+        self._report("stopped", child.spec.id, watch.reason)
+
+    # -- restarts ----------------------------------------------------------------------------
+
+    def _find(self, child_id: Any) -> _Child | None:
+        return next((child for child in self._children if child.spec.id == child_id), None)
+
+    def _child_down(self, watch: _Watch) -> None:
+        child = next((child for child in self._children if child.watch is watch), None)
+        if child is None:
+            return  # an incarnation this supervisor stopped itself
+        child.ref = child.watch = None
+        reason = watch.reason
+        normal = is_normal_exit(reason)
+        self._report("exited", child.spec.id, reason, logging.INFO if normal else logging.WARNING)
+        restart = child.spec.restart
+        if restart == "permanent" or (restart == "transient" and not normal):
+            self._restart(child)
+        elif restart == "temporary":
+            self._children.remove(child)
+
+    def _intensity_exceeded(self) -> bool:
+        now = time.monotonic()
+        self._restart_times.append(now)
+        while self._restart_times and self._restart_times[0] < now - self._settings.max_seconds:
+            self._restart_times.popleft()
+        return len(self._restart_times) > self._settings.max_restarts
+
+    def _restart(self, failed: _Child) -> None:
+        if self._gave_up(failed.spec.id):
+            return
+        position = self._children.index(failed)
+        match self._settings.strategy:
+            case "one_for_one":
+                group = [failed]
+            case "one_for_all":
+                group = [child for child in self._children if child is failed or child.ref is not None]
+            case _:  # rest_for_one
+                group = [failed] + [child for child in self._children[position + 1 :] if child.ref is not None]
+        self._stop_children(group)
+        self._start_group(group)
+
+    def _gave_up(self, child_id: Any) -> bool:
+        """Count one restart; past the intensity limit, report and exit ``"shutdown"``."""
+        if not self._intensity_exceeded():
+            return False
+        limit = ("reached_max_restart_intensity", self._settings.max_restarts, self._settings.max_seconds)
+        self._report("gave_up", child_id, limit, logging.ERROR)
+        self.exit("shutdown")
+        return True
+
+    def _start_group(self, group: list[_Child]) -> None:
+        """Restart children in start order; if one fails, retry it and the rest later (each
+        retry counts against the restart intensity, as in OTP)."""
+        for index, child in enumerate(group):
+            try:
+                self._start_child(child, "restarted")
+            except LinxError:
+                _tell_quietly(self.actor_ref, _RetryRestart(tuple(child.spec.id for child in group[index:])))
+                return
+            child.restarts += 1
+
+    # -- verbs ------------------------------------------------------------------------------
+
+    def _require(self, child_id: Any) -> _Child:
+        child = self._find(child_id)
+        if child is None:
+            raise LinxError("not_found", f"supervisor {self._settings.id!r} has no child {child_id!r}")
+        return child
+
+    def _verb_start_child(self, spec: ChildSpec) -> pykka.ActorRef:
+        existing = self._find(spec.id)
+        if existing is not None:
+            if existing.ref is not None:
+                raise LinxError(("already_started", existing.ref), f"child {spec.id!r} is already running")
+            raise LinxError("already_present", f"child {spec.id!r} exists (terminated); restart_child or delete_child it")
+        limit = self._settings.max_children
+        if limit is not None and sum(child.ref is not None for child in self._children) >= limit:
+            raise LinxError("max_children", f"supervisor {self._settings.id!r} already runs max_children={limit}")
+        child = _Child(spec)
+        ref = self._start_child(child)
+        self._children.append(child)
+        return ref
+
+    def _verb_terminate_child(self, child_id: Any) -> None:
+        child = self._require(child_id)
+        self._stop_child(child)
+        if child.spec.restart == "temporary":
+            self._children.remove(child)
+
+    def _verb_restart_child(self, child_id: Any) -> pykka.ActorRef:
+        child = self._require(child_id)
+        if child.ref is not None:
+            raise LinxError("running", f"child {child_id!r} is running; terminate_child it first")
+        return self._start_child(child)
+
+    def _verb_delete_child(self, child_id: Any) -> None:
+        child = self._require(child_id)
+        if child.ref is not None:
+            raise LinxError("running", f"child {child_id!r} is running; terminate_child it first")
+        self._children.remove(child)
+
+    def _verb_which_children(self) -> list[tuple[Any, pykka.ActorRef | None, str]]:
+        return [(child.spec.id, child.ref, child.spec.type) for child in self._children]
+
+    def _verb_count_children(self) -> dict[str, int]:
+        return {
+            "specs": len(self._children),
+            "active": sum(child.ref is not None for child in self._children),
+            "supervisors": sum(child.spec.type == "supervisor" for child in self._children),
+            "workers": sum(child.spec.type == "worker" for child in self._children),
+        }
+
+    def _verb_restart_counts(self) -> dict[Any, int]:
+        return {child.spec.id: child.restarts for child in self._children}
+
+
+# -- the public verbs ---------------------------------------------------------------------------
+
+
+def _check_settings(
+    children: Any, id: Any, strategy: Any, max_restarts: Any, max_seconds: Any, max_children: Any, events: Any
+) -> tuple[list[ChildSpec], _Settings]:
+    if isinstance(children, (str, bytes)) or not isinstance(children, Iterable):
+        raise LinxValueError(("bad_children", children), f"children must be a list of child specs, not {children!r}")
+    specs = list(children)
+    for spec in specs:
+        if not isinstance(spec, ChildSpec):
+            raise LinxValueError(
+                ("bad_child_spec", spec), f"a child must be a ChildSpec (P.child_spec, S.child_spec, Actor.child_spec), not {spec!r}"
+            )
+    ids = [spec.id for spec in specs]
+    duplicates = sorted({repr(child_id) for child_id in ids if ids.count(child_id) > 1})
+    if duplicates:
+        raise LinxValueError(("duplicate_child_ids", duplicates), f"child ids must be unique; repeated: {', '.join(duplicates)}")
+    if strategy not in STRATEGIES:
+        raise LinxValueError(("bad_strategy", strategy), f"strategy must be one of {STRATEGIES}, not {strategy!r}")
+    if not isinstance(max_restarts, int) or isinstance(max_restarts, bool) or max_restarts < 0:
+        raise LinxValueError(("bad_max_restarts", max_restarts), f"max_restarts must be an int >= 0, not {max_restarts!r}")
+    if not isinstance(max_seconds, (int, float)) or isinstance(max_seconds, bool) or max_seconds <= 0:
+        raise LinxValueError(("bad_max_seconds", max_seconds), f"max_seconds must be a number > 0, not {max_seconds!r}")
+    if max_children is not None and (not isinstance(max_children, int) or isinstance(max_children, bool) or max_children < 0):
+        raise LinxValueError(("bad_max_children", max_children), f"max_children must be an int >= 0 or None, not {max_children!r}")
+    if events is not None and not callable(getattr(events, "tell", None)):
+        raise LinxValueError(("bad_events", events), f"events must be an actor ref, a Mailbox or anything with .tell, not {events!r}")
+    return specs, _Settings(id, strategy, max_restarts, float(max_seconds), max_children, events)
+
+
+def _starter(specs: list[ChildSpec], settings: _Settings) -> Any:
+    return lambda: Supervisor.start(specs, settings)
+
+
+def start(
+    children: Iterable[ChildSpec],
+    *,
+    strategy: str = "one_for_one",
+    max_restarts: int = 3,
+    max_seconds: float = 5.0,
+    max_children: int | None = None,
+    events: Any = None,
+    id: Any = "supervisor",
+) -> pykka.ActorRef:
+    """Start a supervisor and its children in order; returns once every child has started.
+    If a child fails to start, the ones already started are stopped and this raises
+    ``LinxError(("failed_to_start_child", id, reason))``. ``events`` (a ref or ``Mailbox``)
+    receives ``("linx_supervisor", kind, supervisor_id, child_id, detail)`` reports."""
+    specs, settings = _check_settings(children, id, strategy, max_restarts, max_seconds, max_children, events)
+    try:
+        return start_actor(_starter(specs, settings))
+    except LinxError as error:
+        if isinstance(error.__cause__, LinxError):  # the supervisor's own on_start failure
+            raise error.__cause__ from None
+        raise
+
+
+def child_spec(
+    children: Iterable[ChildSpec],
+    *,
+    id: Any,
+    restart: str = "permanent",
+    shutdown: float | str | None = None,
+    strategy: str = "one_for_one",
+    max_restarts: int = 3,
+    max_seconds: float = 5.0,
+    max_children: int | None = None,
+    events: Any = None,
+) -> ChildSpec:
+    """A child spec for a nested supervisor (type ``"supervisor"``, shutdown ``None``: it is
+    given all the time its own children's shutdowns need)."""
+    specs, settings = _check_settings(children, id, strategy, max_restarts, max_seconds, max_children, events)
+    return ChildSpec(id=id, start=_starter(specs, settings), restart=restart, shutdown=shutdown, type="supervisor")
+
+
+def _call(supervisor: pykka.ActorRef, name: str, *args: Any) -> Any:
+    try:
+        return supervisor.ask(_Call(name, args))
+    except pykka.ActorDeadError:
+        raise LinxError("no_process", f"{name}: the supervisor is gone") from None
+
+
+def start_child(supervisor: pykka.ActorRef, spec: ChildSpec) -> pykka.ActorRef:
+    """Start and supervise one more child; returns its ref. Raises ``("already_started",
+    ref)``, ``"already_present"``, ``"max_children"`` or the failed start's reason."""
+    if not isinstance(spec, ChildSpec):
+        raise LinxValueError(("bad_child_spec", spec), f"start_child takes a ChildSpec, not {spec!r}")
+    return _call(supervisor, "start_child", spec)
+
+
+def terminate_child(supervisor: pykka.ActorRef, child_id: Any) -> None:
+    """Stop a child by its shutdown spec; its spec stays (unless temporary) for ``restart_child``."""
+    _call(supervisor, "terminate_child", child_id)
+
+
+def restart_child(supervisor: pykka.ActorRef, child_id: Any) -> pykka.ActorRef:
+    """Start a terminated child again from its spec. Raises ``"running"`` if it runs."""
+    return _call(supervisor, "restart_child", child_id)
+
+
+def delete_child(supervisor: pykka.ActorRef, child_id: Any) -> None:
+    """Forget a terminated child's spec. Raises ``"running"`` if it runs."""
+    _call(supervisor, "delete_child", child_id)
+
+
+def which_children(supervisor: pykka.ActorRef) -> list[tuple[Any, pykka.ActorRef | None, str]]:
+    """``(id, ref or None, "worker" | "supervisor")`` for each child, in start order."""
+    return _call(supervisor, "which_children")
+
+
+def count_children(supervisor: pykka.ActorRef) -> dict[str, int]:
+    """``{"specs", "active", "supervisors", "workers"}``."""
+    return _call(supervisor, "count_children")
+
+
+def restart_counts(supervisor: pykka.ActorRef) -> dict[Any, int]:
+    """How many times each child has been restarted by this supervisor."""
+    return _call(supervisor, "restart_counts")
+
+
+def stop(supervisor: pykka.ActorRef) -> None:
+    """Stop the tree: every child by its shutdown spec, in reverse start order; returns when
+    all are gone."""
+    supervisor.stop()
+
+
+__all__ = [
+    "STRATEGIES",
+    "Supervisor",
+    "child_spec",
+    "count_children",
+    "delete_child",
+    "is_normal_exit",
+    "restart_child",
+    "restart_counts",
+    "start",
+    "start_child",
+    "stop",
+    "terminate_child",
+    "which_children",
+]
