@@ -21,15 +21,11 @@ import time
 from pathlib import Path
 
 import linx_otp
+from common import median_and_p99, ratio
 from linx_otp import process as P
 
 NAMESPACES = ["net", "pid", "mount", "uts", "ipc"]
 UNSHARE = ["unshare", "--net", "--pid", "--fork", "--mount", "--uts", "--ipc", "/bin/true"]
-
-
-def percentile(samples: list[float], fraction: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
 def timed(action) -> float:
@@ -65,12 +61,11 @@ def compare(runs: int, baseline, candidate, clean) -> tuple[list[float], list[fl
 
 
 def row(name: str, baseline_name: str, base: list[float], ours: list[float], limit: float) -> str:
-    ratio = statistics.median(ours) / statistics.median(base)
-    verdict = "yes" if ratio <= limit else "NO"
+    measured = ratio(ours, base)
+    verdict = "yes" if measured <= limit else "NO"
     return (
-        f"| {name} | {statistics.median(ours):.2f} / {percentile(ours, 0.99):.2f} "
-        f"| {baseline_name} | {statistics.median(base):.2f} / {percentile(base, 0.99):.2f} "
-        f"| {ratio:.2f}× | ≤ {limit}×: {verdict} |"
+        f"| {name} | {median_and_p99(ours)} | {baseline_name} | {median_and_p99(base)} "
+        f"| {measured:.2f}× | ≤ {limit}×: {verdict} |"
     )
 
 

@@ -18,10 +18,14 @@ Modules: ``process`` (sessions and their verbs), ``supervisor`` (OTP supervisors
 ``errors``. The agent protocol is ``native/PROTOCOL.md``.
 """
 
+import logging
+
 from .actor import Actor, ChildSpec, monitor, start_monitored
 from .errors import LinxError, LinxValueError
 from .mailbox import Mailbox, flush, mailbox, receive
 from .process import Info
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())  # reports show once the app configures logging
 
 __all__ = [
     "Actor",

@@ -10,11 +10,12 @@ import pytest
 
 from support import IS_ROOT
 
-EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "examples").glob("*.py"))
+EXAMPLES_DIRECTORY = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = sorted(EXAMPLES_DIRECTORY.rglob("*.py"))
 NEEDS_ROOT = {"namespaces.py", "enter.py"}
 
 
-@pytest.mark.parametrize("script", EXAMPLES, ids=[path.name for path in EXAMPLES])
+@pytest.mark.parametrize("script", EXAMPLES, ids=[str(path.relative_to(EXAMPLES_DIRECTORY)) for path in EXAMPLES])
 def test_example_runs(script):
     if script.name in NEEDS_ROOT and not IS_ROOT:
         pytest.skip("creates namespaces: needs root")
