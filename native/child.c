@@ -4,6 +4,7 @@
  * failure is reported on the report pipe with its stage, then _exit. */
 #define _GNU_SOURCE
 #include "agent.h"
+#include "protocol.h"
 #include "wire.h"
 
 #include <errno.h>
@@ -13,6 +14,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -161,6 +163,12 @@ _Noreturn void run_child(struct agent *agent)
     close_agent_fds(agent);
     if (agent->request.no_new_privs && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
         fail(errno, "no_new_privs");
+    /* A fresh mount namespace starts with private mounts, as unshare(1) does by default, so
+     * nothing the workload or the host mounts in it at the checkpoint leaks to the host's
+     * shared mounts (the original left propagation as inherited). */
+    if (agent->request.mode == MODE_SPAWN && (agent->request.namespaces & NS_MOUNT) &&
+        mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
+        fail(errno, "mount_propagation");
 
     struct child_report ready = {.kind = REPORT_READY, .value = (int32_t)getpid()};
     write_report(&ready);

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -129,6 +130,24 @@ def test_time_namespace_is_really_new_inside_the_workload(listener):
     inside = read_all(connection).decode().strip()
     assert P.wait(session) == ("exited", 0)
     assert inside.startswith("time:[") and inside != namespace_inode("self", "time")
+
+
+@needs_root
+def test_a_fresh_mount_namespace_does_not_propagate_mounts_to_the_host(tmp_path):
+    shared = tmp_path / "shared"
+    (shared).mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "shared", str(shared)], check=True)
+    try:
+        subprocess.run(["mount", "--make-shared", str(shared)], check=True)
+        (shared / "inner").mkdir()
+        script = f"! grep -q shared: /proc/self/mountinfo && mount -t tmpfs inner {shared}/inner"
+        session = P.spawn(argv=["sh", "-c", script], namespaces=["mount"], auto_proceed=True, stdio="devnull")
+        assert P.wait(session, 5) == ("exited", 0)  # no shared mount inside, and the mount worked
+        session.stop()
+        host_mounts = Path("/proc/self/mountinfo").read_text()
+        assert f" {shared} " in host_mounts and f" {shared}/inner " not in host_mounts
+    finally:
+        subprocess.run(["umount", "-R", str(shared)], check=True)
 
 
 @needs_root
