@@ -20,9 +20,10 @@ Modules: ``process`` (sessions and their verbs), ``supervisor`` (OTP supervisors
 
 import logging
 
-from .actor import Actor, ChildSpec, monitor, start_monitored
+from .actor import Actor, ChildSpec, demonitor, monitor, start_monitored
 from .errors import LinxError, LinxValueError
 from .mailbox import Mailbox, flush, mailbox, receive
+from . import tty
 from .process import Info
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())  # reports show once the app configures logging
@@ -33,6 +34,7 @@ __all__ = [
     "Info",
     "LinxError",
     "LinxValueError",
+    "demonitor",
     "Mailbox",
     "flush",
     "mailbox",

@@ -45,6 +45,10 @@ class _AddMonitor:
         self.watcher = watcher
 
 
+class _RemoveMonitor(_AddMonitor):
+    pass
+
+
 class _Shutdown:
     """A supervisor asks its child to end with reason ``"shutdown"`` (the graceful phase)."""
 
@@ -134,6 +138,10 @@ class Actor(pykka.ThreadingActor):
                 self._birth.settled.set()
 
     def _handle_receive(self, message: Any) -> Any:
+        if isinstance(message, _RemoveMonitor):
+            with self._monitors_lock:
+                self._monitors = [watcher for watcher in self._monitors if watcher is not message.watcher]
+            return None
         if isinstance(message, _AddMonitor):
             with self._monitors_lock:
                 self._monitors.append(message.watcher)
@@ -192,6 +200,16 @@ def monitor(ref: pykka.ActorRef, watcher: Any = None) -> None:
         ref.ask(_AddMonitor(destination))
     except pykka.ActorDeadError:
         _tell_quietly(destination, ("DOWN", ref, "noproc"))
+
+
+def demonitor(ref: pykka.ActorRef, watcher: Any = None) -> None:
+    """Undo ``monitor(ref, watcher)``: no DOWN will reach that watcher (a no-op for an actor
+    that is gone; a DOWN already sent stays sent)."""
+    destination = mailbox() if watcher is None else watcher
+    try:
+        ref.ask(_RemoveMonitor(destination))
+    except pykka.ActorDeadError:
+        pass
 
 
 def start_actor(start: Callable[[], pykka.ActorRef], monitors: Iterable[Any] = ()) -> pykka.ActorRef:

@@ -305,8 +305,9 @@ class Session(Actor):
             return "spawned"
         return "starting"
 
-    def _verb_set_owner(self, owner: Any) -> None:
-        self._owner = owner
+    def _verb_set_owner(self, owner: Any) -> Any:
+        previous, self._owner = self._owner, owner
+        return previous
 
     def _verb_pty_write(self, data: bytes) -> None:
         self._require_live("pty_write")
@@ -451,7 +452,12 @@ def info(session: SessionRef) -> Info:
 
 def set_owner(session: SessionRef, owner: Any = None) -> None:
     """Send future events to ``owner`` (None: the calling thread's mailbox), in any stage."""
-    _ask(session, "set_owner", check_owner(owner))
+    _swap_owner(session, owner)
+
+
+def _swap_owner(session: SessionRef, owner: Any) -> Any:
+    """``set_owner`` that returns the previous owner (how ``tty.attach`` borrows a session)."""
+    return _ask(session, "set_owner", check_owner(owner))
 
 
 def pty_write(session: SessionRef, data: bytes | str) -> None:

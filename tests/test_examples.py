@@ -13,6 +13,8 @@ from support import IS_ROOT
 EXAMPLES_DIRECTORY = Path(__file__).resolve().parent.parent / "examples"
 EXAMPLES = sorted(EXAMPLES_DIRECTORY.rglob("*.py"))
 NEEDS_ROOT = {"namespaces.py", "enter.py"}
+NEEDS_A_TERMINAL = {"interactive_shell.py", "borrow_and_return.py"}  # run in tmux by test_tty_tmux.py
+EXAMPLES = [path for path in EXAMPLES if path.name not in NEEDS_A_TERMINAL]
 
 
 @pytest.mark.parametrize("script", EXAMPLES, ids=[str(path.relative_to(EXAMPLES_DIRECTORY)) for path in EXAMPLES])

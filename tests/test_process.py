@@ -774,32 +774,6 @@ def test_a_killed_agent_gives_agent_died_137_and_the_workload_dies(stage):
     assert wait_until(lambda: not process_alive(host), 3), "the workload must die with its agent"
 
 
-# -- pty sessions (the basics; attach and the full pty rules are issue 4's) --------------------
-
-
-def test_pty_session_output_and_the_not_running_rule():
-    session = P.spawn(argv=["/bin/echo", "hi"], stdio="pty")
-    ready(session)
-    assert P.info(session).pty is True
-    assert reason_of(P.pty_write, session, b"x") == "not_running"
-    P.pty_set_winsize(session, (24, 80, 0, 0))
-    P.proceed(session)
-    assert next_event() == ("linx_process", "running")
-    output = b""
-    while (event := next_event())[1] == "pty_out":
-        output += event[2]
-    assert output == b"hi\r\n" and event == ("linx_process", "exited", 0)
-
-
-def test_pty_winsize_set_at_the_checkpoint_is_seen_at_exec():
-    session = P.spawn(argv=["/bin/sh", "-c", "stty size"], stdio="pty")
-    ready(session)
-    P.pty_set_winsize(session, {"rows": 42, "cols": 132, "xpixel": 0, "ypixel": 0})
-    P.proceed(session)
-    assert P.wait(session) == ("exited", 0)
-    assert b"".join(e[2] for e in linx_otp.flush() if e[1] == "pty_out") == b"42 132\r\n"
-
-
 def test_calls_queued_behind_a_stop_are_answered_never_dropped():
     """Asks and a second stop that queue up behind a stop must each get an answer (a result or
     no_process); none may be swallowed and leave its caller blocked."""

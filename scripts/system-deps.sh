@@ -1,0 +1,13 @@
+#!/bin/sh
+# Debian packages the tests and examples drive, installed only when missing (the tests
+# themselves install nothing): tmux (a real terminal for tty.attach tests).
+set -eu
+missing=""
+command -v tmux >/dev/null 2>&1 || missing="$missing tmux"
+if [ -n "$missing" ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "system-deps: missing:$missing (run as root, or install them)" >&2
+        exit 1
+    fi
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing
+fi
