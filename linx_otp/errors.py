@@ -7,6 +7,7 @@ This module only defines and describes errors; it never decides when one happens
 from __future__ import annotations
 
 import errno as errno_module
+import os
 from typing import Any
 
 
@@ -52,3 +53,29 @@ def describe_outcome(outcome: tuple) -> str:
                 return f"process {stage} failed: errno {number}"
             return f"process {stage} failed: {name} (errno {number})"
     return repr(outcome)
+
+
+class LinxOSError(LinxError, OSError):
+    """A kernel call failed: ``reason`` is ``(operation, errno_name)``, e.g.
+    ``("set_uid_map", "eperm")``; ``errno``, ``strerror`` and ``filename`` are OSError's.
+
+    >>> error = LinxOSError("set_uid_map", 1, "/proc/7/uid_map")
+    >>> error.reason, error.errno, isinstance(error, OSError)
+    (('set_uid_map', 'eperm'), 1, True)
+    """
+
+    def __init__(self, operation: str, number: int, filename: str | None = None) -> None:
+        where = f" {filename}" if filename else ""
+        self.message = f"{operation}{where}: {errno_module.errorcode.get(number, number)} ({os.strerror(number)})"
+        super().__init__((operation, errno_name(number)), self.message)
+        self.operation = operation
+        self.errno = number
+        self.strerror = os.strerror(number)
+        self.filename = filename
+
+    def __str__(self) -> str:
+        return self.message
+
+    @classmethod
+    def wrap(cls, operation: str, error: OSError) -> LinxOSError:
+        return cls(operation, error.errno or 0, error.filename)

@@ -1,9 +1,11 @@
 #!/bin/sh
 # Debian packages the tests and examples drive, installed only when missing (the tests
-# themselves install nothing): tmux (a real terminal for tty.attach tests).
+# themselves install nothing): tmux (a real terminal for tty.attach tests) and busybox-static
+# (the rootfs of the container example and its test).
 set -eu
 missing=""
 command -v tmux >/dev/null 2>&1 || missing="$missing tmux"
+[ -x /bin/busybox ] || missing="$missing busybox-static"
 if [ -n "$missing" ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "system-deps: missing:$missing (run as root, or install them)" >&2

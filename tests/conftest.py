@@ -29,6 +29,31 @@ def no_leaks():
     linx_otp.flush()
 
 
+def _kernel_objects() -> dict[str, set[str]]:
+    """What a test run could leave behind on the host: links, mounts, cgroup directories."""
+    from pathlib import Path
+
+    from linx_otp import cgroup, netlink
+
+    with netlink.open() as host:
+        links = set(netlink.link_names(host))
+    mounts = {line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()}
+    layout = cgroup.detect()
+    roots = [layout.v2_root, *layout.v1_roots.values()]
+    cgroups = {str(path) for root in roots if root for path in Path(root).iterdir() if path.is_dir()}
+    return {"links": links, "mounts": mounts, "cgroups": cgroups}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_kernel_objects_left():
+    """At the end of the run: no link, mount or cgroup the tests made is still there."""
+    before = _kernel_objects()
+    yield
+    after = _kernel_objects()
+    left = {kind: sorted(after[kind] - before[kind]) for kind in before if after[kind] - before[kind]}
+    assert not left, f"the tests left kernel objects behind: {left}"
+
+
 @pytest.fixture
 def box() -> linx_otp.Mailbox:
     return linx_otp.Mailbox()

@@ -1,0 +1,153 @@
+"""Mounts and hostnames inside a workload's namespaces (SPEC §3, reference §6.3).
+
+Every verb takes ``in_pid=``: None acts in the caller's own mount namespace, a host pid acts
+in that process's (a parked child, usually). The work happens in a throwaway thread that
+unshares its fs struct and joins the mount namespace (``namespaces.run_in``), so the Python
+process never forks and none of its long-lived threads changes namespace.
+
+procfs is the exception: a proc mount shows the pid namespace of the process that mounts it,
+and a thread cannot join a pid namespace. ``mount_proc`` therefore runs ``mount -t proc``
+through the agent (``process.enter`` into the target's pid and mount namespaces), found by the
+target's view of ``PATH``: mount /proc before ``pivot_root`` into a rootfs without ``mount``.
+
+>>> MS_BIND == 4096
+True
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from typing import Any
+
+from . import namespaces
+from .errors import LinxError, LinxOSError
+
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_REMOUNT = 32
+MS_BIND = 4096
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+MNT_DETACH = 2
+SYS_PIVOT_ROOT = 155  # x86_64
+
+_libc = namespaces.libc
+_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+
+
+def _bytes(value: Any) -> bytes | None:
+    return None if value is None else os.fsencode(value)
+
+
+def _in_mount_namespace(in_pid: int | None, action: Any) -> Any:
+    return namespaces.run_in(in_pid, ["mount"], action)
+
+
+def _mount_call(source: Any, target: Any, fstype: Any, flags: int, data: Any) -> None:
+    namespaces.check_call(_libc.mount(_bytes(source), _bytes(target), _bytes(fstype), flags, _bytes(data)), "mount", str(target))
+
+
+def mount(source: Any, target: Any, fstype: str | None = None, flags: int = 0, data: str | None = None, *, in_pid: int | None = None) -> None:
+    """mount(2) in the mount namespace of ``in_pid``."""
+    _in_mount_namespace(in_pid, lambda: _mount_call(source, target, fstype, flags, data))
+
+
+def bind(source: Any, target: Any, *, recursive: bool = True, readonly: bool = False, in_pid: int | None = None) -> None:
+    """Bind ``source`` onto ``target`` (recursively by default); ``readonly`` remounts it so."""
+
+    def bind_here() -> None:
+        _mount_call(source, target, None, MS_BIND | (MS_REC if recursive else 0), None)
+        if readonly:
+            _mount_call(None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY, None)
+
+    _in_mount_namespace(in_pid, bind_here)
+
+
+def remount(target: Any, flags: int = 0, data: str | None = None, *, in_pid: int | None = None) -> None:
+    """Change the flags of the mount at ``target`` (``MS_REMOUNT`` is added)."""
+    _in_mount_namespace(in_pid, lambda: _mount_call(None, target, None, flags | MS_REMOUNT, data))
+
+
+def umount(target: Any, *, lazy: bool = False, in_pid: int | None = None) -> None:
+    """Unmount ``target`` (``lazy``: MNT_DETACH)."""
+    _in_mount_namespace(in_pid, lambda: namespaces.check_call(_libc.umount2(_bytes(target), MNT_DETACH if lazy else 0), "umount", str(target)))
+
+
+def mkdir(path: Any, mode: int = 0o755, *, in_pid: int | None = None) -> None:
+    """Make a directory (and its parents) as seen from the mount namespace of ``in_pid``."""
+
+    def make() -> None:
+        try:
+            os.makedirs(path, mode, exist_ok=True)
+        except OSError as error:
+            raise LinxOSError.wrap("mkdir", error) from None
+
+    _in_mount_namespace(in_pid, make)
+
+
+def pivot_root(new_root: Any, *, in_pid: int | None = None) -> None:
+    """Make ``new_root`` the root of the mount namespace of ``in_pid`` and detach the old
+    root, the way container runtimes do (``pivot_root(".", ".")`` then a lazy unmount). The
+    workload starts in the new root once it proceeds (its cwd there is ``/``)."""
+
+    def pivot() -> None:
+        root = os.fsencode(new_root)
+        _mount_call(root, root, None, MS_BIND | MS_REC, None)  # pivot_root needs a mount point
+        descriptor = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fchdir(descriptor)
+            namespaces.check_call(_libc.syscall(SYS_PIVOT_ROOT, b".", b"."), "pivot_root", str(new_root))
+            namespaces.check_call(_libc.umount2(b".", MNT_DETACH), "umount", "old root")
+            os.chdir("/")
+        finally:
+            os.close(descriptor)
+
+    _in_mount_namespace(in_pid, pivot)
+
+
+def hostname(name: str, *, in_pid: int | None = None) -> None:
+    """Set the hostname in the uts namespace of ``in_pid``. A root caller does it from a
+    throwaway thread; an unprivileged one (whose workload owns its own user namespace, which a
+    thread cannot join) runs ``hostname`` through the agent instead."""
+    encoded = name.encode()
+    if in_pid is not None and os.geteuid() != 0:
+        _run_through_agent(in_pid, ["hostname", name], "hostname")
+        return
+
+    def set_name() -> None:
+        namespaces.check_call(_libc.sethostname(encoded, len(encoded)), "sethostname", name)
+
+    namespaces.run_in(in_pid, ["uts"], set_name)
+
+
+def mount_proc(in_pid: int, target: str = "/proc") -> None:
+    """A fresh procfs at ``target`` for the pid namespace of ``in_pid``, mounted by a process
+    the agent starts inside that pid (and mount, and user) namespace."""
+    _run_through_agent(in_pid, ["mount", "-t", "proc", "proc", target], "mount_proc")
+
+
+def _run_through_agent(in_pid: int, argv: list[str], operation: str, timeout: float = 10.0) -> None:
+    """Run a small command inside every namespace of ``in_pid`` (``process.enter``)."""
+    from . import process as P
+    from .mailbox import Mailbox
+
+    session = P.enter(
+        in_pid,
+        argv=argv,
+        env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+        stdio={"stdin": "devnull", "stdout": "devnull", "stderr": "inherit"},
+        auto_proceed=True,
+        owner=Mailbox(),
+    )
+    try:
+        outcome = P.wait(session, timeout)
+    finally:
+        session.stop()
+    if outcome != ("exited", 0):
+        raise LinxError((operation, outcome), f"{' '.join(argv)} in the namespaces of pid {in_pid} failed: {outcome}")
+
+
+__all__ = ["bind", "hostname", "mkdir", "mount", "mount_proc", "pivot_root", "remount", "umount"]

@@ -1,0 +1,112 @@
+"""Network setup at the checkpoint with real links in real namespaces."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import linx_otp
+from linx_otp import netlink as N
+from linx_otp import process as P
+from linx_otp.errors import LinxOSError
+
+from support import needs_root
+
+pytestmark = needs_root
+TIMEOUT = 10
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def host():
+    handle = N.open()
+    yield handle
+    handle.close()
+
+
+def parked(box, argv, namespaces=("net",)):
+    session = P.spawn(argv=argv, namespaces=list(namespaces), owner=box, stdio="devnull")
+    return session, box.receive(("linx_process", "ready"), timeout=TIMEOUT)[2]
+
+
+def test_a_fresh_netns_holds_only_lo(box):
+    session, pid = parked(box, ["/bin/true"])
+    inside = N.open(pid)
+    try:
+        assert N.link_names(inside) == ["lo"]
+    finally:
+        inside.close()
+        session.stop()
+
+
+def test_a_veth_created_in_place_carries_tcp_between_host_and_workload(host, box):
+    server = "import socket; s = socket.create_server(('10.200.0.2', 8080)); c, _ = s.accept(); c.sendall(c.recv(100).upper())"
+    session, pid = parked(box, [sys.executable, "-c", server])
+    try:
+        N.create_veth(host, "lxh-test0", "ct0", peer_pid=pid)
+        assert "ct0" not in N.link_names(host)
+        N.add_address(host, "lxh-test0", "10.200.0.1", 30)
+        N.set_up(host, "lxh-test0")
+        inside = N.open(pid)
+        try:
+            assert N.link_names(inside) == ["lo", "ct0"]
+            N.set_up(inside, "lo")
+            N.add_address(inside, "ct0", "10.200.0.2", 30)
+            N.set_up(inside, "ct0")
+        finally:
+            inside.close()
+        P.proceed(session)
+        box.receive(("linx_process", "running"), timeout=TIMEOUT)
+        for _ in range(100):
+            try:
+                connection = socket.create_connection(("10.200.0.2", 8080), timeout=TIMEOUT)
+                break
+            except ConnectionRefusedError:  # the server is still starting
+                time.sleep(0.02)
+        with connection:
+            connection.sendall(b"hello over veth")
+            assert connection.recv(100) == b"HELLO OVER VETH"
+        assert P.wait(session, TIMEOUT) == ("exited", 0)
+    finally:
+        session.stop()
+        if "lxh-test0" in N.link_names(host):
+            N.delete_link(host, "lxh-test0")
+
+
+def test_the_seeds_motivating_use_case_runs_as_written():
+    result = subprocess.run([sys.executable, str(ROOT / "examples" / "netns_checkpoint.py")], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert "inet 10.0.0.5/24" in result.stdout and "default via 10.0.0.1 dev ct0" in result.stdout, result.stdout
+
+
+def test_netlink_errors_name_the_operation_and_errno(host):
+    with pytest.raises(LinxOSError) as raised:
+        N.set_up(host, "no-such-link")
+    assert raised.value.reason == ("link_lookup", "enodev")
+    with pytest.raises(LinxOSError) as raised:
+        N.create_veth(host, "lo", "lxh-peer")
+    assert raised.value.reason == ("create_veth", "eexist")
+    with pytest.raises(linx_otp.LinxValueError):
+        N.create_macvlan(host, "ct9", "eth0", "sideways")
+    with pytest.raises(LinxOSError) as raised:
+        N.open(2**22 + 1)
+    assert raised.value.reason == ("open_ns", "enoent")
+
+
+def test_a_macvlan_created_in_place(host, box):
+    session, pid = parked(box, ["/bin/true"])
+    try:
+        N.create_macvlan(host, "ct1", "eth0", "bridge", pid=pid)
+        inside = N.open(pid)
+        try:
+            assert N.link_names(inside) == ["lo", "ct1"]
+        finally:
+            inside.close()
+        assert "ct1" not in N.link_names(host)
+    finally:
+        session.stop()
