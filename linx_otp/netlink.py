@@ -15,7 +15,9 @@ netns and creates the socket there, and the socket stays bound to that netns for
 
 from __future__ import annotations
 
+import fcntl
 import socket
+import struct
 from typing import Any
 
 from pyroute2 import IPRoute
@@ -28,14 +30,21 @@ MACVLAN_MODES = ("private", "vepa", "bridge", "passthru", "source")
 
 
 def open(pid: int | None = None) -> IPRoute:
-    """rtnetlink in the host's netns, or in the netns of the process ``pid`` (a host pid)."""
+    """rtnetlink in the host's netns, or in the netns of the process ``pid`` (a host pid).
+    Use the handle from the thread that opened it: pyroute2 wraps the socket anew in each
+    thread that touches it, and two wrappers would both close the one fd."""
     if pid is None:
         return IPRoute()
+    return IPRoute(fileno=_netns_socket(pid))
+
+
+def _netns_socket(pid: int) -> int:
+    """A NETLINK_ROUTE socket (SOCK_DGRAM, as pyroute2 requires) bound to ``pid``'s netns."""
 
     def netlink_socket() -> int:
         return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, socket.NETLINK_ROUTE).detach()
 
-    return IPRoute(fileno=namespaces.run_in(pid, ["net"], netlink_socket))
+    return namespaces.run_in(pid, ["net"], netlink_socket)
 
 
 def _call(operation: str, action: Any, *args: Any, **kwargs: Any) -> Any:
@@ -47,10 +56,8 @@ def _call(operation: str, action: Any, *args: Any, **kwargs: Any) -> Any:
 
 def index_of(handle: IPRoute, name: str) -> int:
     """The ifindex of link ``name``; ``LinxOSError(("link_lookup", "enodev"))`` if none."""
-    found = handle.link_lookup(ifname=name)
-    if not found:
-        raise LinxOSError("link_lookup", 19, name)  # ENODEV
-    return found[0]
+    reply = _call("link_lookup", handle.link, "get", ifname=name)
+    return reply[0]["index"]
 
 
 def _peer_namespace(pid: int | None) -> dict[str, Any]:
@@ -81,12 +88,12 @@ def create_macvlan(handle: IPRoute, name: str, parent: str, mode: str = "bridge"
 
 def move_to_netns(handle: IPRoute, name: str, pid: int) -> None:
     """Move link ``name`` into the netns of the process ``pid``."""
-    _call("move_to_netns", handle.link, "set", index=index_of(handle, name), net_ns_pid=pid)
+    _call("move_to_netns", handle.link, "set", ifname=name, net_ns_pid=pid)
 
 
 def set_up(handle: IPRoute, name: str) -> None:
-    """Bring link ``name`` up."""
-    _call("set_up", handle.link, "set", index=index_of(handle, name), state="up")
+    """Bring link ``name`` up (one request: the kernel finds the link by name)."""
+    _call("set_up", handle.link, "set", ifname=name, state="up")
 
 
 def add_address(handle: IPRoute, name: str, address: str, prefixlen: int) -> None:
@@ -101,7 +108,90 @@ def add_default_route(handle: IPRoute, gateway: str) -> None:
 
 def delete_link(handle: IPRoute, name: str) -> None:
     """Delete link ``name`` (a veth takes its peer with it)."""
-    _call("delete_link", handle.link, "del", index=index_of(handle, name))
+    _call("delete_link", handle.link, "del", ifname=name)
+
+
+def setup_veth(
+    pid: int,
+    *,
+    host_name: str,
+    address: str,
+    prefixlen: int,
+    peer_name: str = "eth0",
+    gateway: str | None = None,
+    host_address: str | None = None,
+    host: IPRoute | None = None,
+) -> None:
+    """The usual checkpoint network in one call (IPv4): a veth ``host_name`` on the host, up,
+    with ``host_address/prefixlen`` if given, whose peer ``peer_name`` is created directly in
+    the netns of ``pid`` with ``address/prefixlen``; ``lo`` and the peer up; a default route
+    via ``gateway`` if given. Inside the child's netns this uses the classic interface ioctls
+    from one throwaway thread, several times cheaper than a netlink handle and four requests.
+
+    For IPv6 or anything else, use ``open(pid)`` and the functions above."""
+    for value in (address, gateway, host_address):
+        if value is not None:
+            _check_ipv4(value)
+    if not isinstance(prefixlen, int) or not 0 <= prefixlen <= 32:
+        raise LinxValueError(("bad_prefixlen", prefixlen), f"an IPv4 prefix length is 0..32, not {prefixlen!r}")
+    own_host = host is None
+    host = open() if own_host else host
+    try:
+        _call("create_veth", host.link, "add", ifname=host_name, kind="veth", state="up", peer={"ifname": peer_name, "net_ns_pid": pid})
+    finally:
+        if own_host:
+            host.close()
+    if host_address is not None:
+        _configure_ipv4(host_name, host_address, prefixlen, None)
+
+    namespaces.run_in(pid, ["net"], lambda: _configure_ipv4(peer_name, address, prefixlen, gateway, loopback=True))
+
+
+def _check_ipv4(value: str) -> None:
+    try:
+        socket.inet_pton(socket.AF_INET, value)
+    except (OSError, TypeError):
+        raise LinxValueError(("bad_ipv4_address", value), f"setup_veth takes IPv4 addresses, not {value!r}") from None
+
+
+_SIOCGIFFLAGS, _SIOCSIFFLAGS, _SIOCSIFADDR, _SIOCSIFNETMASK, _SIOCADDRT = 0x8913, 0x8914, 0x8916, 0x891C, 0x890B
+_IFF_UP, _RTF_UP, _RTF_GATEWAY = 0x1, 0x1, 0x2
+_RTENTRY = struct.Struct("@L16s16s16sHhLPhPLLH0L")  # struct rtentry, <linux/route.h>
+
+
+def _configure_ipv4(name: str, address: str, prefixlen: int, gateway: str | None, loopback: bool = False) -> None:
+    """In the calling thread's netns: ``lo`` up (if asked), ``address/prefixlen`` on ``name``,
+    ``name`` up, and a default route via ``gateway``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as control:
+        if loopback:
+            _ioctl(control, "set_up", _SIOCSIFFLAGS, _interface_request("lo", struct.pack("=H", _flags(control, "lo") | _IFF_UP)))
+        netmask = socket.inet_ntoa(struct.pack("!I", (0xFFFFFFFF << (32 - prefixlen)) & 0xFFFFFFFF))
+        _ioctl(control, "add_address", _SIOCSIFADDR, _interface_request(name, _sockaddr(address)))
+        _ioctl(control, "add_address", _SIOCSIFNETMASK, _interface_request(name, _sockaddr(netmask)))
+        _ioctl(control, "set_up", _SIOCSIFFLAGS, _interface_request(name, struct.pack("=H", _flags(control, name) | _IFF_UP)))
+        if gateway is not None:
+            anywhere = _sockaddr("0.0.0.0")
+            route = _RTENTRY.pack(0, anywhere, _sockaddr(gateway), anywhere, _RTF_UP | _RTF_GATEWAY, 0, 0, 0, 0, 0, 0, 0, 0)
+            _ioctl(control, "add_default_route", _SIOCADDRT, route)
+
+
+def _interface_request(name: str, payload: bytes = b"") -> bytes:
+    return struct.pack("16s24s", name.encode(), payload)  # struct ifreq
+
+
+def _sockaddr(address: str) -> bytes:
+    return struct.pack("=HH4s8x", socket.AF_INET, 0, socket.inet_aton(address))
+
+
+def _flags(control: socket.socket, name: str) -> int:
+    return struct.unpack_from("=H", _ioctl(control, "link_lookup", _SIOCGIFFLAGS, _interface_request(name)), 16)[0]
+
+
+def _ioctl(control: socket.socket, operation: str, request: int, argument: bytes) -> bytes:
+    try:
+        return fcntl.ioctl(control, request, argument)
+    except OSError as error:
+        raise LinxOSError(operation, error.errno or 0) from None
 
 
 def link_names(handle: IPRoute) -> list[str]:
@@ -120,4 +210,5 @@ __all__ = [
     "move_to_netns",
     "open",
     "set_up",
+    "setup_veth",
 ]

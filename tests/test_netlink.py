@@ -87,6 +87,9 @@ def test_the_seeds_motivating_use_case_runs_as_written():
 def test_netlink_errors_name_the_operation_and_errno(host):
     with pytest.raises(LinxOSError) as raised:
         N.set_up(host, "no-such-link")
+    assert raised.value.reason == ("set_up", "enodev")
+    with pytest.raises(LinxOSError) as raised:
+        N.add_address(host, "no-such-link", "10.9.9.9", 24)
     assert raised.value.reason == ("link_lookup", "enodev")
     with pytest.raises(LinxOSError) as raised:
         N.create_veth(host, "lo", "lxh-peer")
@@ -110,3 +113,35 @@ def test_a_macvlan_created_in_place(host, box):
         assert "ct1" not in N.link_names(host)
     finally:
         session.stop()
+
+
+def test_setup_veth_does_the_whole_checkpoint_network_in_one_call(host, box):
+    script = "ip -4 -o addr show eth0; ip route; busybox ping -c1 -W2 10.201.0.1 | grep -c ' 0% packet loss'"
+    session = P.spawn(argv=["/bin/sh", "-c", script], namespaces=["net", "mount"], stdio="pty", owner=box)
+    pid = box.receive(("linx_process", "ready"), timeout=TIMEOUT)[2]
+    try:
+        N.setup_veth(pid, host_name="lxh-test1", address="10.201.0.2", prefixlen=30, gateway="10.201.0.1", host_address="10.201.0.1")
+        assert "lxh-test1" in N.link_names(host)
+        P.proceed(session)
+        assert P.wait(session, TIMEOUT) == ("exited", 0)
+        output = b"".join(event[2] for event in box.flush() if event[1] == "pty_out").decode()
+        assert "inet 10.201.0.2/30" in output and "default via 10.201.0.1 dev eth0" in output
+        assert output.strip().splitlines()[-1] == "1"  # the host end answered a ping
+    finally:
+        session.stop()
+        if "lxh-test1" in N.link_names(host):
+            N.delete_link(host, "lxh-test1")
+
+
+def test_setup_veth_refuses_bad_input_before_creating_anything(host, box):
+    session, pid = parked(box, ["/bin/true"])
+    for arguments, reason in [
+        ({"address": "fe80::1", "prefixlen": 64}, ("bad_ipv4_address", "fe80::1")),
+        ({"address": "10.0.0.2", "prefixlen": 33}, ("bad_prefixlen", 33)),
+        ({"address": "10.0.0.2", "prefixlen": 30, "gateway": "nowhere"}, ("bad_ipv4_address", "nowhere")),
+    ]:
+        with pytest.raises(linx_otp.LinxValueError) as raised:
+            N.setup_veth(pid, host_name="lxh-test2", **arguments)
+        assert raised.value.reason == reason
+    assert "lxh-test2" not in N.link_names(host)
+    session.stop()
