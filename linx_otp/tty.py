@@ -30,7 +30,7 @@ import threading
 import tty
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import pykka
 
@@ -235,12 +235,19 @@ class _Pump:
         return detached
 
 
-def attach(session: pykka.ActorRef, *, detach_key: bytes | None = DEFAULT_DETACH_KEY, terminal: int | None = None) -> Any:
+def attach(
+    session: pykka.ActorRef,
+    *,
+    detach_key: bytes | None = DEFAULT_DETACH_KEY,
+    terminal: int | None = None,
+    on_attached: Callable[[], None] | None = None,
+) -> Any:
     """Hand the caller's terminal to a running pty session until the workload ends (returns its
     outcome, e.g. ``("exited", 0)``) or the detach key is typed (returns ``"detached"``).
 
     ``terminal`` is a tty fd to use instead of the controlling terminal (``/dev/tty``);
-    ``detach_key`` ``None`` or ``b""`` disables detaching. Raises ``LinxError`` with reason
+    ``detach_key`` ``None`` or ``b""`` disables detaching; ``on_attached`` is called once the
+    terminal is raw and keystrokes go to the workload. Raises ``LinxError`` with reason
     ``"no_local_tty"``, ``"no_pty"``, ``("not_running", stage)``, or ``"no_process"``.
     Called from the main thread it follows SIGWINCH; from another thread it polls the size.
 
@@ -270,6 +277,8 @@ def attach(session: pykka.ActorRef, *, detach_key: bytes | None = DEFAULT_DETACH
             previous_handlers = _install_signal_handlers(owner)
         saved_termios = termios.tcgetattr(fd)
         tty.setraw(fd, termios.TCSANOW)
+        if on_attached is not None:
+            on_attached()
         return pump.run(watch_signals=in_main_thread)
     except _ProcessSignal as delivered:
         pending_signal = delivered.signum

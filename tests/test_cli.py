@@ -1,0 +1,354 @@
+"""The linx-otp command end to end: the real command as a subprocess, the demo tree, the
+control socket, configuration errors, and spawn."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from linx_otp import cgroup as Cgroup
+from linx_otp import netlink as Netlink
+
+from support import IS_ROOT, needs_root, process_alive, wait_until
+
+COMMAND = [sys.executable, "-m", "linx_otp"]
+TIMEOUT = 20
+
+
+def agent_pids() -> set[int]:
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == "linx-agent":
+                    found.add(int(entry.name))
+            except OSError:
+                pass
+    return found
+
+
+class Running:
+    """``linx-otp run`` as a subprocess, its output collected line by line."""
+
+    def __init__(self, tree: str | None, control: Path, *extra: str) -> None:
+        arguments = ["run", *([tree] if tree else []), "--control", str(control), *extra]
+        self.process = subprocess.Popen([*COMMAND, *arguments], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.control = control
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def shows(self, pattern: str, timeout: float = TIMEOUT, after: int = 0) -> bool:
+        return wait_until(lambda: any(re.search(pattern, line) for line in self.lines[after:]), timeout, interval=0.05)
+
+    def control_command(self, *arguments: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*COMMAND, *arguments, "--control", str(self.control)], capture_output=True, text=True, timeout=TIMEOUT)
+
+    def status(self) -> dict[str, list[str]]:
+        result = self.control_command("status")
+        assert result.returncode == 0, result.stderr
+        rows = [line.split() for line in result.stdout.splitlines()[1:]]
+        return {row[0]: row for row in rows}
+
+    def stop(self, signum: int = signal.SIGTERM) -> int:
+        self.process.send_signal(signum)
+        code = self.process.wait(TIMEOUT)
+        self._reader.join(5)
+        return code
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self._reader.join(5)
+
+
+@pytest.fixture
+def running(tmp_path):
+    started = []
+
+    def start(tree: str | None, *extra: str, control: Path | None = None) -> Running:
+        instance = Running(tree, control or tmp_path / "control.sock", *extra)
+        started.append(instance)
+        return instance
+
+    yield start
+    for instance in started:
+        instance.kill()
+
+
+def write_tree(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "tree.toml"
+    path.write_text(textwrap.dedent(text))
+    return str(path)
+
+
+SMALL_TREE = """
+    [supervisor]
+    max_restarts = 10
+    max_seconds = 5.0
+
+    [[child]]
+    id = "sleeper"
+    argv = ["sleep", "600"]
+
+    [[child]]
+    id = "talker"
+    argv = ["sh", "-c", "echo hello from talker; echo to stderr >&2; exec sleep 600"]
+    stdio = "capture"
+"""
+
+
+# -- the demo tree ------------------------------------------------------------------------------
+
+
+@needs_root
+def test_the_demo_tree_comes_up_and_sigterm_leaves_nothing(running):
+    agents_before = agent_pids()
+    demo = running(None)
+    assert demo.shows(r"client \| web answered: hello from web"), "\n".join(demo.lines)
+    assert demo.shows(r"crasher \| exited 3") and demo.shows(r"crasher \| restarted")
+    assert demo.shows(r"web ! 10\.78\.0\.1 .* \"GET / HTTP/1\.1\" 200")
+    status = demo.status()
+    assert status["web"][2] == "running" and status["workers"][1] == "supervisor"
+    pids = [int(row[3]) for row in status.values() if row[3].isdigit()]
+    assert pids and all(process_alive(pid) for pid in pids)
+    assert demo.stop() == 0
+    assert demo.lines[-1].endswith("tree | stopped")
+    assert not any(process_alive(pid) for pid in pids)
+    assert wait_until(lambda: agent_pids() <= agents_before)
+    with Netlink.open() as host:
+        assert wait_until(lambda: "lxdemo0" not in Netlink.link_names(host))
+    layout = Cgroup.detect()
+    assert not Path(layout.v2_root, "linx-otp-web").exists()
+    assert not any(Path(root, "linx-otp-web").exists() for root in layout.v1_roots.values())
+    assert not demo.control.exists()
+
+
+# -- supervision over the control socket -----------------------------------------------------------
+
+
+def test_a_child_killed_from_outside_is_logged_restarted_and_counted(tmp_path, running):
+    daemon = running(write_tree(tmp_path, SMALL_TREE))
+    assert daemon.shows(r"sleeper \| running")
+    assert daemon.shows(r"talker \| hello from talker") and daemon.shows(r"talker ! to stderr")
+    pid = int(daemon.status()["sleeper"][3])
+    os.kill(pid, signal.SIGKILL)
+    assert daemon.shows(r"sleeper \| signaled 9") and daemon.shows(r"sleeper \| restarted")
+    assert wait_until(lambda: daemon.status()["sleeper"][2:5:2] == ["running", "1"])
+    row = daemon.status()["sleeper"]
+    assert int(row[3]) != pid and "signaled" in " ".join(row[6:])
+    assert daemon.stop() == 0
+
+
+def test_stop_start_and_restart_act(tmp_path, running):
+    daemon = running(write_tree(tmp_path, SMALL_TREE))
+    assert daemon.shows(r"sleeper \| running")
+    first = int(daemon.status()["sleeper"][3])
+    assert daemon.control_command("stop", "sleeper").stdout.strip() == "stopped"
+    assert not process_alive(first) and daemon.status()["sleeper"][2] == "stopped"
+    assert daemon.control_command("start", "sleeper").stdout.strip() == "started"
+    assert wait_until(lambda: daemon.status()["sleeper"][2] == "running")
+    second = int(daemon.status()["sleeper"][3])
+    assert daemon.control_command("restart", "sleeper").stdout.strip() == "restarted"
+    assert wait_until(lambda: daemon.status()["sleeper"][2] == "running" and int(daemon.status()["sleeper"][3]) != second)
+    assert not process_alive(second)
+    unknown = daemon.control_command("stop", "nobody")
+    assert unknown.returncode != 0 and "no child 'nobody'" in unknown.stderr
+    assert daemon.control_command("shutdown").stdout.strip() == "stopping"
+    assert daemon.process.wait(TIMEOUT) == 0
+
+
+def test_json_output_is_one_object_per_line(tmp_path, running):
+    daemon = running(write_tree(tmp_path, SMALL_TREE), "--json")
+    assert daemon.shows(r'"id": "sleeper", "event": "running"')
+    assert daemon.stop() == 0
+    events = [json.loads(line) for line in daemon.lines if line.startswith("{")]
+    assert {"time", "id", "event", "detail"} <= set(events[0])
+    assert ("tree", "stopped") in [(event["id"], event["event"]) for event in events]
+
+
+def test_a_tree_that_gives_up_exits_non_zero(tmp_path, running):
+    tree = write_tree(tmp_path, """
+        [supervisor]
+        max_restarts = 2
+        [[child]]
+        id = "broken"
+        argv = ["sh", "-c", "exit 1"]
+    """)
+    daemon = running(tree)
+    assert daemon.process.wait(TIMEOUT) == 1
+    assert daemon.shows(r"tree \| gave_up")
+
+
+def test_log_files_instead_of_prefixes(tmp_path, running):
+    log = tmp_path / "talker.log"
+    tree = write_tree(tmp_path, f"""
+        [[child]]
+        id = "talker"
+        argv = ["sh", "-c", "echo into the log; exec sleep 600"]
+        stdio = {{ stdout = "capture", stderr = "inherit" }}
+        log = "{log}"
+    """)
+    daemon = running(tree)
+    assert wait_until(lambda: log.exists() and log.read_text() == "into the log\n", TIMEOUT)
+    assert daemon.stop() == 0
+    assert not any("into the log" in line for line in daemon.lines)
+
+
+@needs_root
+def test_another_uid_is_refused_at_the_socket(tmp_path, running):
+    reachable = Path(tempfile.mkdtemp(prefix="linx-control-"))  # tmp_path's parents are private
+    reachable.chmod(0o755)
+    daemon = running(write_tree(tmp_path, SMALL_TREE), control=reachable / "control.sock")
+    assert daemon.shows(r"sleeper \| running")
+    assert oct(daemon.control.stat().st_mode & 0o777) == "0o600"
+    try:
+        pwd.getpwnam("linxtest")
+    except KeyError:
+        subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", "linxtest"], check=True)
+    user = pwd.getpwnam("linxtest")
+    probe = textwrap.dedent(f"""
+        import socket
+        s = socket.socket(socket.AF_UNIX)
+        try:
+            s.connect({str(daemon.control)!r})
+        except PermissionError:
+            print("denied by the file mode")
+        else:
+            s.sendall(b'{{"verb": "status"}}')
+            print(s.recv(4096).decode().strip())
+    """)
+    as_user = dict(user=user.pw_uid, group=user.pw_gid, extra_groups=[], capture_output=True, text=True, timeout=TIMEOUT, cwd="/")
+    result = subprocess.run(["/usr/bin/python3.11", "-c", probe], **as_user)
+    assert result.stdout.strip() == "denied by the file mode", result.stderr
+    os.chmod(daemon.control, 0o666)  # even past the file mode, SO_PEERCRED refuses
+    result = subprocess.run(["/usr/bin/python3.11", "-c", probe], **as_user)
+    answer = json.loads(result.stdout)
+    assert answer["ok"] is False and f"uid {user.pw_uid} may not control" in answer["error"]
+    assert daemon.stop() == 0
+    reachable.rmdir()
+
+
+# -- configuration errors --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "where", "what"),
+    [
+        ('[[child]]\nid = "a"\nargv = = ["true"]\n', "syntax", "line 3"),
+        ('[[child]]\nid = "a"\nargv = ["true"]\ncolour = "red"\n', "child[0].colour", "unknown key"),
+        ('[[child]]\nid = "a"\nargv = ["true"]\nnamespaces = ["net", "nett"]\n', "child[0].namespaces", "nett"),
+        ('[[child]]\nid = "a"\n', "child[0].argv", "missing"),
+        ('[[child]]\nid = "a"\nargv = ["true"]\n[[child]]\nid = "a"\nargv = ["true"]\n', "child[1].id", "duplicate id"),
+        ('[supervisor]\nstrategy = "all_for_none"\n[[child]]\nid = "a"\nargv = ["true"]\n', "supervisor.strategy", "one_for_one"),
+        ('[[child]]\nid = "g"\ntype = "supervisor"\n[[child.child]]\nid = "b"\nargv = ["true"]\nrestart = "sometimes"\n', "child[0].child[0].restart", "transient"),
+        ('[[child]]\nid = "a"\nargv = ["true"]\n[child.setup]\nhostname = "x"\n', "child[0].setup.hostname", "uts"),
+        ('[[child]]\nid = "a"\nargv = ["true"]\nnamespaces = ["net"]\n[child.setup.veth]\nhost = "x"\n', "child[0].setup.veth.address", "missing"),
+    ],
+    ids=["syntax", "unknown-key", "bad-namespace", "missing-argv", "duplicate-ids", "bad-strategy", "nested-restart", "setup-needs-ns", "veth-missing"],
+)
+def test_configuration_errors_name_the_place_and_start_nothing(tmp_path, text, where, what):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    agents_before = agent_pids()
+    result = subprocess.run([*COMMAND, "run", str(path), "--control", str(tmp_path / "c.sock")], capture_output=True, text=True, timeout=TIMEOUT)
+    assert result.returncode == 2
+    assert f"{path}: {where}:" in result.stderr and what in result.stderr, result.stderr
+    assert agent_pids() <= agents_before and not (tmp_path / "c.sock").exists()
+
+
+def test_a_missing_tree_file_is_a_clear_error(tmp_path):
+    result = subprocess.run([*COMMAND, "run", str(tmp_path / "none.toml")], capture_output=True, text=True, timeout=TIMEOUT)
+    assert result.returncode == 2 and "none.toml: file: cannot read it" in result.stderr
+
+
+def test_control_verbs_without_a_daemon(tmp_path):
+    result = subprocess.run([*COMMAND, "status", "--control", str(tmp_path / "none.sock")], capture_output=True, text=True, timeout=TIMEOUT)
+    assert result.returncode == 2 and "no linx-otp daemon at" in result.stderr
+
+
+# -- spawn ------------------------------------------------------------------------------------------
+
+
+@needs_root
+def test_spawn_passes_the_exit_status_through_and_sets_the_hostname():
+    result = subprocess.run(
+        [*COMMAND, "spawn", "--ns", "pid,mount,net", "--hostname", "one-off", "--mount-proc", "--", "sh", "-c", "echo $(hostname) $$ /proc/[0-9]*; exit 7"],
+        capture_output=True, text=True, timeout=TIMEOUT,
+    )
+    assert result.returncode == 7, result.stderr
+    assert result.stdout.strip() == "one-off 1 /proc/1"
+
+
+def test_spawn_errors():
+    result = subprocess.run([*COMMAND, "spawn", "--ns", "nett", "--", "true"], capture_output=True, text=True, timeout=TIMEOUT)
+    assert result.returncode == 2 and "nett" in result.stderr
+    result = subprocess.run([*COMMAND, "spawn", "--", "/nonexistent"], capture_output=True, text=True, timeout=TIMEOUT)
+    assert result.returncode == 127
+    result = subprocess.run([*COMMAND, "spawn"], capture_output=True, text=True, timeout=TIMEOUT)
+    assert result.returncode == 2 and "usage" in result.stderr
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux: run scripts/system-deps.sh")
+@needs_root
+def test_spawn_pty_through_tmux(tmp_path):
+    from test_tty_tmux import Tmux
+
+    command = [*COMMAND, "spawn", "--ns", "pid,mount,uts", "--hostname", "ttybox", "--mount-proc", "--pty", "--", "/bin/sh"]
+    terminal = Tmux(tmp_path, ["sh", "-c", " ".join(f"'{part}'" for part in command) + "; echo spawn-exit=$?"])
+    try:
+        assert terminal.shows("#") or terminal.shows("$"), terminal.screen()
+        terminal.type("echo on $(hostname) as pid $$", "Enter")
+        assert terminal.shows("on ttybox as pid 1"), terminal.screen()
+        terminal.type("stty size", "Enter")
+        assert terminal.shows("24 80"), terminal.screen()
+        terminal.type("exit 5", "Enter")
+        assert terminal.shows("spawn-exit=5"), terminal.screen()
+    finally:
+        terminal.close()
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux: run scripts/system-deps.sh")
+def test_attach_to_a_pty_child_of_the_daemon_through_tmux(tmp_path, running):
+    tree = write_tree(tmp_path, """
+        [[child]]
+        id = "shell"
+        argv = ["/bin/sh"]
+        stdio = "pty"
+        env = { PS1 = "tree-shell$ ", PATH = "/usr/bin:/bin" }
+    """)
+    daemon = running(tree)
+    assert daemon.shows(r"shell \| running")
+    from test_tty_tmux import Tmux
+
+    attach = " ".join(f"'{part}'" for part in [*COMMAND, "attach", "shell", "--control", str(daemon.control)])
+    terminal = Tmux(tmp_path, ["sh", "-c", attach + "; echo attach-exit=$?"])
+    try:
+        assert terminal.shows("attached to shell"), terminal.screen()
+        terminal.type("echo inside-$((40+2))", "Enter")
+        assert terminal.shows("inside-42\n"), terminal.screen()
+        terminal.type("C-p", "C-q")
+        assert terminal.shows("linx-otp: detached"), terminal.screen()
+        assert terminal.shows("attach-exit=0"), terminal.screen()
+    finally:
+        terminal.close()
+    assert daemon.status()["shell"][2] == "running"
+    assert daemon.stop() == 0
