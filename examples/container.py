@@ -3,16 +3,18 @@
     sudo python examples/container.py                      # a shell in the container (needs a terminal)
     sudo python examples/container.py --command "ps; ip addr"
 
-Root only: unprivileged, the mounts below would have to be made from inside the child's own
-user namespace, which a thread of this process cannot join (see the README).
+    python examples/container.py --command "id"       # unprivileged: adds a user namespace
+
+Unprivileged, it adds a user namespace mapping root inside to you, and skips the cgroup and
+the veth (both need root on the host); the mounts then go through the agent.
 
 Steps (each is a few lines below, in this order):
 1. a busybox rootfs (Debian's busybox-static), made in a temporary directory;
-2. spawn /bin/sh into fresh pid, mount, uts, ipc and net namespaces; the child parks at the
-   checkpoint and we get its host pid;
-3. the hostname;
-4. a cgroup with a memory and a pids limit, the child placed in it;
-5. a veth pair, the peer created directly in the child's netns as eth0, addresses on both
+2. spawn /bin/sh into fresh pid, mount, uts, ipc and net namespaces (and user, unprivileged);
+   the child parks at the checkpoint and we get its host pid;
+3. the hostname (unprivileged: first map root inside to our own uid and gid);
+4. a cgroup with a memory and a pids limit, the child placed in it (root only);
+5. a veth pair (root only), the peer created directly in the child's netns as eth0, addresses on both
    ends, lo up and a default route via the host end (``netlink.setup_veth`` does all of
    step 5 in one call; the single steps are spelled out here);
 6. device nodes bound into the rootfs;
@@ -39,6 +41,7 @@ from linx_otp import mount as Mount
 from linx_otp import netlink as Netlink
 from linx_otp import process as P
 from linx_otp import tty
+from linx_otp import user as User
 
 BUSYBOX = Path("/bin/busybox")
 DEVICES = ["null", "zero", "full", "random", "urandom", "tty"]
@@ -70,12 +73,11 @@ def main() -> int:
     parser.add_argument("--memory-max", type=int, default=64 * 1024 * 1024)
     parser.add_argument("--pids-max", type=int, default=64)
     arguments = parser.parse_args()
-    if os.geteuid() != 0:
-        sys.exit("the container example needs root (veth, cgroup, mounts in the child's namespace)")
+    privileged = os.geteuid() == 0
     interactive = arguments.command is None
 
     rootfs = make_rootfs(Path(tempfile.mkdtemp(prefix="linx-rootfs-")))  # step 1
-    namespaces = ["pid", "mount", "uts", "ipc", "net"]
+    namespaces = ["pid", "mount", "uts", "ipc", "net"] + ([] if privileged else ["user"])
     argv = ["/bin/sh"] if interactive else ["/bin/sh", "-c", arguments.command]
 
     # Step 2: spawn, parked at the checkpoint.
@@ -89,19 +91,24 @@ def main() -> int:
     _, _, pid = linx_otp.receive(("linx_process", "ready"), timeout=5)
     host, cgroup, veth = None, None, f"lxc{pid}"
     try:
+        if not privileged:
+            User.map_self(pid)
         Mount.hostname(arguments.hostname, in_pid=pid)  # step 3
-        cgroup = Cgroup.create(f"linx-container-{pid}", memory_max=arguments.memory_max, pids_max=arguments.pids_max)
-        Cgroup.add_process(cgroup, pid)  # step 4
-        host = Netlink.open()  # step 5
-        Netlink.create_veth(host, veth, "eth0", peer_pid=pid)
-        Netlink.add_address(host, veth, HOST_ADDRESS, PREFIX)
-        Netlink.set_up(host, veth)
-        inside = Netlink.open(pid)
-        Netlink.set_up(inside, "lo")
-        Netlink.add_address(inside, "eth0", CONTAINER_ADDRESS, PREFIX)
-        Netlink.set_up(inside, "eth0")
-        Netlink.add_default_route(inside, HOST_ADDRESS)
-        inside.close()
+        if privileged:
+            cgroup = Cgroup.create(f"linx-container-{pid}", memory_max=arguments.memory_max, pids_max=arguments.pids_max)
+            Cgroup.add_process(cgroup, pid)  # step 4
+            host = Netlink.open()  # step 5
+            Netlink.create_veth(host, veth, "eth0", peer_pid=pid)
+            Netlink.add_address(host, veth, HOST_ADDRESS, PREFIX)
+            Netlink.set_up(host, veth)
+            inside = Netlink.open(pid)
+            Netlink.set_up(inside, "lo")
+            Netlink.add_address(inside, "eth0", CONTAINER_ADDRESS, PREFIX)
+            Netlink.set_up(inside, "eth0")
+            Netlink.add_default_route(inside, HOST_ADDRESS)
+            inside.close()
+        else:
+            print("unprivileged: no cgroup and no veth (they need root on the host)")
         for device in DEVICES:  # step 6
             Mount.bind(f"/dev/{device}", rootfs / "dev" / device, recursive=False, in_pid=pid)
         Mount.mount_proc(pid, str(rootfs / "proc"))  # step 7

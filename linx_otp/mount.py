@@ -5,8 +5,13 @@ in that process's (a parked child, usually). The work happens in a throwaway thr
 unshares its fs struct and joins the mount namespace (``namespaces.run_in``), so the Python
 process never forks and none of its long-lived threads changes namespace.
 
-procfs is the exception: a proc mount shows the pid namespace of the process that mounts it,
-and a thread cannot join a pid namespace. ``mount_proc`` therefore runs ``mount -t proc``
+An unprivileged caller cannot join a mount namespace that its workload's user namespace owns:
+then each verb runs util-linux's command (``mount``, ``umount``, ``pivot_root``...) through
+the agent (``process.enter``), inside the workload's user and mount namespaces, where the
+workload's root has the capabilities.
+
+procfs is the other exception: a proc mount shows the pid namespace of the process that mounts
+it, and a thread cannot join a pid namespace. ``mount_proc`` therefore runs ``mount -t proc``
 through the agent (``process.enter`` into the target's pid and mount namespaces), found by the
 target's view of ``PATH``: mount /proc before ``pivot_root`` into a rootfs without ``mount``.
 
@@ -42,7 +47,12 @@ def _bytes(value: Any) -> bytes | None:
     return None if value is None else os.fsencode(value)
 
 
-def _in_mount_namespace(in_pid: int | None, action: Any) -> Any:
+def _in_mount_namespace(in_pid: int | None, action: Any, command: list[str], operation: str) -> Any:
+    """Run ``action`` in a thread joined to the mount namespace of ``in_pid``; an unprivileged
+    caller cannot join a namespace its workload's user namespace owns, so it runs ``command``
+    (util-linux's, found on the host) through the agent inside the workload's namespaces."""
+    if in_pid is not None and os.geteuid() != 0:
+        return _run_through_agent(in_pid, command, operation)
     return namespaces.run_in(in_pid, ["mount"], action)
 
 
@@ -50,9 +60,16 @@ def _mount_call(source: Any, target: Any, fstype: Any, flags: int, data: Any) ->
     namespaces.check_call(_libc.mount(_bytes(source), _bytes(target), _bytes(fstype), flags, _bytes(data)), "mount", str(target))
 
 
+def _text(value: Any) -> str:
+    return os.fsdecode(os.fspath(value))
+
+
 def mount(source: Any, target: Any, fstype: str | None = None, flags: int = 0, data: str | None = None, *, in_pid: int | None = None) -> None:
-    """mount(2) in the mount namespace of ``in_pid``."""
-    _in_mount_namespace(in_pid, lambda: _mount_call(source, target, fstype, flags, data))
+    """mount(2) in the mount namespace of ``in_pid`` (unprivileged callers: no ``flags``)."""
+    if flags and in_pid is not None and os.geteuid() != 0:
+        raise LinxError(("unsupported", "flags"), "an unprivileged mount in a workload's namespace takes fstype and data, not flags")
+    command = ["mount", *(["-t", fstype] if fstype else []), *(["-o", data] if data else []), _text(source), _text(target)]
+    _in_mount_namespace(in_pid, lambda: _mount_call(source, target, fstype, flags, data), command, "mount")
 
 
 def bind(source: Any, target: Any, *, recursive: bool = True, readonly: bool = False, in_pid: int | None = None) -> None:
@@ -63,17 +80,23 @@ def bind(source: Any, target: Any, *, recursive: bool = True, readonly: bool = F
         if readonly:
             _mount_call(None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY, None)
 
-    _in_mount_namespace(in_pid, bind_here)
+    script = 'mount "$1" "$2" "$3" && { [ "$4" = rw ] || mount -o remount,bind,ro "$3"; }'
+    command = ["sh", "-c", script, "bind", "--rbind" if recursive else "--bind", _text(source), _text(target), "ro" if readonly else "rw"]
+    _in_mount_namespace(in_pid, bind_here, command, "bind")
 
 
 def remount(target: Any, flags: int = 0, data: str | None = None, *, in_pid: int | None = None) -> None:
     """Change the flags of the mount at ``target`` (``MS_REMOUNT`` is added)."""
-    _in_mount_namespace(in_pid, lambda: _mount_call(None, target, None, flags | MS_REMOUNT, data))
+    command = ["mount", "-o", ",".join(["remount", *([data] if data else []), *(["ro"] if flags & MS_RDONLY else [])]), _text(target)]
+    _in_mount_namespace(in_pid, lambda: _mount_call(None, target, None, flags | MS_REMOUNT, data), command, "remount")
 
 
 def umount(target: Any, *, lazy: bool = False, in_pid: int | None = None) -> None:
     """Unmount ``target`` (``lazy``: MNT_DETACH)."""
-    _in_mount_namespace(in_pid, lambda: namespaces.check_call(_libc.umount2(_bytes(target), MNT_DETACH if lazy else 0), "umount", str(target)))
+    def unmount() -> None:
+        namespaces.check_call(_libc.umount2(_bytes(target), MNT_DETACH if lazy else 0), "umount", str(target))
+
+    _in_mount_namespace(in_pid, unmount, ["umount", *(["-l"] if lazy else []), _text(target)], "umount")
 
 
 def mkdir(path: Any, mode: int = 0o755, *, in_pid: int | None = None) -> None:
@@ -85,7 +108,7 @@ def mkdir(path: Any, mode: int = 0o755, *, in_pid: int | None = None) -> None:
         except OSError as error:
             raise LinxOSError.wrap("mkdir", error) from None
 
-    _in_mount_namespace(in_pid, make)
+    _in_mount_namespace(in_pid, make, ["mkdir", "-p", "-m", oct(mode)[2:], _text(path)], "mkdir")
 
 
 def pivot_root(new_root: Any, *, in_pid: int | None = None) -> None:
@@ -105,7 +128,8 @@ def pivot_root(new_root: Any, *, in_pid: int | None = None) -> None:
         finally:
             os.close(descriptor)
 
-    _in_mount_namespace(in_pid, pivot)
+    script = 'mount --rbind "$1" "$1" && cd "$1" && pivot_root . . && umount -l .'
+    _in_mount_namespace(in_pid, pivot, ["sh", "-c", script, "pivot_root", _text(new_root)], "pivot_root")
 
 
 def hostname(name: str, *, in_pid: int | None = None) -> None:

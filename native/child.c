@@ -154,6 +154,19 @@ static int exec_workload(const char **argv, const char **env)
     return denied ? EACCES : ENOENT;
 }
 
+/* In a fresh user namespace, take uid and gid 0 once the host has written the maps at the
+ * checkpoint, as container runtimes do: a child created by root whose map sends 0 to, say,
+ * 100000 would otherwise run as the overflow uid. EINVAL means 0 is not mapped: stay as is. */
+static void become_root_in_user_namespace(const struct agent *agent)
+{
+    if (agent->request.mode != MODE_SPAWN || !(agent->request.namespaces & NS_USER))
+        return;
+    if (setresgid(0, 0, 0) < 0 && errno != EINVAL)
+        fail(errno, "user_ids");
+    if (setresuid(0, 0, 0) < 0 && errno != EINVAL)
+        fail(errno, "user_ids");
+}
+
 _Noreturn void run_child(struct agent *agent)
 {
     report_fd = agent->report_pipe[1];
@@ -174,6 +187,7 @@ _Noreturn void run_child(struct agent *agent)
     write_report(&ready);
     wait_at_checkpoint(agent->go_pipe[0]);
 
+    become_root_in_user_namespace(agent);
     apply_stdio(agent);
     reset_signals();
     /* Only 0, 1 and 2 reach the workload; the report pipe closes at a successful execve,

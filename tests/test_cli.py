@@ -352,3 +352,18 @@ def test_attach_to_a_pty_child_of_the_daemon_through_tmux(tmp_path, running):
         terminal.close()
     assert daemon.status()["shell"][2] == "running"
     assert daemon.stop() == 0
+
+
+TREES = sorted((Path(__file__).resolve().parent.parent / "examples" / "supervisors").glob("*.toml"))
+
+
+@needs_root
+@pytest.mark.parametrize("tree", TREES, ids=[tree.name for tree in TREES])
+def test_every_bundled_tree_comes_up_cleanly_and_stops(tree, running):
+    daemon = running(str(tree))
+    assert daemon.shows(r"tree \| up"), "\n".join(daemon.lines)
+    workers = [name for name, row in daemon.status().items() if row[1] == "worker"]
+    for name in workers:
+        assert daemon.shows(rf"{re.escape(name)} \| running"), "\n".join(daemon.lines)
+    assert not any(re.search(r"\| (setup_failed|start_failed|gave_up)", line) for line in daemon.lines), "\n".join(daemon.lines)
+    assert daemon.stop() == 0

@@ -12,6 +12,7 @@ import textwrap
 from pathlib import Path
 
 import pykka
+import pyroute2
 import pytest
 
 import linx_otp
@@ -116,7 +117,8 @@ def importable_copy(readable_directory):
     tmp_path = readable_directory
     site = tmp_path / "site"
     shutil.copytree(ROOT / "linx_otp", site / "linx_otp", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(Path(pykka.__file__).parent, site / "pykka", ignore=shutil.ignore_patterns("__pycache__"))
+    for package in (pykka, pyroute2):
+        shutil.copytree(Path(package.__file__).parent, site / package.__name__, ignore=shutil.ignore_patterns("__pycache__"))
     for path in [tmp_path, *tmp_path.rglob("*")]:
         path.chmod(0o755 if path.is_dir() or os.access(path, os.X_OK) else 0o644)
     return site
@@ -157,3 +159,46 @@ def test_an_ordinary_user_spawns_rootless(test_user, importable_copy, readable_d
     assert f"outside {test_user.pw_uid}" in lines
     assert "uid=0 gid=0 host=rootless pid=1 procs: /proc/1" in lines  # root inside; its own /proc
     assert "outcome ('exited', 0)" in lines
+
+
+def test_a_workload_in_a_user_namespace_is_root_inside_once_mapped(box):
+    session = P.spawn(argv=["/bin/sh", "-c", "echo $(id -u) $(id -g)"], namespaces=["user"], stdio="pty", owner=box)
+    pid = box.receive(("linx_process", "ready"), timeout=TIMEOUT)[2]
+    U.setup_maps(pid, uid=[(0, 100000, 65536)], gid=[(0, 100000, 65536)])
+    P.proceed(session)
+    assert P.wait(session, TIMEOUT) == ("exited", 0)
+    output = b"".join(event[2] for event in box.flush() if event[1] == "pty_out")
+    assert output == b"0 0\r\n"  # root inside, not the overflow uid 65534
+    session.stop()
+
+
+def test_an_unmapped_root_stays_as_it_is(box):
+    session = P.spawn(argv=["/bin/sh", "-c", "id -u"], namespaces=["user"], stdio="pty", owner=box, auto_proceed=True)
+    assert P.wait(session, TIMEOUT) == ("exited", 0)
+    assert b"".join(event[2] for event in box.flush() if event[1] == "pty_out") == b"65534\r\n"
+    session.stop()
+
+
+def test_the_container_example_runs_unprivileged(test_user, importable_copy, readable_directory):
+    example = readable_directory / "container.py"
+    shutil.copy(ROOT / "examples" / "container.py", example)
+    example.chmod(0o755)
+    checks = "echo host=$(hostname) uid=$(id -u) pid=$$; echo root: $(ls /); echo procs: /proc/[0-9]*; echo x > /dev/null && echo devnull-ok"
+    result = subprocess.run(
+        ["/usr/bin/python3.11", str(example), "--command", checks],
+        user=test_user.pw_uid,
+        group=test_user.pw_gid,
+        extra_groups=[],
+        env={"PYTHONPATH": str(importable_copy), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+        cwd=readable_directory,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr + result.stdout
+    lines = result.stdout.splitlines()
+    assert "unprivileged: no cgroup and no veth (they need root on the host)" in lines
+    assert "host=container uid=0 pid=1" in lines
+    assert "root: bin dev etc proc root sys tmp" in lines
+    assert "procs: /proc/1" in lines and "devnull-ok" in lines
+    assert "container: ('exited', 0)" in lines
