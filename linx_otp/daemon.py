@@ -237,29 +237,13 @@ class Daemon:
         except LinxError as error:
             self.report(child_id, "cgroup_left", str(error))
 
-    def find_session(self, child_id: str) -> pykka.ActorRef | None:
-        """The current session of ``child_id``, wherever it sits in the tree."""
+    def locate(self, child_id: str) -> tuple[pykka.ActorRef, pykka.ActorRef | None]:
+        """The supervisor holding ``child_id`` and its current ref (None while stopped)."""
 
-        def search(supervisor: pykka.ActorRef) -> pykka.ActorRef | None:
+        def search(supervisor: pykka.ActorRef) -> tuple[pykka.ActorRef, pykka.ActorRef | None] | None:
             for found_id, ref, kind in S.which_children(supervisor):
                 if found_id == child_id:
-                    return ref
-                if kind == "supervisor" and ref is not None:
-                    inner = search(ref)
-                    if inner is not None:
-                        return inner
-            return None
-
-        try:
-            return search(self.root) if self.root is not None else None
-        except LinxError:
-            return None
-
-    def supervisor_of(self, child_id: str) -> pykka.ActorRef:
-        def search(supervisor: pykka.ActorRef) -> pykka.ActorRef | None:
-            for found_id, ref, kind in S.which_children(supervisor):
-                if found_id == child_id:
-                    return supervisor
+                    return supervisor, ref
                 if kind == "supervisor" and ref is not None:
                     inner = search(ref)
                     if inner is not None:
@@ -270,6 +254,13 @@ class Daemon:
         if found is None:
             raise LinxError("not_found", f"no child {child_id!r} in the tree")
         return found
+
+    def find_session(self, child_id: str) -> pykka.ActorRef | None:
+        """The current session of ``child_id``, or None."""
+        try:
+            return self.locate(child_id)[1]
+        except LinxError:
+            return None
 
     # -- stopping ------------------------------------------------------------------------------
 
@@ -460,7 +451,7 @@ class _ControlServer:
             return "stopping"
         if child_id not in daemon.records:
             raise LinxError("not_found", f"no child {child_id!r} in the tree")
-        supervisor = daemon.supervisor_of(child_id)
+        supervisor = daemon.locate(child_id)[0]
         if verb == "stop":
             S.terminate_child(supervisor, child_id)
             return "stopped"

@@ -93,3 +93,14 @@ def read_all(connection: socket.socket) -> bytes:
     while chunk := connection.recv(65536):
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def reason_of(verb, *args):
+    """The ``.reason`` a verb raises, or ``"ok"``."""
+    import linx_otp
+
+    try:
+        verb(*args)
+    except linx_otp.LinxError as error:
+        return error.reason
+    return "ok"

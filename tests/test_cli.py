@@ -21,6 +21,7 @@ import pytest
 
 from linx_otp import cgroup as Cgroup
 from linx_otp import netlink as Netlink
+from linx_otp.agent import AGENT_PATH_VARIABLE, BUNDLED_AGENT
 
 from support import IS_ROOT, needs_root, process_alive, wait_until
 
@@ -268,11 +269,17 @@ def test_another_uid_is_refused_at_the_socket(tmp_path, running):
 def test_configuration_errors_name_the_place_and_start_nothing(tmp_path, text, where, what):
     path = tmp_path / "bad.toml"
     path.write_text(text)
-    agents_before = agent_pids()
-    result = subprocess.run([*COMMAND, "run", str(path), "--control", str(tmp_path / "c.sock")], capture_output=True, text=True, timeout=TIMEOUT)
+    started = tmp_path / "an-agent-started"
+    spy = tmp_path / "agent-spy"  # any agent the command starts runs this first
+    spy.write_text(f"#!/bin/sh\ntouch {started}\nexec {BUNDLED_AGENT} \"$@\"\n")
+    spy.chmod(0o755)
+    result = subprocess.run(
+        [*COMMAND, "run", str(path), "--control", str(tmp_path / "c.sock")],
+        capture_output=True, text=True, timeout=TIMEOUT, env={**os.environ, AGENT_PATH_VARIABLE: str(spy)},
+    )
     assert result.returncode == 2
     assert f"{path}: {where}:" in result.stderr and what in result.stderr, result.stderr
-    assert agent_pids() <= agents_before and not (tmp_path / "c.sock").exists()
+    assert not started.exists() and not (tmp_path / "c.sock").exists()
 
 
 def test_a_missing_tree_file_is_a_clear_error(tmp_path):

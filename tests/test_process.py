@@ -14,7 +14,7 @@ import pytest
 
 import linx_otp
 from linx_otp import process as P
-from support import needs_root, process_alive, read_all, wait_until
+from support import needs_root, process_alive, read_all, reason_of, wait_until
 
 TIMEOUT = 10
 
@@ -344,13 +344,6 @@ def test_abort_once_terminal_raises_no_process():
 
 # -- every verb in every stage ----------------------------------------------------------------
 
-
-def reason_of(verb, *args):
-    try:
-        verb(*args)
-    except linx_otp.LinxError as error:
-        return error.reason
-    return "ok"
 
 
 def test_verbs_before_ready(stalled_listener):

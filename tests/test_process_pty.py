@@ -7,6 +7,8 @@ import pytest
 import linx_otp
 from linx_otp import process as P
 
+from support import reason_of
+
 TIMEOUT = 10
 
 
@@ -36,13 +38,6 @@ def output_and_outcome(box: linx_otp.Mailbox) -> tuple[bytes, tuple, list[int]]:
             return b"".join(chunks), event[1:], [len(chunk) for chunk in chunks]
         chunks.append(event[2])
 
-
-def reason_of(verb, *args):
-    try:
-        verb(*args)
-    except linx_otp.LinxError as error:
-        return error.reason
-    return "ok"
 
 
 def test_echo_hi_gives_hi_crlf(box):

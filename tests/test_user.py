@@ -142,18 +142,23 @@ ROOTLESS = textwrap.dedent("""
 """)
 
 
-def test_an_ordinary_user_spawns_rootless(test_user, importable_copy, readable_directory):
-    result = subprocess.run(
-        ["/usr/bin/python3.11", "-c", ROOTLESS],
-        user=test_user.pw_uid,
-        group=test_user.pw_gid,
+def run_as(user: pwd.struct_passwd, site: Path, directory: Path, *arguments: str) -> subprocess.CompletedProcess:
+    """The system Python 3.11 as ``user``, importing linx_otp from ``site``."""
+    return subprocess.run(
+        ["/usr/bin/python3.11", *arguments],
+        user=user.pw_uid,
+        group=user.pw_gid,
         extra_groups=[],
-        env={"PYTHONPATH": str(importable_copy), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
-        cwd=readable_directory,
+        env={"PYTHONPATH": str(site), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+        cwd=directory,
         capture_output=True,
         text=True,
-        timeout=30,
+        timeout=60,
     )
+
+
+def test_an_ordinary_user_spawns_rootless(test_user, importable_copy, readable_directory):
+    result = run_as(test_user, importable_copy, readable_directory, "-c", ROOTLESS)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert f"outside {test_user.pw_uid}" in lines
@@ -184,17 +189,7 @@ def test_the_container_example_runs_unprivileged(test_user, importable_copy, rea
     shutil.copy(ROOT / "examples" / "container.py", example)
     example.chmod(0o755)
     checks = "echo host=$(hostname) uid=$(id -u) pid=$$; echo root: $(ls /); echo procs: /proc/[0-9]*; echo x > /dev/null && echo devnull-ok"
-    result = subprocess.run(
-        ["/usr/bin/python3.11", str(example), "--command", checks],
-        user=test_user.pw_uid,
-        group=test_user.pw_gid,
-        extra_groups=[],
-        env={"PYTHONPATH": str(importable_copy), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
-        cwd=readable_directory,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_as(test_user, importable_copy, readable_directory, str(example), "--command", checks)
     assert result.returncode == 0, result.stderr + result.stdout
     lines = result.stdout.splitlines()
     assert "unprivileged: no cgroup and no veth (they need root on the host)" in lines
