@@ -62,11 +62,13 @@ def test_a_veth_created_in_place_carries_tcp_between_host_and_workload(host, box
             inside.close()
         P.proceed(session)
         box.receive(("linx_process", "running"), timeout=TIMEOUT)
-        for _ in range(100):
+        deadline = time.monotonic() + TIMEOUT
+        while True:
             try:
                 connection = socket.create_connection(("10.200.0.2", 8080), timeout=TIMEOUT)
                 break
-            except ConnectionRefusedError:  # the server is still starting
+            except ConnectionRefusedError:  # the server (a Python) is still starting
+                assert time.monotonic() < deadline, "the workload never listened"
                 time.sleep(0.02)
         with connection:
             connection.sendall(b"hello over veth")

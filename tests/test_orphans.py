@@ -82,8 +82,10 @@ def test_default_policy_terminates_a_running_workload(hosts):
     assert wait_until(lambda: not process_alive(host.workload), 3), "SIGTERM should end sleep at once"
 
 
-def test_kill_policy_escalates_to_sigkill_after_the_grace(hosts):
-    host = hosts(["/bin/sh", "-c", 'trap "" TERM; while :; do sleep 0.05; done'], policy=["kill", 1.0])
+def test_kill_policy_escalates_to_sigkill_after_the_grace(hosts, tmp_path):
+    armed = tmp_path / "armed"
+    host = hosts(["/bin/sh", "-c", f'trap "" TERM; touch {armed}; while :; do sleep 0.05; done'], policy=["kill", 1.0])
+    assert wait_until(armed.exists), "the workload never set its trap"
     host.kill()
     killed_at = time.monotonic()
     time.sleep(0.3)
