@@ -378,3 +378,29 @@ def test_every_bundled_tree_comes_up_cleanly_and_stops(tree, running):
         assert daemon.shows(rf"{re.escape(name)} \| running"), "\n".join(daemon.lines)
     assert not any(re.search(r"\| (setup_failed|start_failed|gave_up)", line) for line in daemon.lines), "\n".join(daemon.lines)
     assert daemon.stop() == 0
+    Path("/tmp/linx-otp-report.log").unlink(missing_ok=True)  # sandboxed_jobs.toml's log file
+
+
+@needs_root
+def test_every_kind_of_checkpoint_setup_in_a_tree_is_in_place_at_exec(tmp_path, running):
+    tree = write_tree(tmp_path, """
+        [[child]]
+        id = "fenced"
+        argv = ["sh", "-c", "echo uid=$(id -u) host=$(hostname) $(ip -4 -o addr show eth0 | cut -d' ' -f7) $(grep -c linx-otp-fenced /proc/self/cgroup); exec sleep 600"]
+        namespaces = ["user", "uts", "net", "pid", "mount"]
+        stdio = "capture"
+        shutdown = 1.0
+        [child.setup]
+        uid_map = [[0, 100000, 65536]]
+        gid_map = [[0, 100000, 65536]]
+        hostname = "fenced"
+        veth = { host = "lxfence0", address = "10.79.0.2", prefixlen = 30, host_address = "10.79.0.1" }
+        cgroup = { pids_max = 20 }
+    """)
+    daemon = running(tree)
+    assert daemon.shows(r"fenced \| uid=0 host=fenced 10\.79\.0\.2/30 [1-9]"), "\n".join(daemon.lines)
+    pid = int(daemon.status()["fenced"][3])
+    assert Path(f"/proc/{pid}/status").read_text().split("Uid:")[1].split()[0] == "100000"
+    assert daemon.stop() == 0
+    layout = Cgroup.detect()
+    assert not Path(layout.v2_root, "linx-otp-fenced").exists()

@@ -26,6 +26,9 @@ def test_a_wheel_ships_an_executable_agent_that_sessions_use(tmp_path, monkeypat
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
         assert "linx_otp/py.typed" in names
+        assert "linx_otp/trees/demo.toml" in names, "linx-otp run's default tree ships in the wheel"
+        entry_points = next(name for name in names if name.endswith(".dist-info/entry_points.txt"))
+        assert "linx-otp = linx_otp.cli:main" in archive.read(entry_points).decode()
         member = archive.getinfo("linx_otp/_bin/linx-agent")
         assert (member.external_attr >> 16) & 0o111, "the agent must be installed executable"
         agent = tmp_path / "linx-agent-from-wheel"
