@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import signal
 import socket
 import struct
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -38,7 +36,7 @@ from . import user as User
 from .actor import monitor
 from .errors import LinxError
 from .mailbox import Mailbox
-from .tree import CAPTURE, Group, Tree, Workload
+from .tree import Group, Tree, Workload
 
 ROOT_ID = "root"
 TERMINAL = ("exited", "signaled", "aborted", "error")
@@ -83,14 +81,13 @@ class Daemon:
         self.out = out
         self.inbox = Mailbox()
         self.control_path = control_path or default_control_path()
-        self.runtime = Path(tempfile.mkdtemp(prefix="linx-otp-"))
         self.workloads = {workload.id: workload for workload in tree.workloads()}
         self.records: dict[str, _Record] = {}
         self.lock = threading.Lock()
         self.cgroups: dict[str, Cgroup.Cgroup] = {}
         self.root: pykka.ActorRef | None = None
         self.stopping = False
-        self.output = _OutputPump(self)
+        self.output = _Output(self)
 
     # -- building the tree -------------------------------------------------------------------
 
@@ -102,17 +99,10 @@ class Daemon:
                 id=child.id, restart=child.restart, shutdown=child.shutdown, events=self.inbox, **child.settings,
             )
         self.records[child.id] = _Record("worker")
-        options = dict(child.options)
-        if child.capture:
-            options["stdio"] = {
-                stream: ("connect_unix", self.output.listen(child.id, stream)) if directive == CAPTURE else directive
-                for stream, directive in options["stdio"].items()
-            }
-        return P.child_spec(owner=_ChildOwner(child.id, self.inbox), auto_proceed=not child.setup, **options)
+        return P.child_spec(owner=_ChildOwner(child.id, self.inbox), auto_proceed=not child.setup, **child.options)
 
     def start(self) -> None:
         specs = [self._spec(child) for child in self.tree.children]
-        self.output.start()
         self.root = S.start(specs, id=ROOT_ID, events=self.inbox, **self.tree.settings)
         monitor(self.root, self.inbox)
         _ControlServer(self).start()
@@ -182,8 +172,8 @@ class Daemon:
             self.report(child_id, kind, detail if kind != "restarted" else "")  # a worker's own events say the rest
 
     def child_event(self, child_id: str, kind: str, detail: list) -> None:
-        if kind == "pty_out":
-            self.output.write(child_id, "pty", detail[0])
+        if kind in ("stdout", "stderr", "pty_out"):
+            self.output.write(child_id, kind, detail[0])
             return
         with self.lock:
             record = self.records[child_id]
@@ -193,6 +183,8 @@ class Daemon:
                 record.state = "running"
             elif kind in TERMINAL:
                 record.state = kind
+        if kind in TERMINAL:
+            self.output.flush(child_id)
         self.report(child_id, kind, detail[0] if len(detail) == 1 else tuple(detail) if detail else "")
         workload = self.workloads[child_id]
         if kind == "ready" and workload.setup:
@@ -280,14 +272,10 @@ class Daemon:
     def cleanup(self) -> None:
         for child_id in list(self.cgroups):
             self.release_cgroup(child_id)
-        self.output.stop()
         try:
             os.unlink(self.control_path)
         except OSError:
             pass
-        for path in self.runtime.iterdir():
-            path.unlink()
-        self.runtime.rmdir()
 
     # -- reporting -------------------------------------------------------------------------------
 
@@ -329,35 +317,13 @@ def _jsonable(value: Any) -> Any:
     return repr(value)
 
 
-class _OutputPump:
-    """Captured streams: one listening socket per captured stream; each line is printed with
-    its child's id as prefix (like foreman/honcho) or appended to the child's log file."""
+class _Output:
+    """Captured output, arriving as events: each complete line is printed with its child's id
+    as prefix (like foreman/honcho; ``!`` marks stderr) or appended to the child's log file."""
 
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
-        self.listeners: dict[socket.socket, tuple[str, str]] = {}
-        self.connections: dict[socket.socket, tuple[str, str, bytearray]] = {}
-        self.wake_read, self.wake_write = os.pipe2(os.O_CLOEXEC)
-        self.thread = threading.Thread(target=self._loop, name="linx-otp-output", daemon=True)
-
-    def listen(self, child_id: str, stream: str) -> str:
-        path = str(self.daemon.runtime / f"{child_id}.{stream}.sock")
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        listener.bind(path)
-        listener.listen(8)
-        self.listeners[listener] = (child_id, stream)
-        return path
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def stop(self) -> None:
-        os.write(self.wake_write, b"x")
-        self.thread.join(5)
-        for sock in [*self.listeners, *self.connections]:
-            sock.close()
-        os.close(self.wake_read)
-        os.close(self.wake_write)
+        self.partial: dict[tuple[str, str], bytes] = {}
 
     def write(self, child_id: str, stream: str, data: bytes) -> None:
         workload = self.daemon.workloads[child_id]
@@ -365,35 +331,22 @@ class _OutputPump:
             with open(workload.log, "ab") as log:
                 log.write(data)
             return
-        for line in data.decode(errors="replace").splitlines():
-            self.daemon.write_line(f"{child_id:>12} {'!' if stream == 'stderr' else '|'} {line}")
+        complete, _, rest = (self.partial.pop((child_id, stream), b"") + data).rpartition(b"\n")
+        if rest:
+            self.partial[(child_id, stream)] = rest
+        if complete or data.endswith(b"\n"):
+            self._print(child_id, stream, complete)
 
-    def _loop(self) -> None:
-        while True:
-            readable, _, _ = select.select([self.wake_read, *self.listeners, *self.connections], [], [])
-            if self.wake_read in readable:
-                for sock, (child_id, stream, pending) in self.connections.items():
-                    if pending:
-                        self.write(child_id, stream, bytes(pending))
-                return
-            for sock in readable:
-                if sock in self.listeners:
-                    connection, _ = sock.accept()
-                    self.connections[connection] = (*self.listeners[sock], bytearray())
-                    continue
-                child_id, stream, pending = self.connections[sock]
-                data = sock.recv(65536)
-                if not data:
-                    if pending:
-                        self.write(child_id, stream, bytes(pending))
-                    del self.connections[sock]
-                    sock.close()
-                    continue
-                pending += data
-                complete, _, rest = bytes(pending).rpartition(b"\n")
-                if complete or pending.endswith(b"\n"):
-                    self.write(child_id, stream, complete + b"\n")
-                    pending[:] = rest
+    def flush(self, child_id: str) -> None:
+        """At the child's outcome: print what it left without a final newline."""
+        for stream in ("stdout", "stderr", "pty_out"):
+            rest = self.partial.pop((child_id, stream), b"")
+            if rest:
+                self._print(child_id, stream, rest)
+
+    def _print(self, child_id: str, stream: str, text: bytes) -> None:
+        for line in text.decode(errors="replace").replace("\r\n", "\n").split("\n"):
+            self.daemon.write_line(f"{child_id:>12} {'!' if stream == 'stderr' else '|'} {line}")
 
 
 class _ControlServer:

@@ -117,18 +117,24 @@ def check_env(env: Any) -> tuple[bytes, ...]:
     return tuple(entries)
 
 
-def _check_directive(directive: Any) -> protocol.StdioDirective:
+def _check_directive(key: str, directive: Any) -> protocol.StdioDirective:
     if directive == "inherit":
         return protocol.StdioDirective(protocol.STDIO_INHERIT)
     if directive == "devnull":
         return protocol.StdioDirective(protocol.STDIO_DEVNULL)
+    if directive == "capture":
+        if key == "stdin":
+            raise LinxValueError(
+                ("bad_stdio", ("capture_is_for_output", key)), "'capture' sends stdout or stderr to the owner; stdin cannot be captured"
+            )
+        return protocol.StdioDirective(protocol.STDIO_CAPTURE)
     if isinstance(directive, tuple) and len(directive) == 2 and directive[0] == "connect_unix":
         path = _encode(directive[1])
         if path:
             return protocol.StdioDirective(protocol.STDIO_CONNECT_UNIX, path)
     raise LinxValueError(
         ("bad_stdio", ("bad_directive", directive)),
-        f"bad stdio directive {directive!r}; expected 'inherit', 'devnull' or ('connect_unix', path)",
+        f"bad stdio directive {directive!r}; expected 'inherit', 'devnull', 'capture' (stdout, stderr) or ('connect_unix', path)",
     )
 
 
@@ -137,7 +143,7 @@ def check_stdio(stdio: Any) -> tuple[tuple[protocol.StdioDirective, ...], bool]:
     if stdio == "pty":
         return (protocol.StdioDirective(),) * 3, True
     if stdio in ("inherit", "devnull"):
-        return (_check_directive(stdio),) * 3, False
+        return tuple(_check_directive(key, stdio) for key in STDIO_KEYS), False
     if not isinstance(stdio, Mapping):
         raise LinxValueError(
             ("bad_stdio", stdio),
@@ -147,7 +153,7 @@ def check_stdio(stdio: Any) -> tuple[tuple[protocol.StdioDirective, ...], bool]:
     for key, directive in stdio.items():
         if key not in STDIO_KEYS:
             raise LinxValueError(("bad_stdio", ("bad_fd_entry", key)), f"stdio key {key!r} is not one of {STDIO_KEYS}")
-        directives[STDIO_KEYS.index(key)] = _check_directive(directive)
+        directives[STDIO_KEYS.index(key)] = _check_directive(key, directive)
     return tuple(directives), False
 
 

@@ -213,7 +213,7 @@ class Session(Actor):
                 for signum in self._pending_signals:
                     self._connection.send(protocol.encode_signal(signum))
                 self._pending_signals.clear()
-            case ("pty_out", _) | ("pty_in_dropped", _):
+            case ("pty_out" | "stdout" | "stderr" | "pty_in_dropped", _):
                 self._emit(*event)
             case ("exited" | "signaled", _) | ("aborted",) | ("error", _, _):
                 self._finish(event)

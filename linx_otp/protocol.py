@@ -36,6 +36,8 @@ EVT_ABORTED = 0x86
 EVT_ERROR = 0x87
 EVT_PTY_OUT = 0x88
 EVT_PTY_IN_DROPPED = 0x89
+EVT_STDOUT = 0x8A
+EVT_STDERR = 0x8B
 
 FIELD_MODE = 0x01
 FIELD_TARGET = 0x02
@@ -54,6 +56,7 @@ MODE_ENTER = 1
 STDIO_INHERIT = 0
 STDIO_DEVNULL = 1
 STDIO_CONNECT_UNIX = 2
+STDIO_CAPTURE = 3
 
 ORPHAN_KILL = 0
 ORPHAN_LINGER = 1
@@ -183,7 +186,8 @@ def encode_pty_input(data: bytes) -> Iterator[bytes]:
 Event = tuple
 """A decoded agent event: ``("spawned", pid)``, ``("ready", pid)``, ``("running",)``,
 ``("exited", code)``, ``("signaled", signum)``, ``("aborted",)``, ``("error", errno, stage)``,
-``("pty_out", bytes)``, ``("pty_in_dropped", n)``, or ``("malformed", payload)``."""
+``("pty_out", bytes)``, ``("pty_in_dropped", n)``, ``("stdout", bytes)``, ``("stderr", bytes)``,
+or ``("malformed", payload)``."""
 
 _U32_EVENTS = {
     EVT_SPAWNED: "spawned",
@@ -192,6 +196,9 @@ _U32_EVENTS = {
     EVT_SIGNALED: "signaled",
     EVT_PTY_IN_DROPPED: "pty_in_dropped",
 }
+
+
+_DATA_EVENTS = {EVT_PTY_OUT: "pty_out", EVT_STDOUT: "stdout", EVT_STDERR: "stderr"}
 
 
 def decode_event(payload: bytes) -> Event:
@@ -204,8 +211,8 @@ def decode_event(payload: bytes) -> Event:
         return ("running",)
     if kind == EVT_ABORTED and not body:
         return ("aborted",)
-    if kind == EVT_PTY_OUT:
-        return ("pty_out", bytes(body))
+    if kind in _DATA_EVENTS:
+        return (_DATA_EVENTS[kind], bytes(body))
     if kind == EVT_ERROR and len(body) > 4:
         return ("error", FRAME_HEADER.unpack(body[:4])[0], body[4:].decode("ascii", "replace"))
     return ("malformed", bytes(payload))

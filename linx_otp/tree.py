@@ -63,7 +63,7 @@ class Workload:
     options: dict[str, Any]
     """Keyword arguments for ``process.child_spec`` except owner and auto_proceed."""
     capture: tuple[str, ...] = ()
-    """Streams ("stdout", "stderr") the runner captures and prefixes with the id."""
+    """Streams ("stdout", "stderr") captured as events, which the daemon prefixes with the id."""
     log: str | None = None
     setup: Setup = field(default_factory=Setup)
 
@@ -205,7 +205,7 @@ class _Checker:
         return restart, shutdown
 
     def stdio(self, stdio: Any, where: str) -> tuple[Any, tuple[str, ...]]:
-        """The session's stdio, with "capture" replaced by a placeholder the runner fills."""
+        """The session's stdio ("capture" alone means stdout and stderr) and what it captures."""
         if stdio == CAPTURE:
             return {"stdout": CAPTURE, "stderr": CAPTURE}, ("stdout", "stderr")
         if isinstance(stdio, dict):
@@ -215,8 +215,6 @@ class _Checker:
 
     def session_options(self, options: dict, where: str) -> None:
         checked = {key: value for key, value in options.items() if key not in ("id", "restart", "shutdown")}
-        if isinstance(checked.get("stdio"), dict):
-            checked["stdio"] = {stream: ("inherit" if d == CAPTURE else d) for stream, d in checked["stdio"].items()}
         try:
             session_options.plan_session(mode=MODE_SPAWN, target=None, **checked)
         except LinxError as error:

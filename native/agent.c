@@ -30,6 +30,7 @@
 
 static struct agent agent = {
     .stdio_fds = {-1, -1, -1},
+    .capture_fds = {-1, -1, -1},
     .pty_master = -1,
     .pty_slave = -1,
     .report_pipe = {-1, -1},
@@ -200,6 +201,12 @@ static void prepare_stdio(void)
             agent.stdio_fds[fd] = open("/dev/null", O_RDWR | O_CLOEXEC);
             if (agent.stdio_fds[fd] < 0)
                 fail(errno, "devnull", EXIT_INFRASTRUCTURE);
+        } else if (directive->kind == STDIO_CAPTURE) {
+            int ends[2];
+            if (pipe2(ends, O_CLOEXEC) < 0 || fcntl(ends[0], F_SETFL, O_NONBLOCK) < 0)
+                fail(errno, "capture", EXIT_INFRASTRUCTURE);
+            agent.capture_fds[fd] = ends[0];
+            agent.stdio_fds[fd] = ends[1];
         }
     }
 }
@@ -547,27 +554,44 @@ struct pty_input {
     size_t capacity;
 };
 
+/* A stream the agent relays as events: the pty master, or a capture pipe. */
+struct output_stream {
+    int fd;
+    uint8_t event;     /* EVT_PTY_OUT, EVT_STDOUT or EVT_STDERR */
+    bool readable;     /* false once every writer is gone */
+};
+
+enum { STREAM_PTY, STREAM_STDOUT, STREAM_STDERR, STREAM_COUNT };
+
 struct supervision {
     struct pty_input input;
-    bool pty_readable;       /* false once the slave side is gone */
+    struct output_stream streams[STREAM_COUNT];
     int64_t kill_deadline;   /* orphan policy: SIGKILL at this time; -1 none */
 };
 
-static void drain_pty_output(struct supervision *supervision)
+/* Relay what the stream holds now, in chunks of at most PTY_OUT_CHUNK; stops at EAGAIN
+ * (more may come) or at end-of-file/EIO (every writer has closed it). */
+static void drain_stream(struct output_stream *stream)
 {
     uint8_t chunk[PTY_OUT_CHUNK];
-    while (supervision->pty_readable) {
-        ssize_t got = read(agent.pty_master, chunk, sizeof chunk);
+    while (stream->readable) {
+        ssize_t got = read(stream->fd, chunk, sizeof chunk);
         if (got > 0) {
-            send_event(EVT_PTY_OUT, chunk, (size_t)got);
+            send_event(stream->event, chunk, (size_t)got);
             continue;
         }
         if (got < 0 && errno == EINTR)
             continue;
         if (got < 0 && errno == EAGAIN)
             return;
-        supervision->pty_readable = false; /* EOF or EIO: every slave fd is closed */
+        stream->readable = false;
     }
+}
+
+static void drain_streams(struct supervision *supervision)
+{
+    for (int index = 0; index < STREAM_COUNT; index++)
+        drain_stream(&supervision->streams[index]);
 }
 
 static void flush_pty_input(struct supervision *supervision)
@@ -665,8 +689,7 @@ static bool reap_if_exited(struct supervision *supervision)
     memset(&info, 0, sizeof info);
     if (waitid(P_PIDFD, (id_t)agent.child_pidfd, &info, WEXITED | WNOHANG) < 0 || info.si_pid == 0)
         return false;
-    if (agent.pty_master >= 0)
-        drain_pty_output(supervision);
+    drain_streams(supervision);
     send_outcome(&info);
     return true;
 }
@@ -681,16 +704,27 @@ static int poll_timeout(const struct supervision *supervision)
 
 static void supervise(void)
 {
-    struct supervision supervision = {.pty_readable = agent.pty_master >= 0, .kill_deadline = -1};
+    struct supervision supervision = {
+        .streams = {
+            [STREAM_PTY] = {agent.pty_master, EVT_PTY_OUT, agent.pty_master >= 0},
+            [STREAM_STDOUT] = {agent.capture_fds[1], EVT_STDOUT, agent.capture_fds[1] >= 0},
+            [STREAM_STDERR] = {agent.capture_fds[2], EVT_STDERR, agent.capture_fds[2] >= 0},
+        },
+        .kill_deadline = -1,
+    };
     for (;;) {
-        bool pty_active = agent.pty_master >= 0 && supervision.pty_readable;
-        struct pollfd fds[3] = {
+        struct pollfd fds[2 + STREAM_COUNT] = {
             {.fd = agent.child_pidfd, .events = POLLIN},
             {.fd = agent.control_open ? CONTROL_FD : -1, .events = control_events()},
-            {.fd = pty_active ? agent.pty_master : -1,
-             .events = (short)(POLLIN | (supervision.input.used ? POLLOUT : 0))},
         };
-        if (poll(fds, 3, poll_timeout(&supervision)) < 0) {
+        for (int index = 0; index < STREAM_COUNT; index++) {
+            const struct output_stream *stream = &supervision.streams[index];
+            fds[2 + index].fd = stream->readable ? stream->fd : -1;
+            fds[2 + index].events = POLLIN;
+        }
+        if (supervision.streams[STREAM_PTY].readable && supervision.input.used)
+            fds[2 + STREAM_PTY].events |= POLLOUT;
+        if (poll(fds, 2 + STREAM_COUNT, poll_timeout(&supervision)) < 0) {
             if (errno == EINTR)
                 continue;
             /* Report it, but never leave an unsupervised workload behind. */
@@ -699,9 +733,10 @@ static void supervise(void)
             reap_child();
             fail(error, "poll", EXIT_INFRASTRUCTURE);
         }
-        if (fds[2].revents & (POLLIN | POLLHUP | POLLERR))
-            drain_pty_output(&supervision);
-        if (fds[2].revents & POLLOUT)
+        for (int index = 0; index < STREAM_COUNT; index++)
+            if (fds[2 + index].revents & (POLLIN | POLLHUP | POLLERR))
+                drain_stream(&supervision.streams[index]);
+        if (fds[2 + STREAM_PTY].revents & POLLOUT)
             flush_pty_input(&supervision);
         if (fds[0].revents && reap_if_exited(&supervision))
             return;

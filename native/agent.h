@@ -55,7 +55,8 @@ struct child_report {
 /* Everything the agent holds while it runs; -1 marks an fd it does not have. */
 struct agent {
     struct request request;
-    int stdio_fds[3];       /* prepared host-side: devnull or connected sockets; -1 inherit */
+    int stdio_fds[3];       /* prepared host-side: devnull, connected sockets, capture pipes' write ends; -1 inherit */
+    int capture_fds[3];     /* the read ends of capture pipes (1 and 2 only); -1 none */
     int pty_master;
     int pty_slave;
     int report_pipe[2];     /* child -> agent */

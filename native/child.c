@@ -37,7 +37,8 @@ static _Noreturn void fail(int error, const char *stage)
 
 static void close_agent_fds(const struct agent *agent)
 {
-    int agent_fds[] = {CONTROL_FD, agent->report_pipe[0], agent->go_pipe[1], agent->pty_master};
+    int agent_fds[] = {CONTROL_FD, agent->report_pipe[0], agent->go_pipe[1], agent->pty_master,
+                       agent->capture_fds[1], agent->capture_fds[2]};
     for (size_t i = 0; i < sizeof agent_fds / sizeof agent_fds[0]; i++)
         if (agent_fds[i] >= 0 && close(agent_fds[i]) < 0)
             fail(errno, "stdio");

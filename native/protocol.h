@@ -28,6 +28,8 @@
 #define EVT_ERROR 0x87
 #define EVT_PTY_OUT 0x88
 #define EVT_PTY_IN_DROPPED 0x89
+#define EVT_STDOUT 0x8a
+#define EVT_STDERR 0x8b
 
 /* request fields */
 #define FIELD_MODE 0x01
@@ -47,6 +49,7 @@
 #define STDIO_INHERIT 0
 #define STDIO_DEVNULL 1
 #define STDIO_CONNECT_UNIX 2
+#define STDIO_CAPTURE 3
 
 #define ORPHAN_KILL 0
 #define ORPHAN_LINGER 1

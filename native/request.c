@@ -50,6 +50,8 @@ static int parse_stdio(const struct field *field, struct request *request)
     case STDIO_CONNECT_UNIX:
         directive->path = as_string(field->value + 2, field->size - 2);
         return directive->path ? 0 : -1;
+    case STDIO_CAPTURE:
+        return field->size == 2 && field->value[0] != 0 ? 0 : -1; /* stdout or stderr only */
     default:
         return -1;
     }

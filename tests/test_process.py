@@ -557,9 +557,10 @@ def test_connect_unix_path_too_long_is_enametoolong():
 # -- what the workload gets -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("stdio", ["inherit", "devnull", "pty", "connect_unix"])
+@pytest.mark.parametrize("stdio", ["inherit", "devnull", "pty", "connect_unix", "capture"])
 def test_the_workload_gets_fds_0_1_2_and_nothing_else(stdio, listener):
     chosen = {"stdout": ("connect_unix", listener.path)} if stdio == "connect_unix" else stdio
+    chosen = {"stdout": "capture", "stderr": "capture"} if stdio == "capture" else chosen
     session, host = start_running(argv=["/bin/sleep", "60"], stdio=chosen)
     # running is reported at execve; the new image's dynamic loader then briefly opens its
     # libraries, so give it a moment. An inherited fd would never go away.
@@ -789,3 +790,37 @@ def test_calls_queued_behind_a_stop_are_answered_never_dropped():
         waiter.join(5)
         assert not waiter.is_alive()
         linx_otp.flush()
+
+
+# -- capture: stdout and stderr as owner events ---------------------------------------------------
+
+
+def test_captured_streams_arrive_as_events_before_the_outcome(box):
+    script = "echo to-out; echo to-err >&2; head -c 200000 /dev/zero | tr '\\0' x; exit 4"
+    session = P.spawn(argv=["/bin/sh", "-c", script], stdio={"stdout": "capture", "stderr": "capture"}, owner=box, auto_proceed=True)
+    events = []
+    while not events or events[-1][1] not in ("exited", "signaled", "error"):
+        events.append(box.receive(timeout=TIMEOUT))
+    assert events[-1] == ("linx_process", "exited", 4)
+    out = b"".join(event[2] for event in events if event[1] == "stdout")
+    err = b"".join(event[2] for event in events if event[1] == "stderr")
+    assert out == b"to-out\n" + b"x" * 200000 and err == b"to-err\n"
+    assert max(len(event[2]) for event in events if event[1] in ("stdout", "stderr")) <= 8192
+    assert [event[1] for event in events[:2]] == ["ready", "running"]
+    session.stop()
+
+
+def test_a_descendant_holding_a_captured_pipe_does_not_delay_the_outcome(box):
+    script = "sleep 30 & echo $!; echo parent-done"
+    session = P.spawn(argv=["/bin/sh", "-c", script], stdio={"stdout": "capture"}, owner=box, auto_proceed=True)
+    assert P.wait(session, 5) == ("exited", 0)
+    output = b"".join(event[2] for event in box.flush() if event[1] == "stdout").split()
+    assert output[1] == b"parent-done"
+    os.kill(int(output[0]), signal.SIGKILL)  # the orphaned sleep, still holding the pipe
+    session.stop()
+
+
+def test_stdin_cannot_be_captured():
+    with pytest.raises(linx_otp.LinxValueError) as raised:
+        P.spawn(argv=["/bin/true"], stdio={"stdin": "capture"})
+    assert raised.value.reason == ("bad_stdio", ("capture_is_for_output", "stdin"))

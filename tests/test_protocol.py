@@ -118,6 +118,8 @@ ARGV = (protocol.FIELD_ARGV, b"/bin/true\0")
         pytest.param(raw_request(MODE, ARGV, (protocol.FIELD_STDIO, b"\x03\x00")), id="stdio fd 3"),
         pytest.param(raw_request(MODE, ARGV, (protocol.FIELD_STDIO, b"\x01\x09")), id="stdio kind 9"),
         pytest.param(raw_request(MODE, ARGV, (protocol.FIELD_STDIO, b"\x01\x02")), id="connect_unix without path"),
+        pytest.param(raw_request(MODE, ARGV, (protocol.FIELD_STDIO, b"\x00\x03")), id="capture of stdin"),
+        pytest.param(raw_request(MODE, ARGV, (protocol.FIELD_STDIO, b"\x01\x03x")), id="capture with a path"),
         pytest.param(
             raw_request(MODE, ARGV, (protocol.FIELD_ORPHAN_POLICY, b"\x00" + struct.pack(">I", 2**31))), id="grace too long"
         ),
