@@ -45,9 +45,9 @@ def wait_until(condition, timeout: float = 5.0, interval: float = 0.01) -> bool:
 
 
 def threads_added_since(before: set[threading.Thread]) -> list[threading.Thread]:
-    """Live threads not in ``before``, other than linx_otp's one I/O thread (started on first
-    use and kept for the process's life)."""
-    return [t for t in threading.enumerate() if t not in before and t.name != "linx-otp-io"]
+    """Live threads not in ``before``, other than linx_otp's I/O thread and its one idle spare
+    actor thread (each started on first use and kept for the process's life)."""
+    return [t for t in threading.enumerate() if t not in before and t.name not in ("linx-otp-io", "linx-otp-spare")]
 
 
 
