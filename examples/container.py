@@ -124,8 +124,7 @@ def main() -> int:
         if cgroup is not None:
             Cgroup.destroy(cgroup, kill_first=True)
         if host is not None:
-            if veth in Netlink.link_names(host):
-                Netlink.delete_link(host, veth)
+            Netlink.delete_link(host, veth, missing_ok=True)  # it may already be gone with the netns
             host.close()
         shutil.rmtree(rootfs, ignore_errors=True)
 

@@ -204,9 +204,8 @@ class Daemon:
                 Mount.hostname(setup.hostname, in_pid=pid)
             if setup.veth is not None:
                 veth = setup.veth
-                with Netlink.open() as host:
-                    if veth["host"] in Netlink.link_names(host):  # the last incarnation's, not yet torn down
-                        Netlink.delete_link(host, veth["host"])
+                with Netlink.open() as host:  # the last incarnation's pair may not be torn down yet
+                    Netlink.delete_link(host, veth["host"], missing_ok=True)
                 Netlink.setup_veth(pid, host_name=veth["host"], address=veth["address"], prefixlen=veth["prefixlen"],
                                    gateway=veth.get("gateway"), host_address=veth.get("host_address"))
             if setup.cgroup is not None:

@@ -106,9 +106,14 @@ def add_default_route(handle: IPRoute, gateway: str) -> None:
     _call("add_default_route", handle.route, "add", dst="default", gateway=gateway)
 
 
-def delete_link(handle: IPRoute, name: str) -> None:
-    """Delete link ``name`` (a veth takes its peer with it)."""
-    _call("delete_link", handle.link, "del", ifname=name)
+def delete_link(handle: IPRoute, name: str, *, missing_ok: bool = False) -> None:
+    """Delete link ``name`` (a veth takes its peer with it). ``missing_ok``: a link that is
+    already gone (say, with its peer's network namespace) is not an error."""
+    try:
+        _call("delete_link", handle.link, "del", ifname=name)
+    except LinxOSError as error:
+        if not (missing_ok and error.errno == 19):  # ENODEV
+            raise
 
 
 def setup_veth(

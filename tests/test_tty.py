@@ -357,6 +357,7 @@ def test_output_queued_in_the_callers_mailbox_before_attach_is_shown_first(termi
     finish = as_user(terminal, lambda: terminal.shows(b"early\r\n") or pytest.fail("early output lost"), lambda: terminal.type("x\r"))
     assert tty.attach(session, terminal=terminal.slave) == ("exited", 0)
     finish()
+    assert terminal.shows(b"late")
     assert terminal.screen.index(b"early") < terminal.screen.index(b"late")
     assert [event[1] for event in linx_otp.flush()] == ["ready"]  # only what came before running
     session.stop()
