@@ -3,7 +3,7 @@ workload through the checkpoint.
 
     linx-otp run [TREE.toml] [--json] [--control PATH]
     linx-otp status | restart ID | stop ID | start ID | attach ID | shutdown   [--control PATH]
-    linx-otp spawn [--ns net,pid,...] [--pty] [--hostname H] [--mount-proc] -- ARGV...
+    linx-otp spawn [--ns net,pid,...] [--pty] [--hostname H] [--mount-proc] [-r] -- ARGV...
 
 This module parses arguments and talks to the daemon; the daemon is ``daemon.py`` and tree
 files are ``tree.py``.
@@ -59,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     spawn.add_argument("--pty", action="store_true", help="give it a pty and attach this terminal")
     spawn.add_argument("--hostname", help="set its hostname at the checkpoint (adds the uts namespace)")
     spawn.add_argument("--mount-proc", action="store_true", help="mount a fresh /proc for its pid namespace (needs pid and mount)")
+    spawn.add_argument("-r", "--map-root-user", action="store_true", help="root inside a new user namespace is you outside (adds user)")
     spawn.add_argument("argv", nargs=argparse.REMAINDER, help="-- then the program and its arguments")
     spawn.set_defaults(action=_spawn)
     return parser
@@ -139,20 +140,23 @@ def _print_status(rows: list[dict]) -> None:
 
 def _spawn(arguments: argparse.Namespace) -> int:
     import linx_otp
-    from . import mount, tty
+    from . import mount, tty, user
     from . import process as P
 
     argv = arguments.argv[1:] if arguments.argv[:1] == ["--"] else arguments.argv
     if not argv:
         raise LinxError("argv_required", "usage: linx-otp spawn [options] -- PROGRAM [ARGS...]")
     namespaces = [name for name in arguments.ns.split(",") if name]
-    if arguments.hostname and "uts" not in namespaces:
-        namespaces.append("uts")
+    for flag, namespace in ((arguments.hostname, "uts"), (arguments.map_root_user, "user")):
+        if flag and namespace not in namespaces:
+            namespaces.append(namespace)
     if arguments.mount_proc and not {"pid", "mount"} <= set(namespaces):
         raise LinxError("bad_mount_proc", "--mount-proc needs the pid and mount namespaces (--ns pid,mount,...)")
     session = P.spawn(argv=argv, namespaces=namespaces, stdio="pty" if arguments.pty else "inherit")
     try:
         _, _, pid = linx_otp.receive(("linx_process", "ready"), timeout=10)
+        if arguments.map_root_user:
+            user.map_self(pid)
         if arguments.hostname:
             mount.hostname(arguments.hostname, in_pid=pid)
         if arguments.mount_proc:

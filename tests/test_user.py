@@ -197,3 +197,11 @@ def test_the_container_example_runs_unprivileged(test_user, importable_copy, rea
     assert "root: bin dev etc proc root sys tmp" in lines
     assert "procs: /proc/1" in lines and "devnull-ok" in lines
     assert "container: ('exited', 0)" in lines
+
+
+def test_linx_otp_spawn_map_root_user_as_an_ordinary_user(test_user, importable_copy, readable_directory):
+    script = "echo uid=$(id -u) host=$(hostname) $$ /proc/[0-9]*"
+    command = ["-m", "linx_otp", "spawn", "-r", "--ns", "pid,mount,net", "--hostname", "mine", "--mount-proc", "--", "sh", "-c", script]
+    result = run_as(test_user, importable_copy, readable_directory, *command)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "uid=0 host=mine 1 /proc/1"
