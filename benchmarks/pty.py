@@ -30,54 +30,64 @@ def raw_stream(size: int) -> str:
     return f"stty raw -echo; echo READY; read go; head -c {size} /dev/zero"
 
 
-class LinxTerminal:
-    def __init__(self, script: str) -> None:
-        self.events = linx_otp.Mailbox()
-        self.session = P.spawn(argv=["/bin/sh", "-c", script], stdio="pty", auto_proceed=True, owner=self.events)
+class Terminal:
+    """What both sides share: wait for the workload's READY, time a keystroke, time a stream.
+    Subclasses only say how to write to and read from their terminal."""
+
+    def write(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def read(self) -> bytes:
+        raise NotImplementedError
+
+    def wait_until_ready(self) -> None:
         output = b""
         while b"READY" not in output:
-            output += self.events.receive(("linx_process", "pty_out"), timeout=10)[2]
+            output += self.read()
 
     def round_trip_ms(self) -> float:
         started = time.perf_counter()
-        P.pty_write(self.session, b"x")
-        self.events.receive(("linx_process", "pty_out"), timeout=10)
+        self.write(b"x")
+        self.read()
         return (time.perf_counter() - started) * 1000
 
     def read_all(self, size: int) -> float:
         started = time.perf_counter()
-        P.pty_write(self.session, b"\n")
+        self.write(b"\n")
         received = 0
         while received < size:
-            received += len(self.events.receive(("linx_process", "pty_out"), timeout=60)[2])
+            received += len(self.read())
         return time.perf_counter() - started
+
+
+class LinxTerminal(Terminal):
+    def __init__(self, script: str) -> None:
+        self.events = linx_otp.Mailbox()
+        self.session = P.spawn(argv=["/bin/sh", "-c", script], stdio="pty", auto_proceed=True, owner=self.events)
+        self.wait_until_ready()
+
+    def write(self, data: bytes) -> None:
+        P.pty_write(self.session, data)
+
+    def read(self) -> bytes:
+        return self.events.receive(("linx_process", "pty_out"), timeout=60)[2]
 
     def close(self) -> None:
         self.session.stop()
 
 
-class PlainTerminal:
+class PlainTerminal(Terminal):
     def __init__(self, script: str) -> None:
         self.master, slave = os.openpty()
         self.process = subprocess.Popen(["/bin/sh", "-c", script], stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
         os.close(slave)
-        output = b""
-        while b"READY" not in output:
-            output += os.read(self.master, 4096)
+        self.wait_until_ready()
 
-    def round_trip_ms(self) -> float:
-        started = time.perf_counter()
-        os.write(self.master, b"x")
-        os.read(self.master, 4096)
-        return (time.perf_counter() - started) * 1000
+    def write(self, data: bytes) -> None:
+        os.write(self.master, data)
 
-    def read_all(self, size: int) -> float:
-        started = time.perf_counter()
-        os.write(self.master, b"\n")
-        received = 0
-        while received < size:
-            received += len(os.read(self.master, 65536))
-        return time.perf_counter() - started
+    def read(self) -> bytes:
+        return os.read(self.master, 65536)
 
     def close(self) -> None:
         self.process.kill()

@@ -22,7 +22,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO
 
 import pykka
 
@@ -39,7 +39,6 @@ from .mailbox import Mailbox
 from .tree import Group, Tree, Workload
 
 ROOT_ID = "root"
-TERMINAL = ("exited", "signaled", "aborted", "error")
 
 
 def default_control_path() -> str:
@@ -177,20 +176,17 @@ class Daemon:
             return
         with self.lock:
             record = self.records[child_id]
+            record.state = kind
             if kind == "ready":
-                record.host_pid, record.state = detail[0], "ready"
-            elif kind == "running":
-                record.state = "running"
-            elif kind in TERMINAL:
-                record.state = kind
-        if kind in TERMINAL:
-            self.output.flush(child_id)
+                record.host_pid = detail[0]
         self.report(child_id, kind, detail[0] if len(detail) == 1 else tuple(detail) if detail else "")
         workload = self.workloads[child_id]
         if kind == "ready" and workload.setup:
             self.apply_setup(workload, detail[0])
-        if kind in TERMINAL and child_id in self.cgroups:
-            self.release_cgroup(child_id)
+        elif kind in P.TERMINAL_EVENTS:
+            self.output.flush(child_id)
+            if child_id in self.cgroups:
+                self.release_cgroup(child_id)
 
     # -- checkpoint setup ----------------------------------------------------------------------
 
@@ -198,8 +194,8 @@ class Daemon:
         setup = workload.setup
         session = self.find_session(workload.id)
         try:
-            if setup.uid_map is not None or setup.gid_map is not None:
-                User.setup_maps(pid, uid=setup.uid_map or [(0, os.geteuid(), 1)], gid=setup.gid_map or [(0, os.getegid(), 1)])
+            if setup.uid_map is not None:  # the tree file gives both maps or neither
+                User.setup_maps(pid, uid=setup.uid_map, gid=setup.gid_map)
             if setup.hostname is not None:
                 Mount.hostname(setup.hostname, in_pid=pid)
             if setup.veth is not None:
@@ -271,6 +267,7 @@ class Daemon:
     def cleanup(self) -> None:
         for child_id in list(self.cgroups):
             self.release_cgroup(child_id)
+        self.output.close()
         try:
             os.unlink(self.control_path)
         except OSError:
@@ -323,12 +320,14 @@ class _Output:
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
         self.partial: dict[tuple[str, str], bytes] = {}
+        self.logs: dict[str, BinaryIO] = {}
 
     def write(self, child_id: str, stream: str, data: bytes) -> None:
-        workload = self.daemon.workloads[child_id]
-        if workload.log is not None:
-            with open(workload.log, "ab") as log:
-                log.write(data)
+        path = self.daemon.workloads[child_id].log
+        if path is not None:
+            if child_id not in self.logs:  # opened once, kept for the daemon's life
+                self.logs[child_id] = open(path, "ab", buffering=0)
+            self.logs[child_id].write(data)
             return
         complete, _, rest = (self.partial.pop((child_id, stream), b"") + data).rpartition(b"\n")
         if rest:
@@ -342,6 +341,10 @@ class _Output:
             rest = self.partial.pop((child_id, stream), b"")
             if rest:
                 self._print(child_id, stream, rest)
+
+    def close(self) -> None:
+        for log in self.logs.values():
+            log.close()
 
     def _print(self, child_id: str, stream: str, text: bytes) -> None:
         for line in text.decode(errors="replace").replace("\r\n", "\n").split("\n"):

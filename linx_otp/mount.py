@@ -26,7 +26,9 @@ import os
 from typing import Any
 
 from . import namespaces
+from . import process as P
 from .errors import LinxError, LinxOSError
+from .mailbox import Mailbox
 
 MS_RDONLY = 1
 MS_NOSUID = 2
@@ -155,9 +157,6 @@ def mount_proc(in_pid: int, target: str = "/proc") -> None:
 
 def _run_through_agent(in_pid: int, argv: list[str], operation: str, timeout: float = 10.0) -> None:
     """Run a small command inside every namespace of ``in_pid`` (``process.enter``)."""
-    from . import process as P
-    from .mailbox import Mailbox
-
     session = P.enter(
         in_pid,
         argv=argv,

@@ -64,10 +64,12 @@ def _peer_namespace(pid: int | None) -> dict[str, Any]:
     return {} if pid is None else {"net_ns_pid": pid}
 
 
-def create_veth(handle: IPRoute, name: str, peer: str, peer_pid: int | None = None) -> None:
+def create_veth(handle: IPRoute, name: str, peer: str, peer_pid: int | None = None, *, up: bool = False) -> None:
     """A veth pair: ``name`` in ``handle``'s netns, ``peer`` created directly inside the netns
-    of ``peer_pid`` (or beside ``name`` when None)."""
-    _call("create_veth", handle.link, "add", ifname=name, kind="veth", peer={"ifname": peer, **_peer_namespace(peer_pid)})
+    of ``peer_pid`` (or beside ``name`` when None). ``up`` brings ``name`` (not the peer: the
+    kernel takes no state for it here) up in the same request."""
+    state = {"state": "up"} if up else {}
+    _call("create_veth", handle.link, "add", ifname=name, kind="veth", **state, peer={"ifname": peer, **_peer_namespace(peer_pid)})
 
 
 def create_macvlan(handle: IPRoute, name: str, parent: str, mode: str = "bridge", pid: int | None = None) -> None:
@@ -142,7 +144,7 @@ def setup_veth(
     own_host = host is None
     host = open() if own_host else host
     try:
-        _call("create_veth", host.link, "add", ifname=host_name, kind="veth", state="up", peer={"ifname": peer_name, "net_ns_pid": pid})
+        create_veth(host, host_name, peer_name, peer_pid=pid, up=True)
     finally:
         if own_host:
             host.close()

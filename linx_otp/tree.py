@@ -23,6 +23,7 @@ from . import options as session_options
 from . import supervisor as S
 from .errors import LinxError, LinxValueError
 from .protocol import MODE_SPAWN
+from .user import render
 
 SUPERVISOR_KEYS = {"strategy", "max_restarts", "max_seconds"}
 WORKLOAD_KEYS = {
@@ -236,10 +237,11 @@ class _Checker:
             for key in ("host", "address", "prefixlen"):
                 if key not in veth:
                     self.fail(f"{where}.veth.{key}", "missing (host, address and prefixlen are required)")
+        if ("uid_map" in table) != ("gid_map" in table):
+            missing = "gid_map" if "uid_map" in table else "uid_map"
+            self.fail(f"{where}.{missing}", "missing: uid_map and gid_map come together")
         for key in ("uid_map", "gid_map"):
             if key in table:
-                from .user import render
-
                 try:
                     render([tuple(entry) if isinstance(entry, list) else entry for entry in table[key]])
                 except (LinxValueError, TypeError) as error:

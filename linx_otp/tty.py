@@ -209,7 +209,7 @@ class _Pump:
             match self.owner.events.popleft():
                 case ("linx_process", "pty_out", data):
                     _write_all(self.fd, data)
-                case ("linx_process", ("exited" | "signaled" | "aborted" | "error") as kind, *details):
+                case ("linx_process", kind, *details) if kind in P.TERMINAL_EVENTS:
                     return (kind, *details)
                 case ("DOWN", _, _):
                     raise LinxError("no_process", "attach: the session stopped")

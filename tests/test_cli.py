@@ -267,8 +267,9 @@ def test_another_uid_is_refused_at_the_socket(tmp_path, running):
         ('[[child]]\nid = "g"\ntype = "supervisor"\n[[child.child]]\nid = "b"\nargv = ["true"]\nrestart = "sometimes"\n', "child[0].child[0].restart", "transient"),
         ('[[child]]\nid = "a"\nargv = ["true"]\n[child.setup]\nhostname = "x"\n', "child[0].setup.hostname", "uts"),
         ('[[child]]\nid = "a"\nargv = ["true"]\nnamespaces = ["net"]\n[child.setup.veth]\nhost = "x"\n', "child[0].setup.veth.address", "missing"),
+        ('[[child]]\nid = "a"\nargv = ["true"]\nnamespaces = ["user"]\n[child.setup]\nuid_map = [[0, 0, 1]]\n', "child[0].setup.gid_map", "come together"),
     ],
-    ids=["syntax", "unknown-key", "bad-namespace", "missing-argv", "duplicate-ids", "bad-strategy", "nested-restart", "setup-needs-ns", "veth-missing"],
+    ids=["syntax", "unknown-key", "bad-namespace", "missing-argv", "duplicate-ids", "bad-strategy", "nested-restart", "setup-needs-ns", "veth-missing", "maps-together"],
 )
 def test_configuration_errors_name_the_place_and_start_nothing(tmp_path, text, where, what):
     path = tmp_path / "bad.toml"
