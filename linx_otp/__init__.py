@@ -41,4 +41,5 @@ __all__ = [
     "monitor",
     "receive",
     "start_monitored",
+    "tty",
 ]

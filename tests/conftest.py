@@ -29,8 +29,9 @@ def no_leaks():
     linx_otp.flush()
 
 
-def _kernel_objects() -> dict[str, set[str]]:
-    """What a test run could leave behind on the host: links, mounts, cgroup directories."""
+def _host_objects() -> dict[str, set[str]]:
+    """What a test run could leave behind on the host: links, mounts, cgroup directories,
+    linx-* entries in /tmp."""
     from pathlib import Path
 
     from linx_otp import cgroup, netlink
@@ -41,17 +42,18 @@ def _kernel_objects() -> dict[str, set[str]]:
     layout = cgroup.detect()
     roots = [layout.v2_root, *layout.v1_roots.values()]
     cgroups = {str(path) for root in roots if root for path in Path(root).iterdir() if path.is_dir()}
-    return {"links": links, "mounts": mounts, "cgroups": cgroups}
+    scratch = {str(path) for path in Path("/tmp").glob("linx-*")}
+    return {"links": links, "mounts": mounts, "cgroups": cgroups, "/tmp": scratch}
 
 
 @pytest.fixture(scope="session", autouse=True)
-def no_kernel_objects_left():
-    """At the end of the run: no link, mount or cgroup the tests made is still there."""
-    before = _kernel_objects()
+def nothing_left_on_the_host():
+    """At the end of the run: no link, mount, cgroup or scratch file the tests made is left."""
+    before = _host_objects()
     yield
-    after = _kernel_objects()
+    after = _host_objects()
     left = {kind: sorted(after[kind] - before[kind]) for kind in before if after[kind] - before[kind]}
-    assert not left, f"the tests left kernel objects behind: {left}"
+    assert not left, f"the tests left these behind: {left}"
 
 
 @pytest.fixture
@@ -75,3 +77,39 @@ def stalled_listener(tmp_path):
     created = Listener(tmp_path, stalled=True)
     yield created
     created.close()
+
+
+TEST_USER = "linxtest"
+
+
+@pytest.fixture(scope="session")
+def test_user():
+    """An ordinary user for the rootless tests, made with useradd and removed at the end of
+    the run (unless it was there before)."""
+    import os
+    import pwd
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("making a test user needs root (CI runs as root)")
+    try:
+        yield pwd.getpwnam(TEST_USER)
+        return
+    except KeyError:
+        pass
+    subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", TEST_USER], check=True)
+    yield pwd.getpwnam(TEST_USER)
+    subprocess.run(["userdel", TEST_USER], check=True)
+
+
+@pytest.fixture
+def readable_directory():
+    """A directory the test user can enter (pytest's tmp_path sits under a private one)."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    directory = Path(tempfile.mkdtemp(prefix="linx-readable-"))
+    directory.chmod(0o755)
+    yield directory
+    shutil.rmtree(directory)

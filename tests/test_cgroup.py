@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-import linx_otp
 from linx_otp import cgroup as C
 from linx_otp import process as P
 from linx_otp.errors import LinxOSError, LinxValueError

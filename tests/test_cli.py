@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
 import re
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import textwrap
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -23,7 +20,7 @@ from linx_otp import cgroup as Cgroup
 from linx_otp import netlink as Netlink
 from linx_otp.agent import AGENT_PATH_VARIABLE, BUNDLED_AGENT
 
-from support import IS_ROOT, needs_root, process_alive, wait_until
+from support import needs_root, process_alive, wait_until
 
 COMMAND = [sys.executable, "-m", "linx_otp"]
 TIMEOUT = 20
@@ -177,12 +174,15 @@ def test_stop_start_and_restart_act(tmp_path, running):
     assert daemon.process.wait(TIMEOUT) == 0
 
 
-def test_json_output_is_one_object_per_line(tmp_path, running):
+def test_json_output_is_one_object_per_line_and_sigint_stops_cleanly(tmp_path, running):
     daemon = running(write_tree(tmp_path, SMALL_TREE), "--json")
     assert daemon.shows(r'"id": "sleeper", "event": "running"')
-    assert daemon.stop() == 0
+    pid = int(daemon.status()["sleeper"][3])
+    assert daemon.stop(signal.SIGINT) == 0
+    assert not process_alive(pid)
     events = [json.loads(line) for line in daemon.lines if line.startswith("{")]
     assert {"time", "id", "event", "detail"} <= set(events[0])
+    assert ("tree", "stopping", "signal SIGINT") in [(event["id"], event["event"], event["detail"]) for event in events]
     assert ("tree", "stopped") in [(event["id"], event["event"]) for event in events]
 
 
@@ -215,17 +215,11 @@ def test_log_files_instead_of_prefixes(tmp_path, running):
 
 
 @needs_root
-def test_another_uid_is_refused_at_the_socket(tmp_path, running):
-    reachable = Path(tempfile.mkdtemp(prefix="linx-control-"))  # tmp_path's parents are private
-    reachable.chmod(0o755)
-    daemon = running(write_tree(tmp_path, SMALL_TREE), control=reachable / "control.sock")
+def test_another_uid_is_refused_at_the_socket(tmp_path, running, test_user, readable_directory):
+    daemon = running(write_tree(tmp_path, SMALL_TREE), control=readable_directory / "control.sock")
     assert daemon.shows(r"sleeper \| running")
     assert oct(daemon.control.stat().st_mode & 0o777) == "0o600"
-    try:
-        pwd.getpwnam("linxtest")
-    except KeyError:
-        subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", "linxtest"], check=True)
-    user = pwd.getpwnam("linxtest")
+    user = test_user
     probe = textwrap.dedent(f"""
         import socket
         s = socket.socket(socket.AF_UNIX)
@@ -249,7 +243,6 @@ def test_another_uid_is_refused_at_the_socket(tmp_path, running):
     answer = json.loads(result.stdout)
     assert answer["ok"] is False and f"uid {user.pw_uid} may not control" in answer["error"]
     assert daemon.stop() == 0
-    reachable.rmdir()
 
 
 # -- configuration errors --------------------------------------------------------------------------

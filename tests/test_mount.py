@@ -55,6 +55,15 @@ def test_a_read_only_bind(box, tmp_path):
     assert output.splitlines() == ["from the host", "read-only"]
 
 
+def test_remount_read_only_in_the_workloads_namespace(box, tmp_path):
+    def configure(pid):
+        M.mount("linx", tmp_path, "tmpfs", in_pid=pid)
+        M.remount(tmp_path, M.MS_RDONLY, in_pid=pid)
+
+    output = run_parked(box, f"touch {tmp_path}/new 2>/dev/null || echo read-only", configure=configure)
+    assert output.strip() == "read-only" and f" {tmp_path} " not in host_mounts()
+
+
 def test_mkdir_and_umount_in_the_workloads_namespace(box, tmp_path):
     target = tmp_path / "made-inside"
 

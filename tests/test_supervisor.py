@@ -190,6 +190,14 @@ def test_a_term_ignoring_workload_is_killed_after_its_shutdown_seconds_and_not_b
     assert box.receive(("linx_process", "signaled"), timeout=1) == ("linx_process", "signaled", 9)
 
 
+def test_shutdown_none_asks_and_waits_without_a_deadline(box):
+    tree = S.start([sleeper("patient", owner=box, shutdown=None)], events=box)
+    box.receive(("linx_process", "running"), timeout=5)
+    S.stop(tree)
+    assert box.receive(("linx_process", "signaled"), timeout=1) == ("linx_process", "signaled", 15)
+    assert reports(box, "stopped")[3:] == ("patient", "shutdown")
+
+
 def test_brutal_kill_does_not_ask_first(box):
     tree = S.start([sleeper("doomed", owner=box, shutdown="brutal_kill")], events=box)
     box.receive(("linx_process", "running"), timeout=5)

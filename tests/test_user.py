@@ -6,8 +6,6 @@ import os
 import pwd
 import shutil
 import subprocess
-import sys
-import tempfile
 import textwrap
 from pathlib import Path
 
@@ -15,16 +13,13 @@ import pykka
 import pyroute2
 import pytest
 
-import linx_otp
 from linx_otp import process as P
 from linx_otp import user as U
 from linx_otp.errors import LinxOSError, LinxValueError
 
-from support import needs_root
 
 TIMEOUT = 10
 ROOT = Path(__file__).resolve().parent.parent
-TEST_USER = "linxtest"
 
 
 def parked_in_user_namespace(box, argv=("/bin/true",), namespaces=("user",)):
@@ -88,26 +83,6 @@ def test_bad_maps_are_refused_before_any_write(box, mappings, reason):
 
 
 # -- rootless: an ordinary user spawns with `user` and other namespaces ---------------------------
-
-
-@pytest.fixture(scope="module")
-def test_user():
-    if os.geteuid() != 0:
-        pytest.skip("making a test user needs root (CI runs as root)")
-    try:
-        pwd.getpwnam(TEST_USER)
-    except KeyError:
-        subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", TEST_USER], check=True)
-    return pwd.getpwnam(TEST_USER)
-
-
-@pytest.fixture
-def readable_directory():
-    """A directory the test user can enter (pytest's tmp_path sits under a private one)."""
-    directory = Path(tempfile.mkdtemp(prefix="linx-rootless-"))
-    directory.chmod(0o755)
-    yield directory
-    shutil.rmtree(directory)
 
 
 @pytest.fixture
