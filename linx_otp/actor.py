@@ -42,13 +42,14 @@ RESTART_TYPES = ("permanent", "transient", "temporary")
 CHILD_TYPES = ("worker", "supervisor")
 
 
+@dataclass(frozen=True)
 class _AddMonitor:
-    def __init__(self, watcher: Any) -> None:
-        self.watcher = watcher
+    watcher: Any
 
 
-class _RemoveMonitor(_AddMonitor):
-    pass
+@dataclass(frozen=True)
+class _RemoveMonitor:
+    watcher: Any
 
 
 class _Shutdown:
@@ -184,13 +185,13 @@ class Actor(pykka.ThreadingActor):
                 self._birth.settled.set()
 
     def _handle_receive(self, message: Any) -> Any:
-        if isinstance(message, _RemoveMonitor):
-            with self._monitors_lock:
-                self._monitors = [watcher for watcher in self._monitors if watcher is not message.watcher]
-            return None
         if isinstance(message, _AddMonitor):
             with self._monitors_lock:
                 self._monitors.append(message.watcher)
+            return None
+        if isinstance(message, _RemoveMonitor):
+            with self._monitors_lock:
+                self._monitors = [watcher for watcher in self._monitors if watcher is not message.watcher]
             return None
         if isinstance(message, _Shutdown):
             self._exit_reason = "shutdown"

@@ -292,9 +292,7 @@ class Supervisor(Actor):
 # -- the public verbs ---------------------------------------------------------------------------
 
 
-def _check_settings(
-    children: Any, id: Any, strategy: Any, max_restarts: Any, max_seconds: Any, max_children: Any, events: Any
-) -> tuple[list[ChildSpec], _Settings]:
+def _check_children(children: Any) -> list[ChildSpec]:
     if isinstance(children, (str, bytes)) or not isinstance(children, Iterable):
         raise LinxValueError(("bad_children", children), f"children must be a list of child specs, not {children!r}")
     specs = list(children)
@@ -307,6 +305,20 @@ def _check_settings(
     duplicates = sorted({repr(child_id) for child_id in ids if ids.count(child_id) > 1})
     if duplicates:
         raise LinxValueError(("duplicate_child_ids", duplicates), f"child ids must be unique; repeated: {', '.join(duplicates)}")
+    return specs
+
+
+def check_settings(
+    *,
+    id: Any = "supervisor",
+    strategy: Any = "one_for_one",
+    max_restarts: Any = 3,
+    max_seconds: Any = 5.0,
+    max_children: Any = None,
+    events: Any = None,
+) -> _Settings:
+    """Check a supervisor's settings (``start``'s keywords, with its defaults) without starting
+    anything; raises ``LinxValueError`` with ``("bad_<name>", value)``."""
     if strategy not in STRATEGIES:
         raise LinxValueError(("bad_strategy", strategy), f"strategy must be one of {STRATEGIES}, not {strategy!r}")
     if not isinstance(max_restarts, int) or isinstance(max_restarts, bool) or max_restarts < 0:
@@ -317,7 +329,7 @@ def _check_settings(
         raise LinxValueError(("bad_max_children", max_children), f"max_children must be an int >= 0 or None, not {max_children!r}")
     if events is not None and not callable(getattr(events, "tell", None)):
         raise LinxValueError(("bad_events", events), f"events must be an actor ref, a Mailbox or anything with .tell, not {events!r}")
-    return specs, _Settings(id, strategy, max_restarts, float(max_seconds), max_children, events)
+    return _Settings(id, strategy, max_restarts, float(max_seconds), max_children, events)
 
 
 def _starter(specs: list[ChildSpec], settings: _Settings) -> Any:
@@ -338,7 +350,8 @@ def start(
     If a child fails to start, the ones already started are stopped and this raises
     ``LinxError(("failed_to_start_child", id, reason))``. ``events`` (a ref or ``Mailbox``)
     receives ``("linx_supervisor", kind, supervisor_id, child_id, detail)`` reports."""
-    specs, settings = _check_settings(children, id, strategy, max_restarts, max_seconds, max_children, events)
+    specs = _check_children(children)
+    settings = check_settings(id=id, strategy=strategy, max_restarts=max_restarts, max_seconds=max_seconds, max_children=max_children, events=events)
     try:
         return start_actor(_starter(specs, settings))
     except LinxError as error:
@@ -361,7 +374,8 @@ def child_spec(
 ) -> ChildSpec:
     """A child spec for a nested supervisor (type ``"supervisor"``, shutdown ``None``: it is
     given all the time its own children's shutdowns need)."""
-    specs, settings = _check_settings(children, id, strategy, max_restarts, max_seconds, max_children, events)
+    specs = _check_children(children)
+    settings = check_settings(id=id, strategy=strategy, max_restarts=max_restarts, max_seconds=max_seconds, max_children=max_children, events=events)
     return ChildSpec(id=id, start=_starter(specs, settings), restart=restart, shutdown=shutdown, type="supervisor")
 
 
@@ -419,6 +433,7 @@ def stop(supervisor: pykka.ActorRef) -> None:
 __all__ = [
     "STRATEGIES",
     "Supervisor",
+    "check_settings",
     "child_spec",
     "count_children",
     "delete_child",

@@ -140,8 +140,7 @@ class _Checker:
         self.keys(table, SUPERVISOR_KEYS, where)
         settings = {key: table[key] for key in SUPERVISOR_KEYS if key in table}
         try:
-            S._check_settings([], "check", settings.get("strategy", "one_for_one"), settings.get("max_restarts", 3),
-                              settings.get("max_seconds", 5.0), None, None)
+            S.check_settings(**settings)
         except LinxValueError as error:
             self.fail(f"{where}.{error.reason[0].removeprefix('bad_')}", str(error))
         return settings
