@@ -28,8 +28,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import linx_otp
 from common import median_and_p99
+
+import linx_otp
 from linx_otp import cgroup as Cgroup
 from linx_otp import netlink as Netlink
 from linx_otp import process as P
@@ -79,7 +80,9 @@ def busybox_bundle(directory: Path, runtime: str) -> Path:
 
 def runtime_command(runtime: str, bundle: Path):
     counter = itertools.count()
-    return lambda: subprocess.run([runtime, "run", "--bundle", str(bundle), f"linx-bench-{next(counter)}"], check=True, capture_output=True)
+    return lambda: subprocess.run(
+        [runtime, "run", "--bundle", str(bundle), f"linx-bench-{next(counter)}"], check=True, capture_output=True
+    )
 
 
 def timed(action) -> float:
@@ -95,7 +98,9 @@ def main() -> None:
     if os.geteuid() != 0:
         sys.exit("needs root")
 
-    candidates = {"bwrap --unshare-all --dev-bind / / /bin/true (no network setup)": lambda: subprocess.run(BWRAP, check=True)}
+    candidates = {
+        "bwrap --unshare-all --dev-bind / / /bin/true (no network setup)": lambda: subprocess.run(BWRAP, check=True)
+    }
     unavailable = []
     with tempfile.TemporaryDirectory() as scratch:
         for runtime in ("crun", "runc"):
@@ -125,7 +130,9 @@ def main() -> None:
         finally:
             ours.close()
 
-    print(f"container setup benchmark: {arguments.runs} runs per pair, {os.cpu_count()} cores, Python {sys.version.split()[0]}\n")
+    print(
+        f"container setup benchmark: {arguments.runs} runs per pair, {os.cpu_count()} cores, Python {sys.version.split()[0]}\n"
+    )
     print("| baseline | baseline ms (median / p99) | linx_otp ms, same loop (median / p99) | linx_otp ÷ baseline |")
     print("|---|---|---|---|")
     for name, linx_samples, baseline_samples in rows:

@@ -19,8 +19,9 @@ import subprocess
 import sys
 import time
 
-import linx_otp
 from common import median_and_p99
+
+import linx_otp
 from linx_otp import process as P
 
 RAW_CAT = "stty raw -echo; echo READY; exec cat"
@@ -79,7 +80,9 @@ class LinxTerminal(Terminal):
 class PlainTerminal(Terminal):
     def __init__(self, script: str) -> None:
         self.master, slave = os.openpty()
-        self.process = subprocess.Popen(["/bin/sh", "-c", script], stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
+        self.process = subprocess.Popen(
+            ["/bin/sh", "-c", script], stdin=slave, stdout=slave, stderr=slave, start_new_session=True
+        )
         os.close(slave)
         self.wait_until_ready()
 

@@ -21,8 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import linx_otp
 from common import median_and_p99, ratio
+
+import linx_otp
 from linx_otp import process as P
 from linx_otp import supervisor as S
 
@@ -72,7 +73,9 @@ class SupervisordRestarts:
         config = Path(self.directory.name) / "supervisord.conf"
         config.write_text(SUPERVISORD_CONFIG.format(directory=self.directory.name, command=" ".join(SLEEPER)))
         self.daemon = subprocess.Popen(
-            [sys.executable, "-m", "supervisor.supervisord", "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            [sys.executable, "-m", "supervisor.supervisord", "-c", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         self.pid = self._running_child(exclude=None)
 
@@ -128,7 +131,9 @@ def main() -> None:
         theirs.close()
 
     speedup = 1 / ratio(ours_ms, theirs_ms)
-    print(f"restart latency, SIGKILL to the replacement running: {os.cpu_count()} cores, Python {sys.version.split()[0]}\n")
+    print(
+        f"restart latency, SIGKILL to the replacement running: {os.cpu_count()} cores, Python {sys.version.split()[0]}\n"
+    )
     print("| supervisor | restarts | ms (median / p99) |")
     print("|---|---|---|")
     print(f"| linx_otp one_for_one, permanent session | {len(ours_ms)} | {median_and_p99(ours_ms)} |")

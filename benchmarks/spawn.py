@@ -20,8 +20,9 @@ import threading
 import time
 from pathlib import Path
 
-import linx_otp
 from common import median_and_p99, ratio
+
+import linx_otp
 from linx_otp import process as P
 
 NAMESPACES = ["net", "pid", "mount", "uts", "ipc"]
@@ -130,7 +131,9 @@ def main() -> None:
     arguments = parser.parse_args()
 
     box = linx_otp.Mailbox()
-    print(f"linx_otp spawn benchmark: {arguments.runs} runs each, {os.cpu_count()} cores, Python {sys.version.split()[0]}\n")
+    print(
+        f"linx_otp spawn benchmark: {arguments.runs} runs each, {os.cpu_count()} cores, Python {sys.version.split()[0]}\n"
+    )
     print("| linx_otp | ms (median / p99) | baseline | ms (median / p99) | ratio | target |")
     print("|---|---|---|---|---|---|")
     run, clean = linx_true([], box)
@@ -141,7 +144,15 @@ def main() -> None:
     if os.geteuid() == 0 and shutil.which("unshare"):
         run, clean = linx_true(NAMESPACES, box)
         base, ours = compare(arguments.runs, lambda: subprocess.run(UNSHARE), run, clean)
-        print(row(f"same, namespaces {','.join(NAMESPACES)}", "`unshare --net --pid --fork --mount --uts --ipc`", base, ours, 1.2))
+        print(
+            row(
+                f"same, namespaces {','.join(NAMESPACES)}",
+                "`unshare --net --pid --fork --mount --uts --ipc`",
+                base,
+                ours,
+                1.2,
+            )
+        )
     else:
         print("| namespaces row skipped: needs root and unshare | | | | | |")
 

@@ -1,6 +1,6 @@
 """Aborting a parked session: the child never runs. Also the abort state table.
 
-    python examples/abort.py
+python examples/abort.py
 """
 
 import linx_otp

@@ -84,7 +84,12 @@ def main() -> int:
     shell = P.spawn(
         argv=argv,
         namespaces=namespaces,
-        env={"PATH": "/bin", "HOME": "/root", "PS1": f"{arguments.hostname}# ", "TERM": os.environ.get("TERM", "xterm")},
+        env={
+            "PATH": "/bin",
+            "HOME": "/root",
+            "PS1": f"{arguments.hostname}# ",
+            "TERM": os.environ.get("TERM", "xterm"),
+        },
         cwd="/",
         stdio="pty" if interactive else "inherit",
     )
@@ -95,7 +100,9 @@ def main() -> int:
             User.map_self(pid)
         Mount.hostname(arguments.hostname, in_pid=pid)  # step 3
         if privileged:
-            cgroup = Cgroup.create(f"linx-container-{pid}", memory_max=arguments.memory_max, pids_max=arguments.pids_max)
+            cgroup = Cgroup.create(
+                f"linx-container-{pid}", memory_max=arguments.memory_max, pids_max=arguments.pids_max
+            )
             Cgroup.add_process(cgroup, pid)  # step 4
             host = Netlink.open()  # step 5
             Netlink.create_veth(host, veth, "eth0", peer_pid=pid)

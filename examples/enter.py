@@ -1,6 +1,6 @@
 """Entering an existing process's namespaces (like `nsenter --target` or `docker exec`).
 
-    sudo python examples/enter.py
+sudo python examples/enter.py
 """
 
 import linx_otp

@@ -1,6 +1,6 @@
 """Errors: asynchronous pre-exec failures arrive as events; bad options raise at once.
 
-    python examples/errors.py
+python examples/errors.py
 """
 
 import linx_otp

@@ -1,6 +1,6 @@
 """Spawning into fresh namespaces, and where the host pid and the child's own pid differ.
 
-    sudo python examples/namespaces.py
+sudo python examples/namespaces.py
 """
 
 import os

@@ -1,6 +1,6 @@
 """The seed's quick start and checkpoint: spawn, see `ready` with the host pid, proceed, see it end.
 
-    python examples/quick_start.py
+python examples/quick_start.py
 """
 
 import linx_otp

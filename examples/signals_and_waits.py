@@ -1,6 +1,6 @@
 """Signals (sent while running, or buffered before) and synchronous waits with timeouts.
 
-    python examples/signals_and_waits.py
+python examples/signals_and_waits.py
 """
 
 import linx_otp

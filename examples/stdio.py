@@ -1,6 +1,6 @@
 """Stdio plumbing: silence a workload, or connect one of its fds to a UNIX listener.
 
-    python examples/stdio.py
+python examples/stdio.py
 """
 
 import os

@@ -20,10 +20,10 @@ Modules: ``process`` (sessions and their verbs), ``supervisor`` (OTP supervisors
 
 import logging
 
+from . import tty
 from .actor import Actor, ChildSpec, demonitor, monitor, start_monitored
 from .errors import LinxError, LinxValueError
 from .mailbox import Mailbox, flush, mailbox, receive
-from . import tty
 from .process import Info
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())  # reports show once the app configures logging

@@ -28,8 +28,9 @@ import itertools
 import logging
 import queue
 import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import pykka
 
@@ -170,7 +171,10 @@ class Actor(pykka.ThreadingActor):
     # -- pykka hooks (private in pykka 4; pinned in pyproject) ----------------------------
 
     def _start_actor_loop(self) -> None:
-        if not (self.use_daemon_thread and _spare.run(f"{self.__class__.__name__}-{next(_thread_numbers)}", self._actor_loop)):
+        if not (
+            self.use_daemon_thread
+            and _spare.run(f"{self.__class__.__name__}-{next(_thread_numbers)}", self._actor_loop)
+        ):
             super()._start_actor_loop()
 
     def _actor_loop_setup(self) -> None:
@@ -348,7 +352,9 @@ class ChildSpec:
         if not callable(self.start):
             raise LinxValueError(("bad_start", self.start), "start must be a callable that returns an actor ref")
         if self.restart not in RESTART_TYPES:
-            raise LinxValueError(("bad_restart", self.restart), f"restart must be one of {RESTART_TYPES}, not {self.restart!r}")
+            raise LinxValueError(
+                ("bad_restart", self.restart), f"restart must be one of {RESTART_TYPES}, not {self.restart!r}"
+            )
         _check_shutdown(self.shutdown)
         if self.type not in CHILD_TYPES:
             raise LinxValueError(("bad_type", self.type), f"type must be one of {CHILD_TYPES}, not {self.type!r}")

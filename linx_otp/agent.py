@@ -16,8 +16,8 @@ import socket
 import stat
 import threading
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from . import protocol
 from .errors import LinxError

@@ -82,7 +82,9 @@ def _write(path: str | Path, text: str, operation: str) -> None:
 
 def _check_name(name: Any) -> str:
     if not isinstance(name, str) or not name or name.startswith("/") or ".." in name.split("/"):
-        raise LinxValueError(("bad_cgroup_name", name), f"a cgroup name is a relative path like 'linx/web', not {name!r}")
+        raise LinxValueError(
+            ("bad_cgroup_name", name), f"a cgroup name is a relative path like 'linx/web', not {name!r}"
+        )
     return name
 
 
@@ -111,7 +113,9 @@ def _plan_controllers(layout: Layout, limits: dict[str, Any]) -> dict[str, str]:
         elif controller in layout.v1_roots:
             plan[controller] = "v1"
         else:
-            raise LinxValueError(("no_controller", controller), f"the {controller} controller is in neither cgroup v2 nor v1 here")
+            raise LinxValueError(
+                ("no_controller", controller), f"the {controller} controller is in neither cgroup v2 nor v1 here"
+            )
     return plan
 
 
@@ -168,7 +172,11 @@ def set_limit(cgroup: Cgroup, controller: str, value: Any) -> None:
                 _write(directory / "cpu.cfs_period_us", period, "set_cpu_max")
             _write(directory / "cpu.cfs_quota_us", "-1" if quota == "max" else quota, "set_cpu_max")
         else:
-            _write(directory / V1_FILES[controller], "-1" if text == "max" and controller == "memory" else text, f"set_{controller}_max")
+            _write(
+                directory / V1_FILES[controller],
+                "-1" if text == "max" and controller == "memory" else text,
+                f"set_{controller}_max",
+            )
         return
     _write(Path(cgroup.path, f"{controller}.max"), text, f"set_{controller}_max")
 
@@ -198,7 +206,10 @@ def processes(cgroup: Cgroup) -> list[int]:
 
 def events(cgroup: Cgroup) -> dict[str, int]:
     """``cgroup.events``: ``{"populated": 0|1, "frozen": 0|1}``."""
-    return {key: int(value) for key, value in (line.split() for line in Path(cgroup.path, "cgroup.events").read_text().splitlines())}
+    return {
+        key: int(value)
+        for key, value in (line.split() for line in Path(cgroup.path, "cgroup.events").read_text().splitlines())
+    }
 
 
 def _set_frozen(cgroup: Cgroup, frozen: int, timeout: float) -> None:

@@ -35,7 +35,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="linx-otp", description="Run Linux workloads in fresh namespaces under OTP-style supervision.")
+    parser = argparse.ArgumentParser(
+        prog="linx-otp", description="Run Linux workloads in fresh namespaces under OTP-style supervision."
+    )
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     run = commands.add_parser("run", help="run a supervision tree declared in TOML (default: the bundled demo)")
@@ -48,7 +50,12 @@ def _parser() -> argparse.ArgumentParser:
         command = commands.add_parser(verb, help=text)
         command.add_argument("--control")
         command.set_defaults(action=_control, verb=verb)
-    for verb, text in [("restart", "stop and start a child"), ("stop", "stop a child"), ("start", "start a stopped child"), ("attach", "attach this terminal to a pty child")]:
+    for verb, text in [
+        ("restart", "stop and start a child"),
+        ("stop", "stop a child"),
+        ("start", "start a stopped child"),
+        ("attach", "attach this terminal to a pty child"),
+    ]:
         command = commands.add_parser(verb, help=text)
         command.add_argument("id")
         command.add_argument("--control")
@@ -58,8 +65,12 @@ def _parser() -> argparse.ArgumentParser:
     spawn.add_argument("--ns", default="", help="comma-separated namespaces: net,pid,mount,uts,ipc,user,cgroup,time")
     spawn.add_argument("--pty", action="store_true", help="give it a pty and attach this terminal")
     spawn.add_argument("--hostname", help="set its hostname at the checkpoint (adds the uts namespace)")
-    spawn.add_argument("--mount-proc", action="store_true", help="mount a fresh /proc for its pid namespace (needs pid and mount)")
-    spawn.add_argument("-r", "--map-root-user", action="store_true", help="root inside a new user namespace is you outside (adds user)")
+    spawn.add_argument(
+        "--mount-proc", action="store_true", help="mount a fresh /proc for its pid namespace (needs pid and mount)"
+    )
+    spawn.add_argument(
+        "-r", "--map-root-user", action="store_true", help="root inside a new user namespace is you outside (adds user)"
+    )
     spawn.add_argument("argv", nargs=argparse.REMAINDER, help="-- then the program and its arguments")
     spawn.set_defaults(action=_spawn)
     return parser
@@ -107,6 +118,7 @@ def _control(arguments: argparse.Namespace) -> int:
             terminal = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
         except OSError:
             raise LinxError("no_local_tty", "attach needs a terminal") from None
+
         def announce(note: str) -> None:
             print(f"{note} to {arguments.id}; Ctrl-P Ctrl-Q detaches\r", file=sys.stderr)
 
@@ -128,18 +140,24 @@ def _print_status(rows: list[dict]) -> None:
     header = ("ID", "KIND", "STATE", "HOST PID", "RESTARTS", "UPTIME", "LAST EXIT")
     table = [header] + [
         (
-            row["id"], row["kind"], row["state"], str(row["host_pid"] or "-"), str(row["restarts"]),
-            f"{row['uptime']:.0f}s" if row["uptime"] is not None else "-", str(row["last_exit"] or "-"),
+            row["id"],
+            row["kind"],
+            row["state"],
+            str(row["host_pid"] or "-"),
+            str(row["restarts"]),
+            f"{row['uptime']:.0f}s" if row["uptime"] is not None else "-",
+            str(row["last_exit"] or "-"),
         )
         for row in rows
     ]
     widths = [max(len(line[column]) for line in table) for column in range(len(header))]
     for line in table:
-        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip())
+        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=False)).rstrip())
 
 
 def _spawn(arguments: argparse.Namespace) -> int:
     import linx_otp
+
     from . import mount, tty, user
     from . import process as P
 

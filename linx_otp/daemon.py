@@ -74,7 +74,9 @@ class _Record:
 
 
 class Daemon:
-    def __init__(self, tree: Tree, *, json_output: bool = False, control_path: str | None = None, out: TextIO = sys.stdout) -> None:
+    def __init__(
+        self, tree: Tree, *, json_output: bool = False, control_path: str | None = None, out: TextIO = sys.stdout
+    ) -> None:
         self.tree = tree
         self.json_output = json_output
         self.out = out
@@ -95,7 +97,11 @@ class Daemon:
             self.records[child.id] = _Record("supervisor")
             return S.child_spec(
                 [self._spec(grandchild) for grandchild in child.children],
-                id=child.id, restart=child.restart, shutdown=child.shutdown, events=self.inbox, **child.settings,
+                id=child.id,
+                restart=child.restart,
+                shutdown=child.shutdown,
+                events=self.inbox,
+                **child.settings,
             )
         self.records[child.id] = _Record("worker")
         return P.child_spec(owner=_ChildOwner(child.id, self.inbox), auto_proceed=not child.setup, **child.options)
@@ -202,8 +208,14 @@ class Daemon:
                 veth = setup.veth
                 with Netlink.open() as host:  # the last incarnation's pair may not be torn down yet
                     Netlink.delete_link(host, veth["host"], missing_ok=True)
-                Netlink.setup_veth(pid, host_name=veth["host"], address=veth["address"], prefixlen=veth["prefixlen"],
-                                   gateway=veth.get("gateway"), host_address=veth.get("host_address"))
+                Netlink.setup_veth(
+                    pid,
+                    host_name=veth["host"],
+                    address=veth["address"],
+                    prefixlen=veth["prefixlen"],
+                    gateway=veth.get("gateway"),
+                    host_address=veth.get("host_address"),
+                )
             if setup.cgroup is not None:
                 cgroup = Cgroup.create(f"linx-otp-{workload.id}", **setup.cgroup)
                 self.cgroups[workload.id] = cgroup
@@ -298,7 +310,9 @@ class Daemon:
                     "state": record.state,
                     "host_pid": record.host_pid,
                     "restarts": record.restarts,
-                    "uptime": round(now - record.started_at, 1) if record.started_at and record.state in ("running", "ready") else None,
+                    "uptime": round(now - record.started_at, 1)
+                    if record.started_at and record.state in ("running", "ready")
+                    else None,
                     "last_exit": _jsonable(record.last_exit),
                 }
                 for child_id, record in self.records.items()
@@ -378,13 +392,20 @@ class _ControlServer:
     def _serve(self) -> None:
         while True:
             connection, _ = self.listener.accept()
-            threading.Thread(target=self._answer, args=(connection,), name="linx-otp-control-client", daemon=True).start()
+            threading.Thread(
+                target=self._answer, args=(connection,), name="linx-otp-control-client", daemon=True
+            ).start()
 
     def _answer(self, connection: socket.socket) -> None:
         with connection:
-            pid, uid, gid = struct.unpack("3i", connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+            pid, uid, gid = struct.unpack(
+                "3i", connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+            )
             if uid != os.getuid():
-                _send(connection, {"ok": False, "error": f"uid {uid} may not control this daemon (it runs as uid {os.getuid()})"})
+                _send(
+                    connection,
+                    {"ok": False, "error": f"uid {uid} may not control this daemon (it runs as uid {os.getuid()})"},
+                )
                 return
             message, fds, _, _ = socket.recv_fds(connection, 65536, 1)
             try:

@@ -59,22 +59,42 @@ def _in_mount_namespace(in_pid: int | None, action: Any, command: list[str], ope
 
 
 def _mount_call(source: Any, target: Any, fstype: Any, flags: int, data: Any) -> None:
-    namespaces.check_call(_libc.mount(_bytes(source), _bytes(target), _bytes(fstype), flags, _bytes(data)), "mount", str(target))
+    namespaces.check_call(
+        _libc.mount(_bytes(source), _bytes(target), _bytes(fstype), flags, _bytes(data)), "mount", str(target)
+    )
 
 
 def _text(value: Any) -> str:
     return os.fsdecode(os.fspath(value))
 
 
-def mount(source: Any, target: Any, fstype: str | None = None, flags: int = 0, data: str | None = None, *, in_pid: int | None = None) -> None:
+def mount(
+    source: Any,
+    target: Any,
+    fstype: str | None = None,
+    flags: int = 0,
+    data: str | None = None,
+    *,
+    in_pid: int | None = None,
+) -> None:
     """mount(2) in the mount namespace of ``in_pid`` (unprivileged callers: no ``flags``)."""
     if flags and in_pid is not None and os.geteuid() != 0:
-        raise LinxError(("unsupported", "flags"), "an unprivileged mount in a workload's namespace takes fstype and data, not flags")
-    command = ["mount", *(["-t", fstype] if fstype else []), *(["-o", data] if data else []), _text(source), _text(target)]
+        raise LinxError(
+            ("unsupported", "flags"), "an unprivileged mount in a workload's namespace takes fstype and data, not flags"
+        )
+    command = [
+        "mount",
+        *(["-t", fstype] if fstype else []),
+        *(["-o", data] if data else []),
+        _text(source),
+        _text(target),
+    ]
     _in_mount_namespace(in_pid, lambda: _mount_call(source, target, fstype, flags, data), command, "mount")
 
 
-def bind(source: Any, target: Any, *, recursive: bool = True, readonly: bool = False, in_pid: int | None = None) -> None:
+def bind(
+    source: Any, target: Any, *, recursive: bool = True, readonly: bool = False, in_pid: int | None = None
+) -> None:
     """Bind ``source`` onto ``target`` (recursively by default); ``readonly`` remounts it so."""
 
     def bind_here() -> None:
@@ -83,18 +103,33 @@ def bind(source: Any, target: Any, *, recursive: bool = True, readonly: bool = F
             _mount_call(None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY, None)
 
     script = 'mount "$1" "$2" "$3" && { [ "$4" = rw ] || mount -o remount,bind,ro "$3"; }'
-    command = ["sh", "-c", script, "bind", "--rbind" if recursive else "--bind", _text(source), _text(target), "ro" if readonly else "rw"]
+    command = [
+        "sh",
+        "-c",
+        script,
+        "bind",
+        "--rbind" if recursive else "--bind",
+        _text(source),
+        _text(target),
+        "ro" if readonly else "rw",
+    ]
     _in_mount_namespace(in_pid, bind_here, command, "bind")
 
 
 def remount(target: Any, flags: int = 0, data: str | None = None, *, in_pid: int | None = None) -> None:
     """Change the flags of the mount at ``target`` (``MS_REMOUNT`` is added)."""
-    command = ["mount", "-o", ",".join(["remount", *([data] if data else []), *(["ro"] if flags & MS_RDONLY else [])]), _text(target)]
+    command = [
+        "mount",
+        "-o",
+        ",".join(["remount", *([data] if data else []), *(["ro"] if flags & MS_RDONLY else [])]),
+        _text(target),
+    ]
     _in_mount_namespace(in_pid, lambda: _mount_call(None, target, None, flags | MS_REMOUNT, data), command, "remount")
 
 
 def umount(target: Any, *, lazy: bool = False, in_pid: int | None = None) -> None:
     """Unmount ``target`` (``lazy``: MNT_DETACH)."""
+
     def unmount() -> None:
         namespaces.check_call(_libc.umount2(_bytes(target), MNT_DETACH if lazy else 0), "umount", str(target))
 

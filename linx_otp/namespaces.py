@@ -18,7 +18,8 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from .errors import LinxError, LinxOSError
 

@@ -69,7 +69,15 @@ def create_veth(handle: IPRoute, name: str, peer: str, peer_pid: int | None = No
     of ``peer_pid`` (or beside ``name`` when None). ``up`` brings ``name`` (not the peer: the
     kernel takes no state for it here) up in the same request."""
     state = {"state": "up"} if up else {}
-    _call("create_veth", handle.link, "add", ifname=name, kind="veth", **state, peer={"ifname": peer, **_peer_namespace(peer_pid)})
+    _call(
+        "create_veth",
+        handle.link,
+        "add",
+        ifname=name,
+        kind="veth",
+        **state,
+        peer={"ifname": peer, **_peer_namespace(peer_pid)},
+    )
 
 
 def create_macvlan(handle: IPRoute, name: str, parent: str, mode: str = "bridge", pid: int | None = None) -> None:
@@ -171,14 +179,26 @@ def _configure_ipv4(name: str, address: str, prefixlen: int, gateway: str | None
     ``name`` up, and a default route via ``gateway``."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as control:
         if loopback:
-            _ioctl(control, "set_up", _SIOCSIFFLAGS, _interface_request("lo", struct.pack("=H", _flags(control, "lo") | _IFF_UP)))
+            _ioctl(
+                control,
+                "set_up",
+                _SIOCSIFFLAGS,
+                _interface_request("lo", struct.pack("=H", _flags(control, "lo") | _IFF_UP)),
+            )
         netmask = socket.inet_ntoa(struct.pack("!I", (0xFFFFFFFF << (32 - prefixlen)) & 0xFFFFFFFF))
         _ioctl(control, "add_address", _SIOCSIFADDR, _interface_request(name, _sockaddr(address)))
         _ioctl(control, "add_address", _SIOCSIFNETMASK, _interface_request(name, _sockaddr(netmask)))
-        _ioctl(control, "set_up", _SIOCSIFFLAGS, _interface_request(name, struct.pack("=H", _flags(control, name) | _IFF_UP)))
+        _ioctl(
+            control,
+            "set_up",
+            _SIOCSIFFLAGS,
+            _interface_request(name, struct.pack("=H", _flags(control, name) | _IFF_UP)),
+        )
         if gateway is not None:
             anywhere = _sockaddr("0.0.0.0")
-            route = _RTENTRY.pack(0, anywhere, _sockaddr(gateway), anywhere, _RTF_UP | _RTF_GATEWAY, 0, 0, 0, 0, 0, 0, 0, 0)
+            route = _RTENTRY.pack(
+                0, anywhere, _sockaddr(gateway), anywhere, _RTF_UP | _RTF_GATEWAY, 0, 0, 0, 0, 0, 0, 0, 0
+            )
             _ioctl(control, "add_default_route", _SIOCADDRT, route)
 
 

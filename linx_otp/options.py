@@ -109,10 +109,14 @@ def check_env(env: Any) -> tuple[bytes, ...]:
     for entry in env:
         encoded = _encode(entry)
         if encoded is None:
-            raise LinxValueError(("bad_env", ("not_all_strings", list(env))), "env entries must be str or bytes without NUL bytes")
+            raise LinxValueError(
+                ("bad_env", ("not_all_strings", list(env))), "env entries must be str or bytes without NUL bytes"
+            )
         key, separator, _ = encoded.partition(b"=")
         if not separator or not key:
-            raise LinxValueError(("bad_env", ("bad_entry", entry)), f"env entry {entry!r} is not of the form 'KEY=VALUE'")
+            raise LinxValueError(
+                ("bad_env", ("bad_entry", entry)), f"env entry {entry!r} is not of the form 'KEY=VALUE'"
+            )
         entries.append(encoded)
     return tuple(entries)
 
@@ -125,7 +129,8 @@ def _check_directive(key: str, directive: Any) -> protocol.StdioDirective:
     if directive == "capture":
         if key == "stdin":
             raise LinxValueError(
-                ("bad_stdio", ("capture_is_for_output", key)), "'capture' sends stdout or stderr to the owner; stdin cannot be captured"
+                ("bad_stdio", ("capture_is_for_output", key)),
+                "'capture' sends stdout or stderr to the owner; stdin cannot be captured",
             )
         return protocol.StdioDirective(protocol.STDIO_CAPTURE)
     if isinstance(directive, tuple) and len(directive) == 2 and directive[0] == "connect_unix":
@@ -196,7 +201,9 @@ def check_owner(owner: Any) -> Any:
     if owner is None:
         return mailbox()
     if not callable(getattr(owner, "tell", None)):
-        raise LinxValueError(("bad_owner", owner), f"owner must be an ActorRef, a Mailbox or have .tell(message), not {owner!r}")
+        raise LinxValueError(
+            ("bad_owner", owner), f"owner must be an ActorRef, a Mailbox or have .tell(message), not {owner!r}"
+        )
     return owner
 
 

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
-from signal import SIGTERM
 from collections.abc import Mapping
 from dataclasses import dataclass
+from signal import SIGTERM
 from typing import Any, Unpack
 
 import pykka
@@ -392,7 +392,9 @@ def child_spec(
     ('sleeper', 'permanent', 5.0, 'worker')
     """
     if options.get("linger", False) is not False:
-        raise LinxValueError(("bad_linger", options["linger"]), "a supervised session has linger=False (its outcome is its exit reason)")
+        raise LinxValueError(
+            ("bad_linger", options["linger"]), "a supervised session has linger=False (its outcome is its exit reason)"
+        )
     plan = plan_session(mode=protocol.MODE_SPAWN, target=None, **{**options, "linger": False})
     return ChildSpec(id=id, start=lambda: _start(plan), restart=restart, shutdown=shutdown)
 
@@ -495,6 +497,7 @@ def pty_set_winsize(session: SessionRef, size: Any) -> None:
             ("bad_winsize", size), f"a window size is (rows, cols, xpixel, ypixel) of ints in 0..65535, not {size!r}"
         )
     _ask(session, "pty_set_winsize", fields)
+
 
 __all__ = [
     "Info",

@@ -8,8 +8,8 @@ Pure encoding and decoding, no I/O and no policy: what a frame *means* for a ses
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 FRAME_HEADER = struct.Struct(">I")
 REQUEST_MAX = 1024 * 1024

@@ -24,8 +24,9 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import pykka
 
@@ -169,7 +170,12 @@ class Supervisor(Actor):
         else:
             request_shutdown(ref)
             if not watch.down.wait(shutdown):
-                log.warning("supervisor %r: child %r ignored shutdown for %s s; stopping it", self._settings.id, child.spec.id, shutdown)
+                log.warning(
+                    "supervisor %r: child %r ignored shutdown for %s s; stopping it",
+                    self._settings.id,
+                    child.spec.id,
+                    shutdown,
+                )
                 exit_actor(ref, "shutdown")
         watch.down.wait()
         self._report("stopped", child.spec.id, watch.reason)
@@ -247,7 +253,9 @@ class Supervisor(Actor):
         if existing is not None:
             if existing.ref is not None:
                 raise LinxError(("already_started", existing.ref), f"child {spec.id!r} is already running")
-            raise LinxError("already_present", f"child {spec.id!r} exists (terminated); restart_child or delete_child it")
+            raise LinxError(
+                "already_present", f"child {spec.id!r} exists (terminated); restart_child or delete_child it"
+            )
         limit = self._settings.max_children
         if limit is not None and sum(child.ref is not None for child in self._children) >= limit:
             raise LinxError("max_children", f"supervisor {self._settings.id!r} already runs max_children={limit}")
@@ -299,12 +307,15 @@ def _check_children(children: Any) -> list[ChildSpec]:
     for spec in specs:
         if not isinstance(spec, ChildSpec):
             raise LinxValueError(
-                ("bad_child_spec", spec), f"a child must be a ChildSpec (P.child_spec, S.child_spec, Actor.child_spec), not {spec!r}"
+                ("bad_child_spec", spec),
+                f"a child must be a ChildSpec (P.child_spec, S.child_spec, Actor.child_spec), not {spec!r}",
             )
     ids = [spec.id for spec in specs]
     duplicates = sorted({repr(child_id) for child_id in ids if ids.count(child_id) > 1})
     if duplicates:
-        raise LinxValueError(("duplicate_child_ids", duplicates), f"child ids must be unique; repeated: {', '.join(duplicates)}")
+        raise LinxValueError(
+            ("duplicate_child_ids", duplicates), f"child ids must be unique; repeated: {', '.join(duplicates)}"
+        )
     return specs
 
 
@@ -322,13 +333,21 @@ def check_settings(
     if strategy not in STRATEGIES:
         raise LinxValueError(("bad_strategy", strategy), f"strategy must be one of {STRATEGIES}, not {strategy!r}")
     if not isinstance(max_restarts, int) or isinstance(max_restarts, bool) or max_restarts < 0:
-        raise LinxValueError(("bad_max_restarts", max_restarts), f"max_restarts must be an int >= 0, not {max_restarts!r}")
+        raise LinxValueError(
+            ("bad_max_restarts", max_restarts), f"max_restarts must be an int >= 0, not {max_restarts!r}"
+        )
     if not isinstance(max_seconds, (int, float)) or isinstance(max_seconds, bool) or max_seconds <= 0:
         raise LinxValueError(("bad_max_seconds", max_seconds), f"max_seconds must be a number > 0, not {max_seconds!r}")
-    if max_children is not None and (not isinstance(max_children, int) or isinstance(max_children, bool) or max_children < 0):
-        raise LinxValueError(("bad_max_children", max_children), f"max_children must be an int >= 0 or None, not {max_children!r}")
+    if max_children is not None and (
+        not isinstance(max_children, int) or isinstance(max_children, bool) or max_children < 0
+    ):
+        raise LinxValueError(
+            ("bad_max_children", max_children), f"max_children must be an int >= 0 or None, not {max_children!r}"
+        )
     if events is not None and not callable(getattr(events, "tell", None)):
-        raise LinxValueError(("bad_events", events), f"events must be an actor ref, a Mailbox or anything with .tell, not {events!r}")
+        raise LinxValueError(
+            ("bad_events", events), f"events must be an actor ref, a Mailbox or anything with .tell, not {events!r}"
+        )
     return _Settings(id, strategy, max_restarts, float(max_seconds), max_children, events)
 
 
@@ -351,7 +370,14 @@ def start(
     ``LinxError(("failed_to_start_child", id, reason))``. ``events`` (a ref or ``Mailbox``)
     receives ``("linx_supervisor", kind, supervisor_id, child_id, detail)`` reports."""
     specs = _check_children(children)
-    settings = check_settings(id=id, strategy=strategy, max_restarts=max_restarts, max_seconds=max_seconds, max_children=max_children, events=events)
+    settings = check_settings(
+        id=id,
+        strategy=strategy,
+        max_restarts=max_restarts,
+        max_seconds=max_seconds,
+        max_children=max_children,
+        events=events,
+    )
     try:
         return start_actor(_starter(specs, settings))
     except LinxError as error:
@@ -375,7 +401,14 @@ def child_spec(
     """A child spec for a nested supervisor (type ``"supervisor"``, shutdown ``None``: it is
     given all the time its own children's shutdowns need)."""
     specs = _check_children(children)
-    settings = check_settings(id=id, strategy=strategy, max_restarts=max_restarts, max_seconds=max_seconds, max_children=max_children, events=events)
+    settings = check_settings(
+        id=id,
+        strategy=strategy,
+        max_restarts=max_restarts,
+        max_seconds=max_seconds,
+        max_children=max_children,
+        events=events,
+    )
     return ChildSpec(id=id, start=_starter(specs, settings), restart=restart, shutdown=shutdown, type="supervisor")
 
 

@@ -27,8 +27,19 @@ from .user import render
 
 SUPERVISOR_KEYS = {"strategy", "max_restarts", "max_seconds"}
 WORKLOAD_KEYS = {
-    "id", "type", "argv", "namespaces", "env", "cwd", "stdio", "restart", "shutdown",
-    "no_new_privs", "orphan_policy", "log", "setup",
+    "id",
+    "type",
+    "argv",
+    "namespaces",
+    "env",
+    "cwd",
+    "stdio",
+    "restart",
+    "shutdown",
+    "no_new_privs",
+    "orphan_policy",
+    "log",
+    "setup",
 }
 NESTED_KEYS = {"id", "type", "restart", "shutdown", "child"} | SUPERVISOR_KEYS
 SETUP_KEYS = {"hostname", "veth", "uid_map", "gid_map", "cgroup"}
@@ -189,7 +200,7 @@ class _Checker:
         self.session_options(options, where)
         log = table.get("log")
         if log is not None and (not isinstance(log, str) or not capture):
-            self.fail(f"{where}.log", "log is a file path, and needs stdio capturing a stream (stdio = \"capture\")")
+            self.fail(f"{where}.log", 'log is a file path, and needs stdio capturing a stream (stdio = "capture")')
         setup = self.setup(table.get("setup", {}), f"{where}.setup", set(options.get("namespaces", ())))
         return Workload(child_id, options, capture, log, setup)
 
@@ -200,8 +211,12 @@ class _Checker:
         shutdown = table.get("shutdown", default_shutdown)
         if shutdown == "infinity":
             shutdown = None
-        if not (shutdown is None or shutdown == "brutal_kill" or (isinstance(shutdown, (int, float)) and not isinstance(shutdown, bool) and shutdown >= 0)):
-            self.fail(f"{where}.shutdown", f"shutdown is seconds, \"brutal_kill\" or \"infinity\", not {shutdown!r}")
+        if not (
+            shutdown is None
+            or shutdown == "brutal_kill"
+            or (isinstance(shutdown, (int, float)) and not isinstance(shutdown, bool) and shutdown >= 0)
+        ):
+            self.fail(f"{where}.shutdown", f'shutdown is seconds, "brutal_kill" or "infinity", not {shutdown!r}')
         return restart, shutdown
 
     def stdio(self, stdio: Any, where: str) -> tuple[Any, tuple[str, ...]]:
@@ -253,5 +268,7 @@ class _Checker:
             gid_map=[tuple(e) for e in table["gid_map"]] if "gid_map" in table else None,
             hostname=table.get("hostname"),
             veth=dict(veth) if veth is not None else None,
-            cgroup={k: (tuple(v) if isinstance(v, list) else v) for k, v in cgroup.items()} if cgroup is not None else None,
+            cgroup={k: (tuple(v) if isinstance(v, list) else v) for k, v in cgroup.items()}
+            if cgroup is not None
+            else None,
         )

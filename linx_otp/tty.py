@@ -29,8 +29,9 @@ import termios
 import threading
 import tty
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import pykka
 
@@ -151,7 +152,9 @@ def _open_terminal(terminal: int | None) -> tuple[int, bool]:
     try:
         return os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC), True
     except OSError as error:
-        raise LinxError("no_local_tty", f"this process has no controlling terminal (/dev/tty: {os.strerror(error.errno)})") from None
+        raise LinxError(
+            "no_local_tty", f"this process has no controlling terminal (/dev/tty: {os.strerror(error.errno)})"
+        ) from None
 
 
 def _check_attachable(session: pykka.ActorRef) -> None:

@@ -12,8 +12,9 @@ This module validates a map completely before writing anything, writes each map 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from .errors import LinxOSError, LinxValueError
 
@@ -31,7 +32,9 @@ class MapEntry:
 
 def _check_map(mappings: Any) -> list[Mapping]:
     if isinstance(mappings, (str, bytes)) or not isinstance(mappings, Iterable):
-        raise LinxValueError(("bad_map", "not_a_list"), f"a map is a list of (inside, outside, length), not {mappings!r}")
+        raise LinxValueError(
+            ("bad_map", "not_a_list"), f"a map is a list of (inside, outside, length), not {mappings!r}"
+        )
     entries = list(mappings)
     if not entries:
         raise LinxValueError(("bad_map", "empty"), "a map needs at least one (inside, outside, length) entry")
@@ -130,4 +133,14 @@ def map_self(pid: int) -> None:
     setup_maps(pid, uid=[(0, os.geteuid(), 1)], gid=[(0, os.getegid(), 1)])
 
 
-__all__ = ["MapEntry", "deny_setgroups", "map_self", "read_gid_map", "read_uid_map", "render", "set_gid_map", "set_uid_map", "setup_maps"]
+__all__ = [
+    "MapEntry",
+    "deny_setgroups",
+    "map_self",
+    "read_gid_map",
+    "read_uid_map",
+    "render",
+    "set_gid_map",
+    "set_uid_map",
+    "setup_maps",
+]

@@ -49,7 +49,9 @@ def run_agent(data: bytes, *, close_after: bool = True, timeout: float = 5.0) ->
     finally:
         ours.close()
     _, status = os.waitpid(pid, 0)
-    return AgentRun(events, abs(os.waitstatus_to_exitcode(status)) + (128 if os.WIFSIGNALED(status) else 0), os.WIFSIGNALED(status))
+    return AgentRun(
+        events, abs(os.waitstatus_to_exitcode(status)) + (128 if os.WIFSIGNALED(status) else 0), os.WIFSIGNALED(status)
+    )
 
 
 def request(**overrides) -> bytes:

@@ -18,7 +18,9 @@ def terminal_settings() -> str:
 
 def main() -> None:
     before = terminal_settings()
-    shell = P.spawn(argv=["/bin/sh"], stdio="pty", auto_proceed=True, env={"PS1": "inside$ ", "PATH": os.environ["PATH"]})
+    shell = P.spawn(
+        argv=["/bin/sh"], stdio="pty", auto_proceed=True, env={"PS1": "inside$ ", "PATH": os.environ["PATH"]}
+    )
     linx_otp.receive(("linx_process", "running"), timeout=10)
     result = tty.attach(shell)
     record = {"result": result, "stage": P.info(shell).stage, "before": before, "after": terminal_settings()}

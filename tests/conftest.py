@@ -3,15 +3,14 @@ gracefully, then no child process of this Python process and no actor thread may
 
 from __future__ import annotations
 
+import threading
+
 import pykka
 import pytest
+from support import child_pids, threads_added_since, wait_until
 
 import linx_otp
 from linx_otp.supervisor import Supervisor
-
-import threading
-
-from support import child_pids, threads_added_since, wait_until
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-
 IS_ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs CAP_SYS_ADMIN: run the tests as root (CI does)")
 
@@ -48,8 +47,6 @@ def threads_added_since(before: set[threading.Thread]) -> list[threading.Thread]
     """Live threads not in ``before``, other than linx_otp's I/O thread and its one idle spare
     actor thread (each started on first use and kept for the process's life)."""
     return [t for t in threading.enumerate() if t not in before and t.name not in ("linx-otp-io", "linx-otp-spare")]
-
-
 
 
 class Listener:

@@ -9,6 +9,7 @@ import random
 import struct
 
 from agent_driver import request, run_agent
+
 from linx_otp import protocol
 
 RUNS = 1200

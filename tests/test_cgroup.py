@@ -7,12 +7,11 @@ import uuid
 from pathlib import Path
 
 import pytest
+from support import needs_root, process_alive, wait_until
 
 from linx_otp import cgroup as C
 from linx_otp import process as P
 from linx_otp.errors import LinxOSError, LinxValueError
-
-from support import needs_root, process_alive, wait_until
 
 pytestmark = needs_root
 TIMEOUT = 10
@@ -61,7 +60,10 @@ def test_pids_max_of_10_stops_a_fork_bomb(make_cgroup, box):
     pid = box.receive(("linx_process", "ready"), timeout=TIMEOUT)[2]
     C.add_process(cgroup, pid)
     P.proceed(session)
-    assert wait_until(lambda: b"started" in b"".join(e[2] for e in box.flush() if e[1] == "pty_out") or not process_alive(pid), TIMEOUT)
+    assert wait_until(
+        lambda: b"started" in b"".join(e[2] for e in box.flush() if e[1] == "pty_out") or not process_alive(pid),
+        TIMEOUT,
+    )
     assert len(C.processes(cgroup)) <= 10
     C.kill(cgroup)
     assert P.wait(session, TIMEOUT)[0] in ("exited", "signaled")

@@ -15,12 +15,11 @@ import threading
 from pathlib import Path
 
 import pytest
+from support import needs_root, process_alive, wait_until
 
 from linx_otp import cgroup as Cgroup
 from linx_otp import netlink as Netlink
 from linx_otp.agent import AGENT_PATH_VARIABLE, BUNDLED_AGENT
-
-from support import needs_root, process_alive, wait_until
 
 COMMAND = [sys.executable, "-m", "linx_otp"]
 TIMEOUT = 20
@@ -43,7 +42,9 @@ class Running:
 
     def __init__(self, tree: str | None, control: Path, *extra: str) -> None:
         arguments = ["run", *([tree] if tree else []), "--control", str(control), *extra]
-        self.process = subprocess.Popen([*COMMAND, *arguments], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.process = subprocess.Popen(
+            [*COMMAND, *arguments], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
         self.control = control
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -57,7 +58,9 @@ class Running:
         return wait_until(lambda: any(re.search(pattern, line) for line in self.lines[after:]), timeout, interval=0.05)
 
     def control_command(self, *arguments: str) -> subprocess.CompletedProcess:
-        return subprocess.run([*COMMAND, *arguments, "--control", str(self.control)], capture_output=True, text=True, timeout=TIMEOUT)
+        return subprocess.run(
+            [*COMMAND, *arguments, "--control", str(self.control)], capture_output=True, text=True, timeout=TIMEOUT
+        )
 
     def status(self) -> dict[str, list[str]]:
         result = self.control_command("status")
@@ -166,7 +169,9 @@ def test_stop_start_and_restart_act(tmp_path, running):
     assert wait_until(lambda: daemon.status()["sleeper"][2] == "running")
     second = int(daemon.status()["sleeper"][3])
     assert daemon.control_command("restart", "sleeper").stdout.strip() == "restarted"
-    assert wait_until(lambda: daemon.status()["sleeper"][2] == "running" and int(daemon.status()["sleeper"][3]) != second)
+    assert wait_until(
+        lambda: daemon.status()["sleeper"][2] == "running" and int(daemon.status()["sleeper"][3]) != second
+    )
     assert not process_alive(second)
     unknown = daemon.control_command("stop", "nobody")
     assert unknown.returncode != 0 and "no child 'nobody'" in unknown.stderr
@@ -187,13 +192,16 @@ def test_json_output_is_one_object_per_line_and_sigint_stops_cleanly(tmp_path, r
 
 
 def test_a_tree_that_gives_up_exits_non_zero(tmp_path, running):
-    tree = write_tree(tmp_path, """
+    tree = write_tree(
+        tmp_path,
+        """
         [supervisor]
         max_restarts = 2
         [[child]]
         id = "broken"
         argv = ["sh", "-c", "exit 1"]
-    """)
+    """,
+    )
     daemon = running(tree)
     assert daemon.process.wait(TIMEOUT) == 1
     assert daemon.shows(r"tree \| gave_up")
@@ -201,13 +209,16 @@ def test_a_tree_that_gives_up_exits_non_zero(tmp_path, running):
 
 def test_log_files_instead_of_prefixes(tmp_path, running):
     log = tmp_path / "talker.log"
-    tree = write_tree(tmp_path, f"""
+    tree = write_tree(
+        tmp_path,
+        f"""
         [[child]]
         id = "talker"
         argv = ["sh", "-c", "echo into the log; exec sleep 600"]
         stdio = {{ stdout = "capture", stderr = "inherit" }}
         log = "{log}"
-    """)
+    """,
+    )
     daemon = running(tree)
     assert wait_until(lambda: log.exists() and log.read_text() == "into the log\n", TIMEOUT)
     assert daemon.stop() == 0
@@ -234,7 +245,9 @@ def test_another_uid_is_refused_at_the_socket(tmp_path, running, test_user, read
                 pass  # refused and closed before the request was even sent
             print(s.recv(4096).decode().strip())
     """)
-    as_user = dict(user=user.pw_uid, group=user.pw_gid, extra_groups=[], capture_output=True, text=True, timeout=TIMEOUT, cwd="/")
+    as_user = dict(
+        user=user.pw_uid, group=user.pw_gid, extra_groups=[], capture_output=True, text=True, timeout=TIMEOUT, cwd="/"
+    )
     result = subprocess.run(["/usr/bin/python3.11", "-c", probe], **as_user)
     assert result.stdout.strip() == "denied by the file mode", result.stderr
     os.chmod(daemon.control, 0o666)  # even past the file mode, SO_PEERCRED refuses
@@ -256,24 +269,54 @@ def test_another_uid_is_refused_at_the_socket(tmp_path, running, test_user, read
         ('[[child]]\nid = "a"\nargv = ["true"]\nnamespaces = ["net", "nett"]\n', "child[0].namespaces", "nett"),
         ('[[child]]\nid = "a"\n', "child[0].argv", "missing"),
         ('[[child]]\nid = "a"\nargv = ["true"]\n[[child]]\nid = "a"\nargv = ["true"]\n', "child[1].id", "duplicate id"),
-        ('[supervisor]\nstrategy = "all_for_none"\n[[child]]\nid = "a"\nargv = ["true"]\n', "supervisor.strategy", "one_for_one"),
-        ('[[child]]\nid = "g"\ntype = "supervisor"\n[[child.child]]\nid = "b"\nargv = ["true"]\nrestart = "sometimes"\n', "child[0].child[0].restart", "transient"),
+        (
+            '[supervisor]\nstrategy = "all_for_none"\n[[child]]\nid = "a"\nargv = ["true"]\n',
+            "supervisor.strategy",
+            "one_for_one",
+        ),
+        (
+            '[[child]]\nid = "g"\ntype = "supervisor"\n[[child.child]]\nid = "b"\nargv = ["true"]\nrestart = "sometimes"\n',
+            "child[0].child[0].restart",
+            "transient",
+        ),
         ('[[child]]\nid = "a"\nargv = ["true"]\n[child.setup]\nhostname = "x"\n', "child[0].setup.hostname", "uts"),
-        ('[[child]]\nid = "a"\nargv = ["true"]\nnamespaces = ["net"]\n[child.setup.veth]\nhost = "x"\n', "child[0].setup.veth.address", "missing"),
-        ('[[child]]\nid = "a"\nargv = ["true"]\nnamespaces = ["user"]\n[child.setup]\nuid_map = [[0, 0, 1]]\n', "child[0].setup.gid_map", "come together"),
+        (
+            '[[child]]\nid = "a"\nargv = ["true"]\nnamespaces = ["net"]\n[child.setup.veth]\nhost = "x"\n',
+            "child[0].setup.veth.address",
+            "missing",
+        ),
+        (
+            '[[child]]\nid = "a"\nargv = ["true"]\nnamespaces = ["user"]\n[child.setup]\nuid_map = [[0, 0, 1]]\n',
+            "child[0].setup.gid_map",
+            "come together",
+        ),
     ],
-    ids=["syntax", "unknown-key", "bad-namespace", "missing-argv", "duplicate-ids", "bad-strategy", "nested-restart", "setup-needs-ns", "veth-missing", "maps-together"],
+    ids=[
+        "syntax",
+        "unknown-key",
+        "bad-namespace",
+        "missing-argv",
+        "duplicate-ids",
+        "bad-strategy",
+        "nested-restart",
+        "setup-needs-ns",
+        "veth-missing",
+        "maps-together",
+    ],
 )
 def test_configuration_errors_name_the_place_and_start_nothing(tmp_path, text, where, what):
     path = tmp_path / "bad.toml"
     path.write_text(text)
     started = tmp_path / "an-agent-started"
     spy = tmp_path / "agent-spy"  # any agent the command starts runs this first
-    spy.write_text(f"#!/bin/sh\ntouch {started}\nexec {BUNDLED_AGENT} \"$@\"\n")
+    spy.write_text(f'#!/bin/sh\ntouch {started}\nexec {BUNDLED_AGENT} "$@"\n')
     spy.chmod(0o755)
     result = subprocess.run(
         [*COMMAND, "run", str(path), "--control", str(tmp_path / "c.sock")],
-        capture_output=True, text=True, timeout=TIMEOUT, env={**os.environ, AGENT_PATH_VARIABLE: str(spy)},
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env={**os.environ, AGENT_PATH_VARIABLE: str(spy)},
     )
     assert result.returncode == 2
     assert f"{path}: {where}:" in result.stderr and what in result.stderr, result.stderr
@@ -281,12 +324,16 @@ def test_configuration_errors_name_the_place_and_start_nothing(tmp_path, text, w
 
 
 def test_a_missing_tree_file_is_a_clear_error(tmp_path):
-    result = subprocess.run([*COMMAND, "run", str(tmp_path / "none.toml")], capture_output=True, text=True, timeout=TIMEOUT)
+    result = subprocess.run(
+        [*COMMAND, "run", str(tmp_path / "none.toml")], capture_output=True, text=True, timeout=TIMEOUT
+    )
     assert result.returncode == 2 and "none.toml: file: cannot read it" in result.stderr
 
 
 def test_control_verbs_without_a_daemon(tmp_path):
-    result = subprocess.run([*COMMAND, "status", "--control", str(tmp_path / "none.sock")], capture_output=True, text=True, timeout=TIMEOUT)
+    result = subprocess.run(
+        [*COMMAND, "status", "--control", str(tmp_path / "none.sock")], capture_output=True, text=True, timeout=TIMEOUT
+    )
     assert result.returncode == 2 and "no linx-otp daemon at" in result.stderr
 
 
@@ -296,15 +343,31 @@ def test_control_verbs_without_a_daemon(tmp_path):
 @needs_root
 def test_spawn_passes_the_exit_status_through_and_sets_the_hostname():
     result = subprocess.run(
-        [*COMMAND, "spawn", "--ns", "pid,mount,net", "--hostname", "one-off", "--mount-proc", "--", "sh", "-c", "echo $(hostname) $$ /proc/[0-9]*; exit 7"],
-        capture_output=True, text=True, timeout=TIMEOUT,
+        [
+            *COMMAND,
+            "spawn",
+            "--ns",
+            "pid,mount,net",
+            "--hostname",
+            "one-off",
+            "--mount-proc",
+            "--",
+            "sh",
+            "-c",
+            "echo $(hostname) $$ /proc/[0-9]*; exit 7",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
     )
     assert result.returncode == 7, result.stderr
     assert result.stdout.strip() == "one-off 1 /proc/1"
 
 
 def test_spawn_errors():
-    result = subprocess.run([*COMMAND, "spawn", "--ns", "nett", "--", "true"], capture_output=True, text=True, timeout=TIMEOUT)
+    result = subprocess.run(
+        [*COMMAND, "spawn", "--ns", "nett", "--", "true"], capture_output=True, text=True, timeout=TIMEOUT
+    )
     assert result.returncode == 2 and "nett" in result.stderr
     result = subprocess.run([*COMMAND, "spawn", "--", "/nonexistent"], capture_output=True, text=True, timeout=TIMEOUT)
     assert result.returncode == 127
@@ -317,7 +380,18 @@ def test_spawn_errors():
 def test_spawn_pty_through_tmux(tmp_path):
     from test_tty_tmux import Tmux
 
-    command = [*COMMAND, "spawn", "--ns", "pid,mount,uts", "--hostname", "ttybox", "--mount-proc", "--pty", "--", "/bin/sh"]
+    command = [
+        *COMMAND,
+        "spawn",
+        "--ns",
+        "pid,mount,uts",
+        "--hostname",
+        "ttybox",
+        "--mount-proc",
+        "--pty",
+        "--",
+        "/bin/sh",
+    ]
     terminal = Tmux(tmp_path, ["sh", "-c", " ".join(f"'{part}'" for part in command) + "; echo spawn-exit=$?"])
     try:
         assert terminal.shows("#") or terminal.shows("$"), terminal.screen()
@@ -333,13 +407,16 @@ def test_spawn_pty_through_tmux(tmp_path):
 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux: run scripts/system-deps.sh")
 def test_attach_to_a_pty_child_of_the_daemon_through_tmux(tmp_path, running):
-    tree = write_tree(tmp_path, """
+    tree = write_tree(
+        tmp_path,
+        """
         [[child]]
         id = "shell"
         argv = ["/bin/sh"]
         stdio = "pty"
         env = { PS1 = "tree-shell$ ", PATH = "/usr/bin:/bin" }
-    """)
+    """,
+    )
     daemon = running(tree)
     assert daemon.shows(r"shell \| running")
     from test_tty_tmux import Tmux
@@ -370,14 +447,18 @@ def test_every_bundled_tree_comes_up_cleanly_and_stops(tree, running):
     workers = [name for name, row in daemon.status().items() if row[1] == "worker"]
     for name in workers:
         assert daemon.shows(rf"{re.escape(name)} \| running"), "\n".join(daemon.lines)
-    assert not any(re.search(r"\| (setup_failed|start_failed|gave_up)", line) for line in daemon.lines), "\n".join(daemon.lines)
+    assert not any(re.search(r"\| (setup_failed|start_failed|gave_up)", line) for line in daemon.lines), "\n".join(
+        daemon.lines
+    )
     assert daemon.stop() == 0
     Path("/tmp/linx-otp-report.log").unlink(missing_ok=True)  # sandboxed_jobs.toml's log file
 
 
 @needs_root
 def test_every_kind_of_checkpoint_setup_in_a_tree_is_in_place_at_exec(tmp_path, running):
-    tree = write_tree(tmp_path, """
+    tree = write_tree(
+        tmp_path,
+        """
         [[child]]
         id = "fenced"
         argv = ["sh", "-c", "echo uid=$(id -u) host=$(hostname) $(ip -4 -o addr show eth0 | cut -d' ' -f7) $(grep -c linx-otp-fenced /proc/self/cgroup); exec sleep 600"]
@@ -390,7 +471,8 @@ def test_every_kind_of_checkpoint_setup_in_a_tree_is_in_place_at_exec(tmp_path, 
         hostname = "fenced"
         veth = { host = "lxfence0", address = "10.79.0.2", prefixlen = 30, host_address = "10.79.0.1" }
         cgroup = { pids_max = 20 }
-    """)
+    """,
+    )
     daemon = running(tree)
     assert daemon.shows(r"fenced \| uid=0 host=fenced 10\.79\.0\.2/30 [1-9]"), "\n".join(daemon.lines)
     pid = int(daemon.status()["fenced"][3])

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from support import IS_ROOT
 
 EXAMPLES_DIRECTORY = Path(__file__).resolve().parent.parent / "examples"
@@ -47,7 +46,9 @@ def test_the_container_example_end_to_end():
     """examples/container.py builds the container at the checkpoint; the workload's own view
     shows every piece in place."""
     script = EXAMPLES_DIRECTORY / "container.py"
-    result = subprocess.run([sys.executable, str(script), "--command", CONTAINER_CHECKS], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, str(script), "--command", CONTAINER_CHECKS], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr + result.stdout
     lines = result.stdout.splitlines()
     assert "host=container uid=0 pid=1" in lines

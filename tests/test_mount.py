@@ -5,12 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from support import needs_root
 
 from linx_otp import mount as M
 from linx_otp import process as P
 from linx_otp.errors import LinxError, LinxOSError
-
-from support import needs_root
 
 pytestmark = needs_root
 TIMEOUT = 10
@@ -38,7 +37,11 @@ def host_mounts() -> str:
 def test_a_tmpfs_mounted_at_the_checkpoint_is_seen_inside_and_not_on_the_host(box, tmp_path):
     target = tmp_path / "scratch"
     target.mkdir()
-    output = run_parked(box, f"grep ' {target} ' /proc/self/mountinfo | grep -c tmpfs", configure=lambda pid: M.mount("linx", target, "tmpfs", data="size=1m", in_pid=pid))
+    output = run_parked(
+        box,
+        f"grep ' {target} ' /proc/self/mountinfo | grep -c tmpfs",
+        configure=lambda pid: M.mount("linx", target, "tmpfs", data="size=1m", in_pid=pid),
+    )
     assert output.strip() == "1"
     assert f" {target} " not in host_mounts()
 
@@ -51,7 +54,9 @@ def test_a_read_only_bind(box, tmp_path):
     def configure(pid):
         M.bind(source, target, readonly=True, in_pid=pid)
 
-    output = run_parked(box, f"cat {target}/file; echo; touch {target}/new 2>/dev/null || echo read-only", configure=configure)
+    output = run_parked(
+        box, f"cat {target}/file; echo; touch {target}/new 2>/dev/null || echo read-only", configure=configure
+    )
     assert output.splitlines() == ["from the host", "read-only"]
 
 
@@ -99,7 +104,9 @@ def test_a_fresh_proc_shows_only_the_pid_namespace(box):
 def test_the_hostname_of_a_uts_namespace(box):
     import socket
 
-    output = run_parked(box, "hostname", namespaces=("uts",), configure=lambda pid: M.hostname("inside-uts", in_pid=pid))
+    output = run_parked(
+        box, "hostname", namespaces=("uts",), configure=lambda pid: M.hostname("inside-uts", in_pid=pid)
+    )
     assert output.strip() == "inside-uts" and socket.gethostname() != "inside-uts"
 
 

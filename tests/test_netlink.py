@@ -9,13 +9,12 @@ import time
 from pathlib import Path
 
 import pytest
+from support import needs_root
 
 import linx_otp
 from linx_otp import netlink as N
 from linx_otp import process as P
 from linx_otp.errors import LinxOSError
-
-from support import needs_root
 
 pytestmark = needs_root
 TIMEOUT = 10
@@ -80,7 +79,9 @@ def test_a_veth_created_in_place_carries_tcp_between_host_and_workload(host, box
 
 
 def test_the_seeds_motivating_use_case_runs_as_written():
-    result = subprocess.run([sys.executable, str(ROOT / "examples" / "netns_checkpoint.py")], capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "netns_checkpoint.py")], capture_output=True, text=True, timeout=30
+    )
     assert result.returncode == 0, result.stderr
     assert "inet 10.0.0.5/24" in result.stdout and "default via 10.0.0.1 dev ct0" in result.stdout, result.stdout
 
@@ -125,7 +126,14 @@ def test_setup_veth_does_the_whole_checkpoint_network_in_one_call(host, box):
     session = P.spawn(argv=["/bin/sh", "-c", script], namespaces=["net", "mount"], stdio="pty", owner=box)
     pid = box.receive(("linx_process", "ready"), timeout=TIMEOUT)[2]
     try:
-        N.setup_veth(pid, host_name="lxh-test1", address="10.201.0.2", prefixlen=30, gateway="10.201.0.1", host_address="10.201.0.1")
+        N.setup_veth(
+            pid,
+            host_name="lxh-test1",
+            address="10.201.0.2",
+            prefixlen=30,
+            gateway="10.201.0.1",
+            host_address="10.201.0.1",
+        )
         assert "lxh-test1" in N.link_names(host)
         P.proceed(session)
         assert P.wait(session, TIMEOUT) == ("exited", 0)

@@ -6,10 +6,10 @@ from __future__ import annotations
 import threading
 
 import pytest
+from support import child_pids, needs_root
 
 import linx_otp
 from linx_otp import process as P
-from support import child_pids, needs_root
 
 GOOD = {"argv": ["/bin/true"]}
 

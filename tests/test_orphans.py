@@ -13,7 +13,6 @@ import sys
 import time
 
 import pytest
-
 from support import process_alive, wait_until
 
 HOST_SCRIPT = r"""

@@ -11,10 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
+from support import needs_root, process_alive, read_all, reason_of, wait_until
 
 import linx_otp
 from linx_otp import process as P
-from support import needs_root, process_alive, read_all, reason_of, wait_until
 
 TIMEOUT = 10
 
@@ -345,7 +345,6 @@ def test_abort_once_terminal_raises_no_process():
 # -- every verb in every stage ----------------------------------------------------------------
 
 
-
 def test_verbs_before_ready(stalled_listener):
     session = P.spawn(argv=["/bin/true"], stdio={"stdout": ("connect_unix", stalled_listener.path)})
     time.sleep(0.1)
@@ -620,7 +619,10 @@ def test_env_replaces_the_environment_and_cwd_is_applied(listener):
 
 def test_env_as_a_list_of_key_value_strings(listener):
     session = P.spawn(
-        argv=["/usr/bin/env"], env=["X=1", "Y=two=2"], stdio={"stdout": ("connect_unix", listener.path)}, auto_proceed=True
+        argv=["/usr/bin/env"],
+        env=["X=1", "Y=two=2"],
+        stdio={"stdout": ("connect_unix", listener.path)},
+        auto_proceed=True,
     )
     connection = listener.accept()
     assert P.wait(session) == ("exited", 0)
@@ -744,7 +746,9 @@ def test_a_stop_answers_blocked_waiters():
 
 
 def test_many_concurrent_sessions():
-    sessions = [P.spawn(argv=["/bin/sh", "-c", f"exit {i % 5}"], auto_proceed=True, owner=linx_otp.Mailbox()) for i in range(60)]
+    sessions = [
+        P.spawn(argv=["/bin/sh", "-c", f"exit {i % 5}"], auto_proceed=True, owner=linx_otp.Mailbox()) for i in range(60)
+    ]
     assert [P.wait(s, TIMEOUT) for s in sessions] == [("exited", i % 5) for i in range(60)]
 
 
@@ -778,7 +782,7 @@ def test_calls_queued_behind_a_stop_are_answered_never_dropped():
         first_stop = session.stop(block=False)
         queued = [session.ask(P._Verb("info"), block=False) for _ in range(5)]
         second_stop = session.stop(block=False)
-        waiter = threading.Thread(target=lambda: reason_of(P.wait, session))
+        waiter = threading.Thread(target=reason_of, args=(P.wait, session))
         waiter.start()
         assert first_stop.get(timeout=5) is True
         for future in queued:
@@ -797,7 +801,9 @@ def test_calls_queued_behind_a_stop_are_answered_never_dropped():
 
 def test_captured_streams_arrive_as_events_before_the_outcome(box):
     script = "echo to-out; echo to-err >&2; head -c 200000 /dev/zero | tr '\\0' x; exit 4"
-    session = P.spawn(argv=["/bin/sh", "-c", script], stdio={"stdout": "capture", "stderr": "capture"}, owner=box, auto_proceed=True)
+    session = P.spawn(
+        argv=["/bin/sh", "-c", script], stdio={"stdout": "capture", "stderr": "capture"}, owner=box, auto_proceed=True
+    )
     events = []
     while not events or events[-1][1] not in ("exited", "signaled", "error"):
         events.append(box.receive(timeout=TIMEOUT))

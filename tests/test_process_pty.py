@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from support import reason_of
 
 import linx_otp
 from linx_otp import process as P
-
-from support import reason_of
 
 TIMEOUT = 10
 
@@ -37,7 +36,6 @@ def output_and_outcome(box: linx_otp.Mailbox) -> tuple[bytes, tuple, list[int]]:
         if event[1] != "pty_out":
             return b"".join(chunks), event[1:], [len(chunk) for chunk in chunks]
         chunks.append(event[2])
-
 
 
 def test_echo_hi_gives_hi_crlf(box):
@@ -126,7 +124,9 @@ def test_pty_rules_at_the_checkpoint(box):
     session.stop()
 
 
-@pytest.mark.parametrize("size", [(-1, 80, 0, 0), (24, 65536, 0, 0), (24, 80, 0), ("24", 80, 0, 0), {"rows": 24}, 24, (True, 80, 0, 0)])
+@pytest.mark.parametrize(
+    "size", [(-1, 80, 0, 0), (24, 65536, 0, 0), (24, 80, 0), ("24", 80, 0, 0), {"rows": 24}, 24, (True, 80, 0, 0)]
+)
 def test_bad_window_sizes_are_refused(box, size):
     session = pty_session(["/bin/sleep", "60"], box)
     assert reason_of(P.pty_set_winsize, session, size) == ("bad_winsize", size)

@@ -8,8 +8,8 @@ import struct
 from pathlib import Path
 
 import pytest
-
 from agent_driver import request, run_agent
+
 from linx_otp import protocol
 
 NATIVE = Path(__file__).resolve().parent.parent / "native"
@@ -66,7 +66,9 @@ def test_event_decoder_handles_any_split():
 
 def test_decoder_reports_malformed_frames_instead_of_raising():
     decoder = protocol.EventDecoder()
-    assert decoder.feed(protocol.frame(bytes([protocol.EVT_EXITED, 1]))) == [("malformed", bytes([protocol.EVT_EXITED, 1]))]
+    assert decoder.feed(protocol.frame(bytes([protocol.EVT_EXITED, 1]))) == [
+        ("malformed", bytes([protocol.EVT_EXITED, 1]))
+    ]
     assert decoder.feed(protocol.frame(b"\x42")) == [("malformed", b"\x42")]
 
 
@@ -113,7 +115,9 @@ ARGV = (protocol.FIELD_ARGV, b"/bin/true\0")
         pytest.param(raw_request((protocol.FIELD_MODE, b"\x01"), ARGV), id="enter without target"),
         pytest.param(raw_request(MODE, (protocol.FIELD_ARGV, b"/bin/true")), id="string without NUL"),
         pytest.param(raw_request(MODE, (protocol.FIELD_ARGV, b"/bin\0/true\0")), id="string with inner NUL"),
-        pytest.param(raw_request(MODE, ARGV, (protocol.FIELD_NAMESPACES, struct.pack(">I", 256))), id="unknown namespace bit"),
+        pytest.param(
+            raw_request(MODE, ARGV, (protocol.FIELD_NAMESPACES, struct.pack(">I", 256))), id="unknown namespace bit"
+        ),
         pytest.param(raw_request(MODE, ARGV, (protocol.FIELD_NAMESPACES, b"\x01")), id="short namespaces"),
         pytest.param(raw_request(MODE, ARGV, (protocol.FIELD_STDIO, b"\x03\x00")), id="stdio fd 3"),
         pytest.param(raw_request(MODE, ARGV, (protocol.FIELD_STDIO, b"\x01\x09")), id="stdio kind 9"),
@@ -121,7 +125,8 @@ ARGV = (protocol.FIELD_ARGV, b"/bin/true\0")
         pytest.param(raw_request(MODE, ARGV, (protocol.FIELD_STDIO, b"\x00\x03")), id="capture of stdin"),
         pytest.param(raw_request(MODE, ARGV, (protocol.FIELD_STDIO, b"\x01\x03x")), id="capture with a path"),
         pytest.param(
-            raw_request(MODE, ARGV, (protocol.FIELD_ORPHAN_POLICY, b"\x00" + struct.pack(">I", 2**31))), id="grace too long"
+            raw_request(MODE, ARGV, (protocol.FIELD_ORPHAN_POLICY, b"\x00" + struct.pack(">I", 2**31))),
+            id="grace too long",
         ),
         pytest.param(raw_request(MODE, ARGV, (protocol.FIELD_PTY, b"x")), id="pty with a value"),
         pytest.param(protocol.frame(bytes([protocol.MSG_REQUEST, protocol.FIELD_MODE, 0, 0])), id="field overruns"),

@@ -8,13 +8,12 @@ import time
 
 import pykka
 import pytest
+from support import child_pids, process_alive, wait_until
 
 import linx_otp
 from linx_otp import process as P
 from linx_otp import supervisor as S
 from linx_otp.errors import LinxError, LinxValueError
-
-from support import child_pids, process_alive, wait_until
 
 REPORT = "linx_supervisor"
 
@@ -27,7 +26,7 @@ def once_then_sleep(child_id: str, tmp_path, first_run: str, **options):
     """A workload that does ``first_run`` (a shell command that ends it) on its first start
     and sleeps on every later one, so a restart is visible without a crash loop."""
     marker = tmp_path / f"{child_id}.ran"
-    script = f'if [ -e {marker} ]; then exec sleep 60; fi; touch {marker}; {first_run}'
+    script = f"if [ -e {marker} ]; then exec sleep 60; fi; touch {marker}; {first_run}"
     return P.child_spec(id=child_id, argv=["sh", "-c", script], auto_proceed=True, **options)
 
 
@@ -155,7 +154,9 @@ def test_without_auto_proceed_a_supervised_child_waits_at_the_checkpoint(box):
         ]
     )
     stages = {child_id: P.info(ref).stage for child_id, ref in refs(tree).items()}
-    assert wait_until(lambda: {c: P.info(r).stage for c, r in refs(tree).items()} == {"parked": "ready", "auto": "running"})
+    assert wait_until(
+        lambda: {c: P.info(r).stage for c, r in refs(tree).items()} == {"parked": "ready", "auto": "running"}
+    )
     S.stop(tree)
     assert stages["parked"] in ("starting", "spawned", "ready")
 
@@ -358,7 +359,10 @@ def test_a_dynamic_pool_is_capped_by_max_children():
 
 def test_which_children_lists_nested_supervisors_as_such():
     tree = S.start([sleeper("w"), S.child_spec([sleeper("x")], id="group")])
-    assert [(child_id, kind) for child_id, _, kind in S.which_children(tree)] == [("w", "worker"), ("group", "supervisor")]
+    assert [(child_id, kind) for child_id, _, kind in S.which_children(tree)] == [
+        ("w", "worker"),
+        ("group", "supervisor"),
+    ]
     assert S.count_children(tree) == {"specs": 2, "active": 2, "supervisors": 1, "workers": 1}
     group_ref = refs(tree)["group"]
     x_pid = running_pid(refs(group_ref)["x"])
@@ -379,7 +383,12 @@ def test_a_child_that_raises_in_on_start_is_a_failed_start_and_nothing_stays():
     with pytest.raises(LinxError) as raised:
         S.start([first, FailsToStart.child_spec(id="db")])
     kind, child_id, reason = raised.value.reason
-    assert (kind, child_id, reason[0], str(reason[1][1])) == ("failed_to_start_child", "db", "failed_to_start", "no database")
+    assert (kind, child_id, reason[0], str(reason[1][1])) == (
+        "failed_to_start_child",
+        "db",
+        "failed_to_start",
+        "no database",
+    )
     assert wait_until(lambda: not child_pids())
     assert not pykka.ActorRegistry.get_all()
 

@@ -17,14 +17,13 @@ import threading
 import time
 
 import pytest
+from support import process_alive, wait_until
 
 import linx_otp
 from linx_otp import process as P
 from linx_otp import supervisor as S
 from linx_otp import tty
 from linx_otp.errors import LinxError
-
-from support import process_alive, wait_until
 
 TIMEOUT = 10
 
@@ -81,7 +80,9 @@ def terminal():
 
 
 def running_shell(owner, argv=("/bin/sh",)):
-    session = P.spawn(argv=list(argv), stdio="pty", auto_proceed=True, owner=owner, env={"PS1": "$ ", "PATH": os.environ["PATH"]})
+    session = P.spawn(
+        argv=list(argv), stdio="pty", auto_proceed=True, owner=owner, env={"PS1": "$ ", "PATH": os.environ["PATH"]}
+    )
     owner.receive(("linx_process", "running"), timeout=TIMEOUT)
     return session
 
@@ -130,7 +131,7 @@ def wait_raw(terminal: Terminal):
 )
 def test_the_detach_key_is_found_across_reads(reads, forwarded, detached):
     scanner = tty.DetachScanner(b"\x10\x11")
-    assert [scanner.feed(data) for data in reads] == list(zip(forwarded, detached))
+    assert [scanner.feed(data) for data in reads] == list(zip(forwarded, detached, strict=False))
 
 
 def test_an_empty_detach_key_forwards_everything():
@@ -160,7 +161,9 @@ def test_attach_pumps_both_ways_and_returns_the_outcome(terminal, box):
     assert tty.attach(session, terminal=terminal.slave) == ("exited", 7)
     finish()
     assert termios.tcgetattr(terminal.slave) == terminal.settings
-    leaked = [event for event in box.flush() if event[1] == "exited" or (event[1] == "pty_out" and b"hi-there" in event[2])]
+    leaked = [
+        event for event in box.flush() if event[1] == "exited" or (event[1] == "pty_out" and b"hi-there" in event[2])
+    ]
     assert not leaked, "the previous owner got what attach borrowed"
     session.stop()
 
@@ -207,7 +210,13 @@ def test_off_the_main_thread_the_window_size_is_polled(terminal, box):
 
 def test_detaching_returns_and_hands_the_session_back(terminal, box):
     session = running_shell(box)
-    finish = as_user(terminal, wait_raw(terminal), lambda: terminal.type("echo before\r"), lambda: terminal.shows(b"before\r\n"), lambda: terminal.type(b"\x10\x11"))
+    finish = as_user(
+        terminal,
+        wait_raw(terminal),
+        lambda: terminal.type("echo before\r"),
+        lambda: terminal.shows(b"before\r\n"),
+        lambda: terminal.type(b"\x10\x11"),
+    )
     assert tty.attach(session, terminal=terminal.slave) == "detached"
     finish()
     assert termios.tcgetattr(terminal.slave) == terminal.settings
@@ -264,7 +273,10 @@ def test_the_terminal_is_restored_when_sigterm_kills_the_python_process(tmp_path
     """)
     process = subprocess.Popen([sys.executable, "-c", script], pass_fds=[slave])
     try:
-        assert wait_until(lambda: pid_file.exists() and pid_file.read_text() and not termios.tcgetattr(slave)[3] & termios.ICANON, TIMEOUT)
+        assert wait_until(
+            lambda: pid_file.exists() and pid_file.read_text() and not termios.tcgetattr(slave)[3] & termios.ICANON,
+            TIMEOUT,
+        )
         process.send_signal(signal.SIGTERM)
         assert process.wait(TIMEOUT) == -signal.SIGTERM  # it still dies of the signal...
         assert termios.tcgetattr(slave) == settings  # ...with the terminal put back first
@@ -291,7 +303,9 @@ def test_attach_without_a_terminal_is_no_local_tty(tmp_path):
             print(error.reason)
         session.stop()
     """)
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=TIMEOUT, start_new_session=True)
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=TIMEOUT, start_new_session=True
+    )
     assert result.stdout.strip() == "no_local_tty", result.stderr
 
 
@@ -341,7 +355,13 @@ def test_a_supervised_session_is_borrowed_and_returned(terminal, box):
     tree = S.start([P.child_spec(id="cat", argv=["/bin/cat"], stdio="pty", auto_proceed=True, owner=box)])
     box.receive(("linx_process", "running"), timeout=TIMEOUT)
     session = S.which_children(tree)[0][1]
-    finish = as_user(terminal, wait_raw(terminal), lambda: terminal.type("ping\r"), lambda: terminal.shows(b"ping\r\nping\r\n"), lambda: terminal.type(b"\x10\x11"))
+    finish = as_user(
+        terminal,
+        wait_raw(terminal),
+        lambda: terminal.type("ping\r"),
+        lambda: terminal.shows(b"ping\r\nping\r\n"),
+        lambda: terminal.type(b"\x10\x11"),
+    )
     assert tty.attach(session, terminal=terminal.slave) == "detached"
     finish()
     assert not [event for event in box.flush() if event[1] == "pty_out"]
@@ -354,7 +374,9 @@ def test_output_queued_in_the_callers_mailbox_before_attach_is_shown_first(termi
     session = P.spawn(argv=["/bin/sh", "-c", "echo early; read line; echo late"], stdio="pty", auto_proceed=True)
     linx_otp.receive(("linx_process", "running"), timeout=TIMEOUT)
     time.sleep(0.3)  # "early" is now queued in this thread's mailbox, the session's owner
-    finish = as_user(terminal, lambda: terminal.shows(b"early\r\n") or pytest.fail("early output lost"), lambda: terminal.type("x\r"))
+    finish = as_user(
+        terminal, lambda: terminal.shows(b"early\r\n") or pytest.fail("early output lost"), lambda: terminal.type("x\r")
+    )
     assert tty.attach(session, terminal=terminal.slave) == ("exited", 0)
     finish()
     assert terminal.shows(b"late")

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from support import needs_root, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,7 +28,9 @@ class Tmux:
         self.run("-f", str(config), "new-session", "-d", "-s", "test", "-x", "80", "-y", "24", shell_command)
 
     def run(self, *arguments: str) -> str:
-        return subprocess.run(["tmux", "-S", self.socket, *arguments], capture_output=True, text=True, check=True).stdout
+        return subprocess.run(
+            ["tmux", "-S", self.socket, *arguments], capture_output=True, text=True, check=True
+        ).stdout
 
     def screen(self) -> str:
         return self.run("capture-pane", "-p", "-t", "test", "-S", "-100")

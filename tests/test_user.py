@@ -17,7 +17,6 @@ from linx_otp import process as P
 from linx_otp import user as U
 from linx_otp.errors import LinxOSError, LinxValueError
 
-
 TIMEOUT = 10
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -93,7 +92,9 @@ def importable_copy(readable_directory):
     site = tmp_path / "site"
     shutil.copytree(ROOT / "linx_otp", site / "linx_otp", ignore=shutil.ignore_patterns("__pycache__"))
     for package in (pykka, pyroute2):
-        shutil.copytree(Path(package.__file__).parent, site / package.__name__, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(
+            Path(package.__file__).parent, site / package.__name__, ignore=shutil.ignore_patterns("__pycache__")
+        )
     for path in [tmp_path, *tmp_path.rglob("*")]:
         path.chmod(0o755 if path.is_dir() or os.access(path, os.X_OK) else 0o644)
     return site
@@ -176,7 +177,21 @@ def test_the_container_example_runs_unprivileged(test_user, importable_copy, rea
 
 def test_linx_otp_spawn_map_root_user_as_an_ordinary_user(test_user, importable_copy, readable_directory):
     script = "echo uid=$(id -u) host=$(hostname) $$ /proc/[0-9]*"
-    command = ["-m", "linx_otp", "spawn", "-r", "--ns", "pid,mount,net", "--hostname", "mine", "--mount-proc", "--", "sh", "-c", script]
+    command = [
+        "-m",
+        "linx_otp",
+        "spawn",
+        "-r",
+        "--ns",
+        "pid,mount,net",
+        "--hostname",
+        "mine",
+        "--mount-proc",
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]
     result = run_as(test_user, importable_copy, readable_directory, *command)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "uid=0 host=mine 1 /proc/1"

@@ -34,7 +34,7 @@ events = Events.start()
 state = Path(tempfile.mkdtemp())
 # "myd": fails with exit 7 on its first run (a transient child is restarted for that), then
 # finishes its work and exits 0 (a transient child stays down after that).
-myd = f'if [ -e {state}/crashed ]; then sleep 0.2; exit 0; fi; touch {state}/crashed; exit 7'
+myd = f"if [ -e {state}/crashed ]; then sleep 0.2; exit 0; fi; touch {state}/crashed; exit 7"
 
 children = [P.child_spec(argv=["sh", "-c", myd], owner=events, auto_proceed=True, restart="transient", id="myd")]
 tree = S.start(children, strategy="one_for_one")
