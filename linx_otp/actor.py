@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import queue
 import threading
 from collections.abc import Callable, Iterable
@@ -318,14 +319,42 @@ def exit_actor(ref: pykka.ActorRef, reason: Any) -> None:
     _tell_quietly(ref, _Exit(reason))
 
 
-def _check_shutdown(shutdown: Any) -> None:
-    if shutdown is None or shutdown == "brutal_kill":
-        return
-    if isinstance(shutdown, (int, float)) and not isinstance(shutdown, bool) and shutdown >= 0:
-        return
+MAX_SHUTDOWN_SECONDS = 365 * 24 * 3600.0
+"""The longest finite ``shutdown``: a year (longer waits are ``None``, "wait forever")."""
+
+
+def check_shutdown(shutdown: Any) -> float | str | None:
+    """A child's ``shutdown``, checked and normalised: seconds (finite, 0 to a year),
+    ``"brutal_kill"``, or ``None``/``"infinity"`` (wait forever, returned as ``None``).
+    Raises ``LinxValueError(("bad_shutdown", value))``. The one check, used by specs and tree files.
+
+    >>> check_shutdown(2), check_shutdown("infinity"), check_shutdown("brutal_kill")
+    (2.0, None, 'brutal_kill')
+    """
+    if shutdown is None or shutdown == "infinity":
+        return None
+    if shutdown == "brutal_kill":
+        return shutdown
+    if (
+        isinstance(shutdown, (int, float))
+        and not isinstance(shutdown, bool)
+        and math.isfinite(shutdown)
+        and 0 <= shutdown <= MAX_SHUTDOWN_SECONDS
+    ):
+        return float(shutdown)
     raise LinxValueError(
-        ("bad_shutdown", shutdown), f"shutdown must be seconds >= 0, 'brutal_kill' or None, not {shutdown!r}"
+        ("bad_shutdown", shutdown),
+        f"shutdown must be seconds from 0 to {MAX_SHUTDOWN_SECONDS:.0f}, 'brutal_kill', or None/'infinity', "
+        f"not {shutdown!r}",
     )
+
+
+def check_restart(restart: Any) -> str:
+    """A child's restart type, checked: one of ``RESTART_TYPES``; raises
+    ``LinxValueError(("bad_restart", value))``."""
+    if not isinstance(restart, str) or restart not in RESTART_TYPES:
+        raise LinxValueError(("bad_restart", restart), f"restart must be one of {RESTART_TYPES}, not {restart!r}")
+    return restart
 
 
 @dataclass(frozen=True)
@@ -351,10 +380,7 @@ class ChildSpec:
             raise LinxValueError(("bad_id", self.id), f"a child id must be hashable, not {self.id!r}") from None
         if not callable(self.start):
             raise LinxValueError(("bad_start", self.start), "start must be a callable that returns an actor ref")
-        if self.restart not in RESTART_TYPES:
-            raise LinxValueError(
-                ("bad_restart", self.restart), f"restart must be one of {RESTART_TYPES}, not {self.restart!r}"
-            )
-        _check_shutdown(self.shutdown)
+        check_restart(self.restart)
+        object.__setattr__(self, "shutdown", check_shutdown(self.shutdown))
         if self.type not in CHILD_TYPES:
             raise LinxValueError(("bad_type", self.type), f"type must be one of {CHILD_TYPES}, not {self.type!r}")

@@ -21,6 +21,7 @@ This module never touches an OS process itself: stopping a session is the sessio
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -336,8 +337,15 @@ def check_settings(
         raise LinxValueError(
             ("bad_max_restarts", max_restarts), f"max_restarts must be an int >= 0, not {max_restarts!r}"
         )
-    if not isinstance(max_seconds, (int, float)) or isinstance(max_seconds, bool) or max_seconds <= 0:
-        raise LinxValueError(("bad_max_seconds", max_seconds), f"max_seconds must be a number > 0, not {max_seconds!r}")
+    if (
+        not isinstance(max_seconds, (int, float))
+        or isinstance(max_seconds, bool)
+        or not math.isfinite(max_seconds)
+        or max_seconds <= 0
+    ):
+        raise LinxValueError(
+            ("bad_max_seconds", max_seconds), f"max_seconds must be a finite number > 0, not {max_seconds!r}"
+        )
     if max_children is not None and (
         not isinstance(max_children, int) or isinstance(max_children, bool) or max_children < 0
     ):

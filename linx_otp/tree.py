@@ -21,6 +21,7 @@ from typing import Any
 
 from . import options as session_options
 from . import supervisor as S
+from .actor import check_restart, check_shutdown
 from .errors import LinxError, LinxValueError
 from .protocol import MODE_SPAWN
 from .user import render
@@ -205,18 +206,14 @@ class _Checker:
         return Workload(child_id, options, capture, log, setup)
 
     def restart_and_shutdown(self, table: dict, where: str, default_shutdown: Any) -> tuple[str, Any]:
-        restart = table.get("restart", "permanent")
-        if restart not in ("permanent", "transient", "temporary"):
-            self.fail(f"{where}.restart", f"restart is permanent, transient or temporary, not {restart!r}")
-        shutdown = table.get("shutdown", default_shutdown)
-        if shutdown == "infinity":
-            shutdown = None
-        if not (
-            shutdown is None
-            or shutdown == "brutal_kill"
-            or (isinstance(shutdown, (int, float)) and not isinstance(shutdown, bool) and shutdown >= 0)
-        ):
-            self.fail(f"{where}.shutdown", f'shutdown is seconds, "brutal_kill" or "infinity", not {shutdown!r}')
+        try:
+            restart = check_restart(table.get("restart", "permanent"))
+        except LinxValueError as error:
+            self.fail(f"{where}.restart", str(error))
+        try:
+            shutdown = check_shutdown(table.get("shutdown", default_shutdown))
+        except LinxValueError as error:
+            self.fail(f"{where}.shutdown", str(error))
         return restart, shutdown
 
     def stdio(self, stdio: Any, where: str) -> tuple[Any, tuple[str, ...]]:
