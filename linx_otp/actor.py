@@ -54,15 +54,16 @@ class _RemoveMonitor:
     watcher: Any
 
 
+@dataclass(frozen=True)
 class _Shutdown:
     """A supervisor asks its child to end with reason ``"shutdown"`` (the graceful phase)."""
 
 
+@dataclass(frozen=True)
 class _Exit:
     """End with ``reason`` once the messages queued before this one are handled."""
 
-    def __init__(self, reason: Any) -> None:
-        self.reason = reason
+    reason: Any
 
 
 class _Birth:
@@ -122,8 +123,11 @@ class Actor(pykka.ThreadingActor):
     """A pykka actor that ends with an exit reason and reports it to its monitors.
 
     Subclasses put their cleanup in ``terminate(reason)`` (not ``on_stop``/``on_failure``),
-    end themselves with ``self.exit(reason)``, and may override ``shutdown_requested()`` to
-    end gracefully when a supervisor asks.
+    end themselves with ``self.exit(reason)`` (or ``self.exit_now(reason)``), and may override
+    ``shutdown_requested()`` to end gracefully when a supervisor asks. Messages are typed
+    classes handled with ``match`` in ``on_receive``; callers use ``call(ref, message)``.
+
+    ``_ended`` means: ``terminate`` has run and the monitors have been told (it runs once).
     """
 
     use_daemon_thread = True
@@ -139,9 +143,18 @@ class Actor(pykka.ThreadingActor):
         self._monitors_lock = threading.Lock()
 
     def exit(self, reason: Any) -> None:
-        """Stop after the current message, with ``reason``."""
+        """End with ``reason`` once the messages already queued to this actor are handled."""
         self._exit_reason = reason
         self.stop()
+
+    def exit_now(self, reason: Any) -> None:
+        """End with ``reason`` right after the current message: ``terminate`` runs now, and
+        messages still queued are dropped (an ``ask`` among them raises ``ActorDeadError``),
+        as an Erlang process's mailbox dies with it (a supervisor that gives up)."""
+        self._exit_reason = reason
+        # pykka-internal: Actor._stop ends the loop without handling the rest of the inbox;
+        # pykka's public stop() would queue behind those messages.
+        self._stop()
 
     def terminate(self, reason: Any) -> None:
         """Cleanup hook, run in the actor's thread once, however it ends."""
@@ -169,9 +182,11 @@ class Actor(pykka.ThreadingActor):
             shutdown=shutdown,
         )
 
-    # -- pykka hooks (private in pykka 4; pinned in pyproject) ----------------------------
+    # -- pykka hooks: private methods of pykka 4.5 (the range pinned in pyproject.toml) ---------
 
     def _start_actor_loop(self) -> None:
+        # pykka-internal: _start_actor_loop/_actor_loop are how a ThreadingActor gets its thread;
+        # overridden to adopt a spare thread (see _SpareThread).
         if not (
             self.use_daemon_thread
             and _spare.run(f"{self.__class__.__name__}-{next(_thread_numbers)}", self._actor_loop)
@@ -179,40 +194,42 @@ class Actor(pykka.ThreadingActor):
             super()._start_actor_loop()
 
     def _actor_loop_setup(self) -> None:
+        # pykka-internal: the step that runs on_start; pykka would only log a failure and leave
+        # monitors waiting, so a crash here becomes an exit reason.
         try:
             self.on_start()
-        except BaseException as error:  # pykka would only log it and leave monitors waiting
+        except BaseException as error:
             log.error("%s failed to start", self, exc_info=error)
-            self._stop_with(("exception", error))
+            self.exit_now(("exception", error))
         finally:
             if self._birth is not None:
                 self._birth.failure = self._exit_reason if self._ended else None
                 self._birth.settled.set()
 
     def _handle_receive(self, message: Any) -> Any:
-        if isinstance(message, _AddMonitor):
-            with self._monitors_lock:
-                self._monitors.append(message.watcher)
-            return None
-        if isinstance(message, _RemoveMonitor):
-            with self._monitors_lock:
-                self._monitors = [watcher for watcher in self._monitors if watcher is not message.watcher]
-            return None
-        if isinstance(message, _Shutdown):
-            self._exit_reason = "shutdown"
-            return self.shutdown_requested()
-        if isinstance(message, _Exit):
-            return self.exit(message.reason)
+        # pykka-internal: the dispatch before on_receive; the base's own messages are handled
+        # here so that subclasses' on_receive never sees them, and SystemExit ends this actor
+        # alone (pykka would stop every actor in the process).
+        match message:
+            case _AddMonitor(watcher):
+                with self._monitors_lock:
+                    self._monitors.append(watcher)
+                return None
+            case _RemoveMonitor(watcher):
+                with self._monitors_lock:
+                    self._monitors = [known for known in self._monitors if known is not watcher]
+                return None
+            case _Shutdown():
+                self._exit_reason = "shutdown"
+                return self.shutdown_requested()
+            case _Exit(reason):
+                return self.exit(reason)
         try:
             return super()._handle_receive(message)
-        except SystemExit as error:  # pykka would stop every actor in the process
+        except SystemExit as error:
             log.error("%s raised SystemExit(%r); stopping it alone", self, error.code)
-            self._stop_with(("exception", error))
+            self.exit_now(("exception", error))
             raise LinxError(("exception", error), f"the actor exited: SystemExit({error.code!r})") from error
-
-    def _stop_with(self, reason: Any) -> None:
-        self._exit_reason = reason
-        self._stop()
 
     def on_stop(self) -> None:
         self._end(self._exit_reason)
@@ -232,16 +249,44 @@ class Actor(pykka.ThreadingActor):
             with self._monitors_lock:
                 monitors, self._monitors = self._monitors, []
             for watcher in monitors:
-                _tell_quietly(watcher, ("DOWN", self.actor_ref, reason))
+                tell_quietly(watcher, ("DOWN", self.actor_ref, reason))
 
 
-def _tell_quietly(destination: Any, message: Any) -> None:
+def tell_quietly(destination: Any, message: Any) -> None:
+    """Tell ``message`` to a ref or ``Mailbox``; a destination that is gone is not an error
+    (as an Erlang send to a dead process), anything else is logged, never raised."""
     try:
         destination.tell(message)
     except pykka.ActorDeadError:
         pass
     except Exception:
         log.exception("delivering %r to %r failed", message, destination)
+
+
+_tell_quietly = tell_quietly  # the old private name, still imported by process.py
+
+
+def call(ref: pykka.ActorRef, message: Any, what: str = "the actor") -> Any:
+    """Ask an actor ``message`` (a typed message its ``on_receive`` matches) and return the
+    answer; an actor that is gone raises ``LinxError("no_process")``, an error raised by its
+    handler is raised here.
+
+    >>> class Doubler(Actor):
+    ...     def on_receive(self, message):
+    ...         return 2 * message
+    >>> ref = Doubler.start()
+    >>> call(ref, 21)
+    42
+    >>> ref.stop()
+    True
+    >>> call(ref, 21, "the doubler")
+    Traceback (most recent call last):
+    linx_otp.errors.LinxError: the doubler is gone (asked 21)
+    """
+    try:
+        return ref.ask(message)
+    except pykka.ActorDeadError:
+        raise LinxError("no_process", f"{what} is gone (asked {message!r})") from None
 
 
 def monitor(ref: pykka.ActorRef, watcher: Any = None) -> None:
@@ -251,7 +296,7 @@ def monitor(ref: pykka.ActorRef, watcher: Any = None) -> None:
     try:
         ref.ask(_AddMonitor(destination))
     except pykka.ActorDeadError:
-        _tell_quietly(destination, ("DOWN", ref, "noproc"))
+        tell_quietly(destination, ("DOWN", ref, "noproc"))
 
 
 def demonitor(ref: pykka.ActorRef, watcher: Any = None) -> None:
@@ -311,12 +356,12 @@ def start_monitored(start: Callable[[], pykka.ActorRef], watcher: Any = None) ->
 
 def request_shutdown(ref: pykka.ActorRef) -> None:
     """Ask an actor to end with ``"shutdown"`` (``shutdown_requested`` runs in its thread)."""
-    _tell_quietly(ref, _Shutdown())
+    tell_quietly(ref, _Shutdown())
 
 
 def exit_actor(ref: pykka.ActorRef, reason: Any) -> None:
     """Make an actor end with ``reason`` after the messages already queued to it."""
-    _tell_quietly(ref, _Exit(reason))
+    tell_quietly(ref, _Exit(reason))
 
 
 MAX_SHUTDOWN_SECONDS = 365 * 24 * 3600.0

@@ -31,7 +31,7 @@ from typing import Any
 
 import pykka
 
-from .actor import Actor, ChildSpec, _tell_quietly, exit_actor, request_shutdown, start_actor
+from .actor import Actor, ChildSpec, call, exit_actor, request_shutdown, start_actor, tell_quietly
 from .errors import LinxError, LinxValueError
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,11 @@ NORMAL_REASONS = ("normal", "shutdown")
 
 
 def is_normal_exit(reason: Any) -> bool:
-    """Whether a transient child that ended with ``reason`` stays down (OTP's rule)."""
+    """Whether a transient child that ended with ``reason`` stays down (OTP's rule).
+
+    >>> is_normal_exit("normal"), is_normal_exit(("shutdown", "aborted")), is_normal_exit(("exited", 1))
+    (True, True, False)
+    """
     return reason in NORMAL_REASONS or (isinstance(reason, tuple) and len(reason) == 2 and reason[0] == "shutdown")
 
 
@@ -58,7 +62,10 @@ class _Watch:
     def tell(self, message: tuple) -> None:
         self.reason = message[2]
         self.down.set()
-        _tell_quietly(self.supervisor, _ChildDown(self))
+        tell_quietly(self.supervisor, _ChildDown(self))
+
+
+# -- the supervisor's messages: its own, then one class per public verb ------------------------
 
 
 @dataclass(frozen=True)
@@ -67,21 +74,58 @@ class _ChildDown:
 
 
 @dataclass(frozen=True)
-class _RetryRestart:
-    child_ids: tuple
+class _TryAgainRestart:
+    """A restart whose start failed is tried again from the inbox (OTP's ``try_again_restart``),
+    so that calls queued meanwhile (a stop, a ``terminate_child``) are served first."""
+
+    child_id: Any
 
 
 @dataclass(frozen=True)
-class _Call:
-    name: str
-    args: tuple = ()
+class _StartChild:
+    spec: ChildSpec
+
+
+@dataclass(frozen=True)
+class _TerminateChild:
+    child_id: Any
+
+
+@dataclass(frozen=True)
+class _RestartChild:
+    child_id: Any
+
+
+@dataclass(frozen=True)
+class _DeleteChild:
+    child_id: Any
+
+
+@dataclass(frozen=True)
+class _WhichChildren:
+    pass
+
+
+@dataclass(frozen=True)
+class _CountChildren:
+    pass
+
+
+@dataclass(frozen=True)
+class _RestartCounts:
+    pass
 
 
 class _Child:
+    """One child spec and its current incarnation. ``ref`` is None when it is not running;
+    ``restarting`` is True while a failed restart waits for its retry (OTP's
+    ``{restarting, Pid}``)."""
+
     def __init__(self, spec: ChildSpec) -> None:
         self.spec = spec
         self.ref: pykka.ActorRef | None = None
         self.watch: _Watch | None = None
+        self.restarting = False
         self.restarts = 0
 
 
@@ -96,7 +140,13 @@ class _Settings:
 
 
 class Supervisor(Actor):
-    """The supervisor actor. Use the module's functions rather than messages."""
+    """The supervisor actor. Use the module's functions rather than messages.
+
+    It follows OTP's ``supervisor.erl`` step for step: a child's exit goes through
+    ``_child_exited`` (``do_restart``), a restart through ``_restart`` (``restart/2``), which
+    first counts it with ``_record_restart`` (``add_restart``); past the intensity the
+    supervisor exits at once, so child exits still queued are never counted.
+    """
 
     def __init__(self, specs: list[ChildSpec], settings: _Settings) -> None:
         super().__init__()
@@ -122,13 +172,25 @@ class Supervisor(Actor):
     def on_receive(self, message: Any) -> Any:
         match message:
             case _ChildDown(watch):
-                self._child_down(watch)
-            case _RetryRestart(child_ids):
-                group = [child for child in map(self._find, child_ids) if child is not None and child.ref is None]
-                if group and not self._gave_up(group[0].spec.id):
-                    self._start_group(group)
-            case _Call(name, args):
-                return getattr(self, f"_verb_{name}")(*args)
+                self._child_exited(watch)
+            case _TryAgainRestart(child_id):
+                child = self._find(child_id)
+                if child is not None and child.restarting:
+                    self._restart(child)
+            case _StartChild(spec):
+                return self._start_new_child(spec)
+            case _TerminateChild(child_id):
+                self._terminate_child(self._require(child_id))
+            case _RestartChild(child_id):
+                return self._start_child(self._require_stopped(child_id))
+            case _DeleteChild(child_id):
+                self._children.remove(self._require_stopped(child_id))
+            case _WhichChildren():
+                return [(child.spec.id, child.ref, child.spec.type) for child in self._children]
+            case _CountChildren():
+                return self._count_children()
+            case _RestartCounts():
+                return {child.spec.id: child.restarts for child in self._children}
             case _:
                 log.warning("supervisor %r ignoring unexpected message %r", self._settings.id, message)
         return None
@@ -138,11 +200,13 @@ class Supervisor(Actor):
     def _report(self, kind: str, child_id: Any, detail: Any, level: int = logging.INFO) -> None:
         log.log(level, "supervisor %r: child %r %s: %r", self._settings.id, child_id, kind, detail)
         if self._settings.events is not None:
-            _tell_quietly(self._settings.events, (EVENT_TAG, kind, self._settings.id, child_id, detail))
+            tell_quietly(self._settings.events, (EVENT_TAG, kind, self._settings.id, child_id, detail))
 
     # -- starting and stopping children ---------------------------------------------------
 
     def _start_child(self, child: _Child, report: str = "started") -> pykka.ActorRef:
+        """Start one incarnation of ``child``; a failure is reported and raised, and leaves
+        ``child`` as it was."""
         watch = _Watch(self.actor_ref)
         try:
             ref = start_actor(child.spec.start, [watch])
@@ -152,7 +216,7 @@ class Supervisor(Actor):
         except Exception as error:
             self._report("start_failed", child.spec.id, ("exception", error), logging.ERROR)
             raise LinxError(("exception", error), f"starting {child.spec.id!r} raised {error!r}") from error
-        child.ref, child.watch = ref, watch
+        child.ref, child.watch, child.restarting = ref, watch, False
         self._report(report, child.spec.id, ref)
         return ref
 
@@ -161,7 +225,10 @@ class Supervisor(Actor):
             self._stop_child(child)
 
     def _stop_child(self, child: _Child) -> None:
-        """Stop one child by its spec's ``shutdown``: ask, wait, then stop it outright."""
+        """Stop one child by its spec's ``shutdown``: ask, wait, then stop it outright.
+        A child that has ended already (its exit still queued here) is only marked down:
+        its queued exit then belongs to no incarnation and is ignored, as OTP's
+        ``unlink_flush`` consumes it."""
         ref, watch, shutdown = child.ref, child.watch, child.spec.shutdown
         if ref is None or watch is None:
             return
@@ -181,12 +248,21 @@ class Supervisor(Actor):
         watch.down.wait()
         self._report("stopped", child.spec.id, watch.reason)
 
+    def _mark_down(self, child: _Child) -> None:
+        """OTP's ``del_child``: a temporary child leaves the children, any other is kept as
+        not running."""
+        child.ref = child.watch = None
+        child.restarting = False
+        if child.spec.restart == "temporary":
+            self._children.remove(child)
+
     # -- restarts ----------------------------------------------------------------------------
 
     def _find(self, child_id: Any) -> _Child | None:
         return next((child for child in self._children if child.spec.id == child_id), None)
 
-    def _child_down(self, watch: _Watch) -> None:
+    def _child_exited(self, watch: _Watch) -> None:
+        """OTP's ``do_restart``: permanent always, transient unless normal, temporary never."""
         child = next((child for child in self._children if child.watch is watch), None)
         if child is None:
             return  # an incarnation this supervisor stopped itself
@@ -197,51 +273,60 @@ class Supervisor(Actor):
         restart = child.spec.restart
         if restart == "permanent" or (restart == "transient" and not normal):
             self._restart(child)
-        elif restart == "temporary":
-            self._children.remove(child)
+        else:
+            self._mark_down(child)
 
-    def _intensity_exceeded(self) -> bool:
+    def _record_restart(self) -> bool:
+        """OTP's ``add_restart``: count one restart now, forget those older than
+        ``max_seconds``, and say whether the count is still within ``max_restarts``."""
         now = time.monotonic()
         self._restart_times.append(now)
         while self._restart_times and self._restart_times[0] < now - self._settings.max_seconds:
             self._restart_times.popleft()
-        return len(self._restart_times) > self._settings.max_restarts
+        return len(self._restart_times) <= self._settings.max_restarts
 
     def _restart(self, failed: _Child) -> None:
-        if self._gave_up(failed.spec.id):
+        """OTP's ``restart/2``: count the restart, then restart by the strategy; past the
+        intensity, report ``gave_up`` and exit ``"shutdown"`` at once (``terminate`` stops
+        the children; exits still queued are dropped with the inbox, never counted again)."""
+        failed.ref = failed.watch = None
+        failed.restarting = False
+        if not self._record_restart():
+            limit = ("reached_max_restart_intensity", self._settings.max_restarts, self._settings.max_seconds)
+            self._report("gave_up", failed.spec.id, limit, logging.ERROR)
+            self.exit_now("shutdown")
             return
         position = self._children.index(failed)
         match self._settings.strategy:
             case "one_for_one":
                 group = [failed]
             case "one_for_all":
-                group = [child for child in self._children if child is failed or child.ref is not None]
+                group = list(self._children)
             case _:  # rest_for_one
-                group = [failed] + [child for child in self._children[position + 1 :] if child.ref is not None]
-        self._stop_children(group)
-        self._start_group(group)
+                group = self._children[position:]
+        self._restart_group(group)
 
-    def _gave_up(self, child_id: Any) -> bool:
-        """Count one restart; past the intensity limit, report and exit ``"shutdown"``."""
-        if not self._intensity_exceeded():
-            return False
-        limit = ("reached_max_restart_intensity", self._settings.max_restarts, self._settings.max_seconds)
-        self._report("gave_up", child_id, limit, logging.ERROR)
-        self.exit("shutdown")
-        return True
-
-    def _start_group(self, group: list[_Child]) -> None:
-        """Restart children in start order; if one fails, retry it and the rest later (each
-        retry counts against the restart intensity, as in OTP)."""
-        for index, child in enumerate(group):
+    def _restart_group(self, group: list[_Child]) -> None:
+        """OTP's ``restart_multiple_children``: stop the group in reverse start order (a
+        temporary one leaves the children: it is never restarted), then start every other
+        member in start order, running before or not. If a start fails, that child is
+        ``restarting`` and is tried again from the inbox (counting as a new restart)."""
+        for child in reversed(group):
+            self._stop_child(child)
+            if child.spec.restart == "temporary":
+                self._children.remove(child)
+        for child in group:
+            if child.spec.restart == "temporary":
+                continue
             try:
                 self._start_child(child, "restarted")
             except LinxError:
-                _tell_quietly(self.actor_ref, _RetryRestart(tuple(child.spec.id for child in group[index:])))
+                child.restarting = True
+                tell_quietly(self.actor_ref, _TryAgainRestart(child.spec.id))
                 return
             child.restarts += 1
 
-    # -- verbs ------------------------------------------------------------------------------
+    # -- the dynamic verbs ---------------------------------------------------------------------
 
     def _require(self, child_id: Any) -> _Child:
         child = self._find(child_id)
@@ -249,7 +334,15 @@ class Supervisor(Actor):
             raise LinxError("not_found", f"supervisor {self._settings.id!r} has no child {child_id!r}")
         return child
 
-    def _verb_start_child(self, spec: ChildSpec) -> pykka.ActorRef:
+    def _require_stopped(self, child_id: Any) -> _Child:
+        child = self._require(child_id)
+        if child.restarting:
+            raise LinxError("restarting", f"child {child_id!r} is being restarted")
+        if child.ref is not None:
+            raise LinxError("running", f"child {child_id!r} is running; terminate_child it first")
+        return child
+
+    def _start_new_child(self, spec: ChildSpec) -> pykka.ActorRef:
         existing = self._find(spec.id)
         if existing is not None:
             if existing.ref is not None:
@@ -265,37 +358,17 @@ class Supervisor(Actor):
         self._children.append(child)
         return ref
 
-    def _verb_terminate_child(self, child_id: Any) -> None:
-        child = self._require(child_id)
+    def _terminate_child(self, child: _Child) -> None:
         self._stop_child(child)
-        if child.spec.restart == "temporary":
-            self._children.remove(child)
+        self._mark_down(child)
 
-    def _verb_restart_child(self, child_id: Any) -> pykka.ActorRef:
-        child = self._require(child_id)
-        if child.ref is not None:
-            raise LinxError("running", f"child {child_id!r} is running; terminate_child it first")
-        return self._start_child(child)
-
-    def _verb_delete_child(self, child_id: Any) -> None:
-        child = self._require(child_id)
-        if child.ref is not None:
-            raise LinxError("running", f"child {child_id!r} is running; terminate_child it first")
-        self._children.remove(child)
-
-    def _verb_which_children(self) -> list[tuple[Any, pykka.ActorRef | None, str]]:
-        return [(child.spec.id, child.ref, child.spec.type) for child in self._children]
-
-    def _verb_count_children(self) -> dict[str, int]:
+    def _count_children(self) -> dict[str, int]:
         return {
             "specs": len(self._children),
             "active": sum(child.ref is not None for child in self._children),
             "supervisors": sum(child.spec.type == "supervisor" for child in self._children),
             "workers": sum(child.spec.type == "worker" for child in self._children),
         }
-
-    def _verb_restart_counts(self) -> dict[Any, int]:
-        return {child.spec.id: child.restarts for child in self._children}
 
 
 # -- the public verbs ---------------------------------------------------------------------------
@@ -420,11 +493,8 @@ def child_spec(
     return ChildSpec(id=id, start=_starter(specs, settings), restart=restart, shutdown=shutdown, type="supervisor")
 
 
-def _call(supervisor: pykka.ActorRef, name: str, *args: Any) -> Any:
-    try:
-        return supervisor.ask(_Call(name, args))
-    except pykka.ActorDeadError:
-        raise LinxError("no_process", f"{name}: the supervisor is gone") from None
+def _call(supervisor: pykka.ActorRef, message: Any) -> Any:
+    return call(supervisor, message, "the supervisor")
 
 
 def start_child(supervisor: pykka.ActorRef, spec: ChildSpec) -> pykka.ActorRef:
@@ -432,37 +502,39 @@ def start_child(supervisor: pykka.ActorRef, spec: ChildSpec) -> pykka.ActorRef:
     ref)``, ``"already_present"``, ``"max_children"`` or the failed start's reason."""
     if not isinstance(spec, ChildSpec):
         raise LinxValueError(("bad_child_spec", spec), f"start_child takes a ChildSpec, not {spec!r}")
-    return _call(supervisor, "start_child", spec)
+    return _call(supervisor, _StartChild(spec))
 
 
 def terminate_child(supervisor: pykka.ActorRef, child_id: Any) -> None:
     """Stop a child by its shutdown spec; its spec stays (unless temporary) for ``restart_child``."""
-    _call(supervisor, "terminate_child", child_id)
+    _call(supervisor, _TerminateChild(child_id))
 
 
 def restart_child(supervisor: pykka.ActorRef, child_id: Any) -> pykka.ActorRef:
-    """Start a terminated child again from its spec. Raises ``"running"`` if it runs."""
-    return _call(supervisor, "restart_child", child_id)
+    """Start a terminated child again from its spec. Raises ``"running"`` if it runs,
+    ``"restarting"`` while a failed restart of it waits for its retry."""
+    return _call(supervisor, _RestartChild(child_id))
 
 
 def delete_child(supervisor: pykka.ActorRef, child_id: Any) -> None:
-    """Forget a terminated child's spec. Raises ``"running"`` if it runs."""
-    _call(supervisor, "delete_child", child_id)
+    """Forget a terminated child's spec. Raises ``"running"`` if it runs, ``"restarting"``
+    while a failed restart of it waits for its retry."""
+    _call(supervisor, _DeleteChild(child_id))
 
 
 def which_children(supervisor: pykka.ActorRef) -> list[tuple[Any, pykka.ActorRef | None, str]]:
     """``(id, ref or None, "worker" | "supervisor")`` for each child, in start order."""
-    return _call(supervisor, "which_children")
+    return _call(supervisor, _WhichChildren())
 
 
 def count_children(supervisor: pykka.ActorRef) -> dict[str, int]:
     """``{"specs", "active", "supervisors", "workers"}``."""
-    return _call(supervisor, "count_children")
+    return _call(supervisor, _CountChildren())
 
 
 def restart_counts(supervisor: pykka.ActorRef) -> dict[Any, int]:
     """How many times each child has been restarted by this supervisor."""
-    return _call(supervisor, "restart_counts")
+    return _call(supervisor, _RestartCounts())
 
 
 def stop(supervisor: pykka.ActorRef) -> None:
