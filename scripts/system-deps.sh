@@ -1,11 +1,13 @@
 #!/bin/sh
 # Debian packages the tests and examples drive, installed only when missing (the tests
-# themselves install nothing): tmux (a real terminal for tty.attach tests) and busybox-static
-# (the rootfs of the container example and its test).
+# themselves install nothing): tmux (a real terminal for tty.attach tests), busybox-static
+# (the rootfs of the container example and its test) and erlang-base (Erlang/OTP's own
+# supervisor, the reference of tests/test_supervisor_differential.py).
 set -eu
 missing=""
 command -v tmux >/dev/null 2>&1 || missing="$missing tmux"
 [ -x /bin/busybox ] || missing="$missing busybox-static"
+command -v erl >/dev/null 2>&1 || missing="$missing erlang-base"
 if [ -n "$missing" ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "system-deps: missing:$missing (run as root, or install them)" >&2

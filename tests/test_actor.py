@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pykka
 import pytest
 
@@ -127,3 +129,55 @@ def test_start_actor_refuses_a_plain_pykka_actor():
     with pytest.raises(linx_otp.LinxValueError):
         start_actor(Plain.start)
     assert not pykka.ActorRegistry.get_all()
+
+
+class Slow(linx_otp.Actor):
+    """Blocks on ``gate`` when told "wait"; told "quit now", ends at once with exit_now."""
+
+    def __init__(self, gate, seen: list) -> None:
+        super().__init__()
+        self.gate = gate
+        self.seen = seen
+
+    def on_receive(self, message):
+        self.seen.append(message)
+        if message == "wait":
+            self.gate.wait(5)
+        if message == "quit now":
+            self.exit_now(("shutdown", "now"))
+        if message == "quit later":
+            self.exit(("shutdown", "later"))
+        return message
+
+
+@pytest.mark.parametrize(("how", "handled_after"), [("quit now", []), ("quit later", ["after"])])
+def test_exit_now_drops_the_queue_and_exit_handles_it_first(box, how, handled_after):
+    gate, seen = threading.Event(), []
+    ref = Slow.start(gate, seen)
+    linx_otp.monitor(ref, box)
+    ref.tell("wait")
+    ref.tell(how)
+    ref.tell("after")
+    answer = ref.ask("asked", block=False)
+    gate.set()
+    down = box.receive(timeout=5)
+    assert down[:2] == ("DOWN", ref) and down[2] == ("shutdown", how.split()[1])
+    assert seen == ["wait", how, *handled_after, *(["asked"] if handled_after else [])]
+    if handled_after:
+        assert answer.get(timeout=5) == "asked"
+    else:
+        with pytest.raises(pykka.ActorDeadError):
+            answer.get(timeout=5)
+
+
+def test_call_answers_and_says_no_process_once_the_actor_is_gone():
+    from linx_otp.actor import call
+
+    ref = Echo.start()
+    assert call(ref, "hello") == "hello"
+    with pytest.raises(RuntimeError, match="boom"):
+        call(ref, "crash")  # a handler's error reaches the caller; the actor lives on (pykka's ask)
+    ref.stop()
+    with pytest.raises(linx_otp.LinxError) as raised:
+        call(ref, "hello", "the echo")
+    assert raised.value.reason == "no_process" and "the echo is gone" in str(raised.value)

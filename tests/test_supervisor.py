@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 
 import pykka
 import pytest
 from support import child_pids, process_alive, wait_until
+from test_supervisor_differential import Hold, Worker
 
 import linx_otp
 from linx_otp import process as P
 from linx_otp import supervisor as S
+from linx_otp.actor import exit_actor
 from linx_otp.errors import LinxError, LinxValueError
 
 REPORT = "linx_supervisor"
@@ -264,6 +267,37 @@ def test_rest_for_one_restarts_the_failed_child_and_those_started_after_it(box):
     S.stop(tree)
 
 
+@pytest.mark.parametrize("strategy", ["one_for_all", "rest_for_one"])
+def test_a_temporary_child_stopped_by_a_siblings_death_is_not_restarted_and_is_removed(box, strategy):
+    tree = S.start([sleeper("a"), sleeper("temp", restart="temporary"), sleeper("c")], strategy=strategy, events=box)
+    temp_pid = running_pid(refs(tree)["temp"])
+    box.flush()
+    crash(tree, "a")
+    assert report_sequence(box, 5) == [
+        ("exited", "a"),
+        ("stopped", "c"),
+        ("stopped", "temp"),
+        ("restarted", "a"),
+        ("restarted", "c"),
+    ]
+    assert [child_id for child_id, _, _ in S.which_children(tree)] == ["a", "c"]
+    assert S.count_children(tree) == {"specs": 2, "active": 2, "supervisors": 0, "workers": 2}
+    assert not process_alive(temp_pid)
+    assert not box.flush()  # nothing more: temp is not started again
+    S.stop(tree)
+
+
+def test_a_group_restart_starts_a_terminated_sibling_too(box):
+    """OTP's restart_multiple_children starts every member of the group, running before or not."""
+    tree = S.start([sleeper("a"), sleeper("b"), sleeper("c")], strategy="rest_for_one", events=box)
+    S.terminate_child(tree, "c")
+    box.flush()
+    crash(tree, "b")
+    assert report_sequence(box, 3) == [("exited", "b"), ("restarted", "b"), ("restarted", "c")]
+    assert all(ref is not None for ref in refs(tree).values())
+    S.stop(tree)
+
+
 def test_one_for_one_restarts_only_the_failed_child(box):
     tree = S.start([sleeper("a"), sleeper("b")], events=box)
     before = refs(tree)
@@ -289,6 +323,66 @@ def test_a_crash_loop_hits_the_intensity_limit_and_the_supervisor_exits_shutdown
     assert kinds.count(("restarted", "crasher")) == 3
     assert kinds[-2:] == [("gave_up", "crasher"), ("stopped", "bystander")]
     assert not child_pids()
+
+
+def test_one_give_up_is_one_report_while_exits_are_queued(box):
+    """Three children end while the supervisor is busy terminating a fourth, so their exits
+    queue up together; the first one exceeds max_restarts=0, and the others must not count."""
+    children = [Worker.child_spec(child_id, box, id=child_id, shutdown=None) for child_id in ("a", "b", "c", "hold")]
+    tree = S.start(children, max_restarts=0, events=box)
+    linx_otp.monitor(tree, box)
+    running = refs(tree)
+    release = threading.Event()
+    running["hold"].ask(Hold(box, release))
+    terminator = threading.Thread(target=S.terminate_child, args=(tree, "hold"))
+    terminator.start()
+    box.receive(("holding", "hold"), timeout=10)
+    for child_id in ("a", "b", "c"):
+        gone = linx_otp.Mailbox()
+        linx_otp.monitor(running[child_id], gone)
+        exit_actor(running[child_id], ("crash", child_id))
+        gone.receive(("DOWN",), timeout=10)
+    release.set()
+    terminator.join(10)
+    assert box.receive(("DOWN", tree), timeout=10)[2] == "shutdown"
+    reports = [message[1:4] for message in box.flush() if message[0] == REPORT]
+    assert reports.count(("gave_up", "supervisor", "a")) == 1
+    assert [kind for kind, _, _ in reports].count("gave_up") == 1
+    assert [child_id for kind, _, child_id in reports if kind == "exited"] == ["a"]
+
+
+def test_children_crashing_together_give_up_once(tmp_path, box):
+    """Real workloads that all exit 1 at the same moment (a fifo's writer closing)."""
+    trigger = tmp_path / "trigger"
+    os.mkfifo(trigger)
+    script = f"read line < {trigger}; exit 1"
+    children = [P.child_spec(id=f"w{n}", argv=["sh", "-c", script], auto_proceed=True, owner=box) for n in range(12)]
+    tree = S.start(children, max_restarts=0, events=box)
+    linx_otp.monitor(tree, box)
+    for _ in children:
+        box.receive(("linx_process", "running"), timeout=10)
+    os.close(os.open(trigger, os.O_WRONLY))  # every reader sees end of file at once
+    assert box.receive(("DOWN", tree), timeout=20)[2] == "shutdown"
+    assert [message[1] for message in box.flush() if message[0] == REPORT].count("gave_up") == 1
+    assert wait_until(lambda: not child_pids())
+
+
+def test_a_failed_restart_is_tried_again_and_counts_as_a_restart(box):
+    tree = S.start([Flaky.child_spec([], {2}, id="flaky")], max_restarts=5, events=box)
+    refs(tree)["flaky"].tell("crash")
+    assert report_sequence(box, 4) == [
+        ("started", "flaky"),
+        ("exited", "flaky"),
+        ("start_failed", "flaky"),
+        ("restarted", "flaky"),
+    ]
+    assert refs(tree)["flaky"].ask("ping") == "pong"
+    S.stop(tree)
+    tree = S.start([Flaky.child_spec([], {2}, id="flaky")], max_restarts=1, events=box)
+    linx_otp.monitor(tree, box)
+    refs(tree)["flaky"].tell("crash")
+    assert box.receive(("DOWN", tree), timeout=10)[2] == "shutdown"  # the retry was restart number two
+    assert [m[1] for m in box.flush() if m[0] == REPORT][-2:] == ["start_failed", "gave_up"]
 
 
 def test_an_escalation_is_restarted_by_a_permanent_parent_until_the_parent_gives_up(box):
@@ -378,6 +472,26 @@ class FailsToStart(linx_otp.Actor):
         raise RuntimeError("no database")
 
 
+class Flaky(linx_otp.Actor):
+    """Crashes when told to. ``starts`` (one list shared by every incarnation) counts its
+    starts; those numbered in ``failing`` (1 is the first) raise."""
+
+    def __init__(self, starts: list, failing: set) -> None:
+        super().__init__()
+        self.starts = starts
+        self.failing = failing
+
+    def on_start(self):
+        self.starts.append(len(self.starts) + 1)
+        if len(self.starts) in self.failing:
+            raise RuntimeError(f"start {len(self.starts)} fails")
+
+    def on_receive(self, message):
+        if message == "crash":
+            raise RuntimeError("crashed")
+        return "pong"
+
+
 def test_a_child_that_raises_in_on_start_is_a_failed_start_and_nothing_stays():
     first = sleeper("first")
     with pytest.raises(LinxError) as raised:
@@ -420,6 +534,48 @@ def test_bad_supervisor_settings_start_nothing(arguments, reason):
     else:
         assert raised.value.reason[0] == "bad_events"
     assert not child_pids() and not pykka.ActorRegistry.get_all()
+
+
+NOT_FINITE_SECONDS = [float("inf"), float("-inf"), float("nan"), -0.5, True, "5"]
+
+
+@pytest.mark.parametrize("shutdown", NOT_FINITE_SECONDS + [1e20, "gently"])
+@pytest.mark.parametrize(
+    "make_spec",
+    [
+        lambda **bad: P.child_spec(argv=["true"], **bad),
+        lambda **bad: S.child_spec([], id="group", **bad),
+        lambda **bad: Counter.child_spec(0, **bad),
+    ],
+    ids=["process", "supervisor", "actor"],
+)
+def test_a_shutdown_that_is_not_finite_seconds_is_refused_at_spec_creation(make_spec, shutdown):
+    with pytest.raises(LinxValueError) as raised:
+        make_spec(shutdown=shutdown)
+    assert raised.value.reason[0] == "bad_shutdown"
+    assert repr(shutdown) in str(raised.value)
+    assert not child_pids() and not pykka.ActorRegistry.get_all()
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [("max_seconds", value) for value in NOT_FINITE_SECONDS + [0, None]]
+    + [("max_restarts", value) for value in [1.5, float("nan"), float("inf"), -1, True, "3", None]],
+)
+def test_intensity_settings_are_checked_wherever_a_supervisor_is_made(setting, value):
+    for make in (lambda **bad: S.start([sleeper("w")], **bad), lambda **bad: S.child_spec([], id="group", **bad)):
+        with pytest.raises(LinxValueError) as raised:
+            make(**{setting: value})
+        assert raised.value.reason[0] == f"bad_{setting}"
+        assert repr(value) in str(raised.value)
+    assert not child_pids() and not pykka.ActorRegistry.get_all()
+
+
+def test_the_largest_accepted_values_are_used_as_given():
+    assert P.child_spec(argv=["true"], shutdown="infinity").shutdown is None
+    assert P.child_spec(argv=["true"], shutdown=0).shutdown == 0.0
+    settings = S.check_settings(max_restarts=0, max_seconds=1e-3)
+    assert (settings.max_restarts, settings.max_seconds) == (0, 1e-3)
 
 
 def test_bad_children_start_nothing():

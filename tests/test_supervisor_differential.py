@@ -13,8 +13,8 @@ The one difference kept on purpose (README): OTP's ``which_children`` lists the 
 first (its internal termination order); SPEC §4 says start order. ``linx_order`` turns OTP's
 line into start order, and a test below shows the raw difference.
 
-Long run: ``LINX_OTP_DIFFERENTIAL_SCENARIOS=10000 python -m pytest tests/test_supervisor_differential.py``
-or ``python tests/test_supervisor_differential.py 10000`` (prints the count and the agreement).
+Long run: ``LINX_OTP_DIFFERENTIAL_SCENARIOS=10000 python -m pytest -s tests/test_supervisor_differential.py``
+(prints the count and the agreement).
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import os
 import random
 import shutil
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -413,10 +412,3 @@ def report(runs: list[tuple[Scenario, list[str], list[str]]], elapsed: float) ->
     for scenario, expected, seen in disagreements[:3]:
         lines += [scenario.as_erlang().rstrip(), "OTP:", *expected, "linx_otp:", *seen]
     return "\n".join(lines)
-
-
-if __name__ == "__main__":
-    began = time.monotonic()
-    all_runs = compare(generate(SEED, int(sys.argv[1]) if len(sys.argv) > 1 else SCENARIOS))
-    print(report(all_runs, time.monotonic() - began))
-    sys.exit(1 if any(expected != seen for _, expected, seen in all_runs) else 0)
