@@ -168,7 +168,8 @@ class LinxRun:
             if not self.observe(str(number), self.step(step)):
                 return self.lines
         S.stop(self.supervisor)
-        self.lines.append(f"stop ok | {self.drain_events()}")
+        reason = self.control.receive(("DOWN", self.supervisor), timeout=10)[2]
+        self.lines.append(f"stop ok | {self.drain_events()} | exit:{reason}")
         return self.lines
 
     def running(self) -> dict[str, Any]:

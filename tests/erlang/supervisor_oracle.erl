@@ -14,8 +14,9 @@
 %% ReasonClass: normal | shutdown | shutdown_tuple | abnormal.
 %%
 %% Every line is "Label Result | Events | Children | Counts", or "Label Result | Events |
-%% exit:Reason" once the supervisor has exited; Events are "started:Id" / "ended:Id" in the
-%% order the children saw them. The children are gen_servers that trap exits, so each one's
+%% exit:Reason" once the supervisor has exited (the last line, "stop", is the supervisor
+%% stopped after the last step); Events are "started:Id" / "ended:Id" in the order the
+%% children saw them; Children is which_children as OTP orders it (newest first). The children are gen_servers that trap exits, so each one's
 %% terminate/2 reports its own end before it exits; observation is synchronous (no sleeps).
 %%
 %% This module is test code: it never touches anything outside its own VM.
@@ -60,8 +61,8 @@ run({scenario, Strategy, MaxRestarts, Children, Steps}) ->
 
 run_steps([], _, Sup, Monitor) ->
     gen_server:stop(Sup),
-    receive {'DOWN', Monitor, process, Sup, _} -> ok end,
-    emit("stop ok | " ++ events());
+    receive {'DOWN', Monitor, process, Sup, Reason} -> ok end,
+    emit("stop ok | " ++ events() ++ " | exit:" ++ term(Reason));
 run_steps([Step | Steps], Number, Sup, Monitor) ->
     Result = step(Step, Sup),
     case observe(Sup, Monitor, integer_to_list(Number), Result) of
