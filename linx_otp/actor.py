@@ -328,11 +328,10 @@ def start_actor(start: Callable[[], pykka.ActorRef], monitors: Iterable[Any] = (
         raise LinxValueError(("bad_start", start), f"a child must start a linx_otp.Actor, not {ref.actor_class!r}")
     birth.settled.wait()
     if birth.failure is not None:
+        cause: BaseException | None = None
         match birth.failure:
-            case ("exception", BaseException() as cause):
-                pass
-            case _:
-                cause = None
+            case ("exception", BaseException() as exception):
+                cause = exception
         raise LinxError(
             ("failed_to_start", birth.failure), f"{ref.actor_class.__name__} failed to start: {birth.failure!r}"
         ) from cause

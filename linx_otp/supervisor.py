@@ -233,7 +233,7 @@ class Supervisor(Actor):
         if ref is None or watch is None:
             return
         child.ref = child.watch = None
-        if shutdown == "brutal_kill":
+        if isinstance(shutdown, str):  # "brutal_kill", the one word check_shutdown keeps
             exit_actor(ref, "shutdown")
         else:
             request_shutdown(ref)
