@@ -9,6 +9,10 @@ restart type (``permanent``, ``transient``, ``temporary``), and gives up when re
 (``MyActor.child_spec(...)``). Reports go to ``logging`` and, when asked, to an ``events``
 owner as ``("linx_supervisor", kind, supervisor_id, child_id, detail)`` tuples.
 
+Erlang/OTP's ``supervisor`` is the reference: tests/test_supervisor_differential.py runs the
+same random scenarios on both and requires equal results, step by step. The one difference
+kept: ``which_children`` lists children in start order (OTP lists the newest first).
+
 This module never touches an OS process itself: stopping a session is the session's job.
 
 >>> from linx_otp import process as P, supervisor as S
