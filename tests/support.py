@@ -1,9 +1,16 @@
-"""Helpers shared by the tests: process inspection, waiting, and listeners."""
+"""Helpers shared by the tests: process inspection, waiting, listeners, and the run's own
+names on the host (``run_scoped_name``) with the check that none of them is left behind.
+
+Every host object a test makes (a link, a cgroup, a scratch directory) carries this run's
+marker, so the end-of-run check looks at this run's objects only: a linx-otp daemon, or a
+second test run on the same machine, is never mistaken for a leak, and never hides one."""
 
 from __future__ import annotations
 
 import os
 import socket
+import string
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -21,6 +28,46 @@ def child_pids(pid: int | str = "self") -> list[int]:
         try:
             found += [int(p) for p in (task / "children").read_text().split()]
         except FileNotFoundError:
+            pass
+    return found
+
+
+def parent_pids() -> dict[int, int]:
+    """Every process on the machine and its parent's pid."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):  # gone meanwhile
+                pass
+    return parents
+
+
+def descendant_pids(root: int | None = None) -> set[int]:
+    """Every process below ``root`` (default: this test process), however deep."""
+    children: dict[int, list[int]] = {}
+    for pid, parent in parent_pids().items():
+        children.setdefault(parent, []).append(pid)
+    found: set[int] = set()
+    below = list(children.get(os.getpid() if root is None else root, []))
+    while below:
+        pid = below.pop()
+        if pid not in found:
+            found.add(pid)
+            below += children.get(pid, [])
+    return found
+
+
+def agent_pids(root: int | None = None) -> set[int]:
+    """The ``linx-agent`` processes below ``root`` (default: this test process): the agents
+    this run started, never those of a daemon or another run on the same machine."""
+    found = set()
+    for pid in descendant_pids(root):
+        try:
+            if Path(f"/proc/{pid}/comm").read_text().strip() == "linx-agent":
+                found.add(pid)
+        except OSError:
             pass
     return found
 
@@ -101,3 +148,75 @@ def reason_of(verb, *args):
     except linx_otp.LinxError as error:
         return error.reason
     return "ok"
+
+
+# -- the run's own names on the host ---------------------------------------------------------------
+
+
+def _base36(number: int) -> str:
+    digits = string.digits + string.ascii_lowercase
+    text = ""
+    while True:
+        number, digit = divmod(number, 36)
+        text = digits[digit] + text
+        if not number:
+            return text
+
+
+RUN_MARKER = "lt" + _base36(os.getpid()).rjust(5, "0")
+"""This test run's mark on the host: ``lt`` and the test process's pid in five base-36
+digits (pids stay below 36**5), so runs alive at the same time never share it and no run's
+marker is the start of another's."""
+
+LINK_NAME_MAX = 15
+"""The kernel's limit on a link name (IFNAMSIZ less the NUL); run-scoped names fit in it."""
+
+
+def run_scoped_name(role: str) -> str:
+    """A host name (link, cgroup, scratch directory) that belongs to this test run:
+    ``run_scoped_name("h0")`` is ``"lt0abcd-h0"``. Short enough for a link name.
+
+    >>> run_scoped_name("veth").startswith(RUN_MARKER)
+    True
+    """
+    name = f"{RUN_MARKER}-{role}"
+    if not role or len(name) > LINK_NAME_MAX or "/" in role:
+        raise ValueError(f"a role of 1 to {LINK_NAME_MAX - len(RUN_MARKER) - 1} characters without '/', not {role!r}")
+    return name
+
+
+SYSTEM_TMPDIR = Path(tempfile.gettempdir())
+RUN_TMPDIR = SYSTEM_TMPDIR / run_scoped_name("tmp")
+"""The run's scratch area: the tests, and every program they start (examples, ``linx-otp
+run``, workloads), get it as ``TMPDIR``, so whatever one of them makes with ``tempfile`` and
+leaves behind is found here at the end of the run."""
+
+
+def run_objects(pytest_tmp: Path | None = None) -> dict[str, set[str]]:
+    """What of this run's is on the host now: its agents, the links and cgroups named with
+    ``RUN_MARKER``, mounts at places of the run's (``RUN_TMPDIR``, pytest's ``pytest_tmp``,
+    any path with the marker), entries of the system temp directory named with the marker,
+    and anything inside ``RUN_TMPDIR``."""
+    # Read straight from the kernel's files, not through linx_otp: the check must not share
+    # a blind spot with the code it checks.
+    links = {name for name in os.listdir("/sys/class/net") if RUN_MARKER in name}
+    mount_table = [line.split() for line in Path("/proc/self/mountinfo").read_text().splitlines()]
+    places = [str(RUN_TMPDIR), *([str(pytest_tmp)] if pytest_tmp else [])]
+    mounts = {
+        fields[4]
+        for fields in mount_table
+        if RUN_MARKER in fields[4] or any(fields[4].startswith(place + "/") for place in places)
+    }
+    cgroup_roots = {Path(fields[4]) for fields in mount_table if fields[fields.index("-") + 1] in ("cgroup", "cgroup2")}
+    cgroups = {str(path) for root in cgroup_roots for path in root.glob(f"*{RUN_MARKER}*") if path.is_dir()}
+    scratch = {str(path) for path in SYSTEM_TMPDIR.glob(f"*{RUN_MARKER}*") if path != RUN_TMPDIR}
+    if RUN_TMPDIR.exists():
+        scratch |= {str(path) for path in RUN_TMPDIR.iterdir()}
+    agents = {f"pid {pid}" for pid in agent_pids()}
+    return {"agents": agents, "links": links, "mounts": mounts, "cgroups": cgroups, "tmp": scratch}
+
+
+def left_since(before: dict[str, set[str]], pytest_tmp: Path | None = None) -> dict[str, list[str]]:
+    """The run's objects that are on the host now and were not in ``before``, by kind."""
+    after = run_objects(pytest_tmp)
+    return {kind: sorted(after[kind] - before[kind]) for kind in after if after[kind] - before[kind]}

@@ -1,0 +1,90 @@
+"""The leak checks themselves: the end-of-run check (``support.left_since``) reports what this
+run left with its marker, and nothing of anybody else's."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+from support import (
+    RUN_MARKER,
+    RUN_TMPDIR,
+    SYSTEM_TMPDIR,
+    agent_pids,
+    left_since,
+    needs_root,
+    run_objects,
+    run_scoped_name,
+)
+
+from linx_otp import process as P
+
+
+def test_run_scoped_names_carry_the_marker_and_fit_a_link_name():
+    name = run_scoped_name("h0")
+    assert name.startswith(RUN_MARKER) and len(RUN_MARKER) == 7 and len(name) <= 15
+    assert run_scoped_name("1234567") != run_scoped_name("123456")
+    for bad in ("", "12345678", "a/b"):
+        with pytest.raises(ValueError):
+            run_scoped_name(bad)
+
+
+def test_the_run_and_every_program_it_starts_make_their_temporary_files_in_the_run_scratch_area():
+    assert Path(tempfile.gettempdir()) == RUN_TMPDIR
+    made = subprocess.run(
+        [sys.executable, "-c", "import tempfile; print(tempfile.gettempdir())"], capture_output=True, text=True
+    )
+    assert made.stdout.strip() == str(RUN_TMPDIR)
+
+
+def first_cgroup_root() -> Path:
+    mount_table = (line.split() for line in Path("/proc/self/mountinfo").read_text().splitlines())
+    return next(Path(fields[4]) for fields in mount_table if fields[fields.index("-") + 1] in ("cgroup", "cgroup2"))
+
+
+@needs_root
+def test_a_leaked_link_cgroup_mount_scratch_dir_and_agent_of_this_run_are_reported(tmp_path_factory, box):
+    pytest_tmp = tmp_path_factory.getbasetemp()
+    before = run_objects(pytest_tmp)
+    link, foreign_link = run_scoped_name("leak"), f"lx{RUN_MARKER[2:]}x"  # the latter: not of this run
+    cgroup = first_cgroup_root() / run_scoped_name("leak")
+    scratch = SYSTEM_TMPDIR / run_scoped_name("leak")
+    undo = []
+    try:
+        subprocess.run(["ip", "link", "add", link, "type", "veth", "peer", "name", foreign_link], check=True)
+        undo.append(["ip", "link", "del", link])  # and its peer with it
+        cgroup.mkdir()
+        undo.append(["rmdir", str(cgroup)])
+        scratch.mkdir()
+        undo.append(["rmdir", str(scratch)])
+        foreign_scratch = tempfile.mkdtemp(dir=SYSTEM_TMPDIR)  # not named with the marker
+        undo.append(["rmdir", foreign_scratch])
+        mount_point = tempfile.mkdtemp()
+        undo.append(["rmdir", mount_point])
+        subprocess.run(["mount", "-t", "tmpfs", "leak", mount_point], check=True)
+        undo.append(["umount", mount_point])
+        example = subprocess.run(  # what examples/stdio.py used to do: a temporary directory never removed
+            [sys.executable, "-c", "import tempfile; print(tempfile.mkdtemp())"], capture_output=True, text=True
+        )
+        left_by_example = example.stdout.strip()
+        undo.append(["rmdir", left_by_example])
+        session = P.spawn(argv=["/bin/sleep", "60"], owner=box)
+        undo.append(session.stop)
+        box.receive(("linx_process", "ready"), timeout=10)
+        agents = agent_pids()
+
+        assert agents  # the agent, and its child parked at the checkpoint (not exec-ed yet: the same name)
+        assert left_since(before, pytest_tmp) == {
+            "agents": sorted(f"pid {pid}" for pid in agents),
+            "links": [link],
+            "cgroups": [str(cgroup)],
+            "mounts": [mount_point],
+            "tmp": sorted([str(scratch), mount_point, left_by_example]),
+        }
+    finally:
+        for step in reversed(undo):
+            step() if callable(step) else subprocess.run(step, check=True)
+    assert left_since(before, pytest_tmp) == {}
