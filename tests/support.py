@@ -8,6 +8,7 @@ second test run on the same machine, is never mistaken for a leak, and never hid
 from __future__ import annotations
 
 import os
+import select
 import socket
 import string
 import tempfile
@@ -79,6 +80,66 @@ def process_alive(pid: int) -> bool:
     except (FileNotFoundError, ProcessLookupError):  # gone, or in the middle of exiting
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+SYSCALL_NUMBERS = {"x86_64": {"read": 0, "connect": 42}, "aarch64": {"read": 63, "connect": 203}}
+"""The few syscalls tests look for a process blocked in (``/proc/<pid>/syscall`` gives numbers)."""
+
+
+def blocked_in(pid: int, syscall: str) -> bool:
+    """True if the process is asleep in ``syscall`` (``"read"``, ``"connect"``): an event a test
+    can wait for instead of sleeping and hoping the process got there."""
+    numbers = SYSCALL_NUMBERS.get(os.uname().machine)
+    if numbers is None:
+        pytest.skip(f"no syscall numbers for {os.uname().machine} in support.SYSCALL_NUMBERS")
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        current = Path(f"/proc/{pid}/syscall").read_text().split()[0]
+    except (OSError, IndexError):
+        return False
+    return state == "S" and current == str(numbers[syscall])
+
+
+def parked_at_the_checkpoint(pid: int) -> bool:
+    """True if ``pid`` is a child parked at the checkpoint: still the agent's image (not
+    exec-ed) and asleep reading its go pipe, so it cannot run anything until proceeded."""
+    try:
+        image = Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return False
+    return image == "linx-agent" and blocked_in(pid, "read")
+
+
+def some_agent_blocked_connecting() -> bool:
+    """True if an agent of this test process is asleep in ``connect`` (to a stalled listener)."""
+    return any(blocked_in(pid, "connect") for pid in agent_pids())
+
+
+def window_size(pid: int, fd: int = 0) -> tuple[int, int]:
+    """``(rows, columns)`` of the terminal that is fd ``fd`` of process ``pid``."""
+    import fcntl
+    import struct
+    import termios
+
+    descriptor = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        rows, columns = struct.unpack("HHHH", fcntl.ioctl(descriptor, termios.TIOCGWINSZ, bytes(8)))[:2]
+    finally:
+        os.close(descriptor)
+    return rows, columns
+
+
+def ends_within(pid: int, seconds: float) -> bool:
+    """Wait up to ``seconds`` for process ``pid`` to end: True if it did. Woken by the end itself
+    (a pidfd), so "it did not end" is decided by the deadline alone, never by a polling step."""
+    try:
+        descriptor = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        return bool(select.select([descriptor], [], [], seconds)[0])
+    finally:
+        os.close(descriptor)
 
 
 def wait_until(condition, timeout: float = 5.0, interval: float = 0.01) -> bool:
