@@ -253,6 +253,12 @@ run``, workloads), get it as ``TMPDIR``, so whatever one of them makes with ``te
 leaves behind is found here at the end of the run."""
 
 
+def cgroup_roots() -> list[Path]:
+    """Where each cgroup hierarchy (v1 and v2) is mounted, read from ``/proc/self/mountinfo``."""
+    mount_table = (line.split() for line in Path("/proc/self/mountinfo").read_text().splitlines())
+    return sorted({Path(fields[4]) for fields in mount_table if fields[fields.index("-") + 1] in ("cgroup", "cgroup2")})
+
+
 def run_objects(pytest_tmp: Path | None = None) -> dict[str, set[str]]:
     """What of this run's is on the host now: its agents, the links and cgroups named with
     ``RUN_MARKER``, mounts at places of the run's (``RUN_TMPDIR``, pytest's ``pytest_tmp``,
@@ -268,8 +274,7 @@ def run_objects(pytest_tmp: Path | None = None) -> dict[str, set[str]]:
         for fields in mount_table
         if RUN_MARKER in fields[4] or any(fields[4].startswith(place + "/") for place in places)
     }
-    cgroup_roots = {Path(fields[4]) for fields in mount_table if fields[fields.index("-") + 1] in ("cgroup", "cgroup2")}
-    cgroups = {str(path) for root in cgroup_roots for path in root.glob(f"*{RUN_MARKER}*") if path.is_dir()}
+    cgroups = {str(path) for root in cgroup_roots() for path in root.glob(f"*{RUN_MARKER}*") if path.is_dir()}
     scratch = {str(path) for path in SYSTEM_TMPDIR.glob(f"*{RUN_MARKER}*") if path != RUN_TMPDIR}
     if RUN_TMPDIR.exists():
         scratch |= {str(path) for path in RUN_TMPDIR.iterdir()}

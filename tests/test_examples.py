@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from support import IS_ROOT
+from support import IS_ROOT, cgroup_roots
 
 EXAMPLES_DIRECTORY = Path(__file__).resolve().parent.parent / "examples"
 NEEDS_ROOT = {"namespaces.py", "enter.py", "netns_checkpoint.py"}
@@ -200,5 +200,9 @@ def test_the_container_example_end_to_end():
     assert "1" in lines  # one ping answered by the host end of the veth
     cgroup_lines = [line for line in lines if "linx-container-" in line]
     assert any(line.startswith("0::/linx-container-") for line in cgroup_lines)
+    cgroup_name = next(line for line in cgroup_lines if line.startswith("0::/")).removeprefix("0::/")
+    host_pid = cgroup_name.removeprefix("linx-container-")  # the example names its cgroup and veth by it
+    assert not any((root / cgroup_name).exists() for root in cgroup_roots()), "the example left its cgroup"
+    assert f"lxc{host_pid}" not in os.listdir("/sys/class/net"), "the example left its veth"
     assert "dd-100M=137" in lines and "dd-10M=0" in lines  # memory.max 64 MiB: the OOM killer's SIGKILL
     assert "container: ('exited', 0)" in lines

@@ -14,6 +14,7 @@ from support import (
     RUN_TMPDIR,
     SYSTEM_TMPDIR,
     agent_pids,
+    cgroup_roots,
     left_since,
     needs_root,
     run_objects,
@@ -40,17 +41,12 @@ def test_the_run_and_every_program_it_starts_make_their_temporary_files_in_the_r
     assert made.stdout.strip() == str(RUN_TMPDIR)
 
 
-def first_cgroup_root() -> Path:
-    mount_table = (line.split() for line in Path("/proc/self/mountinfo").read_text().splitlines())
-    return next(Path(fields[4]) for fields in mount_table if fields[fields.index("-") + 1] in ("cgroup", "cgroup2"))
-
-
 @needs_root
 def test_a_leaked_link_cgroup_mount_scratch_dir_and_agent_of_this_run_are_reported(tmp_path_factory, box):
     pytest_tmp = tmp_path_factory.getbasetemp()
     before = run_objects(pytest_tmp)
     link, foreign_link = run_scoped_name("leak"), f"lx{RUN_MARKER[2:]}x"  # the latter: not of this run
-    cgroup = first_cgroup_root() / run_scoped_name("leak")
+    cgroup = cgroup_roots()[0] / run_scoped_name("leak")
     scratch = SYSTEM_TMPDIR / run_scoped_name("leak")
     undo = []
     try:
