@@ -3,6 +3,8 @@ run left with its marker, and nothing of anybody else's."""
 
 from __future__ import annotations
 
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -22,6 +24,8 @@ from support import (
 )
 
 from linx_otp import process as P
+
+TESTS = Path(__file__).resolve().parent
 
 
 def test_run_scoped_names_carry_the_marker_and_fit_a_link_name():
@@ -84,3 +88,26 @@ def test_a_leaked_link_cgroup_mount_scratch_dir_and_agent_of_this_run_are_report
         for step in reversed(undo):
             step() if callable(step) else subprocess.run(step, check=True)
     assert left_since(before, pytest_tmp) == {}
+
+
+def test_a_run_whose_example_leaves_its_temporary_directory_fails_at_the_end(tmp_path):
+    """The real end-of-run fixture (this directory's conftest.py), in a run of its own."""
+    for name in ("conftest.py", "support.py"):
+        shutil.copy(TESTS / name, tmp_path / name)
+    (tmp_path / "test_leaky.py").write_text(
+        "import subprocess, sys\n\n\n"
+        "def test_an_example_that_forgets_its_temporary_directory():\n"
+        "    subprocess.run([sys.executable, '-c', 'import tempfile; print(tempfile.mkdtemp())'], check=True)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(tmp_path)]
+        + ["--basetemp", str(tmp_path / "basetemp"), str(tmp_path / "test_leaky.py")],
+        cwd=TESTS.parent,  # where linx_otp is imported from
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "1 passed, 1 error" in result.stdout, result.stdout
+    [report] = [line for line in result.stdout.splitlines() if re.match(r"E +AssertionError: the tests left", line)]
+    assert "'tmp': [" in report and "-tmp/tmp" in report, report  # the directory, in that run's own TMPDIR
