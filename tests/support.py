@@ -11,6 +11,7 @@ import os
 import select
 import socket
 import string
+import sys
 import tempfile
 import threading
 import time
@@ -140,6 +141,19 @@ def ends_within(pid: int, seconds: float) -> bool:
         return bool(select.select([descriptor], [], [], seconds)[0])
     finally:
         os.close(descriptor)
+
+
+def thread_blocked_in(thread: threading.Thread, function) -> bool:
+    """True if ``thread`` is inside ``function`` and asleep there on a lock or condition (its
+    innermost frame is a ``wait``): e.g. blocked in ``P.wait``, its request already sent."""
+    frame = sys._current_frames().get(thread.ident or -1)
+    if frame is None or frame.f_code.co_name != "wait":
+        return False
+    while frame is not None:
+        if frame.f_code is function.__code__:
+            return True
+        frame = frame.f_back
+    return False
 
 
 def wait_until(condition, timeout: float = 5.0, interval: float = 0.01) -> bool:

@@ -18,6 +18,7 @@ from support import (
     read_all,
     reason_of,
     some_agent_blocked_connecting,
+    thread_blocked_in,
     wait_until,
 )
 
@@ -276,7 +277,7 @@ def test_many_threads_can_wait_at_once():
     threads = [threading.Thread(target=lambda: results.append(P.wait(session))) for _ in range(8)]
     for thread in threads:
         thread.start()
-    time.sleep(0.05)
+    assert wait_until(lambda: all(thread_blocked_in(thread, P.wait) for thread in threads))
     P.signal(session, 9)
     for thread in threads:
         thread.join(TIMEOUT)
@@ -731,7 +732,7 @@ def test_a_graceful_stop_reaps_the_workload_in_every_stage(stalled_listener, box
     parked_host = P.host_pid(parked) if wait_until(lambda: P.info(parked).stage == "ready") else None
     stopper = threading.Thread(target=starting.stop)
     stopper.start()
-    time.sleep(0.05)
+    assert wait_until(lambda: thread_blocked_in(stopper, type(starting).stop))
     stalled_listener.release()
     stopper.join(TIMEOUT)
     assert parked.stop() and running.stop()
@@ -745,7 +746,7 @@ def test_a_stop_answers_blocked_waiters():
     results = []
     waiter = threading.Thread(target=lambda: results.append(P.wait(session)))
     waiter.start()
-    time.sleep(0.05)
+    assert wait_until(lambda: thread_blocked_in(waiter, P.wait))
     session.stop()
     waiter.join(TIMEOUT)
     assert results == [("signaled", 9)]
