@@ -1,6 +1,7 @@
 """Shared fixtures. Every test is checked for leaks afterwards: all actors are stopped
-gracefully, then no child process of this Python process and no actor thread may remain. At
-the end of the run, none of the run's host objects may remain (``nothing_left_on_the_host``)."""
+gracefully, then no child process of this Python process, no agent orphaned by one of its
+subprocesses and no actor thread may remain. At the end of the run, none of the run's host
+objects may remain (``nothing_left_on_the_host``)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,15 @@ import threading
 
 import pykka
 import pytest
-from support import RUN_TMPDIR, child_pids, left_since, run_objects, threads_added_since, wait_until
+from support import (
+    RUN_TMPDIR,
+    child_pids,
+    left_since,
+    orphaned_agent_pids,
+    run_objects,
+    threads_added_since,
+    wait_until,
+)
 
 import linx_otp
 from linx_otp.supervisor import Supervisor
@@ -23,6 +32,7 @@ def no_leaks():
         tree.stop()
     pykka.ActorRegistry.stop_all()
     assert wait_until(lambda: not child_pids(), 10), f"processes left behind: {child_pids()}"
+    assert wait_until(lambda: not orphaned_agent_pids(), 10), f"agents orphaned: {orphaned_agent_pids()}"
     assert wait_until(lambda: not threads_added_since(threads_before), 5), (
         f"threads left: {threads_added_since(threads_before)}"
     )
@@ -55,6 +65,7 @@ def nothing_left_on_the_host(tmp_path_factory):
         else:
             os.environ["TMPDIR"] = saved[0]
         tempfile.tempdir = saved[1]
+    wait_until(lambda: not left_since(before, pytest_tmp), 5)  # what is still going away, e.g. an agent ending
     left = left_since(before, pytest_tmp)
     if not left.get("mounts"):  # never remove a tree with something mounted in it
         shutil.rmtree(RUN_TMPDIR, ignore_errors=True)

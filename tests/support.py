@@ -34,23 +34,26 @@ def child_pids(pid: int | str = "self") -> list[int]:
     return found
 
 
-def parent_pids() -> dict[int, int]:
-    """Every process on the machine and its parent's pid."""
-    parents = {}
+def process_table() -> dict[int, tuple[str, list[str]]]:
+    """Every process on the machine: its name and the fields of ``/proc/<pid>/stat`` after the
+    name (``[0]`` state, ``[1]`` parent, ``[3]`` session, ``[19]`` start time)."""
+    table = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):  # gone meanwhile
-                pass
-    return parents
+                text = (entry / "stat").read_text()
+            except OSError:  # gone meanwhile
+                continue
+            name, _, rest = text[text.index("(") + 1 :].rpartition(")")
+            table[int(entry.name)] = (name, rest.split())
+    return table
 
 
-def descendant_pids(root: int | None = None) -> set[int]:
+def descendant_pids(root: int | None = None, table: dict[int, tuple[str, list[str]]] | None = None) -> set[int]:
     """Every process below ``root`` (default: this test process), however deep."""
     children: dict[int, list[int]] = {}
-    for pid, parent in parent_pids().items():
-        children.setdefault(parent, []).append(pid)
+    for pid, (_, fields) in (table or process_table()).items():
+        children.setdefault(int(fields[1]), []).append(pid)
     found: set[int] = set()
     below = list(children.get(os.getpid() if root is None else root, []))
     while below:
@@ -61,17 +64,32 @@ def descendant_pids(root: int | None = None) -> set[int]:
     return found
 
 
+AGENT_NAME = "linx-agent"
+
+
 def agent_pids(root: int | None = None) -> set[int]:
-    """The ``linx-agent`` processes below ``root`` (default: this test process): the agents
-    this run started, never those of a daemon or another run on the same machine."""
-    found = set()
-    for pid in descendant_pids(root):
-        try:
-            if Path(f"/proc/{pid}/comm").read_text().strip() == "linx-agent":
-                found.add(pid)
-        except OSError:
-            pass
-    return found
+    """The agents below ``root`` (default: this test process; a child parked at the checkpoint
+    has not exec-ed yet, so it is one too): never those of a daemon or another run."""
+    table = process_table()
+    return {pid for pid in descendant_pids(root, table) if table[pid][0] == AGENT_NAME}
+
+
+def orphaned_agent_pids() -> set[int]:
+    """Agents this run started that have lost their parent (a test's subprocess that died
+    under them) and so left its process tree: those in its session, started since it began,
+    whose parent is now outside that session (init, or a subreaper)."""
+    table = process_table()
+    own = table[os.getpid()][1]
+    session, started = own[3], int(own[19])
+    return {
+        pid
+        for pid, (name, fields) in table.items()
+        if name == AGENT_NAME
+        and fields[0] != "Z"  # a dead one is its new parent's to reap
+        and fields[3] == session
+        and int(fields[19]) >= started
+        and (int(fields[1]) == 1 or table.get(int(fields[1]), ("", [""] * 4))[1][3] != session)
+    }
 
 
 def process_alive(pid: int) -> bool:
@@ -274,7 +292,7 @@ def cgroup_roots() -> list[Path]:
 
 
 def run_objects(pytest_tmp: Path | None = None) -> dict[str, set[str]]:
-    """What of this run's is on the host now: its agents, the links and cgroups named with
+    """What of this run's is on the host now: its agents (orphaned ones too), the links and cgroups named with
     ``RUN_MARKER``, mounts at places of the run's (``RUN_TMPDIR``, pytest's ``pytest_tmp``,
     any path with the marker), entries of the system temp directory named with the marker,
     and anything inside ``RUN_TMPDIR``."""
@@ -292,7 +310,7 @@ def run_objects(pytest_tmp: Path | None = None) -> dict[str, set[str]]:
     scratch = {str(path) for path in SYSTEM_TMPDIR.glob(f"*{RUN_MARKER}*") if path != RUN_TMPDIR}
     if RUN_TMPDIR.exists():
         scratch |= {str(path) for path in RUN_TMPDIR.iterdir()}
-    agents = {f"pid {pid}" for pid in agent_pids()}
+    agents = {f"pid {pid}" for pid in agent_pids() | orphaned_agent_pids()}
     return {"agents": agents, "links": links, "mounts": mounts, "cgroups": cgroups, "tmp": scratch}
 
 

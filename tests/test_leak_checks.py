@@ -3,8 +3,10 @@ run left with its marker, and nothing of anybody else's."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -19,8 +21,11 @@ from support import (
     cgroup_roots,
     left_since,
     needs_root,
+    orphaned_agent_pids,
+    process_table,
     run_objects,
     run_scoped_name,
+    wait_until,
 )
 
 from linx_otp import process as P
@@ -111,3 +116,27 @@ def test_a_run_whose_example_leaves_its_temporary_directory_fails_at_the_end(tmp
     assert "1 passed, 1 error" in result.stdout, result.stdout
     [report] = [line for line in result.stdout.splitlines() if re.match(r"E +AssertionError: the tests left", line)]
     assert "'tmp': [" in report and "-tmp/tmp" in report, report  # the directory, in that run's own TMPDIR
+
+
+ORPHANING_HOST = """
+import os, linx_otp
+from linx_otp import process as P
+session = P.spawn(argv=["/bin/sleep", "60"], orphan_policy="linger", auto_proceed=True, stdio="devnull")
+linx_otp.receive(("linx_process", "running"), timeout=10)
+print(P.host_pid(session), flush=True)
+os._exit(0)  # no stop: the agent, lingering, is reparented out of this run's process tree
+"""
+
+
+def test_an_agent_whose_parent_died_is_still_counted_as_this_runs():
+    host = subprocess.Popen([sys.executable, "-c", ORPHANING_HOST], stdout=subprocess.PIPE, text=True, cwd=TESTS.parent)
+    with host.stdout:  # the agent holds it open too: read a line, not to the end
+        workload = int(host.stdout.readline())
+    assert host.wait(30) == 0
+    try:
+        agent = int(process_table()[workload][1][1])
+        assert orphaned_agent_pids() == {agent} and agent not in agent_pids()
+        assert f"pid {agent}" in run_objects()["agents"]
+    finally:
+        os.kill(workload, signal.SIGKILL)  # the lingering agent then ends too
+    assert wait_until(lambda: not orphaned_agent_pids(), 10)
