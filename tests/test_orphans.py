@@ -86,8 +86,8 @@ def test_kill_policy_escalates_to_sigkill_after_the_grace(hosts, tmp_path):
     script = f'trap "touch {termed}" TERM; touch {armed}; while :; do sleep 0.05; done'  # notes TERM, goes on
     host = hosts(["/bin/sh", "-c", script], policy=["kill", 1.0])
     assert wait_until(armed.exists), "the workload never set its trap"
+    killed_at = time.monotonic()  # before: the grace counts from the agent seeing its host gone
     host.kill()
-    killed_at = time.monotonic()
     assert wait_until(termed.exists), "the orphan policy asks with SIGTERM first"
     assert not ends_within(host.workload, 0.8), "SIGKILL must wait for the grace"  # counted from before `termed`
     assert ends_within(host.workload, 4), "SIGKILL after the grace"
