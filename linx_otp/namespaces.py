@@ -22,10 +22,13 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from .errors import LinxError, LinxOSError
+from .protocol import NAMESPACE_KINDS, NamespaceKind
 
 CLONE_FS = 0x00000200
-FLAGS = {"mount": 0x00020000, "uts": 0x04000000, "ipc": 0x08000000, "net": 0x40000000, "cgroup": 0x02000000}
-PROC_NAMES = {"mount": "mnt", "uts": "uts", "ipc": "ipc", "net": "net", "cgroup": "cgroup"}
+NEEDS_A_SINGLE_THREADED_JOINER = ("user", "pid", "time")
+"""The kernel refuses these to a thread of a multi-threaded process (pid only ever applies to
+children): joining them is the agent's job."""
+THREAD_JOINABLE = {kind.name: kind for kind in NAMESPACE_KINDS if kind.name not in NEEDS_A_SINGLE_THREADED_JOINER}
 
 libc = ctypes.CDLL(None, use_errno=True)
 
@@ -36,17 +39,17 @@ def check_call(result: int, operation: str, path: str | None = None) -> None:
         raise LinxOSError(operation, ctypes.get_errno(), path)
 
 
-def _join(pid: int, kinds: list[str]) -> None:
-    if "mount" in kinds:
+def _join(pid: int, kinds: list[NamespaceKind]) -> None:
+    if any(kind.name == "mount" for kind in kinds):
         check_call(libc.unshare(CLONE_FS), "unshare")
     for kind in kinds:
-        path = f"/proc/{pid}/ns/{PROC_NAMES[kind]}"
+        path = f"/proc/{pid}/ns/{kind.proc_name}"
         try:
             descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as error:
             raise LinxOSError.wrap("open_ns", error) from None
         try:
-            check_call(libc.setns(descriptor, FLAGS[kind]), "setns", path)
+            check_call(libc.setns(descriptor, kind.clone_flag), "setns", path)
         finally:
             os.close(descriptor)
 
@@ -56,16 +59,18 @@ def run_in(pid: int | None, kinds: Iterable[str], function: Callable[[], Any]) -
     ``mount``, ``uts``, ``ipc``, ``cgroup``) of ``pid``; ``pid=None`` runs it in this
     process's own. Returns what it returns; raises what it raises."""
     wanted = list(kinds)
-    unknown = [kind for kind in wanted if kind not in FLAGS]
+    unknown = [kind for kind in wanted if kind not in THREAD_JOINABLE]
     if unknown:
-        raise LinxError(("bad_namespaces", unknown), f"a thread can join {sorted(FLAGS)} namespaces, not {unknown}")
+        raise LinxError(
+            ("bad_namespaces", unknown), f"a thread can join {sorted(THREAD_JOINABLE)} namespaces, not {unknown}"
+        )
     if pid is None:
         return function()
     outcome: dict[str, Any] = {}
 
     def worker() -> None:
         try:
-            _join(pid, wanted)
+            _join(pid, [THREAD_JOINABLE[name] for name in wanted])
             outcome["result"] = function()
         except BaseException as error:  # handed to the caller
             outcome["error"] = error

@@ -246,6 +246,7 @@ def plan_session(
     """Validate everything, in order, and build the plan. Raises ``LinxValueError``; an
     option that does not exist is a ``TypeError``, as for any Python call."""
     encoded_argv = check_argv(argv)
+    chosen_namespaces: frozenset[str] | None
     if namespaces is None:
         chosen_namespaces = None if mode == protocol.MODE_ENTER else frozenset()
     else:

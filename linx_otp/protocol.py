@@ -71,17 +71,33 @@ NS_NET = 32
 NS_TIME = 64
 NS_PID = 128
 
-NAMESPACE_BITS = {
-    "user": NS_USER,
-    "mount": NS_MOUNT,
-    "uts": NS_UTS,
-    "ipc": NS_IPC,
-    "cgroup": NS_CGROUP,
-    "net": NS_NET,
-    "time": NS_TIME,
-    "pid": NS_PID,
-}
-"""Namespace names in the order enter mode joins them."""
+
+@dataclass(frozen=True)
+class NamespaceKind:
+    """One kind of namespace under each of its names: ``name`` as users and error stages say
+    it, its ``bit`` in the request's namespaces field, ``proc_name`` under ``/proc/<pid>/ns``,
+    and the ``clone_flag`` (``CLONE_NEW*``) that clone3, unshare and setns take."""
+
+    name: str
+    bit: int
+    proc_name: str
+    clone_flag: int
+
+
+NAMESPACE_KINDS = (
+    NamespaceKind("user", NS_USER, "user", 0x10000000),
+    NamespaceKind("mount", NS_MOUNT, "mnt", 0x00020000),
+    NamespaceKind("uts", NS_UTS, "uts", 0x04000000),
+    NamespaceKind("ipc", NS_IPC, "ipc", 0x08000000),
+    NamespaceKind("cgroup", NS_CGROUP, "cgroup", 0x02000000),
+    NamespaceKind("net", NS_NET, "net", 0x40000000),
+    NamespaceKind("time", NS_TIME, "time", 0x00000080),
+    NamespaceKind("pid", NS_PID, "pid", 0x20000000),
+)
+"""The one table of namespace kinds, in the order enter mode joins them; ``native/agent.c``'s
+``namespace_kinds`` is its C twin (``tests/test_protocol.py`` checks that they agree)."""
+
+NAMESPACE_BITS = {kind.name: kind.bit for kind in NAMESPACE_KINDS}
 
 
 @dataclass(frozen=True)

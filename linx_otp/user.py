@@ -71,7 +71,7 @@ def _write(pid: int, name: str, text: str, operation: str) -> None:
     try:
         os.write(descriptor, text.encode())  # one write: the kernel takes a map whole or not at all
     except OSError as error:
-        raise LinxOSError(operation, error.errno, path) from None
+        raise LinxOSError(operation, error.errno or 0, path) from None  # os.write's errors always carry one
     finally:
         os.close(descriptor)
 

@@ -1,5 +1,7 @@
 """Shared fixtures. Every test is checked for leaks afterwards: all actors are stopped
-gracefully, then no child process of this Python process and no actor thread may remain."""
+gracefully, then no child process of this Python process, no agent orphaned by one of its
+subprocesses and no actor thread may remain. At the end of the run, none of the run's host
+objects may remain (``nothing_left_on_the_host``)."""
 
 from __future__ import annotations
 
@@ -7,7 +9,15 @@ import threading
 
 import pykka
 import pytest
-from support import child_pids, threads_added_since, wait_until
+from support import (
+    RUN_TMPDIR,
+    child_pids,
+    left_since,
+    orphaned_agent_pids,
+    run_objects,
+    threads_added_since,
+    wait_until,
+)
 
 import linx_otp
 from linx_otp.supervisor import Supervisor
@@ -22,36 +32,43 @@ def no_leaks():
         tree.stop()
     pykka.ActorRegistry.stop_all()
     assert wait_until(lambda: not child_pids(), 10), f"processes left behind: {child_pids()}"
+    assert wait_until(lambda: not orphaned_agent_pids(), 10), f"agents orphaned: {orphaned_agent_pids()}"
     assert wait_until(lambda: not threads_added_since(threads_before), 5), (
         f"threads left: {threads_added_since(threads_before)}"
     )
     linx_otp.flush()
 
 
-def _host_objects() -> dict[str, set[str]]:
-    """What a test run could leave behind on the host: links, mounts, cgroup directories,
-    linx-* entries in /tmp."""
-    from pathlib import Path
-
-    from linx_otp import cgroup, netlink
-
-    with netlink.open() as host:
-        links = set(netlink.link_names(host))
-    mounts = {line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()}
-    layout = cgroup.detect()
-    roots = [layout.v2_root, *layout.v1_roots.values()]
-    cgroups = {str(path) for root in roots if root for path in Path(root).iterdir() if path.is_dir()}
-    scratch = {str(path) for path in Path("/tmp").glob("linx-*")}
-    return {"links": links, "mounts": mounts, "cgroups": cgroups, "/tmp": scratch}
-
-
 @pytest.fixture(scope="session", autouse=True)
-def nothing_left_on_the_host():
-    """At the end of the run: no link, mount, cgroup or scratch file the tests made is left."""
-    before = _host_objects()
-    yield
-    after = _host_objects()
-    left = {kind: sorted(after[kind] - before[kind]) for kind in before if after[kind] - before[kind]}
+def nothing_left_on_the_host(tmp_path_factory):
+    """At the end of the run: none of the run's own host objects is left (``support.run_objects``:
+    its agents, links and cgroups named with the run's marker, mounts in its scratch places,
+    anything in its ``TMPDIR``). Objects of a daemon or another run are none of its business."""
+    import os
+    import shutil
+    import stat
+    import tempfile
+
+    pytest_tmp = tmp_path_factory.getbasetemp()  # made now, before TMPDIR changes below
+    before = run_objects(pytest_tmp)
+    RUN_TMPDIR.mkdir(mode=0o755, exist_ok=True)  # it exists only if a run with our pid leaked it
+    status = RUN_TMPDIR.lstat()
+    assert stat.S_ISDIR(status.st_mode) and status.st_uid == os.geteuid(), f"{RUN_TMPDIR} is not this user's directory"
+    RUN_TMPDIR.chmod(0o755)  # whatever the umask: the rootless tests' user walks through it
+    saved = os.environ.get("TMPDIR"), tempfile.tempdir
+    os.environ["TMPDIR"] = tempfile.tempdir = str(RUN_TMPDIR)  # for this process and all it starts
+    try:
+        yield
+    finally:
+        if saved[0] is None:
+            del os.environ["TMPDIR"]
+        else:
+            os.environ["TMPDIR"] = saved[0]
+        tempfile.tempdir = saved[1]
+    wait_until(lambda: not left_since(before, pytest_tmp), 5)  # what is still going away, e.g. an agent ending
+    left = left_since(before, pytest_tmp)
+    if not left.get("mounts"):  # never remove a tree with something mounted in it
+        shutil.rmtree(RUN_TMPDIR, ignore_errors=True)
     assert not left, f"the tests left these behind: {left}"
 
 

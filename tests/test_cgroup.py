@@ -7,7 +7,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from support import needs_root, process_alive, wait_until
+from support import needs_root, process_alive, run_scoped_name, wait_until
 
 from linx_otp import cgroup as C
 from linx_otp import process as P
@@ -22,7 +22,7 @@ def make_cgroup():
     made = []
 
     def make(**limits) -> C.Cgroup:
-        cgroup = C.create(f"linx-test-{uuid.uuid4().hex[:8]}", **limits)
+        cgroup = C.create(run_scoped_name(f"cg{uuid.uuid4().hex[:5]}"), **limits)
         made.append(cgroup)
         return cgroup
 
@@ -118,12 +118,13 @@ def test_bad_input_and_kernel_errors(make_cgroup):
     for name in ("", "/abs", "../up", None):
         with pytest.raises(LinxValueError):
             C.create(name)
+    never_made = run_scoped_name("never")
     with pytest.raises(LinxValueError) as raised:
-        C.create("linx-never-made", pids_max=-1)
+        C.create(never_made, pids_max=-1)
     assert raised.value.reason == ("bad_pids_max", -1)
-    assert not Path(C.detect().v2_root, "linx-never-made").exists()
+    assert not Path(C.detect().v2_root, never_made).exists()
     with pytest.raises(LinxValueError):
-        C.create("linx-never-made", cpu_max=(1,))
+        C.create(never_made, cpu_max=(1,))
     cgroup = make_cgroup()
     with pytest.raises(LinxOSError) as raised:
         C.add_process(cgroup, 2**22 + 1)

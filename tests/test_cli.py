@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from support import needs_root, process_alive, wait_until
+from support import agent_pids, needs_root, process_alive, run_scoped_name, wait_until
 
 from linx_otp import cgroup as Cgroup
 from linx_otp import netlink as Netlink
@@ -23,18 +23,6 @@ from linx_otp.agent import AGENT_PATH_VARIABLE, BUNDLED_AGENT
 
 COMMAND = [sys.executable, "-m", "linx_otp"]
 TIMEOUT = 20
-
-
-def agent_pids() -> set[int]:
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if (entry / "comm").read_text().strip() == "linx-agent":
-                    found.add(int(entry.name))
-            except OSError:
-                pass
-    return found
 
 
 class Running:
@@ -122,7 +110,6 @@ SMALL_TREE = """
 
 @needs_root
 def test_the_demo_tree_comes_up_and_sigterm_leaves_nothing(running):
-    agents_before = agent_pids()
     demo = running(None)
     assert demo.shows(r"client \| web answered: hello from web"), "\n".join(demo.lines)
     assert demo.shows(r"crasher \| exited 3") and demo.shows(r"crasher \| restarted")
@@ -131,10 +118,12 @@ def test_the_demo_tree_comes_up_and_sigterm_leaves_nothing(running):
     assert status["web"][2] == "running" and status["workers"][1] == "supervisor"
     pids = [int(row[3]) for row in status.values() if row[3].isdigit()]
     assert pids and all(process_alive(pid) for pid in pids)
+    agents = agent_pids(demo.process.pid)  # the daemon's own, not those of any other linx-otp here
+    assert agents
     assert demo.stop() == 0
     assert demo.lines[-1].endswith("tree | stopped")
     assert not any(process_alive(pid) for pid in pids)
-    assert wait_until(lambda: agent_pids() <= agents_before)
+    assert wait_until(lambda: not any(process_alive(pid) for pid in agents))
     with Netlink.open() as host:
         assert wait_until(lambda: "lxdemo0" not in Netlink.link_names(host))
     layout = Cgroup.detect()
@@ -471,7 +460,7 @@ def test_every_kind_of_checkpoint_setup_in_a_tree_is_in_place_at_exec(tmp_path, 
         hostname = "fenced"
         veth = { host = "lxfence0", address = "10.79.0.2", prefixlen = 30, host_address = "10.79.0.1" }
         cgroup = { pids_max = 20 }
-    """,
+    """.replace("lxfence0", run_scoped_name("fence")),  # a host link name of this test run's
     )
     daemon = running(tree)
     assert daemon.shows(r"fenced \| uid=0 host=fenced 10\.79\.0\.2/30 [1-9]"), "\n".join(daemon.lines)

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support import needs_root
+from support import needs_root, run_scoped_name
 
 import linx_otp
 from linx_otp import netlink as N
@@ -44,13 +44,14 @@ def test_a_fresh_netns_holds_only_lo(box):
 
 
 def test_a_veth_created_in_place_carries_tcp_between_host_and_workload(host, box):
+    host_end = run_scoped_name("h0")  # a host link of this run's
     server = "import socket; s = socket.create_server(('10.200.0.2', 8080)); c, _ = s.accept(); c.sendall(c.recv(100).upper())"
     session, pid = parked(box, [sys.executable, "-c", server])
     try:
-        N.create_veth(host, "lxh-test0", "ct0", peer_pid=pid)
+        N.create_veth(host, host_end, "ct0", peer_pid=pid)
         assert "ct0" not in N.link_names(host)
-        N.add_address(host, "lxh-test0", "10.200.0.1", 30)
-        N.set_up(host, "lxh-test0")
+        N.add_address(host, host_end, "10.200.0.1", 30)
+        N.set_up(host, host_end)
         inside = N.open(pid)
         try:
             assert N.link_names(inside) == ["lo", "ct0"]
@@ -75,7 +76,7 @@ def test_a_veth_created_in_place_carries_tcp_between_host_and_workload(host, box
         assert P.wait(session, TIMEOUT) == ("exited", 0)
     finally:
         session.stop()
-        N.delete_link(host, "lxh-test0", missing_ok=True)  # it may be going with the netns
+        N.delete_link(host, host_end, missing_ok=True)  # it may be going with the netns
 
 
 def test_the_seeds_motivating_use_case_runs_as_written():
@@ -94,7 +95,7 @@ def test_netlink_errors_name_the_operation_and_errno(host):
         N.add_address(host, "no-such-link", "10.9.9.9", 24)
     assert raised.value.reason == ("link_lookup", "enodev")
     with pytest.raises(LinxOSError) as raised:
-        N.create_veth(host, "lo", "lxh-peer")
+        N.create_veth(host, "lo", run_scoped_name("peer"))
     assert raised.value.reason == ("create_veth", "eexist")
     with pytest.raises(linx_otp.LinxValueError):
         N.create_macvlan(host, "ct9", "eth0", "sideways")
@@ -122,19 +123,20 @@ def test_a_macvlan_created_in_place(host, box):
 
 
 def test_setup_veth_does_the_whole_checkpoint_network_in_one_call(host, box):
+    host_end = run_scoped_name("h1")  # a host link of this run's
     script = "ip -4 -o addr show eth0; ip route; busybox ping -c1 -W2 10.201.0.1 | grep -c ' 0% packet loss'"
     session = P.spawn(argv=["/bin/sh", "-c", script], namespaces=["net", "mount"], stdio="pty", owner=box)
     pid = box.receive(("linx_process", "ready"), timeout=TIMEOUT)[2]
     try:
         N.setup_veth(
             pid,
-            host_name="lxh-test1",
+            host_name=host_end,
             address="10.201.0.2",
             prefixlen=30,
             gateway="10.201.0.1",
             host_address="10.201.0.1",
         )
-        assert "lxh-test1" in N.link_names(host)
+        assert host_end in N.link_names(host)
         P.proceed(session)
         assert P.wait(session, TIMEOUT) == ("exited", 0)
         output = b"".join(event[2] for event in box.flush() if event[1] == "pty_out").decode()
@@ -142,10 +144,11 @@ def test_setup_veth_does_the_whole_checkpoint_network_in_one_call(host, box):
         assert output.strip().splitlines()[-1] == "1"  # the host end answered a ping
     finally:
         session.stop()
-        N.delete_link(host, "lxh-test1", missing_ok=True)
+        N.delete_link(host, host_end, missing_ok=True)
 
 
 def test_setup_veth_refuses_bad_input_before_creating_anything(host, box):
+    host_end = run_scoped_name("h2")  # a host link of this run's
     session, pid = parked(box, ["/bin/true"])
     for arguments, reason in [
         ({"address": "fe80::1", "prefixlen": 64}, ("bad_ipv4_address", "fe80::1")),
@@ -153,7 +156,7 @@ def test_setup_veth_refuses_bad_input_before_creating_anything(host, box):
         ({"address": "10.0.0.2", "prefixlen": 30, "gateway": "nowhere"}, ("bad_ipv4_address", "nowhere")),
     ]:
         with pytest.raises(linx_otp.LinxValueError) as raised:
-            N.setup_veth(pid, host_name="lxh-test2", **arguments)
+            N.setup_veth(pid, host_name=host_end, **arguments)
         assert raised.value.reason == reason
-    assert "lxh-test2" not in N.link_names(host)
+    assert host_end not in N.link_names(host)
     session.stop()

@@ -11,7 +11,16 @@ import time
 from pathlib import Path
 
 import pytest
-from support import needs_root, process_alive, read_all, reason_of, wait_until
+from support import (
+    needs_root,
+    parked_at_the_checkpoint,
+    process_alive,
+    read_all,
+    reason_of,
+    some_agent_blocked_connecting,
+    thread_blocked_in,
+    wait_until,
+)
 
 import linx_otp
 from linx_otp import process as P
@@ -56,8 +65,8 @@ def test_quick_start_reports_ready_with_the_host_pid(capfd):
 def test_the_child_does_not_run_before_proceed(tmp_path):
     marker = tmp_path / "ran"
     session = P.spawn(argv=["/bin/sh", "-c", f"touch {marker}"])
-    ready(session)
-    time.sleep(0.2)
+    host = ready(session)
+    assert wait_until(lambda: parked_at_the_checkpoint(host))  # asleep on its go pipe: nothing else wakes it
     assert not marker.exists()
     assert P.info(session).stage == "ready"
     P.proceed(session)
@@ -213,8 +222,7 @@ def test_signals_before_running_are_buffered_and_flushed_in_order(buffered, stop
     host = ready(session)
     for signum in buffered:
         P.signal(session, signum)
-    time.sleep(0.05)
-    assert process_state(host) != "T", "a buffered signal must not touch the parked child"
+    assert wait_until(lambda: parked_at_the_checkpoint(host)), "a buffered signal must not touch the parked child"
     P.proceed(session)
     assert next_event() == ("linx_process", "running")
     assert wait_until(lambda: (process_state(host) == "T") == stopped, 2)
@@ -237,8 +245,7 @@ def test_sigkill_to_a_parked_session_is_only_buffered():
     session = P.spawn(argv=["/bin/sleep", "60"])
     host = ready(session)
     P.signal(session, 9)
-    time.sleep(0.1)
-    assert process_alive(host) and P.info(session).stage == "ready"
+    assert wait_until(lambda: parked_at_the_checkpoint(host)) and P.info(session).stage == "ready"
     P.abort(session)
     assert next_event() == ("linx_process", "aborted")
 
@@ -270,7 +277,7 @@ def test_many_threads_can_wait_at_once():
     threads = [threading.Thread(target=lambda: results.append(P.wait(session))) for _ in range(8)]
     for thread in threads:
         thread.start()
-    time.sleep(0.05)
+    assert wait_until(lambda: all(thread_blocked_in(thread, P.wait) for thread in threads))
     P.signal(session, 9)
     for thread in threads:
         thread.join(TIMEOUT)
@@ -304,7 +311,7 @@ def test_abort_a_parked_session():
 def test_abort_before_ready_is_buffered_and_fires_at_the_checkpoint(stalled_listener, tmp_path):
     marker = tmp_path / "ran"
     session = P.spawn(argv=["/bin/touch", str(marker)], stdio={"stdout": ("connect_unix", stalled_listener.path)})
-    time.sleep(0.1)
+    assert wait_until(some_agent_blocked_connecting)  # held there until the listener accepts
     assert P.info(session).stage == "starting"
     P.abort(session)
     stalled_listener.release()
@@ -347,7 +354,7 @@ def test_abort_once_terminal_raises_no_process():
 
 def test_verbs_before_ready(stalled_listener):
     session = P.spawn(argv=["/bin/true"], stdio={"stdout": ("connect_unix", stalled_listener.path)})
-    time.sleep(0.1)
+    assert wait_until(some_agent_blocked_connecting)  # held there until the listener accepts
     assert P.info(session).stage == "starting"
     assert repr(P.info(session)) == "<Info spawn starting>"
     assert reason_of(P.proceed, session) == "not_ready"
@@ -506,7 +513,7 @@ def test_enter_a_bogus_target_fails_at_open_ns_proc_and_never_readies():
     session = P.enter(99999999, argv=["/bin/true"])
     assert next_event() == ("linx_process", "error", 2, "open_ns_proc")
     assert P.info(session).host_pid is None
-    time.sleep(0.05)
+    session.stop()  # waits for the agent to end: everything it sent has been handled
     assert linx_otp.flush() == []
 
 
@@ -683,8 +690,8 @@ def test_events_to_a_dead_owner_are_dropped_without_harm():
 def test_linger_true_keeps_the_session_answering_after_the_end():
     session = P.spawn(argv=["/bin/true"], auto_proceed=True)
     P.wait(session)
-    time.sleep(0.05)
-    assert session.is_alive() and P.info(session).stage == "exited"
+    assert P.info(session).stage == "exited"  # answered after the end was handled: it did not exit then
+    assert session.is_alive()
 
 
 @pytest.mark.parametrize(
@@ -719,13 +726,13 @@ def test_linger_false_stops_with_the_exit_reason(box, argv, action, reason):
 
 def test_a_graceful_stop_reaps_the_workload_in_every_stage(stalled_listener, box):
     starting = P.spawn(argv=["/bin/true"], stdio={"stdout": ("connect_unix", stalled_listener.path)}, owner=box)
-    time.sleep(0.05)
+    assert wait_until(some_agent_blocked_connecting)
     parked = P.spawn(argv=["/bin/sleep", "60"], owner=box)
     running, running_host = start_running(argv=["/bin/sleep", "60"])
     parked_host = P.host_pid(parked) if wait_until(lambda: P.info(parked).stage == "ready") else None
     stopper = threading.Thread(target=starting.stop)
     stopper.start()
-    time.sleep(0.05)
+    assert wait_until(lambda: thread_blocked_in(stopper, type(starting).stop))
     stalled_listener.release()
     stopper.join(TIMEOUT)
     assert parked.stop() and running.stop()
@@ -739,7 +746,7 @@ def test_a_stop_answers_blocked_waiters():
     results = []
     waiter = threading.Thread(target=lambda: results.append(P.wait(session)))
     waiter.start()
-    time.sleep(0.05)
+    assert wait_until(lambda: thread_blocked_in(waiter, P.wait))
     session.stop()
     waiter.join(TIMEOUT)
     assert results == [("signaled", 9)]

@@ -3,14 +3,16 @@ malformed."""
 
 from __future__ import annotations
 
+import os
 import re
 import struct
+import subprocess
 from pathlib import Path
 
 import pytest
 from agent_driver import request, run_agent
 
-from linx_otp import protocol
+from linx_otp import namespaces, options, protocol
 
 NATIVE = Path(__file__).resolve().parent.parent / "native"
 
@@ -32,6 +34,42 @@ def test_every_number_in_protocol_h_is_the_same_in_python():
         assert getattr(protocol, name) == value, name
     assert protocol.FRAME_HEADER.size == defines["FRAME_HEADER_SIZE"]
     assert sum(protocol.NAMESPACE_BITS.values()) == defines["NS_ALL"]
+
+
+def c_namespace_kinds() -> list[tuple[str, str, str, str]]:
+    """The agent's table of namespace kinds: (NS_* bit, name, /proc name, CLONE_NEW* flag) rows."""
+    source = "".join(path.read_text() for path in sorted(NATIVE.glob("*.[ch]")))
+    table = re.search(r"\bnamespace_kinds\[\] = \{(.*?)\n\};", source, re.S)
+    assert table, "native/ no longer has a namespace_kinds[] table: update this test"
+    code = re.sub(r"/\*.*?\*/", "", table.group(1), flags=re.S)
+    rows = re.findall(r'\{\s*(NS_\w+),\s*"(\w+)",\s*"(\w+)",\s*(CLONE_NEW\w+)\s*\}', code)
+    assert len(rows) == code.count("{"), f"a row of namespace_kinds[] this test cannot read: {code}"
+    return rows
+
+
+def clone_flag_values(names: list[str], directory: Path) -> dict[str, int]:
+    """The values the agent's compiler sees for ``CLONE_NEW*`` (from the same <sched.h>)."""
+    source = directory / "flags.c"
+    source.write_text(
+        "#define _GNU_SOURCE\n#include <sched.h>\n#include <stdio.h>\nint main(void) {\n"
+        + "".join(f'    printf("%s %lu\\n", "{name}", (unsigned long){name});\n' for name in names)
+        + "    return 0;\n}\n"
+    )
+    compiler = os.environ.get("CC", "cc")
+    subprocess.run([compiler, "-o", str(directory / "flags"), str(source)], check=True, timeout=60)
+    printed = subprocess.run([str(directory / "flags")], capture_output=True, text=True, check=True).stdout
+    return {name: int(value) for name, value in (line.split() for line in printed.splitlines())}
+
+
+def test_the_namespace_table_is_the_same_in_python_and_in_the_agent(tmp_path):
+    rows = c_namespace_kinds()
+    defines = c_defines()
+    flags = clone_flag_values([flag for *_, flag in rows], tmp_path)
+    in_c = [protocol.NamespaceKind(name, defines[bit], proc_name, flags[flag]) for bit, name, proc_name, flag in rows]
+    assert list(protocol.NAMESPACE_KINDS) == in_c  # every name, bit, /proc name and flag, in join order
+    assert sum(kind.bit for kind in protocol.NAMESPACE_KINDS) == defines["NS_ALL"]
+    assert options.NAMESPACES == tuple(kind.name for kind in protocol.NAMESPACE_KINDS)
+    assert set(namespaces.THREAD_JOINABLE.values()) <= set(protocol.NAMESPACE_KINDS)
 
 
 def test_every_error_stage_the_c_side_names_is_documented():

@@ -14,10 +14,9 @@ import sys
 import termios
 import textwrap
 import threading
-import time
 
 import pytest
-from support import process_alive, wait_until
+from support import process_alive, wait_until, window_size
 
 import linx_otp
 from linx_otp import process as P
@@ -175,7 +174,7 @@ def test_the_window_size_is_seeded_at_entry_and_follows_sigwinch(terminal, box):
     def resize():
         terminal.resize(40, 120)
         os.kill(os.getpid(), signal.SIGWINCH)  # what the kernel sends a controlling terminal's owner
-        time.sleep(0.2)
+        assert wait_until(lambda: window_size(P.host_pid(session)) == (40, 120), TIMEOUT), "not forwarded"
 
     finish = as_user(
         terminal,
@@ -199,7 +198,7 @@ def test_off_the_main_thread_the_window_size_is_polled(terminal, box):
     attacher.start()
     assert wait_until(terminal.is_raw, TIMEOUT)
     terminal.resize(41, 101)  # no SIGWINCH reaches this process: polling must see it
-    time.sleep(3 * tty.WINDOW_POLL_SECONDS)
+    assert wait_until(lambda: window_size(P.host_pid(session)) == (41, 101), TIMEOUT)  # the workload's own pty
     terminal.type("stty size\r")
     assert terminal.shows(b"41 101\r\n")
     terminal.type("exit 2\r")
@@ -373,7 +372,7 @@ def test_a_supervised_session_is_borrowed_and_returned(terminal, box):
 def test_output_queued_in_the_callers_mailbox_before_attach_is_shown_first(terminal):
     session = P.spawn(argv=["/bin/sh", "-c", "echo early; read line; echo late"], stdio="pty", auto_proceed=True)
     linx_otp.receive(("linx_process", "running"), timeout=TIMEOUT)
-    time.sleep(0.3)  # "early" is now queued in this thread's mailbox, the session's owner
+    assert wait_until(lambda: len(linx_otp.mailbox()) >= 2, TIMEOUT)  # "ready", then "early": queued for attach
     finish = as_user(
         terminal, lambda: terminal.shows(b"early\r\n") or pytest.fail("early output lost"), lambda: terminal.type("x\r")
     )

@@ -7,7 +7,6 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -71,9 +70,12 @@ def test_attach_on_a_real_terminal(tmp_path, tmux_running):
     terminal.type("stty size", "Enter")
     assert terminal.shows("24 80"), terminal.screen()
     terminal.resize(100, 30)
-    time.sleep(0.3)
-    terminal.type("clear; stty size", "Enter")
-    assert terminal.shows("30 100"), terminal.screen()
+
+    def size_reached_the_workload() -> bool:  # the workload's pty lives in the driver: ask the shell
+        terminal.type("clear; stty size", "Enter")
+        return terminal.shows("30 100", timeout=0.5)
+
+    assert wait_until(size_reached_the_workload, 10), terminal.screen()
     terminal.type("C-p", "C-q")
     assert terminal.shows("driver: attach returned detached"), terminal.screen()
     assert wait_until(record.exists)

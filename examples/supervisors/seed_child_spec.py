@@ -9,7 +9,6 @@ restart: :transient}];  Supervisor.start_link(children, strategy: :one_for_one)
 
 import tempfile
 import time
-from pathlib import Path
 
 import linx_otp
 from linx_otp import process as P
@@ -31,16 +30,16 @@ class Events(linx_otp.Actor):
 
 
 events = Events.start()
-state = Path(tempfile.mkdtemp())
-# "myd": fails with exit 7 on its first run (a transient child is restarted for that), then
-# finishes its work and exits 0 (a transient child stays down after that).
-myd = f"if [ -e {state}/crashed ]; then sleep 0.2; exit 0; fi; touch {state}/crashed; exit 7"
+with tempfile.TemporaryDirectory() as state:  # remembers the first run; removed at the end
+    # "myd": fails with exit 7 on its first run (a transient child is restarted for that), then
+    # finishes its work and exits 0 (a transient child stays down after that).
+    myd = f"if [ -e {state}/crashed ]; then sleep 0.2; exit 0; fi; touch {state}/crashed; exit 7"
 
-children = [P.child_spec(argv=["sh", "-c", myd], owner=events, auto_proceed=True, restart="transient", id="myd")]
-tree = S.start(children, strategy="one_for_one")
+    children = [P.child_spec(argv=["sh", "-c", myd], owner=events, auto_proceed=True, restart="transient", id="myd")]
+    tree = S.start(children, strategy="one_for_one")
 
-while not any(event[1:] == ("exited", 0) for event in events.ask("seen")):
-    time.sleep(0.05)
-print("children after exit 0:", [(child_id, ref) for child_id, ref, _ in S.which_children(tree)])  # ref None
-S.stop(tree)
+    while not any(event[1:] == ("exited", 0) for event in events.ask("seen")):
+        time.sleep(0.05)
+    print("children after exit 0:", [(child_id, ref) for child_id, ref, _ in S.which_children(tree)])  # ref None
+    S.stop(tree)
 events.stop()
