@@ -25,8 +25,8 @@ class Events(linx_otp.Actor):
     def on_receive(self, message):
         if message == "seen":
             return list(self.seen)
-        self.seen.append(message)
         print("  event:", message)
+        self.seen.append(message)  # after the print, so the main thread's lines never cut into it
 
 
 events = Events.start()
