@@ -36,6 +36,7 @@ from typing import Any
 import pykka
 
 from .errors import LinxError, LinxValueError
+from .flow import consumed
 from .mailbox import mailbox
 
 log = logging.getLogger(__name__)
@@ -123,7 +124,8 @@ class Actor(pykka.ThreadingActor):
 
     Subclasses put their cleanup in ``terminate(reason)`` (not ``on_stop``/``on_failure``),
     end themselves with ``self.exit(reason)``, and may override ``shutdown_requested()`` to
-    end gracefully when a supervisor asks.
+    end gracefully when a supervisor asks. As the owner of a session, it gives each output
+    event's window back once ``on_receive`` has returned from handling it (``linx_otp.consumed``).
     """
 
     use_daemon_thread = True
@@ -209,6 +211,11 @@ class Actor(pykka.ThreadingActor):
             log.error("%s raised SystemExit(%r); stopping it alone", self, error.code)
             self._stop_with(("exception", error))
             raise LinxError(("exception", error), f"the actor exited: SystemExit({error.code!r})") from error
+        finally:
+            # Flow control (flow.py): a session's output event gives its window back once the
+            # actor has handled it. pykka has no public hook for "a message was handled"; this
+            # private one is pinned with the others.
+            consumed(message)
 
     def _stop_with(self, reason: Any) -> None:
         self._exit_reason = reason
