@@ -424,7 +424,9 @@ def _start(plan: SessionPlan) -> SessionRef:
 def spawn(**options: Unpack[SessionOptions]) -> SessionRef:
     """Start a workload in fresh namespaces, parked at the checkpoint; returns the session.
     The options are SPEC §2.1's: ``argv`` (required), ``namespaces``, ``env``, ``cwd``,
-    ``stdio``, ``owner``, ``linger``, ``auto_proceed``, ``no_new_privs``, ``orphan_policy``.
+    ``stdio``, ``owner``, ``linger``, ``auto_proceed``, ``no_new_privs``, ``orphan_policy``,
+    and flow control's ``output`` (``"block"``, the default, or ``"drop"``) and
+    ``output_window`` (bytes of output in flight to the owner, default 1 MiB; see ``flow``).
 
     >>> session = spawn(argv=["/bin/echo", "hello"], namespaces=["uts"], stdio="devnull")
     >>> receive(("linx_process", "ready"), timeout=5)[0]
