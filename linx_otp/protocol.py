@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 FRAME_HEADER = struct.Struct(">I")
 REQUEST_MAX = 1024 * 1024
 COMMAND_MAX = 64 * 1024
-OUTPUT_CHUNK = 65536
+OUTPUT_CHUNK = 262144
 """The most output bytes one ``pty_out``/``stdout``/``stderr`` event carries."""
 PTY_IN_BUFFER_MAX = 1024 * 1024
 OUTPUT_WINDOW_DEFAULT = 1024 * 1024
@@ -240,47 +240,73 @@ OUTPUT_EVENTS = frozenset(_DATA_EVENTS.values())
 _OUTPUT_DROPPED = struct.Struct(">BQ")
 
 
-def decode_event(payload: bytes) -> Event:
+def decode_event(payload: bytes | memoryview) -> Event:
     """One event from a frame's payload. Never raises: a frame that does not parse comes back
-    as ``("malformed", payload)`` for the session to log and drop."""
+    as ``("malformed", payload)`` for the session to log and drop. Output data is copied once,
+    out of ``payload`` (which may be a view into a larger buffer)."""
+    if not payload:
+        return ("malformed", b"")
     kind, body = payload[0], payload[1:]
+    if kind in _DATA_EVENTS:
+        return (_DATA_EVENTS[kind], bytes(body))
     if kind in _U32_EVENTS and len(body) == 4:
         return (_U32_EVENTS[kind], FRAME_HEADER.unpack(body)[0])
     if kind == EVT_RUNNING and not body:
         return ("running",)
     if kind == EVT_ABORTED and not body:
         return ("aborted",)
-    if kind in _DATA_EVENTS:
-        return (_DATA_EVENTS[kind], bytes(body))
     if kind == EVT_OUTPUT_DROPPED and len(body) == _OUTPUT_DROPPED.size:
         stream, nbytes = _OUTPUT_DROPPED.unpack(body)
         if stream in OUTPUT_STREAMS:
             return ("output_dropped", OUTPUT_STREAMS[stream], nbytes)
     if kind == EVT_ERROR and len(body) > 4:
-        return ("error", FRAME_HEADER.unpack(body[:4])[0], body[4:].decode("ascii", "replace"))
+        return ("error", FRAME_HEADER.unpack(body[:4])[0], bytes(body[4:]).decode("ascii", "replace"))
     return ("malformed", bytes(payload))
 
 
 class EventDecoder:
-    """Turns a byte stream from the agent into events, however the bytes are split."""
+    """Turns a byte stream from the agent into events, however the bytes are split. Whole
+    frames are decoded straight out of the data they arrived in; only a frame split across two
+    reads is gathered in a buffer."""
 
     def __init__(self) -> None:
-        self._buffer = bytearray()
+        self._partial = bytearray()
 
-    def feed(self, data: bytes) -> list[Event]:
-        self._buffer += data
-        events = []
-        while len(self._buffer) >= FRAME_HEADER.size:
-            (length,) = FRAME_HEADER.unpack_from(self._buffer)
-            end = FRAME_HEADER.size + length
-            if len(self._buffer) < end:
+    def feed(self, data: bytes | memoryview) -> list[Event]:
+        """The events completed by ``data``; nothing refers to ``data`` afterwards."""
+        events: list[Event] = []
+        view = memoryview(data)
+        if self._partial:
+            view = self._complete_partial(view, events)
+        position, size = 0, len(view)
+        while size - position >= FRAME_HEADER.size:
+            (length,) = FRAME_HEADER.unpack_from(view, position)
+            end = position + FRAME_HEADER.size + length
+            if end > size:
                 break
-            payload = bytes(self._buffer[FRAME_HEADER.size : end])
-            del self._buffer[:end]
-            events.append(decode_event(payload) if payload else ("malformed", payload))
+            events.append(decode_event(view[position + FRAME_HEADER.size : end]))
+            position = end
+        self._partial += view[position:]
         return events
+
+    def _complete_partial(self, view: memoryview, events: list[Event]) -> memoryview:
+        """Moves bytes from ``view`` into the split frame until it is whole (then decodes it);
+        returns what is left of ``view``."""
+        if len(self._partial) < FRAME_HEADER.size:
+            taken = FRAME_HEADER.size - len(self._partial)
+            self._partial += view[:taken]
+            view = view[taken:]
+            if len(self._partial) < FRAME_HEADER.size:
+                return view
+        (length,) = FRAME_HEADER.unpack_from(self._partial)
+        taken = FRAME_HEADER.size + length - len(self._partial)
+        self._partial += view[:taken]
+        if len(self._partial) == FRAME_HEADER.size + length:
+            events.append(decode_event(bytes(self._partial[FRAME_HEADER.size :])))
+            self._partial.clear()
+        return view[taken:]
 
     @property
     def pending(self) -> int:
         """Bytes of an incomplete frame still held."""
-        return len(self._buffer)
+        return len(self._partial)

@@ -187,6 +187,15 @@ static void open_pty(void)
         fail(errno, "pts_open", EXIT_INFRASTRUCTURE);
 }
 
+/* A capture pipe as deep as one output event (the default is 64 KiB): the workload runs ahead
+ * while the agent relays, and the agent moves the output in fewer, bigger events. Best effort:
+ * an unprivileged user past the kernel's pipe-user-pages-soft gets EPERM and keeps the default. */
+static void deepen_capture_pipe(int fd)
+{
+    if (fcntl(fd, F_SETPIPE_SZ, OUTPUT_CHUNK) < 0 && errno != EPERM)
+        fprintf(stderr, "linx-agent: F_SETPIPE_SZ: %s\n", strerror(errno));
+}
+
 static void prepare_stdio(void)
 {
     if (agent.request.pty) {
@@ -207,6 +216,7 @@ static void prepare_stdio(void)
             int ends[2];
             if (pipe2(ends, O_CLOEXEC) < 0 || fcntl(ends[0], F_SETFL, O_NONBLOCK) < 0)
                 fail(errno, "capture", EXIT_INFRASTRUCTURE);
+            deepen_capture_pipe(ends[0]);
             agent.capture_fds[fd] = ends[0];
             agent.stdio_fds[fd] = ends[1];
         }

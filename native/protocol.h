@@ -6,7 +6,7 @@
 #define FRAME_HEADER_SIZE 4
 #define REQUEST_MAX (1024 * 1024)
 #define COMMAND_MAX (64 * 1024)
-#define OUTPUT_CHUNK 65536
+#define OUTPUT_CHUNK 262144
 #define PTY_IN_BUFFER_MAX (1024 * 1024)
 /* Flow control: bytes of output events in flight (sent, not yet credited) per session. */
 #define OUTPUT_WINDOW_DEFAULT (1024 * 1024)

@@ -192,7 +192,7 @@ def test_a_blocked_workload_resumes_when_its_owner_takes_output_and_loses_nothin
 
 
 def test_the_terminal_event_waits_for_the_output_the_pipe_still_holds(box):
-    """96 KiB into a 64 KiB window: the workload exits with 32 KiB in the pipe; its outcome
+    """96 KiB into a 64 KiB window: the workload exits with 32 KiB left in the pipe; its outcome
     comes only once the owner has taken enough to let those bytes through, and after them."""
     size = SMALL_WINDOW + 32 * 1024
     session = P.spawn(
