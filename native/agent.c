@@ -452,19 +452,13 @@ static void apply_credit(const struct command *command)
     agent.output.in_flight -= taken < agent.output.in_flight ? taken : agent.output.in_flight;
 }
 
-/* The flow-control commands, valid in every phase. Returns false for any other command. */
-static bool apply_output_command(const struct command *command)
+/* The flow-control commands, valid in every phase; any other command is ignored here. */
+static void apply_output_command(const struct command *command)
 {
-    switch (command->type) {
-    case CMD_CREDIT:
+    if (command->type == CMD_CREDIT)
         apply_credit(command);
-        return true;
-    case CMD_OUTPUT_MODE:
+    else if (command->type == CMD_OUTPUT_MODE)
         agent.output.mode = command->body[0];
-        return true;
-    default:
-        return false;
-    }
 }
 
 /* ---- step 6: ready ---------------------------------------------------------------------- */

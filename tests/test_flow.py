@@ -458,3 +458,16 @@ def test_credit_is_batched_and_a_forgiven_claim_counts_no_more():
     for event in events[17:]:
         linx_otp.consumed(event)
     assert len(sent) == 2 and window.outstanding == 0
+
+
+def test_reactor_timers_fire_in_order_after_their_delay():
+    """The I/O thread's timers, which check on an actor owner holding a full window."""
+    from linx_otp.reactor import reactor
+
+    fired: queue.SimpleQueue = queue.SimpleQueue()
+    started = time.monotonic()
+    reactor().call_later(0.2, lambda: fired.put(("late", time.monotonic() - started)))
+    reactor().call_later(0.05, lambda: fired.put(("early", time.monotonic() - started)))
+    first, second = fired.get(timeout=5), fired.get(timeout=5)
+    assert [first[0], second[0]] == ["early", "late"]
+    assert first[1] >= 0.05 and second[1] >= 0.2
