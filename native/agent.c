@@ -665,29 +665,51 @@ static void relay_chunk(struct output_stream *stream, size_t size, bool dropping
     agent.output.in_flight += size;
 }
 
-/* Relays what the stream holds now, a burst at most: stops at a full window (block mode), at
- * EAGAIN (more may come; once the workload is gone, the stream is drained), or at end-of-file
- * or EIO (every writer has closed it). */
-static void relay_stream(struct output_stream *stream, bool workload_gone)
+enum fill_end { FILL_FULL, FILL_AGAIN, FILL_CLOSED };
+
+/* Reads up to `size` bytes into the output frame, with as many reads as the stream gives at
+ * once (a pty hands out a few KiB per read): fewer, fuller events. Returns the bytes read;
+ * *end says why it stopped: full, EAGAIN, or end-of-file/EIO (every writer has closed it). */
+static size_t fill_frame(const struct output_stream *stream, size_t size, enum fill_end *end)
 {
-    for (int burst = 0; burst < RELAY_BURST && may_read(stream); burst++) {
-        bool dropping = window_room() == 0;
-        ssize_t got = read(stream->fd, output_frame + OUTPUT_FRAME_OFFSET, read_size(stream, dropping));
+    size_t filled = 0;
+    while (filled < size) {
+        ssize_t got = read(stream->fd, output_frame + OUTPUT_FRAME_OFFSET + filled, size - filled);
         if (got > 0) {
-            relay_chunk(stream, (size_t)got, dropping);
+            filled += (size_t)got;
             continue;
         }
         if (got < 0 && errno == EINTR)
             continue;
-        if (got < 0 && errno == EAGAIN) {
+        *end = got < 0 && errno == EAGAIN ? FILL_AGAIN : FILL_CLOSED;
+        if (got < 0 && errno != EAGAIN && errno != EIO) /* EIO: a pty whose every slave fd is closed */
+            fprintf(stderr, "linx-agent: reading output: %s\n", strerror(errno));
+        return filled;
+    }
+    *end = FILL_FULL;
+    return filled;
+}
+
+/* Relays what the stream holds now, a burst at most: stops at a full window (block mode), at
+ * EAGAIN (more may come; once the workload is gone, the stream is drained), or at end-of-file. */
+static void relay_stream(struct output_stream *stream, bool workload_gone)
+{
+    for (int burst = 0; burst < RELAY_BURST && may_read(stream); burst++) {
+        bool dropping = window_room() == 0;
+        enum fill_end end;
+        size_t got = fill_frame(stream, read_size(stream, dropping), &end);
+        if (got > 0)
+            relay_chunk(stream, got, dropping);
+        if (end == FILL_AGAIN) {
             if (workload_gone)
                 stream->left = 0; /* what descendants write later is not waited for */
             return;
         }
-        if (got < 0 && errno != EIO) /* EIO: a pty whose every slave fd is closed */
-            fprintf(stderr, "linx-agent: reading output: %s\n", strerror(errno));
-        stream->readable = false;
-        report_dropped(stream);
+        if (end == FILL_CLOSED) {
+            stream->readable = false;
+            report_dropped(stream);
+            return;
+        }
     }
 }
 
