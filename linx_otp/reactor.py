@@ -67,6 +67,8 @@ class Reactor:
             return max(0.0, self._timers[0][0] - time.monotonic())
 
     def _run_due_timers(self) -> None:
+        if not self._timers:  # the common case, read without the lock: a new timer wakes the poll
+            return
         now = time.monotonic()
         due = []
         with self._timers_lock:
