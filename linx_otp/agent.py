@@ -133,11 +133,13 @@ class AgentConnection:
             return claimed
 
     def take_events(self) -> list[tuple]:
-        """Every queued event, oldest first."""
+        """Every queued event, oldest first. Call it until it answers empty: only that re-arms the
+        nudge, so events that arrive while the listener is still taking cost no nudge."""
         with self._events_lock:
             events = list(self._events)
             self._events.clear()
-            self._listener_nudged = False
+            if not events:
+                self._listener_nudged = False
         return events
 
     def send(self, data: bytes) -> bool:

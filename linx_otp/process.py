@@ -200,8 +200,9 @@ class Session(Actor):
     # -- events from the agent -----------------------------------------------------------
 
     def _drain_events(self) -> None:
-        for event in self._connection.take_events():
-            self._handle_event(event)
+        while events := self._connection.take_events():
+            for event in events:
+                self._handle_event(event)
 
     def _emit(self, *event: Any) -> None:
         _tell_quietly(self._owner, (EVENT_TAG, *event))
