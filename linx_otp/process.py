@@ -252,8 +252,7 @@ class Session(Actor):
         try:
             owner.tell(message)
         except pykka.ActorDeadError:
-            consumed(message)
-            self._owner_stopped(owner)
+            self._owner_stopped(owner)  # its claim stays: once the window is full, the agent drops
             return
         except Exception:
             log.exception("delivering %r to %r failed", message[:2], owner)
@@ -290,15 +289,16 @@ class Session(Actor):
         log.warning(
             "session %s: its owner %r has stopped; output past the window is dropped until set_owner", self, owner
         )
-        self._window.forgive()
+        self._window.forgive()  # what it held will never be taken; what it is told from now on fills the window
         if self._plan.request.output_mode != protocol.OUTPUT_DROP:
             self._connection.send(protocol.encode_output_mode(protocol.OUTPUT_DROP))
 
     def _restore_output_mode(self) -> None:
-        """A new owner after one that had stopped: the session's own mode again."""
+        """A new owner after one that had stopped: a whole window and the session's own mode again."""
         if not self._dropping_for_stopped_owner:
             return
         self._dropping_for_stopped_owner = False
+        self._window.forgive()  # what the stopped owner was told since will never be taken
         if self._plan.request.output_mode != protocol.OUTPUT_DROP:
             self._connection.send(protocol.encode_output_mode(self._plan.request.output_mode))
 
