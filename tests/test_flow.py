@@ -211,6 +211,16 @@ def test_the_terminal_event_waits_for_the_output_the_pipe_still_holds(box):
     session.stop()
 
 
+def test_stopping_a_session_whose_owner_does_not_read_is_prompt(box):
+    """The graceful stop never waits for an owner to make room: stop drops what is left."""
+    session = spawn_counting(box, output_window=SMALL_WINDOW)
+    pid = wait_blocked(session)
+    started = time.monotonic()
+    assert session.stop() is True
+    assert time.monotonic() - started < 5 and not process_alive(pid)
+    assert box.flush()[-1] == ("linx_process", "signaled", 9)
+
+
 def test_keystrokes_reach_a_pty_workload_whose_output_is_unread(box, tmp_path):
     marker = tmp_path / "typed"
     script = f'yes flood & read line; echo "$line" > {marker}; kill $!'
