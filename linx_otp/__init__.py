@@ -14,7 +14,7 @@
 True
 
 Modules: ``process`` (sessions and their verbs), ``supervisor`` (OTP supervisors and trees),
-``mailbox`` (where events land), ``actor`` (the actor base, monitors and child specs),
+``mailbox`` (where events land), ``flow`` (output windows and ``consumed``), ``actor`` (the actor base, monitors and child specs),
 ``errors``. The agent protocol is ``native/PROTOCOL.md``.
 """
 
@@ -23,6 +23,7 @@ import logging
 from . import tty
 from .actor import Actor, ChildSpec, demonitor, monitor, start_monitored
 from .errors import LinxError, LinxValueError
+from .flow import consumed
 from .mailbox import Mailbox, flush, mailbox, receive
 from .process import Info
 
@@ -31,6 +32,7 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())  # reports show on
 __all__ = [
     "Actor",
     "ChildSpec",
+    "consumed",
     "Info",
     "LinxError",
     "LinxValueError",

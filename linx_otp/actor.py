@@ -36,6 +36,7 @@ from typing import Any
 import pykka
 
 from .errors import LinxError, LinxValueError
+from .flow import consumed
 from .mailbox import mailbox
 
 log = logging.getLogger(__name__)
@@ -126,6 +127,9 @@ class Actor(pykka.ThreadingActor):
     end themselves with ``self.exit(reason)`` (or ``self.exit_now(reason)``), and may override
     ``shutdown_requested()`` to end gracefully when a supervisor asks. Messages are typed
     classes handled with ``match`` in ``on_receive``; callers use ``call(ref, message)``.
+
+    As the owner of a session, it gives each output event's window back once ``on_receive`` has
+    returned from handling it (``linx_otp.consumed``).
 
     ``_ended`` means: ``terminate`` has run and the monitors have been told (it runs once).
     """
@@ -230,6 +234,11 @@ class Actor(pykka.ThreadingActor):
             log.error("%s raised SystemExit(%r); stopping it alone", self, error.code)
             self.exit_now(("exception", error))
             raise LinxError(("exception", error), f"the actor exited: SystemExit({error.code!r})") from error
+        finally:
+            # Flow control (flow.py): a session's output event gives its window back once the
+            # actor has handled it. pykka has no public hook for "a message was handled"; this
+            # private one is pinned with the others.
+            consumed(message)
 
     def on_stop(self) -> None:
         self._end(self._exit_reason)

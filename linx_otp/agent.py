@@ -27,7 +27,13 @@ AGENT_PATH_VARIABLE = "LINX_OTP_AGENT"
 """An environment variable naming another agent binary (for debugging the agent)."""
 
 BUNDLED_AGENT = Path(__file__).parent / "_bin" / "linx-agent"
-RECEIVE_SIZE = 256 * 1024
+RECEIVE_SIZE = 1024 * 1024
+_receive_buffer = bytearray(RECEIVE_SIZE)
+"""Where every agent socket is read into: only the I/O thread reads, one socket at a time, and
+the decoder copies out what it keeps (a fresh object per read would cost page faults)."""
+SEND_BUFFER = 1024 * 1024
+"""The agent's socket buffer (the kernel caps it at net.core.wmem_max): room for a window's
+worth of output, so the agent and the I/O thread wake each other less often."""
 
 
 def agent_path() -> str:
@@ -82,6 +88,7 @@ class AgentConnection:
         the I/O thread proceeds at ``ready`` itself, sparing a detour through the session."""
         path = agent_path()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
         try:
             pid = os.posix_spawn(
                 path,
@@ -126,11 +133,13 @@ class AgentConnection:
             return claimed
 
     def take_events(self) -> list[tuple]:
-        """Every queued event, oldest first."""
+        """Every queued event, oldest first. Call it until it answers empty: only that re-arms the
+        nudge, so events that arrive while the listener is still taking cost no nudge."""
         with self._events_lock:
             events = list(self._events)
             self._events.clear()
-            self._listener_nudged = False
+            if not events:
+                self._listener_nudged = False
         return events
 
     def send(self, data: bytes) -> bool:
@@ -170,13 +179,27 @@ class AgentConnection:
         if listener is not None:
             listener()
 
-    def _on_socket_readable(self) -> None:
+    def _receive(self) -> int:
+        """Reads what the socket holds into the receive buffer, up to its size: one wake-up of
+        the session for as many events as possible. 0 at end-of-file."""
+        size = 0
         try:
-            data = self._socket.recv(RECEIVE_SIZE)
+            size = self._socket.recv_into(_receive_buffer)
+            while 0 < size < RECEIVE_SIZE:
+                more = self._socket.recv_into(memoryview(_receive_buffer)[size:], 0, socket.MSG_DONTWAIT)
+                if not more:
+                    break  # end-of-file: the next call sees it
+                size += more
+        except BlockingIOError:
+            pass
         except (ConnectionResetError, BrokenPipeError):
-            data = b""  # the agent exited with a command unread; what it sent came first
-        if data:
-            events = self._decoder.feed(data)
+            pass  # the agent exited with a command unread; what it sent came first
+        return size
+
+    def _on_socket_readable(self) -> None:
+        size = self._receive()
+        if size:
+            events = self._decoder.feed(memoryview(_receive_buffer)[:size])
             if self._proceed_on_ready and any(event[0] == "ready" for event in events):
                 self._auto_proceed()
             self._queue(events)

@@ -2,7 +2,9 @@
 
 ``receive`` and ``flush`` work on the calling thread's own mailbox, like ``receive`` and
 ``flush()`` in iex; ``Mailbox()`` is an explicit one to pass as ``owner``. A mailbox only
-queues and matches messages: it never starts a thread and never drops a message.
+queues and matches messages: it never starts a thread and never drops a message. Handing out
+a session's output event gives its window back (``flow.consumed``), so a session whose owner
+is a mailbox sends at most a window of output that nobody has taken.
 
 >>> box = Mailbox()
 >>> box.tell(("linx_process", "running"))
@@ -18,6 +20,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from .flow import consumed
+
 Match = tuple | Callable[[Any], bool] | None
 
 
@@ -30,6 +34,9 @@ def _matcher(match: Match) -> Callable[[Any], bool]:
         size = len(match)
         return lambda message: isinstance(message, tuple) and message[:size] == match
     raise TypeError(f"match must be a tuple prefix, a predicate or None, not {match!r}")
+
+
+_NOTHING = object()
 
 
 class Mailbox:
@@ -52,23 +59,31 @@ class Mailbox:
         accepts = _matcher(match)
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._condition:
-            while True:
-                for index in range(len(self._messages)):
-                    if accepts(self._messages[index]):
-                        message = self._messages[index]
-                        del self._messages[index]
-                        return message
+            while (message := self._take_first(accepts)) is _NOTHING:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise TimeoutError(f"no message matching {match!r} within {timeout} s")
                 self._condition.wait(remaining)
+        consumed(message)
+        return message
+
+    def _take_first(self, accepts: Callable[[Any], bool]) -> Any:
+        """The first queued message that ``accepts`` takes, removed; ``_NOTHING`` if none. The
+        caller holds the lock."""
+        for index, message in enumerate(self._messages):
+            if accepts(message):
+                del self._messages[index]
+                return message
+        return _NOTHING
 
     def flush(self) -> list[Any]:
         """Return and remove every queued message."""
         with self._condition:
             messages = list(self._messages)
             self._messages.clear()
-            return messages
+        for message in messages:
+            consumed(message)
+        return messages
 
     def __len__(self) -> int:
         with self._condition:

@@ -3,7 +3,8 @@
 Runs entirely in the caller's thread before anything is started: a bad option raises
 ``LinxValueError`` with the SPEC's ``.reason`` and leaves no process, thread or fd behind.
 The checks run in the original's order (argv, namespaces, env, stdio, cwd, no_new_privs,
-orphan_policy), then owner, linger and auto_proceed. This module never touches the OS.
+orphan_policy), then output, output_window, owner, linger and auto_proceed. This module never
+touches the OS.
 """
 
 from __future__ import annotations
@@ -14,9 +15,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
+import pykka
+
 from . import protocol
 from .errors import LinxValueError
-from .mailbox import mailbox
+from .flow import OUTPUT_CREDIT_POLICIES
+from .mailbox import Mailbox, mailbox
 
 NAMESPACES = tuple(protocol.NAMESPACE_BITS)
 STDIO_KEYS = ("stdin", "stdout", "stderr")
@@ -197,6 +201,32 @@ def check_orphan_policy(policy: Any) -> tuple[int, int] | None:
     )
 
 
+def check_output(output: Any) -> int:
+    """A session's ``output`` mode: ``"block"`` or ``"drop"``, as the protocol's number."""
+    if isinstance(output, str) and output in protocol.OUTPUT_MODES:
+        return protocol.OUTPUT_MODES[output]
+    raise LinxValueError(
+        ("bad_output", output),
+        "output must be 'block' (a workload that outpaces its owner waits) or 'drop' (output past the window "
+        f"is discarded and reported as output_dropped), not {output!r}",
+    )
+
+
+def check_output_window(window: Any) -> int:
+    """A session's ``output_window``: the output bytes in flight to its owner, an int in range."""
+    if (
+        isinstance(window, int)
+        and not isinstance(window, bool)
+        and protocol.OUTPUT_WINDOW_MIN <= window <= protocol.OUTPUT_WINDOW_MAX
+    ):
+        return window
+    raise LinxValueError(
+        ("bad_output_window", window),
+        f"output_window must be an int number of bytes from {protocol.OUTPUT_WINDOW_MIN} to "
+        f"{protocol.OUTPUT_WINDOW_MAX}, not {window!r}",
+    )
+
+
 def check_owner(owner: Any) -> Any:
     if owner is None:
         return mailbox()
@@ -204,7 +234,22 @@ def check_owner(owner: Any) -> Any:
         raise LinxValueError(
             ("bad_owner", owner), f"owner must be an ActorRef, a Mailbox or have .tell(message), not {owner!r}"
         )
+    if getattr(owner, "output_credit", "on_tell") not in OUTPUT_CREDIT_POLICIES:
+        raise LinxValueError(
+            ("bad_owner", owner),
+            f"an owner's output_credit must be one of {OUTPUT_CREDIT_POLICIES}, not {owner.output_credit!r}",
+        )
     return owner
+
+
+def credit_on_tell(owner: Any) -> bool:
+    """Whether the session gives an output event's window back as soon as ``owner.tell`` returns.
+    Not for a ``Mailbox`` (it does so as it hands events out), an actor (a ``linx_otp.Actor``
+    does so once it has handled the event; a plain pykka actor calls ``linx_otp.consumed``), or
+    an owner whose ``output_credit`` is ``"explicit"``."""
+    if isinstance(owner, (Mailbox, pykka.ActorRef)):
+        return False
+    return getattr(owner, "output_credit", "on_tell") == "on_tell"
 
 
 def check_target(target: Any) -> int:
@@ -226,6 +271,8 @@ class SessionOptions(TypedDict, total=False):
     auto_proceed: bool
     no_new_privs: bool
     orphan_policy: tuple[str, float] | str | None
+    output: str
+    output_window: int
 
 
 def plan_session(
@@ -242,6 +289,8 @@ def plan_session(
     auto_proceed: Any = False,
     no_new_privs: Any = False,
     orphan_policy: Any = None,
+    output: Any = "block",
+    output_window: Any = protocol.OUTPUT_WINDOW_DEFAULT,
 ) -> SessionPlan:
     """Validate everything, in order, and build the plan. Raises ``LinxValueError``; an
     option that does not exist is a ``TypeError``, as for any Python call."""
@@ -265,6 +314,8 @@ def plan_session(
         pty=pty,
         no_new_privs=check_bool("no_new_privs", no_new_privs),
         orphan_policy=check_orphan_policy(orphan_policy),
+        output_mode=check_output(output),
+        output_window=check_output_window(output_window),
     )
     return SessionPlan(
         request=request,

@@ -32,8 +32,10 @@ from . import protocol
 from .actor import Actor, ChildSpec, _tell_quietly
 from .agent import AgentConnection
 from .errors import LinxError, LinxValueError, describe_outcome
+from .flow import OutputWindow, consumed
 from .mailbox import flush, mailbox, receive
-from .options import SessionOptions, SessionPlan, check_owner, check_target, plan_session
+from .options import SessionOptions, SessionPlan, check_owner, check_target, credit_on_tell, plan_session
+from .reactor import reactor
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,9 @@ Outcome = tuple
 """``("exited", code)``, ``("signaled", signum)``, ``("aborted",)`` or ``("error", errno, stage)``."""
 
 TERMINAL_EVENTS = ("exited", "signaled", "aborted", "error")
+
+OWNER_CHECK_SECONDS = 0.5
+"""While an actor owner holds a full output window, how often its session checks that it lives."""
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,13 @@ _EVENTS_WAITING = _EventsWaiting()
 
 
 @dataclass(frozen=True)
+class _CheckOwner:
+    """Timer: is the actor that holds the session's full window still alive?"""
+
+    owner: pykka.ActorRef
+
+
+@dataclass(frozen=True)
 class _Verb:
     name: str
     args: tuple = ()
@@ -116,6 +128,10 @@ class Session(Actor):
         self._result: Outcome | None = None
         self._stopping = False
         self._shutting_down = False
+        self._window = OutputWindow(plan.request.output_window, connection.send)
+        self._credit_on_tell = credit_on_tell(plan.owner)
+        self._dropping_for_stopped_owner = False
+        self._owner_check_pending = False
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -134,6 +150,8 @@ class Session(Actor):
             return None
         if isinstance(message, _Verb):
             return getattr(self, f"_verb_{message.name}")(*message.args)
+        if isinstance(message, _CheckOwner):
+            return self._check_owner(message.owner)
         log.warning("session ignoring unexpected message %r", message)
         return None
 
@@ -182,8 +200,9 @@ class Session(Actor):
     # -- events from the agent -----------------------------------------------------------
 
     def _drain_events(self) -> None:
-        for event in self._connection.take_events():
-            self._handle_event(event)
+        while events := self._connection.take_events():
+            for event in events:
+                self._handle_event(event)
 
     def _emit(self, *event: Any) -> None:
         _tell_quietly(self._owner, (EVENT_TAG, *event))
@@ -213,7 +232,9 @@ class Session(Actor):
                 for signum in self._pending_signals:
                     self._connection.send(protocol.encode_signal(signum))
                 self._pending_signals.clear()
-            case ("pty_out" | "stdout" | "stderr" | "pty_in_dropped", _):
+            case ("pty_out" | "stdout" | "stderr", _):
+                self._emit_output(event)
+            case ("pty_in_dropped", _) | ("output_dropped", _, _):
                 self._emit(*event)
             case ("exited" | "signaled", _) | ("aborted",) | ("error", _, _):
                 self._finish(event)
@@ -221,6 +242,65 @@ class Session(Actor):
                 self._finish(("error", status, "agent_died"))
             case _:
                 log.warning("session dropped a malformed agent frame %r", event)
+
+    # -- output flow control (SPEC §2.2; flow.py) -------------------------------------------
+
+    def _emit_output(self, event: tuple) -> None:
+        """Output goes to the owner holding a claim on the window; the owner gives it back."""
+        message = self._window.claim((EVENT_TAG, *event))
+        owner = self._owner
+        try:
+            owner.tell(message)
+        except pykka.ActorDeadError:
+            self._owner_stopped(owner)  # its claim stays: once the window is full, the agent drops
+            return
+        except Exception:
+            log.exception("delivering %r to %r failed", message[:2], owner)
+            consumed(message)
+            return
+        if self._credit_on_tell:
+            consumed(message)
+        elif self._window.full and isinstance(owner, pykka.ActorRef):
+            self._watch_owner(owner)
+
+    def _watch_owner(self, owner: pykka.ActorRef) -> None:
+        """An actor holds the whole window: if it stops it never gives it back, so check on it."""
+        if self._owner_check_pending:
+            return
+        self._owner_check_pending = True
+        check = _CheckOwner(owner)
+        reactor().call_later(OWNER_CHECK_SECONDS, lambda: _tell_quietly(self.actor_ref, check))
+
+    def _check_owner(self, owner: pykka.ActorRef) -> None:
+        self._owner_check_pending = False
+        if owner is not self._owner or self._dropping_for_stopped_owner:
+            return
+        if not owner.is_alive():
+            self._owner_stopped(owner)
+        elif self._window.full:
+            self._watch_owner(owner)
+
+    def _owner_stopped(self, owner: Any) -> None:
+        """The owner actor has stopped and will never take output: rather than block the
+        workload forever, the session drops output past the window until ``set_owner``."""
+        if self._dropping_for_stopped_owner:
+            return
+        self._dropping_for_stopped_owner = True
+        log.warning(
+            "session %s: its owner %r has stopped; output past the window is dropped until set_owner", self, owner
+        )
+        self._window.forgive()  # what it held will never be taken; what it is told from now on fills the window
+        if self._plan.request.output_mode != protocol.OUTPUT_DROP:
+            self._connection.send(protocol.encode_output_mode(protocol.OUTPUT_DROP))
+
+    def _restore_output_mode(self) -> None:
+        """A new owner after one that had stopped: a whole window and the session's own mode again."""
+        if not self._dropping_for_stopped_owner:
+            return
+        self._dropping_for_stopped_owner = False
+        self._window.forgive()  # what the stopped owner was told since will never be taken
+        if self._plan.request.output_mode != protocol.OUTPUT_DROP:
+            self._connection.send(protocol.encode_output_mode(self._plan.request.output_mode))
 
     def _finish(self, outcome: Outcome) -> None:
         self._result = outcome
@@ -306,7 +386,10 @@ class Session(Actor):
         return "starting"
 
     def _verb_set_owner(self, owner: Any) -> Any:
+        """The window carries over: output the previous owner holds counts until it is taken."""
         previous, self._owner = self._owner, owner
+        self._credit_on_tell = credit_on_tell(owner)
+        self._restore_output_mode()
         return previous
 
     def _verb_pty_write(self, data: bytes) -> None:
@@ -342,7 +425,9 @@ def _start(plan: SessionPlan) -> SessionRef:
 def spawn(**options: Unpack[SessionOptions]) -> SessionRef:
     """Start a workload in fresh namespaces, parked at the checkpoint; returns the session.
     The options are SPEC §2.1's: ``argv`` (required), ``namespaces``, ``env``, ``cwd``,
-    ``stdio``, ``owner``, ``linger``, ``auto_proceed``, ``no_new_privs``, ``orphan_policy``.
+    ``stdio``, ``owner``, ``linger``, ``auto_proceed``, ``no_new_privs``, ``orphan_policy``,
+    and flow control's ``output`` (``"block"``, the default, or ``"drop"``) and
+    ``output_window`` (bytes of output in flight to the owner, default 1 MiB; see ``flow``).
 
     >>> session = spawn(argv=["/bin/echo", "hello"], namespaces=["uts"], stdio="devnull")
     >>> receive(("linx_process", "ready"), timeout=5)[0]

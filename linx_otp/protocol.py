@@ -14,8 +14,13 @@ from dataclasses import dataclass, field
 FRAME_HEADER = struct.Struct(">I")
 REQUEST_MAX = 1024 * 1024
 COMMAND_MAX = 64 * 1024
-PTY_OUT_CHUNK = 8192
+OUTPUT_CHUNK = 262144
+"""The most output bytes one ``pty_out``/``stdout``/``stderr`` event carries."""
 PTY_IN_BUFFER_MAX = 1024 * 1024
+OUTPUT_WINDOW_DEFAULT = 1024 * 1024
+"""Output bytes a session may have in flight (sent by the agent, not yet taken by the owner)."""
+OUTPUT_WINDOW_MIN = 4096
+OUTPUT_WINDOW_MAX = 1024 * 1024 * 1024
 PTY_IN_CHUNK = 16 * 1024
 """``pty_write`` splits data into frames of this size, well under ``COMMAND_MAX``."""
 
@@ -26,6 +31,8 @@ CMD_SIGNAL = 0x04
 CMD_PTY_IN = 0x05
 CMD_WINSIZE = 0x06
 CMD_STOP = 0x07
+CMD_CREDIT = 0x08
+CMD_OUTPUT_MODE = 0x09
 
 EVT_SPAWNED = 0x81
 EVT_READY = 0x82
@@ -38,6 +45,7 @@ EVT_PTY_OUT = 0x88
 EVT_PTY_IN_DROPPED = 0x89
 EVT_STDOUT = 0x8A
 EVT_STDERR = 0x8B
+EVT_OUTPUT_DROPPED = 0x8C
 
 FIELD_MODE = 0x01
 FIELD_TARGET = 0x02
@@ -49,6 +57,8 @@ FIELD_STDIO = 0x07
 FIELD_PTY = 0x08
 FIELD_NO_NEW_PRIVS = 0x09
 FIELD_ORPHAN_POLICY = 0x0A
+FIELD_OUTPUT_WINDOW = 0x0B
+FIELD_OUTPUT_MODE = 0x0C
 
 MODE_SPAWN = 0
 MODE_ENTER = 1
@@ -61,6 +71,17 @@ STDIO_CAPTURE = 3
 ORPHAN_KILL = 0
 ORPHAN_LINGER = 1
 ORPHAN_DEFAULT_GRACE_MS = 5000
+
+OUTPUT_BLOCK = 0
+OUTPUT_DROP = 1
+OUTPUT_MODES = {"block": OUTPUT_BLOCK, "drop": OUTPUT_DROP}
+"""What a session does with output past its window: block the workload, or drop and report it."""
+
+OUTPUT_STREAM_PTY = 0
+OUTPUT_STREAM_STDOUT = 1
+OUTPUT_STREAM_STDERR = 2
+OUTPUT_STREAMS = {OUTPUT_STREAM_PTY: "pty", OUTPUT_STREAM_STDOUT: "stdout", OUTPUT_STREAM_STDERR: "stderr"}
+"""How ``output_dropped`` names its stream."""
 
 NS_USER = 1
 NS_MOUNT = 2
@@ -125,6 +146,8 @@ class Request:
     no_new_privs: bool = False
     orphan_policy: tuple[int, int] | None = None
     """``(ORPHAN_KILL, grace_ms)`` or ``(ORPHAN_LINGER, 0)``; None leaves the agent's default."""
+    output_window: int = OUTPUT_WINDOW_DEFAULT
+    output_mode: int = OUTPUT_BLOCK
 
 
 def frame(payload: bytes) -> bytes:
@@ -177,12 +200,24 @@ def encode_request(request: Request) -> bytes:
     if request.orphan_policy is not None:
         kind, grace_ms = request.orphan_policy
         parts.append(_field(FIELD_ORPHAN_POLICY, bytes((kind,)) + FRAME_HEADER.pack(grace_ms)))
+    parts.append(_field(FIELD_OUTPUT_WINDOW, FRAME_HEADER.pack(request.output_window)))
+    parts.append(_field(FIELD_OUTPUT_MODE, bytes((request.output_mode,))))
     return frame(b"".join(parts))
 
 
 def encode_command(command_type: int, body: bytes = b"") -> bytes:
-    """A command frame: ``proceed``, ``abort``, ``stop``, ``signal``, ``pty_in``, ``winsize``."""
+    """A command frame: ``proceed``, ``abort``, ``stop``, ``signal``, ``pty_in``, ``winsize``,
+    ``credit``, ``output_mode``."""
     return frame(bytes((command_type,)) + body)
+
+
+def encode_credit(nbytes: int) -> bytes:
+    """Give the agent back ``nbytes`` of its output window (bytes the owner has taken)."""
+    return encode_command(CMD_CREDIT, FRAME_HEADER.pack(nbytes))
+
+
+def encode_output_mode(mode: int) -> bytes:
+    return encode_command(CMD_OUTPUT_MODE, bytes((mode,)))
 
 
 def encode_signal(signum: int) -> bytes:
@@ -203,7 +238,8 @@ Event = tuple
 """A decoded agent event: ``("spawned", pid)``, ``("ready", pid)``, ``("running",)``,
 ``("exited", code)``, ``("signaled", signum)``, ``("aborted",)``, ``("error", errno, stage)``,
 ``("pty_out", bytes)``, ``("pty_in_dropped", n)``, ``("stdout", bytes)``, ``("stderr", bytes)``,
-or ``("malformed", payload)``."""
+``("output_dropped", stream, n)`` (stream ``"pty"``, ``"stdout"`` or ``"stderr"``), or
+``("malformed", payload)``."""
 
 _U32_EVENTS = {
     EVT_SPAWNED: "spawned",
@@ -215,45 +251,78 @@ _U32_EVENTS = {
 
 
 _DATA_EVENTS = {EVT_PTY_OUT: "pty_out", EVT_STDOUT: "stdout", EVT_STDERR: "stderr"}
+OUTPUT_EVENTS = frozenset(_DATA_EVENTS.values())
+"""The events whose bytes count against the output window."""
+_OUTPUT_DROPPED = struct.Struct(">BQ")
 
 
-def decode_event(payload: bytes) -> Event:
+def decode_event(payload: bytes | memoryview) -> Event:
     """One event from a frame's payload. Never raises: a frame that does not parse comes back
-    as ``("malformed", payload)`` for the session to log and drop."""
+    as ``("malformed", payload)`` for the session to log and drop. Output data is copied once,
+    out of ``payload`` (which may be a view into a larger buffer)."""
+    if not payload:
+        return ("malformed", b"")
     kind, body = payload[0], payload[1:]
+    if kind in _DATA_EVENTS:
+        return (_DATA_EVENTS[kind], bytes(body))
     if kind in _U32_EVENTS and len(body) == 4:
         return (_U32_EVENTS[kind], FRAME_HEADER.unpack(body)[0])
     if kind == EVT_RUNNING and not body:
         return ("running",)
     if kind == EVT_ABORTED and not body:
         return ("aborted",)
-    if kind in _DATA_EVENTS:
-        return (_DATA_EVENTS[kind], bytes(body))
+    if kind == EVT_OUTPUT_DROPPED and len(body) == _OUTPUT_DROPPED.size:
+        stream, nbytes = _OUTPUT_DROPPED.unpack(body)
+        if stream in OUTPUT_STREAMS:
+            return ("output_dropped", OUTPUT_STREAMS[stream], nbytes)
     if kind == EVT_ERROR and len(body) > 4:
-        return ("error", FRAME_HEADER.unpack(body[:4])[0], body[4:].decode("ascii", "replace"))
+        return ("error", FRAME_HEADER.unpack(body[:4])[0], bytes(body[4:]).decode("ascii", "replace"))
     return ("malformed", bytes(payload))
 
 
 class EventDecoder:
-    """Turns a byte stream from the agent into events, however the bytes are split."""
+    """Turns a byte stream from the agent into events, however the bytes are split. Whole
+    frames are decoded straight out of the data they arrived in; only a frame split across two
+    reads is gathered in a buffer."""
 
     def __init__(self) -> None:
-        self._buffer = bytearray()
+        self._partial = bytearray()
 
-    def feed(self, data: bytes) -> list[Event]:
-        self._buffer += data
-        events = []
-        while len(self._buffer) >= FRAME_HEADER.size:
-            (length,) = FRAME_HEADER.unpack_from(self._buffer)
-            end = FRAME_HEADER.size + length
-            if len(self._buffer) < end:
+    def feed(self, data: bytes | memoryview) -> list[Event]:
+        """The events completed by ``data``; nothing refers to ``data`` afterwards."""
+        events: list[Event] = []
+        view = memoryview(data)
+        if self._partial:
+            view = self._complete_partial(view, events)
+        position, size = 0, len(view)
+        while size - position >= FRAME_HEADER.size:
+            (length,) = FRAME_HEADER.unpack_from(view, position)
+            end = position + FRAME_HEADER.size + length
+            if end > size:
                 break
-            payload = bytes(self._buffer[FRAME_HEADER.size : end])
-            del self._buffer[:end]
-            events.append(decode_event(payload) if payload else ("malformed", payload))
+            events.append(decode_event(view[position + FRAME_HEADER.size : end]))
+            position = end
+        self._partial += view[position:]
         return events
+
+    def _complete_partial(self, view: memoryview, events: list[Event]) -> memoryview:
+        """Moves bytes from ``view`` into the split frame until it is whole (then decodes it);
+        returns what is left of ``view``."""
+        if len(self._partial) < FRAME_HEADER.size:
+            taken = FRAME_HEADER.size - len(self._partial)
+            self._partial += view[:taken]
+            view = view[taken:]
+            if len(self._partial) < FRAME_HEADER.size:
+                return view
+        (length,) = FRAME_HEADER.unpack_from(self._partial)
+        taken = FRAME_HEADER.size + length - len(self._partial)
+        self._partial += view[:taken]
+        if len(self._partial) == FRAME_HEADER.size + length:
+            events.append(decode_event(bytes(self._partial[FRAME_HEADER.size :])))
+            self._partial.clear()
+        return view[taken:]
 
     @property
     def pending(self) -> int:
         """Bytes of an incomplete frame still held."""
-        return len(self._buffer)
+        return len(self._partial)

@@ -38,6 +38,7 @@ import pykka
 from . import process as P
 from .actor import demonitor, monitor
 from .errors import LinxError, LinxValueError
+from .flow import consumed
 from .mailbox import mailbox, receive
 
 DEFAULT_DETACH_KEY = b"\x10\x11"
@@ -101,7 +102,11 @@ class DetachScanner:
 
 
 class _Borrowed:
-    """The owner attach installs: queues the session's events and wakes the pump's poll."""
+    """The owner attach installs: queues the session's events and wakes the pump's poll. The
+    pump gives an output event's window back once it has written it to the terminal, so a slow
+    terminal slows the workload instead of filling this queue."""
+
+    output_credit = "explicit"
 
     def __init__(self) -> None:
         self.events: deque[Any] = deque()
@@ -134,6 +139,8 @@ class _Borrowed:
             self._closed = True
             os.close(self.wake_read)
             os.close(self.wake_write)
+        for event in self.events:  # output never shown (a detach): its window goes back to the session
+            consumed(event)
 
 
 class _ProcessSignal(BaseException):
@@ -209,9 +216,10 @@ class _Pump:
 
     def _handle_events(self) -> Any:
         while self.owner.events:
-            match self.owner.events.popleft():
+            match event := self.owner.events.popleft():
                 case ("linx_process", "pty_out", data):
                     _write_all(self.fd, data)
+                    consumed(event)
                 case ("linx_process", kind, *details) if kind in P.TERMINAL_EVENTS:
                     return (kind, *details)
                 case ("DOWN", _, _):

@@ -147,6 +147,8 @@ static void read_request(void)
     }
     if (parse_request(request_buffer, length, &agent.request) < 0)
         fail(EINVAL, "malformed_request", EXIT_MALFORMED);
+    agent.output.size = agent.request.output_window;
+    agent.output.mode = agent.request.output_mode;
 }
 
 /* ---- step 3: stdio, host-side, before any clone or setns ------------------------------- */
@@ -185,6 +187,15 @@ static void open_pty(void)
         fail(errno, "pts_open", EXIT_INFRASTRUCTURE);
 }
 
+/* A capture pipe as deep as one output event (the default is 64 KiB): the workload runs ahead
+ * while the agent relays, and the agent moves the output in fewer, bigger events. Best effort:
+ * an unprivileged user past the kernel's pipe-user-pages-soft gets EPERM and keeps the default. */
+static void deepen_capture_pipe(int fd)
+{
+    if (fcntl(fd, F_SETPIPE_SZ, OUTPUT_CHUNK) < 0 && errno != EPERM)
+        fprintf(stderr, "linx-agent: F_SETPIPE_SZ: %s\n", strerror(errno));
+}
+
 static void prepare_stdio(void)
 {
     if (agent.request.pty) {
@@ -205,6 +216,7 @@ static void prepare_stdio(void)
             int ends[2];
             if (pipe2(ends, O_CLOEXEC) < 0 || fcntl(ends[0], F_SETFL, O_NONBLOCK) < 0)
                 fail(errno, "capture", EXIT_INFRASTRUCTURE);
+            deepen_capture_pipe(ends[0]);
             agent.capture_fds[fd] = ends[0];
             agent.stdio_fds[fd] = ends[1];
         }
@@ -395,6 +407,12 @@ static enum command_result read_command(struct command *command)
     case CMD_WINSIZE:
         well_formed = command->size == 8;
         break;
+    case CMD_CREDIT:
+        well_formed = command->size == 4;
+        break;
+    case CMD_OUTPUT_MODE:
+        well_formed = command->size == 1 && command->body[0] <= OUTPUT_DROP;
+        break;
     default:
         well_formed = false;
     }
@@ -415,6 +433,32 @@ static void apply_winsize(const struct command *command)
     };
     if (ioctl(agent.pty_master, TIOCSWINSZ, &size) < 0)
         fprintf(stderr, "linx-agent: TIOCSWINSZ: %s\n", strerror(errno));
+}
+
+/* ---- output flow control (PROTOCOL.md, "Flow control") ------------------------------- */
+
+/* Bytes of output the window lets the agent send now; 0 when it is full. */
+static uint64_t window_room(void)
+{
+    const struct output_window *window = &agent.output;
+    return window->in_flight >= window->size ? 0 : window->size - window->in_flight;
+}
+
+/* credit gives back bytes the owner has taken; more than is in flight is capped, so a
+ * confused peer can never open the window wider than its size. */
+static void apply_credit(const struct command *command)
+{
+    uint64_t taken = load_u32(command->body);
+    agent.output.in_flight -= taken < agent.output.in_flight ? taken : agent.output.in_flight;
+}
+
+/* The flow-control commands, valid in every phase; any other command is ignored here. */
+static void apply_output_command(const struct command *command)
+{
+    if (command->type == CMD_CREDIT)
+        apply_credit(command);
+    else if (command->type == CMD_OUTPUT_MODE)
+        agent.output.mode = command->body[0];
 }
 
 /* ---- step 6: ready ---------------------------------------------------------------------- */
@@ -523,7 +567,8 @@ static void hold_checkpoint(void)
             apply_winsize(&command);
             break;
         default:
-            break; /* well-formed but not for this phase: the Python side guards it */
+            apply_output_command(&command); /* anything else is not for this phase: ignored */
+            break;
         }
     }
 }
@@ -557,41 +602,152 @@ struct pty_input {
 /* A stream the agent relays as events: the pty master, or a capture pipe. */
 struct output_stream {
     int fd;
+    uint8_t id;        /* OUTPUT_STREAM_*, as output_dropped names it; also its index */
     uint8_t event;     /* EVT_PTY_OUT, EVT_STDOUT or EVT_STDERR */
     bool readable;     /* false once every writer is gone */
+    uint64_t dropped;  /* drop mode: bytes discarded in the current gap, not yet reported */
+    uint64_t left;     /* bytes still to relay: unlimited until the workload exits */
 };
 
-enum { STREAM_PTY, STREAM_STDOUT, STREAM_STDERR, STREAM_COUNT };
+#define STREAM_COUNT 3
+#define UNLIMITED UINT64_MAX
+/* Reads of one stream per turn of the loop, so that a flood never starves the other streams,
+ * the control socket or the workload's exit. */
+#define RELAY_BURST 16
 
 struct supervision {
     struct pty_input input;
     struct output_stream streams[STREAM_COUNT];
     int64_t kill_deadline;   /* orphan policy: SIGKILL at this time; -1 none */
+    bool reaped;             /* the workload has exited; its outcome waits for the streams */
+    siginfo_t outcome;
 };
 
-/* Relay what the stream holds now, in chunks of at most PTY_OUT_CHUNK; stops at EAGAIN
- * (more may come) or at end-of-file/EIO (every writer has closed it). */
-static void drain_stream(struct output_stream *stream)
+/* One output event, built in place: the read lands where the frame's body goes. */
+static uint8_t output_frame[OUTPUT_FRAME_OFFSET + OUTPUT_CHUNK];
+
+/* The end of a gap (drop mode): one output_dropped for all of it. */
+static void report_dropped(struct output_stream *stream)
 {
-    uint8_t chunk[PTY_OUT_CHUNK];
-    while (stream->readable) {
-        ssize_t got = read(stream->fd, chunk, sizeof chunk);
+    if (stream->dropped == 0)
+        return;
+    send_output_dropped(stream->id, stream->dropped);
+    stream->dropped = 0;
+}
+
+/* Whether the agent reads the stream now: block mode only while the window has room, so a
+ * workload that outpaces its owner blocks in write(2); drop mode always. */
+static bool may_read(const struct output_stream *stream)
+{
+    return stream->readable && stream->left > 0 && (window_room() > 0 || agent.output.mode == OUTPUT_DROP);
+}
+
+static size_t read_size(const struct output_stream *stream, bool dropping)
+{
+    uint64_t size = OUTPUT_CHUNK;
+    if (!dropping && window_room() < size)
+        size = window_room();
+    if (stream->left < size)
+        size = stream->left;
+    return (size_t)size;
+}
+
+static void relay_chunk(struct output_stream *stream, size_t size, bool dropping)
+{
+    if (stream->left != UNLIMITED)
+        stream->left -= size;
+    if (dropping) {
+        stream->dropped += size;
+        return;
+    }
+    report_dropped(stream);
+    send_output_frame(stream->event, output_frame, size);
+    agent.output.in_flight += size;
+}
+
+enum fill_end { FILL_FULL, FILL_AGAIN, FILL_CLOSED };
+
+/* Reads up to `size` bytes into the output frame, with as many reads as the stream gives at
+ * once (a pty hands out a few KiB per read): fewer, fuller events. Returns the bytes read;
+ * *end says why it stopped: full, EAGAIN, or end-of-file/EIO (every writer has closed it). */
+static size_t fill_frame(const struct output_stream *stream, size_t size, enum fill_end *end)
+{
+    size_t filled = 0;
+    while (filled < size) {
+        ssize_t got = read(stream->fd, output_frame + OUTPUT_FRAME_OFFSET + filled, size - filled);
         if (got > 0) {
-            send_event(stream->event, chunk, (size_t)got);
+            filled += (size_t)got;
             continue;
         }
         if (got < 0 && errno == EINTR)
             continue;
-        if (got < 0 && errno == EAGAIN)
+        *end = got < 0 && errno == EAGAIN ? FILL_AGAIN : FILL_CLOSED;
+        if (got < 0 && errno != EAGAIN && errno != EIO) /* EIO: a pty whose every slave fd is closed */
+            fprintf(stderr, "linx-agent: reading output: %s\n", strerror(errno));
+        return filled;
+    }
+    *end = FILL_FULL;
+    return filled;
+}
+
+/* Relays what the stream holds now, a burst at most: stops at a full window (block mode), at
+ * EAGAIN (more may come; once the workload is gone, the stream is drained), or at end-of-file. */
+static void relay_stream(struct output_stream *stream, bool workload_gone)
+{
+    for (int burst = 0; burst < RELAY_BURST && may_read(stream); burst++) {
+        bool dropping = window_room() == 0;
+        enum fill_end end;
+        size_t got = fill_frame(stream, read_size(stream, dropping), &end);
+        if (got > 0)
+            relay_chunk(stream, got, dropping);
+        if (end == FILL_AGAIN) {
+            if (workload_gone)
+                stream->left = 0; /* what descendants write later is not waited for */
             return;
-        stream->readable = false;
+        }
+        if (end == FILL_CLOSED) {
+            stream->readable = false;
+            report_dropped(stream);
+            return;
+        }
     }
 }
 
-static void drain_streams(struct supervision *supervision)
+static void relay_streams(struct supervision *supervision, bool workload_gone)
 {
     for (int index = 0; index < STREAM_COUNT; index++)
-        drain_stream(&supervision->streams[index]);
+        relay_stream(&supervision->streams[index], workload_gone);
+}
+
+/* At the workload's exit a pipe holds all it will ever get from the workload: relay that much
+ * and no more (a descendant may hold the pipe and write forever). A pty is read until it is
+ * empty instead, as its last output may still be on its way through the line discipline. */
+static void measure_leftover(struct output_stream *stream)
+{
+    int queued = 0;
+    if (!stream->readable || stream->id == OUTPUT_STREAM_PTY)
+        return;
+    if (ioctl(stream->fd, FIONREAD, &queued) < 0) {
+        fprintf(stderr, "linx-agent: FIONREAD: %s\n", strerror(errno));
+        return; /* read it until EAGAIN instead */
+    }
+    stream->left = (uint64_t)queued;
+}
+
+static bool streams_drained(const struct supervision *supervision)
+{
+    for (int index = 0; index < STREAM_COUNT; index++)
+        if (supervision->streams[index].readable && supervision->streams[index].left > 0)
+            return false;
+    return true;
+}
+
+/* The terminal event is last: after every gap has been reported. */
+static void send_final_events(struct supervision *supervision)
+{
+    for (int index = 0; index < STREAM_COUNT; index++)
+        report_dropped(&supervision->streams[index]);
+    send_outcome(&supervision->outcome);
 }
 
 static void flush_pty_input(struct supervision *supervision)
@@ -638,10 +794,12 @@ static void queue_pty_input(struct supervision *supervision, const struct comman
     flush_pty_input(supervision);
 }
 
-/* The Python side is gone without a graceful stop: apply the orphan policy. */
+/* The Python side is gone without a graceful stop: apply the orphan policy. Nobody takes
+ * output any more, so it is dropped rather than left to block the workload. */
 static void orphan(struct supervision *supervision)
 {
     agent.control_open = false;
+    agent.output.mode = OUTPUT_DROP;
     if (agent.request.orphan_policy == ORPHAN_LINGER)
         return;
     if (signal_child(SIGTERM) < 0 && errno != ESRCH)
@@ -676,22 +834,30 @@ static void handle_running_command(struct supervision *supervision)
         break;
     case CMD_STOP:
         kill_workload(supervision);
+        agent.output.mode = OUTPUT_DROP; /* the reap never waits for an owner to take output */
         break;
     default:
-        break; /* proceed or abort after running: nothing to do */
+        apply_output_command(&command); /* proceed or abort after running: nothing to do */
+        break;
     }
 }
 
-/* Returns true once the child has been reaped and its outcome sent. */
-static bool reap_if_exited(struct supervision *supervision)
+/* Reaps the workload if it has exited; its outcome is sent once the streams are drained. */
+static void reap_if_exited(struct supervision *supervision)
 {
     siginfo_t info;
     memset(&info, 0, sizeof info);
-    if (waitid(P_PIDFD, (id_t)agent.child_pidfd, &info, WEXITED | WNOHANG) < 0 || info.si_pid == 0)
-        return false;
-    drain_streams(supervision);
-    send_outcome(&info);
-    return true;
+    if (waitid(P_PIDFD, (id_t)agent.child_pidfd, &info, WEXITED | WNOHANG) < 0) {
+        if (errno != EINTR)
+            fprintf(stderr, "linx-agent: waitid: %s\n", strerror(errno));
+        return;
+    }
+    if (info.si_pid == 0)
+        return;
+    supervision->outcome = info;
+    supervision->reaped = true;
+    for (int index = 0; index < STREAM_COUNT; index++)
+        measure_leftover(&supervision->streams[index]);
 }
 
 static int poll_timeout(const struct supervision *supervision)
@@ -702,28 +868,49 @@ static int poll_timeout(const struct supervision *supervision)
     return left < 0 ? 0 : (int)(left > 60000 ? 60000 : left);
 }
 
+/* The poll entry of a stream: input when the agent may read it, output when keystrokes wait
+ * for the pty (which never depends on the window); -1 when neither, so that a hangup does not
+ * wake the loop while the window is full. */
+static struct pollfd stream_poll_entry(const struct supervision *supervision, int index)
+{
+    const struct output_stream *stream = &supervision->streams[index];
+    struct pollfd entry = {.fd = -1};
+    if (may_read(stream))
+        entry.events |= POLLIN;
+    if (index == OUTPUT_STREAM_PTY && stream->readable && supervision->input.used)
+        entry.events |= POLLOUT;
+    if (entry.events)
+        entry.fd = stream->fd;
+    return entry;
+}
+
 static void supervise(void)
 {
     struct supervision supervision = {
         .streams = {
-            [STREAM_PTY] = {agent.pty_master, EVT_PTY_OUT, agent.pty_master >= 0},
-            [STREAM_STDOUT] = {agent.capture_fds[1], EVT_STDOUT, agent.capture_fds[1] >= 0},
-            [STREAM_STDERR] = {agent.capture_fds[2], EVT_STDERR, agent.capture_fds[2] >= 0},
+            [OUTPUT_STREAM_PTY] = {agent.pty_master, OUTPUT_STREAM_PTY, EVT_PTY_OUT, agent.pty_master >= 0, 0,
+                                   UNLIMITED},
+            [OUTPUT_STREAM_STDOUT] = {agent.capture_fds[1], OUTPUT_STREAM_STDOUT, EVT_STDOUT,
+                                      agent.capture_fds[1] >= 0, 0, UNLIMITED},
+            [OUTPUT_STREAM_STDERR] = {agent.capture_fds[2], OUTPUT_STREAM_STDERR, EVT_STDERR,
+                                      agent.capture_fds[2] >= 0, 0, UNLIMITED},
         },
         .kill_deadline = -1,
     };
     for (;;) {
+        if (supervision.reaped) {
+            relay_streams(&supervision, true);
+            if (streams_drained(&supervision)) {
+                send_final_events(&supervision);
+                return;
+            }
+        }
         struct pollfd fds[2 + STREAM_COUNT] = {
-            {.fd = agent.child_pidfd, .events = POLLIN},
+            {.fd = supervision.reaped ? -1 : agent.child_pidfd, .events = POLLIN},
             {.fd = agent.control_open ? CONTROL_FD : -1, .events = control_events()},
         };
-        for (int index = 0; index < STREAM_COUNT; index++) {
-            const struct output_stream *stream = &supervision.streams[index];
-            fds[2 + index].fd = stream->readable ? stream->fd : -1;
-            fds[2 + index].events = POLLIN;
-        }
-        if (supervision.streams[STREAM_PTY].readable && supervision.input.used)
-            fds[2 + STREAM_PTY].events |= POLLOUT;
+        for (int index = 0; index < STREAM_COUNT; index++)
+            fds[2 + index] = stream_poll_entry(&supervision, index);
         if (poll(fds, 2 + STREAM_COUNT, poll_timeout(&supervision)) < 0) {
             if (errno == EINTR)
                 continue;
@@ -735,11 +922,11 @@ static void supervise(void)
         }
         for (int index = 0; index < STREAM_COUNT; index++)
             if (fds[2 + index].revents & (POLLIN | POLLHUP | POLLERR))
-                drain_stream(&supervision.streams[index]);
-        if (fds[2 + STREAM_PTY].revents & POLLOUT)
+                relay_stream(&supervision.streams[index], false);
+        if (fds[2 + OUTPUT_STREAM_PTY].revents & (POLLOUT | POLLHUP | POLLERR))
             flush_pty_input(&supervision);
-        if (fds[0].revents && reap_if_exited(&supervision))
-            return;
+        if (fds[0].revents)
+            reap_if_exited(&supervision);
         enum control_wait state = control_state(fds[1].revents);
         if (state == CONTROL_READABLE)
             handle_running_command(&supervision);

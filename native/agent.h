@@ -40,6 +40,8 @@ struct request {
     bool no_new_privs;
     uint8_t orphan_policy; /* ORPHAN_* */
     uint32_t orphan_grace_ms;
+    uint32_t output_window; /* bytes, OUTPUT_WINDOW_MIN..OUTPUT_WINDOW_MAX */
+    uint8_t output_mode;    /* OUTPUT_BLOCK or OUTPUT_DROP */
 };
 
 /* Records the child writes on the report pipe (fixed size, well under PIPE_BUF, so one
@@ -50,6 +52,13 @@ struct child_report {
     int32_t kind;
     int32_t value;               /* ready: the child's own pid; error: errno */
     char stage[STAGE_NAME_MAX];  /* error: NUL-terminated stage name */
+};
+
+/* Flow control (PROTOCOL.md, "Flow control"): output bytes sent and not yet credited. */
+struct output_window {
+    uint32_t size;
+    uint64_t in_flight;
+    uint8_t mode;           /* OUTPUT_BLOCK or OUTPUT_DROP; the output_mode command changes it */
 };
 
 /* Everything the agent holds while it runs; -1 marks an fd it does not have. */
@@ -64,6 +73,7 @@ struct agent {
     pid_t child;            /* as the agent's pid namespace sees it */
     int child_pidfd;
     bool control_open;      /* fd 3 still has a live peer */
+    struct output_window output;
 };
 
 /* child.c: the clone3 child's whole life. Never returns. */

@@ -6,8 +6,12 @@
 #define FRAME_HEADER_SIZE 4
 #define REQUEST_MAX (1024 * 1024)
 #define COMMAND_MAX (64 * 1024)
-#define PTY_OUT_CHUNK 8192
+#define OUTPUT_CHUNK 262144
 #define PTY_IN_BUFFER_MAX (1024 * 1024)
+/* Flow control: bytes of output events in flight (sent, not yet credited) per session. */
+#define OUTPUT_WINDOW_DEFAULT (1024 * 1024)
+#define OUTPUT_WINDOW_MIN 4096
+#define OUTPUT_WINDOW_MAX (1024 * 1024 * 1024)
 
 /* Python -> agent */
 #define MSG_REQUEST 0x01
@@ -17,6 +21,8 @@
 #define CMD_PTY_IN 0x05
 #define CMD_WINSIZE 0x06
 #define CMD_STOP 0x07
+#define CMD_CREDIT 0x08
+#define CMD_OUTPUT_MODE 0x09
 
 /* agent -> Python */
 #define EVT_SPAWNED 0x81
@@ -30,6 +36,7 @@
 #define EVT_PTY_IN_DROPPED 0x89
 #define EVT_STDOUT 0x8a
 #define EVT_STDERR 0x8b
+#define EVT_OUTPUT_DROPPED 0x8c
 
 /* request fields */
 #define FIELD_MODE 0x01
@@ -42,6 +49,8 @@
 #define FIELD_PTY 0x08
 #define FIELD_NO_NEW_PRIVS 0x09
 #define FIELD_ORPHAN_POLICY 0x0a
+#define FIELD_OUTPUT_WINDOW 0x0b
+#define FIELD_OUTPUT_MODE 0x0c
 
 #define MODE_SPAWN 0
 #define MODE_ENTER 1
@@ -54,6 +63,14 @@
 #define ORPHAN_KILL 0
 #define ORPHAN_LINGER 1
 #define ORPHAN_DEFAULT_GRACE_MS 5000
+
+#define OUTPUT_BLOCK 0
+#define OUTPUT_DROP 1
+
+/* output_dropped names its stream with these (stdout and stderr are their fd numbers) */
+#define OUTPUT_STREAM_PTY 0
+#define OUTPUT_STREAM_STDOUT 1
+#define OUTPUT_STREAM_STDERR 2
 
 /* namespace mask bits, in the order enter mode joins them */
 #define NS_USER 1

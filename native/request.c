@@ -66,6 +66,14 @@ static int parse_orphan_policy(const struct field *field, struct request *reques
     return request->orphan_grace_ms <= 0x7fffffffu ? 0 : -1;
 }
 
+static int parse_output_window(const struct field *field, struct request *request)
+{
+    if (field->size != 4)
+        return -1;
+    request->output_window = load_u32(field->value);
+    return request->output_window >= OUTPUT_WINDOW_MIN && request->output_window <= OUTPUT_WINDOW_MAX ? 0 : -1;
+}
+
 static int parse_u32_field(const struct field *field, uint32_t *out)
 {
     if (field->size != 4)
@@ -116,6 +124,13 @@ static int apply_field(const struct field *field, struct request *request, size_
         return field->size == 0 ? 0 : -1;
     case FIELD_ORPHAN_POLICY:
         return parse_orphan_policy(field, request);
+    case FIELD_OUTPUT_WINDOW:
+        return parse_output_window(field, request);
+    case FIELD_OUTPUT_MODE:
+        if (field->size != 1 || field->value[0] > OUTPUT_DROP)
+            return -1;
+        request->output_mode = field->value[0];
+        return 0;
     default:
         return 0; /* unknown tags are skipped: PROTOCOL.md */
     }
@@ -146,6 +161,8 @@ int parse_request(const uint8_t *buffer, size_t length, struct request *request)
     request->mode = 0xff;
     request->orphan_policy = ORPHAN_KILL;
     request->orphan_grace_ms = ORPHAN_DEFAULT_GRACE_MS;
+    request->output_window = OUTPUT_WINDOW_DEFAULT;
+    request->output_mode = OUTPUT_BLOCK;
     request->argv = calloc(argc + 1, sizeof *request->argv);
     request->env = calloc(envc + 1, sizeof *request->env);
     if (!request->argv || !request->env)

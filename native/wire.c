@@ -104,16 +104,36 @@ static void send_all(const uint8_t *bytes, size_t size)
     }
 }
 
+void send_output_frame(uint8_t type, uint8_t *frame, size_t size)
+{
+    if (size > OUTPUT_CHUNK)
+        size = OUTPUT_CHUNK; /* callers never exceed it; the guard keeps the send in bounds */
+    store_u32(frame, (uint32_t)(size + 1));
+    frame[FRAME_HEADER_SIZE] = type;
+    send_all(frame, OUTPUT_FRAME_OFFSET + size);
+}
+
+/* Every event other than output is a few bytes (an error's stage name is the longest). */
+#define SMALL_EVENT_MAX (4 + STAGE_NAME_MAX)
+
 void send_event(uint8_t type, const void *body, size_t size)
 {
-    uint8_t frame[FRAME_HEADER_SIZE + 1 + PTY_OUT_CHUNK];
-    if (size > PTY_OUT_CHUNK)
-        size = PTY_OUT_CHUNK; /* callers never exceed it; the guard keeps the copy in bounds */
+    uint8_t frame[OUTPUT_FRAME_OFFSET + SMALL_EVENT_MAX];
+    if (size > SMALL_EVENT_MAX)
+        size = SMALL_EVENT_MAX; /* callers never exceed it; the guard keeps the copy in bounds */
     store_u32(frame, (uint32_t)(size + 1));
     frame[FRAME_HEADER_SIZE] = type;
     if (size > 0)
-        memcpy(frame + FRAME_HEADER_SIZE + 1, body, size);
-    send_all(frame, FRAME_HEADER_SIZE + 1 + size);
+        memcpy(frame + OUTPUT_FRAME_OFFSET, body, size);
+    send_all(frame, OUTPUT_FRAME_OFFSET + size);
+}
+
+void send_output_dropped(uint8_t stream, uint64_t bytes)
+{
+    uint8_t body[9] = {stream};
+    store_u32(body + 1, (uint32_t)(bytes >> 32));
+    store_u32(body + 5, (uint32_t)bytes);
+    send_event(EVT_OUTPUT_DROPPED, body, sizeof body);
 }
 
 void send_event_u32(uint8_t type, uint32_t value)

@@ -2,6 +2,8 @@
 #ifndef LINX_WIRE_H
 #define LINX_WIRE_H
 
+#include "protocol.h"
+
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -28,6 +30,12 @@ ssize_t write_fully(int fd, const void *buffer, size_t size);
 void send_event(uint8_t type, const void *body, size_t size);
 void send_event_u32(uint8_t type, uint32_t value);
 void send_error(int error, const char *stage);
+
+/* An output event whose body the caller has already put at `frame + OUTPUT_FRAME_OFFSET`
+ * (no copy); `frame` holds OUTPUT_FRAME_OFFSET + OUTPUT_CHUNK bytes. */
+#define OUTPUT_FRAME_OFFSET (FRAME_HEADER_SIZE + 1)
+void send_output_frame(uint8_t type, uint8_t *frame, size_t size);
+void send_output_dropped(uint8_t stream, uint64_t bytes);
 
 uint32_t load_u32(const uint8_t *bytes);
 uint16_t load_u16(const uint8_t *bytes);

@@ -24,6 +24,7 @@ from support import (
 
 import linx_otp
 from linx_otp import process as P
+from linx_otp import protocol
 
 TIMEOUT = 10
 
@@ -818,7 +819,7 @@ def test_captured_streams_arrive_as_events_before_the_outcome(box):
     out = b"".join(event[2] for event in events if event[1] == "stdout")
     err = b"".join(event[2] for event in events if event[1] == "stderr")
     assert out == b"to-out\n" + b"x" * 200000 and err == b"to-err\n"
-    assert max(len(event[2]) for event in events if event[1] in ("stdout", "stderr")) <= 8192
+    assert max(len(event[2]) for event in events if event[1] in ("stdout", "stderr")) <= protocol.OUTPUT_CHUNK
     assert [event[1] for event in events[:2]] == ["ready", "running"]
     session.stop()
 

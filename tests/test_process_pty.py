@@ -7,6 +7,7 @@ from support import reason_of
 
 import linx_otp
 from linx_otp import process as P
+from linx_otp import protocol
 
 TIMEOUT = 10
 
@@ -53,12 +54,12 @@ def test_cat_echoes_what_is_typed(box):
     session.stop()
 
 
-def test_every_byte_arrives_before_the_terminal_event_in_chunks_of_at_most_8_kib(box):
+def test_every_byte_arrives_before_the_terminal_event_in_chunks_of_at_most_one_output_chunk(box):
     session = pty_session(["/bin/sh", "-c", "head -c 300000 /dev/zero | tr '\\0' a; exit 3"], box)
     output, outcome, sizes = output_and_outcome(box)
     assert outcome == ("exited", 3)
     assert output == b"a" * 300000
-    assert max(sizes) <= 8192
+    assert max(sizes) <= protocol.OUTPUT_CHUNK
     session.stop()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import struct
 import subprocess
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 from agent_driver import request, run_agent
 
 from linx_otp import namespaces, options, protocol
+from linx_otp.agent import agent_path
 
 NATIVE = Path(__file__).resolve().parent.parent / "native"
 
@@ -70,6 +72,14 @@ def test_the_namespace_table_is_the_same_in_python_and_in_the_agent(tmp_path):
     assert sum(kind.bit for kind in protocol.NAMESPACE_KINDS) == defines["NS_ALL"]
     assert options.NAMESPACES == tuple(kind.name for kind in protocol.NAMESPACE_KINDS)
     assert set(namespaces.THREAD_JOINABLE.values()) <= set(protocol.NAMESPACE_KINDS)
+
+
+def test_every_field_command_and_event_is_documented_with_its_number():
+    documented = (NATIVE / "PROTOCOL.md").read_text()
+    for name, value in c_defines().items():
+        kind, _, short = name.partition("_")
+        if kind in ("CMD", "EVT", "FIELD"):
+            assert f"| `0x{value:02x}` | `{short.lower()}` |" in documented, name
 
 
 def test_every_error_stage_the_c_side_names_is_documented():
@@ -167,6 +177,17 @@ ARGV = (protocol.FIELD_ARGV, b"/bin/true\0")
             id="grace too long",
         ),
         pytest.param(raw_request(MODE, ARGV, (protocol.FIELD_PTY, b"x")), id="pty with a value"),
+        pytest.param(
+            raw_request(MODE, ARGV, (protocol.FIELD_OUTPUT_WINDOW, struct.pack(">I", protocol.OUTPUT_WINDOW_MIN - 1))),
+            id="window too small",
+        ),
+        pytest.param(
+            raw_request(MODE, ARGV, (protocol.FIELD_OUTPUT_WINDOW, struct.pack(">I", protocol.OUTPUT_WINDOW_MAX + 1))),
+            id="window too large",
+        ),
+        pytest.param(raw_request(MODE, ARGV, (protocol.FIELD_OUTPUT_WINDOW, b"\x00\x10\x00")), id="short window"),
+        pytest.param(raw_request(MODE, ARGV, (protocol.FIELD_OUTPUT_MODE, b"\x02")), id="output mode 2"),
+        pytest.param(raw_request(MODE, ARGV, (protocol.FIELD_OUTPUT_MODE, b"")), id="empty output mode"),
         pytest.param(protocol.frame(bytes([protocol.MSG_REQUEST, protocol.FIELD_MODE, 0, 0])), id="field overruns"),
         pytest.param(protocol.frame(bytes([protocol.CMD_PROCEED])), id="not a request"),
         pytest.param(struct.pack(">I", 0), id="empty frame"),
@@ -197,6 +218,9 @@ def test_eof_before_any_request_exits_silently():
         (protocol.encode_command(protocol.CMD_SIGNAL, b"\x00"), "malformed_command", 71),
         (protocol.encode_command(protocol.CMD_SIGNAL, b"\x41"), "malformed_command", 71),
         (protocol.encode_command(protocol.CMD_WINSIZE, b"\x00" * 7), "malformed_command", 71),
+        (protocol.encode_command(protocol.CMD_CREDIT, b"\x00" * 3), "malformed_command", 71),
+        (protocol.encode_command(protocol.CMD_OUTPUT_MODE, b"\x02"), "malformed_command", 71),
+        (protocol.encode_command(protocol.CMD_OUTPUT_MODE, b""), "malformed_command", 71),
         (struct.pack(">I", 0), "malformed_command", 71),
         (struct.pack(">I", protocol.COMMAND_MAX + 1) + b"x" * 100, "command_too_big", 90),
     ],
@@ -216,3 +240,74 @@ def test_a_well_formed_command_out_of_phase_is_ignored():
         close_after=False,
     )
     assert run.events[-1] == ("exited", 0)
+
+
+def test_flow_control_commands_are_accepted_in_every_phase():
+    run = run_agent(
+        request()
+        + protocol.encode_credit(4096)
+        + protocol.encode_output_mode(protocol.OUTPUT_DROP)
+        + protocol.encode_command(protocol.CMD_PROCEED),
+        close_after=False,
+    )
+    assert run.events[-1] == ("exited", 0)
+
+
+def test_the_request_carries_the_window_and_the_mode():
+    encoded = request(output_window=65536, output_mode=protocol.OUTPUT_DROP)
+    assert bytes([protocol.FIELD_OUTPUT_WINDOW]) + struct.pack(">II", 4, 65536) in encoded
+    assert bytes([protocol.FIELD_OUTPUT_MODE]) + struct.pack(">IB", 1, protocol.OUTPUT_DROP) in encoded
+
+
+CAPTURE_STDOUT = (protocol.StdioDirective(), protocol.StdioDirective(protocol.STDIO_CAPTURE), protocol.StdioDirective())
+
+
+def test_drop_mode_sends_the_window_and_reports_the_rest_exactly():
+    size = 1_000_000
+    run = run_agent(
+        request(
+            argv=(b"/usr/bin/head", b"-c", str(size).encode(), b"/dev/zero"),
+            stdio=CAPTURE_STDOUT,
+            output_window=protocol.OUTPUT_WINDOW_MIN,
+            output_mode=protocol.OUTPUT_DROP,
+        )
+        + protocol.encode_command(protocol.CMD_PROCEED),
+        close_after=False,
+    )
+    delivered = sum(len(event[1]) for event in run.events if event[0] == "stdout")
+    dropped = [event for event in run.events if event[0] == "output_dropped"]
+    assert delivered == protocol.OUTPUT_WINDOW_MIN
+    assert dropped == [("output_dropped", "stdout", size - delivered)]
+    assert run.events[-2:] == [dropped[0], ("exited", 0)]
+
+
+def test_block_mode_never_has_more_than_the_window_in_flight():
+    """A driver that gives credit back for each chunk only after it has seen it: what it has
+    received minus what it has credited never exceeds the window, and every byte arrives."""
+    size, window = 3_000_000, protocol.OUTPUT_WINDOW_MIN
+    ours, theirs = socket.socketpair()
+    pid = os.posix_spawn(agent_path(), ["linx-agent"], {}, file_actions=[(os.POSIX_SPAWN_DUP2, theirs.fileno(), 3)])
+    theirs.close()
+    ours.settimeout(10)
+    frame = request(
+        argv=(b"/usr/bin/head", b"-c", str(size).encode(), b"/dev/zero"), stdio=CAPTURE_STDOUT, output_window=window
+    )
+    ours.sendall(frame + protocol.encode_command(protocol.CMD_PROCEED))
+    decoder = protocol.EventDecoder()
+    received = credited = 0
+    outcome = None
+    try:
+        while outcome is None:
+            for event in decoder.feed(ours.recv(65536)):
+                if event[0] == "stdout":
+                    received += len(event[1])
+                    assert received - credited <= window
+                elif event[0] in ("exited", "signaled", "error"):
+                    outcome = event
+            if outcome is None and received > credited:
+                ours.sendall(protocol.encode_credit(received - credited))
+                credited = received
+    finally:
+        ours.close()
+        os.waitpid(pid, 0)
+    assert outcome == ("exited", 0) and received == size
