@@ -9,12 +9,13 @@ claim back, once; ``Mailbox.receive``/``flush`` call it as they hand a message o
 ``linx_otp.Actor`` once ``on_receive`` has handled it. Credit goes back to the agent in batches
 of a quarter window. This module never blocks and does no I/O except sending a credit frame.
 
->>> window = OutputWindow(4096, send=lambda frame: True)
+>>> sent = []
+>>> window = OutputWindow(16, send=sent.append)  # credit goes back in batches of 16 // 4 bytes
 >>> event = window.claim(("linx_process", "stdout", b"hello"))
 >>> event == ("linx_process", "stdout", b"hello"), window.outstanding
 (True, 5)
->>> consumed(event); consumed(event); window.outstanding
-0
+>>> consumed(event); consumed(event); window.outstanding, len(sent)  # given back once
+(0, 1)
 """
 
 from __future__ import annotations
