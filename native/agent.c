@@ -7,6 +7,7 @@
 #define _GNU_SOURCE
 #include "agent.h"
 #include "protocol.h"
+#include "reaper.h"
 #include "request.h"
 #include "wire.h"
 
@@ -83,6 +84,7 @@ static void discard_child(void)
     close_fd(&agent.go_pipe[1]);
     if (signal_child(SIGKILL) < 0 && errno != ESRCH)
         fprintf(stderr, "linx-agent: killing the child: %s\n", strerror(errno));
+    reaper_kill_tree();
     reap_child();
 }
 
@@ -320,6 +322,7 @@ static void create_child(void)
     if (pid == 0)
         run_child(&agent);
     agent.child = (pid_t)pid;
+    reaper_set_workload(agent.child);
 
     /* Drop the child's ends and the stdio fds now, so that end-of-file means what it says:
      * a connect_unix listener sees EOF when the workload closes, not when the agent exits. */
@@ -566,7 +569,10 @@ enum { STREAM_PTY, STREAM_STDOUT, STREAM_STDERR, STREAM_COUNT };
 struct supervision {
     struct pty_input input;
     struct output_stream streams[STREAM_COUNT];
-    int64_t kill_deadline;   /* orphan policy: SIGKILL at this time; -1 none */
+    int64_t kill_deadline;   /* orphan policy or descendants' grace: SIGKILL the tree at this time; -1 none */
+    bool tree_killed;        /* SIGKILL went to the whole tree: whatever survived it is not waited for */
+    bool workload_reaped;    /* its outcome waits in `outcome` until no descendant is left */
+    siginfo_t outcome;
 };
 
 /* Relay what the stream holds now, in chunks of at most PTY_OUT_CHUNK; stops at EAGAIN
@@ -646,13 +652,17 @@ static void orphan(struct supervision *supervision)
         return;
     if (signal_child(SIGTERM) < 0 && errno != ESRCH)
         fprintf(stderr, "linx-agent: SIGTERM to the workload: %s\n", strerror(errno));
-    supervision->kill_deadline = now_ms() + agent.request.orphan_grace_ms;
+    if (supervision->kill_deadline < 0) /* descendants already being ended keep their deadline */
+        supervision->kill_deadline = now_ms() + agent.request.orphan_grace_ms;
 }
 
+/* SIGKILL to the workload and everything below it; returns once all but the workload are reaped. */
 static void kill_workload(struct supervision *supervision)
 {
-    if (signal_child(SIGKILL) < 0 && errno != ESRCH)
+    if (!supervision->workload_reaped && signal_child(SIGKILL) < 0 && errno != ESRCH)
         fprintf(stderr, "linx-agent: SIGKILL to the workload: %s\n", strerror(errno));
+    reaper_kill_tree();
+    supervision->tree_killed = true;
     supervision->kill_deadline = -1;
 }
 
@@ -682,15 +692,34 @@ static void handle_running_command(struct supervision *supervision)
     }
 }
 
-/* Returns true once the child has been reaped and its outcome sent. */
-static bool reap_if_exited(struct supervision *supervision)
+/* The workload has ended: its outcome waits while its descendants get SIGTERM, and SIGKILL
+ * when the grace is over (or at the orphan policy's deadline, if that comes first). */
+static void reap_if_exited(struct supervision *supervision)
 {
     siginfo_t info;
     memset(&info, 0, sizeof info);
     if (waitid(P_PIDFD, (id_t)agent.child_pidfd, &info, WEXITED | WNOHANG) < 0 || info.si_pid == 0)
+        return;
+    supervision->workload_reaped = true;
+    supervision->outcome = info;
+    reaper_set_workload(-1);
+    uint32_t grace_ms = agent.request.orphan_policy == ORPHAN_LINGER ? ORPHAN_DEFAULT_GRACE_MS
+                                                                     : agent.request.orphan_grace_ms;
+    reaper_terminate_descendants();
+    if (reaper_has_descendants() && supervision->kill_deadline < 0)
+        supervision->kill_deadline = now_ms() + grace_ms;
+}
+
+/* Returns true once the workload and every descendant are reaped and the outcome is sent. */
+static bool report_if_all_gone(struct supervision *supervision)
+{
+    if (!supervision->workload_reaped)
+        return false;
+    reaper_collect();
+    if (!supervision->tree_killed && reaper_has_descendants())
         return false;
     drain_streams(supervision);
-    send_outcome(&info);
+    send_outcome(&supervision->outcome);
     return true;
 }
 
@@ -713,9 +742,10 @@ static void supervise(void)
         .kill_deadline = -1,
     };
     for (;;) {
-        struct pollfd fds[2 + STREAM_COUNT] = {
-            {.fd = agent.child_pidfd, .events = POLLIN},
+        struct pollfd fds[3 + STREAM_COUNT] = {
+            {.fd = supervision.workload_reaped ? -1 : agent.child_pidfd, .events = POLLIN},
             {.fd = agent.control_open ? CONTROL_FD : -1, .events = control_events()},
+            [2 + STREAM_COUNT] = {.fd = reaper_signal_fd(), .events = POLLIN},
         };
         for (int index = 0; index < STREAM_COUNT; index++) {
             const struct output_stream *stream = &supervision.streams[index];
@@ -724,13 +754,14 @@ static void supervise(void)
         }
         if (supervision.streams[STREAM_PTY].readable && supervision.input.used)
             fds[2 + STREAM_PTY].events |= POLLOUT;
-        if (poll(fds, 2 + STREAM_COUNT, poll_timeout(&supervision)) < 0) {
+        if (poll(fds, 3 + STREAM_COUNT, poll_timeout(&supervision)) < 0) {
             if (errno == EINTR)
                 continue;
             /* Report it, but never leave an unsupervised workload behind. */
             int error = errno;
             kill_workload(&supervision);
-            reap_child();
+            if (!supervision.workload_reaped)
+                reap_child();
             fail(error, "poll", EXIT_INFRASTRUCTURE);
         }
         for (int index = 0; index < STREAM_COUNT; index++)
@@ -738,8 +769,10 @@ static void supervise(void)
                 drain_stream(&supervision.streams[index]);
         if (fds[2 + STREAM_PTY].revents & POLLOUT)
             flush_pty_input(&supervision);
-        if (fds[0].revents && reap_if_exited(&supervision))
-            return;
+        if (fds[2 + STREAM_COUNT].revents)
+            reaper_collect();
+        if (fds[0].revents)
+            reap_if_exited(&supervision);
         enum control_wait state = control_state(fds[1].revents);
         if (state == CONTROL_READABLE)
             handle_running_command(&supervision);
@@ -747,6 +780,8 @@ static void supervise(void)
             orphan(&supervision);
         if (supervision.kill_deadline >= 0 && now_ms() >= supervision.kill_deadline)
             kill_workload(&supervision);
+        if (report_if_all_gone(&supervision))
+            return;
     }
 }
 
@@ -756,6 +791,8 @@ int main(void)
     read_request();
     prepare_stdio();
     create_pipes();
+    if (reaper_start() < 0)
+        fail(errno, "reaper", EXIT_INFRASTRUCTURE);
     if (agent.request.mode == MODE_ENTER)
         join_namespaces();
     create_child();
