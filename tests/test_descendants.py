@@ -249,37 +249,43 @@ import json, sys, time
 import linx_otp
 from linx_otp import process as P
 
-argv, env, policy = json.loads(sys.argv[1])
-session = P.spawn(argv=argv, env=env, auto_proceed=True, orphan_policy=policy if policy == "linger" else tuple(policy))
+argv, env, namespaces, policy = json.loads(sys.argv[1])
+policy = policy if policy == "linger" else tuple(policy)
+session = P.spawn(argv=argv, env=env, namespaces=namespaces, auto_proceed=True, orphan_policy=policy)
 linx_otp.receive(("linx_process", "running"), timeout=10)
 print(P.host_pid(session), flush=True)
 time.sleep(600)
 """
 
 
-@pytest.mark.parametrize("namespaces_flag", ["host-pids"])
-def test_the_orphan_policy_ends_the_descendants_too(witness, namespaces_flag):
-    host = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            HOST_SCRIPT,
-            json.dumps([["sh", "-c", "sleep 1013 & sleep 1000"], witness.env(), ["kill", 0.5]]),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+def orphan_descendants(witness: Witness, script: str, namespaces: list[str], policy) -> None:
+    """Run ``script`` from a Python host process, then kill the host with SIGKILL."""
+    request = json.dumps([["sh", "-c", script], witness.env(), namespaces, policy])
+    host = subprocess.Popen([sys.executable, "-c", HOST_SCRIPT, request], stdout=subprocess.PIPE, text=True)
     try:
         assert host.stdout.readline(), "the host script failed to start its session"
         witness.wait_for_marked(3)
         host.kill()
         host.wait(TIMEOUT)
-        assert wait_until(lambda: not marked(witness.mark), TIMEOUT)
     finally:
         if host.poll() is None:
             host.kill()
             host.wait(TIMEOUT)
         host.stdout.close()
+
+
+@NAMESPACE_CASES
+def test_the_orphan_policy_ends_the_descendants_too(witness, namespaces):
+    orphan_descendants(witness, "sleep 1013 & sleep 1000", namespaces, ["kill", 0.5])
+    assert wait_until(lambda: not marked(witness.mark), TIMEOUT)
+
+
+def test_a_lingering_workload_still_takes_its_descendants_when_it_ends(witness, tmp_path):
+    release = tmp_path / "release"
+    orphan_descendants(witness, f"sleep 1013 & while [ ! -e {release} ]; do sleep 0.02; done", [], "linger")
+    assert len(marked(witness.mark)) >= 2, "linger: the orphaned workload and its job run on"
+    release.touch()
+    assert wait_until(lambda: not marked(witness.mark), TIMEOUT)
 
 
 # -- the workload dies with its agent, whatever ids it took -------------------------------------------
