@@ -705,8 +705,10 @@ static void reap_if_exited(struct supervision *supervision)
     reaper_set_workload(-1);
     uint32_t grace_ms = agent.request.orphan_policy == ORPHAN_LINGER ? ORPHAN_DEFAULT_GRACE_MS
                                                                      : agent.request.orphan_grace_ms;
+    if (!reaper_has_descendants())
+        return;
     reaper_terminate_descendants();
-    if (reaper_has_descendants() && supervision->kill_deadline < 0)
+    if (supervision->kill_deadline < 0)
         supervision->kill_deadline = now_ms() + grace_ms;
 }
 

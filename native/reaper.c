@@ -308,8 +308,9 @@ void reaper_terminate_descendants(void)
 }
 
 /* SIGSTOPs every process below the agent, scanning again until a scan finds nobody new: a
- * stopped process cannot fork (a fork with a signal pending is restarted after it), so the
- * tree is then complete and still. Returns it, every member pinned. */
+ * stopped process cannot fork, so the tree stops growing while it is killed. (One caught in
+ * the middle of a fork finishes it first; that child is found by a later scan, at worst by
+ * reaper_kill_tree's scans for stragglers.) Returns the tree, every member pinned. */
 static void freeze_tree(struct tree *frozen)
 {
     for (;;) {
