@@ -269,18 +269,40 @@ static void drain_signal_fd(void)
         ;
 }
 
+static void reap(pid_t pid)
+{
+    while (waitpid(pid, NULL, WNOHANG | __WALL) < 0 && errno == EINTR)
+        ;
+}
+
+/* Reaps every exited child but the workload, whose outcome agent.c takes. One at a time by
+ * peeking (WNOWAIT) at the next one the kernel offers; once that is the dead workload, which
+ * comes first, child by child from the list. */
 void reaper_collect(void)
 {
-    struct pid_list children = {0};
     drain_signal_fd();
-    read_children(self_pid, &children);
-    for (size_t i = 0; i < children.count; i++) {
-        if (children.pids[i] == workload_pid)
+    for (;;) {
+        siginfo_t info;
+        memset(&info, 0, sizeof info);
+        if (waitid(P_ALL, 0, &info, WEXITED | WNOHANG | WNOWAIT | __WALL) < 0) {
+            if (errno == EINTR)
+                continue;
+            return; /* ECHILD: no child at all */
+        }
+        if (info.si_pid == 0)
+            return;
+        if (info.si_pid != workload_pid) {
+            reap(info.si_pid);
             continue;
-        while (waitpid(children.pids[i], NULL, WNOHANG | __WALL) < 0 && errno == EINTR)
-            ;
+        }
+        struct pid_list children = {0};
+        read_children(self_pid, &children);
+        for (size_t i = 0; i < children.count; i++)
+            if (children.pids[i] != workload_pid)
+                reap(children.pids[i]);
+        free(children.pids);
+        return;
     }
-    free(children.pids);
 }
 
 bool reaper_has_descendants(void)
