@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 static int report_fd = -1;
+static pid_t agent_pid = -1; /* getppid() at the start: 0 in a fresh pid namespace */
 
 static void write_report(const struct child_report *report)
 {
@@ -158,15 +159,15 @@ static int exec_workload(const char **argv, const char **env)
 
 /* The parent-death signal: the workload dies with its agent. The kernel clears it on every
  * change of the effective or filesystem ids and of the capabilities, so it is armed again
- * after each such change; an agent that died before the re-arm is noticed by the report pipe
- * (its only reader is the agent), which works where getppid() cannot (in a fresh pid
- * namespace it reads 0 before and after). */
+ * after each such change, and then an agent that died before the re-arm is looked for: a new
+ * parent (getppid), or the report pipe without its reader (the agent is the only one), which
+ * also works in a fresh pid namespace, where getppid() reads 0 before and after. */
 static void arm_parent_death_signal(void)
 {
     if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0)
         fail(errno, "parent_death_signal");
     struct pollfd reader_gone = {.fd = report_fd, .events = 0};
-    if (poll(&reader_gone, 1, 0) > 0 && (reader_gone.revents & POLLERR))
+    if (getppid() != agent_pid || (poll(&reader_gone, 1, 0) > 0 && (reader_gone.revents & POLLERR)))
         _exit(CHILD_EXIT_ABORTED);
 }
 
@@ -188,6 +189,7 @@ static void become_root_in_user_namespace(const struct agent *agent)
 _Noreturn void run_child(struct agent *agent)
 {
     report_fd = agent->report_pipe[1];
+    agent_pid = getppid();
     /* The go pipe's end-of-file covers an agent that dies before this line. */
     arm_parent_death_signal();
     close_agent_fds(agent);
