@@ -110,7 +110,12 @@ class _SpareThread:
             self._idle = True
         name, loop = self._handoff.get()
         threading.current_thread().name = name
-        self._launch()
+        try:
+            self._launch()
+        except RuntimeError as error:  # out of threads: the adopted actor must still run
+            log.warning("no spare actor thread (%s); the next actor starts its own", error)
+            with self._lock:
+                self._started = False
         loop()
 
 

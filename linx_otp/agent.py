@@ -89,6 +89,10 @@ class AgentConnection:
         the I/O thread proceeds at ``ready`` itself, sparing a detour through the session."""
         path = agent_path()
         try:
+            io = reactor()  # its first use makes its epoll fd and thread: before any agent exists
+        except OSError as error:
+            raise spawn_failed(error, "epoll") from error
+        try:
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         except OSError as error:
             raise spawn_failed(error, "socketpair") from error
@@ -118,9 +122,12 @@ class AgentConnection:
             raise spawn_failed(error, "pidfd_open") from error
         connection = cls(ours, pid, pidfd, proceed_on_ready)
         connection.send(request_frame)
-        io = reactor()
-        io.register(ours.fileno(), connection._on_socket_readable)
-        io.register(pidfd, connection._on_agent_exited)
+        try:
+            io.register(ours.fileno(), connection._on_socket_readable)
+            io.register(pidfd, connection._on_agent_exited)
+        except OSError as error:  # epoll_ctl: out of memory or of watches
+            connection._abandon()
+            raise spawn_failed(error, "epoll_ctl") from error
         return connection
 
     # -- the session's side --------------------------------------------------------------
@@ -170,6 +177,17 @@ class AgentConnection:
                 signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
             except OSError:
                 pass
+
+    def _abandon(self) -> None:
+        """Undo a start that could not be watched: kill and reap the agent, close everything."""
+        io = reactor()
+        io.unregister(self._socket.fileno())  # a no-op for an fd never registered
+        io.unregister(self._pidfd)
+        self.kill()
+        os.waitid(os.P_PIDFD, self._pidfd, os.WEXITED)
+        os.close(self._pidfd)
+        self._pidfd = -1
+        self._socket.close()
 
     # -- the I/O thread's side -----------------------------------------------------------
 

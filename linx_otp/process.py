@@ -341,6 +341,9 @@ def _start(plan: SessionPlan) -> SessionRef:
     connection = AgentConnection.start(protocol.encode_request(plan.request), plan.auto_proceed)
     try:
         return Session.start(plan, connection)
+    except RuntimeError as error:  # threading's "can't start new thread": out of processes
+        connection.kill()
+        raise LinxError(("spawn_failed", "eagain"), f"starting the session's thread failed: {error}") from error
     except BaseException:
         connection.kill()
         raise

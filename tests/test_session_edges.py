@@ -4,6 +4,7 @@ the system refuses (out of fds, out of processes)."""
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -78,12 +79,15 @@ def children():
     return [int(pid) for task in Path("/proc/self/task").iterdir() for pid in (task / "children").read_text().split()]
 
 def attempt():
+    # the reason a spawn raises, or the session's outcome
     try:
-        session = P.spawn(argv=["/bin/true"])
+        session = P.spawn(argv=["/bin/true"], auto_proceed=True)
     except linx_otp.LinxError as error:
         return list(error.reason)
-    session.stop()
-    return "spawned"
+    try:
+        return ["outcome", *P.wait(session, 10)]
+    finally:
+        session.stop()
 
 warm = P.spawn(argv=["/bin/true"], auto_proceed=True)  # the I/O and spare threads exist now
 P.wait(warm, 10)
@@ -115,10 +119,12 @@ print(json.dumps({"results": results, "children": children(), "fds_kept": fds_be
 OUT_OF_PROCESSES = r"""
 group = Path(sys.argv[1])
 (group / "cgroup.procs").write_text(str(os.getpid()))
-(group / "pids.max").write_text((group / "pids.current").read_text())
-result = attempt()
+results = []
+for room in (0, 1):  # no process left for the agent; one, which the agent takes
+    (group / "pids.max").write_text(str(int((group / "pids.current").read_text()) + room))
+    results.append(attempt())
 (group / "pids.max").write_text("max")
-print(json.dumps({"results": [result], "children": children(), "after": attempt()}))
+print(json.dumps({"results": results, "children": children(), "after": attempt()}))
 """
 
 
@@ -134,7 +140,7 @@ def test_running_out_of_fds_is_spawn_failed_and_leaves_nothing():
     report = run_limited(OUT_OF_FDS)
     assert report["results"] == [["spawn_failed", "emfile"], ["spawn_failed", "emfile"]]
     assert report["children"] == [] and report["fds_kept"], "no agent, no fd left behind"
-    assert report["after"] == "spawned", "spawning works again once fds are free"
+    assert report["after"] == ["outcome", "exited", 0], "spawning works again once fds are free"
 
 
 @needs_root
@@ -149,6 +155,9 @@ def test_running_out_of_processes_is_spawn_failed_and_leaves_nothing():
     finally:
         assert wait_until(lambda: not (group / "cgroup.procs").read_text().split(), TIMEOUT)
         group.rmdir()
-    assert report["results"] == [["spawn_failed", "eagain"]]
+    assert report["results"] == [
+        ["spawn_failed", "eagain"],
+        ["outcome", "error", errno.EAGAIN, "clone"],  # the agent ran, and could not clone
+    ]
     assert report["children"] == []
-    assert report["after"] == "spawned"
+    assert report["after"] == ["outcome", "exited", 0]
