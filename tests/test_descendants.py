@@ -186,6 +186,27 @@ def test_enter_mode_ends_the_workloads_descendants(witness):
     assert witness.left_at_terminal == [[]]
 
 
+@needs_root
+def test_a_stop_in_an_entered_pid_namespace_ends_the_tree_below_the_workload(witness, box):
+    # Orphans there go to the namespace's init, not to the agent (PROTOCOL.md, "Descendants"),
+    # but what still hangs below the workload when it is stopped is frozen and killed with it.
+    target = P.spawn(argv=["sleep", "1000"], namespaces=["pid"], auto_proceed=True, owner=box)
+    box.receive(("linx_process", "running"), timeout=TIMEOUT)
+    try:
+        session = P.enter(
+            P.host_pid(target),
+            argv=["sh", "-c", "sleep 1013 & sleep 1014 & wait"],
+            namespaces=["pid"],
+            auto_proceed=True,
+            **witness.options(),
+        )
+        witness.wait_for_marked(3)
+        session.stop()
+        assert witness.left_at_terminal == [[]]
+    finally:
+        target.stop()
+
+
 # -- stops and restarts under a supervisor ----------------------------------------------------------
 
 

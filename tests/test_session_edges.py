@@ -76,7 +76,13 @@ import linx_otp
 from linx_otp import process as P
 
 def children():
-    return [int(pid) for task in Path("/proc/self/task").iterdir() for pid in (task / "children").read_text().split()]
+    found = []
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            found += [int(pid) for pid in (task / "children").read_text().split()]
+        except FileNotFoundError:  # a thread that has just ended
+            pass
+    return found
 
 def attempt():
     # the reason a spawn raises, or the session's outcome
