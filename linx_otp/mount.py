@@ -98,7 +98,7 @@ def mount(
         _text(source),
         _text(target),
     ]
-    if through_agent and fstype in NAMESPACED_FSTYPES:
+    if in_pid is not None and fstype in NAMESPACED_FSTYPES:
         _run_through_agent(in_pid, command, "mount")
         return
     _in_mount_namespace(in_pid, lambda: _mount_call(source, target, fstype, flags, data), command, "mount")

@@ -149,7 +149,9 @@ class Session(Actor):
         if not self._connection.finished.is_set():  # when it is, the agent is reaped: DOWN means gone
             if self._result is None:
                 self._connection.send(protocol.encode_command(protocol.CMD_STOP))
-            timeout = KILL_TIMEOUT if reason == "shutdown" else STOP_TIMEOUT
+            # a supervisor's stop outright of a workload that has not ended (after its end, the
+            # agent is only exiting)
+            timeout = KILL_TIMEOUT if reason == "shutdown" and self._result is None else STOP_TIMEOUT
             if not self._connection.finished.wait(timeout):
                 log.error("agent %d did not reap its workload in %s s; killing it", self._connection.pid, timeout)
                 self._connection.kill()

@@ -82,9 +82,9 @@ static siginfo_t reap_child(void)
 static void discard_child(void)
 {
     close_fd(&agent.go_pipe[1]);
-    if (signal_child(SIGKILL) < 0 && errno != ESRCH)
-        fprintf(stderr, "linx-agent: killing the child: %s\n", strerror(errno));
     reaper_kill_tree();
+    if (signal_child(SIGKILL) < 0 && errno != ESRCH) /* should the tree have missed it */
+        fprintf(stderr, "linx-agent: killing the child: %s\n", strerror(errno));
     reap_child();
 }
 
@@ -656,12 +656,14 @@ static void orphan(struct supervision *supervision)
         supervision->kill_deadline = now_ms() + agent.request.orphan_grace_ms;
 }
 
-/* SIGKILL to the workload and everything below it; returns once all but the workload are reaped. */
+/* SIGKILL to the workload and everything below it, frozen first: killed first, the workload
+ * would hand its children to an entered pid namespace's init before they are found.
+ * Returns once all but the workload are reaped. */
 static void kill_workload(struct supervision *supervision)
 {
+    reaper_kill_tree();
     if (!supervision->workload_reaped && signal_child(SIGKILL) < 0 && errno != ESRCH)
         fprintf(stderr, "linx-agent: SIGKILL to the workload: %s\n", strerror(errno));
-    reaper_kill_tree();
     supervision->tree_killed = true;
     supervision->kill_deadline = -1;
 }
@@ -703,11 +705,11 @@ static void reap_if_exited(struct supervision *supervision)
     supervision->workload_reaped = true;
     supervision->outcome = info;
     reaper_set_workload(-1);
-    uint32_t grace_ms = agent.request.orphan_policy == ORPHAN_LINGER ? ORPHAN_DEFAULT_GRACE_MS
-                                                                     : agent.request.orphan_grace_ms;
     if (!reaper_has_descendants())
         return;
     reaper_terminate_descendants();
+    uint32_t grace_ms = agent.request.orphan_policy == ORPHAN_LINGER ? ORPHAN_DEFAULT_GRACE_MS
+                                                                     : agent.request.orphan_grace_ms;
     if (supervision->kill_deadline < 0)
         supervision->kill_deadline = now_ms() + grace_ms;
 }

@@ -361,6 +361,38 @@ static void wait_for_child_signal(int timeout_ms)
         fprintf(stderr, "linx-agent: reaper: poll: %s\n", strerror(errno));
 }
 
+/* Waits until every member has exited: its pidfd turns readable then, whoever its parent is
+ * (in an entered pid namespace, the killed are re-parented to that namespace's init, not to
+ * the agent, so reaping them is not how the agent learns they are gone). */
+static void await_exits(struct tree *tree)
+{
+    struct pollfd *exits = calloc(tree->count, sizeof *exits);
+    if (!exits) {
+        fprintf(stderr, "linx-agent: reaper: out of memory waiting for the killed\n");
+        return;
+    }
+    for (int round = 0; round < STRAGGLER_ROUNDS; round++) {
+        nfds_t waiting = 0;
+        for (size_t i = 0; i < tree->count; i++)
+            if (tree->members[i].pidfd >= 0)
+                exits[waiting++] = (struct pollfd){.fd = tree->members[i].pidfd, .events = POLLIN};
+        if (waiting == 0)
+            break;
+        if (poll(exits, waiting, STRAGGLER_WAIT_MS) < 0 && errno != EINTR)
+            break;
+        nfds_t next = 0; /* exits[] lists the members still waited for, in their order */
+        for (size_t i = 0; i < tree->count; i++) {
+            if (tree->members[i].pidfd < 0)
+                continue;
+            if (exits[next++].revents) {
+                close(tree->members[i].pidfd);
+                tree->members[i].pidfd = -1;
+            }
+        }
+    }
+    free(exits);
+}
+
 void reaper_kill_tree(void)
 {
     struct tree frozen = {0};
@@ -368,6 +400,7 @@ void reaper_kill_tree(void)
     for (size_t i = 0; i < frozen.count; i++)
         if (send_signal(frozen.members[i].pidfd, SIGKILL) < 0 && errno != ESRCH)
             fprintf(stderr, "linx-agent: reaper: SIGKILL to %d: %s\n", frozen.members[i].pid, strerror(errno));
+    await_exits(&frozen);
     release_tree(&frozen);
     /* The dead are re-parented to the agent as their parents die; reap until none is left. */
     for (int round = 0;; round++) {
