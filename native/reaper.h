@@ -28,8 +28,8 @@ bool reaper_has_descendants(void);
 void reaper_terminate_descendants(void);
 
 /* Ends the whole tree below the agent, the workload included: freezes it with SIGSTOP until a
- * scan finds nobody new (so nothing forks or slips away while it is killed), SIGKILLs it, and
- * reaps every child but the workload. Blocks until only the workload (dead or alive) is left,
+ * scan finds nobody new (so nothing forks or slips away while it is killed), SIGKILLs it, waits
+ * for each to exit (by pidfd), and reaps every child but the workload. Blocks until only the workload (dead or alive) is left,
  * or 5 s at most for processes that a SIGKILL does not end (stuck in the kernel). */
 void reaper_kill_tree(void);
 
