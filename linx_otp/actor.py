@@ -112,7 +112,12 @@ class _SpareThread:
             self._idle = True
         name, loop = self._handoff.get()
         threading.current_thread().name = name
-        self._launch()
+        try:
+            self._launch()
+        except RuntimeError as error:  # out of threads: the adopted actor must still run
+            log.warning("no spare actor thread (%s); the next actor starts its own", error)
+            with self._lock:
+                self._started = False
         loop()
 
 
@@ -270,9 +275,6 @@ def tell_quietly(destination: Any, message: Any) -> None:
         pass
     except Exception:
         log.exception("delivering %r to %r failed", message, destination)
-
-
-_tell_quietly = tell_quietly  # the old private name, still imported by process.py
 
 
 def call(ref: pykka.ActorRef, message: Any, what: str = "the actor") -> Any:

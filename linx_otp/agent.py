@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import protocol
-from .errors import LinxError
+from .errors import LinxError, errno_name
 from .reactor import reactor
 
 AGENT_PATH_VARIABLE = "LINX_OTP_AGENT"
@@ -50,6 +50,13 @@ def agent_path() -> str:
             f"the linx agent {path} is missing or not executable; reinstall with `pip install .`",
         )
     return path
+
+
+def spawn_failed(error: OSError, step: str) -> LinxError:
+    """The error for a spawn the system refused (out of fds or processes, say):
+    ``LinxError(("spawn_failed", errno_name))``."""
+    reason = errno_name(error.errno) if error.errno else "unknown"
+    return LinxError(("spawn_failed", reason), f"starting the linx agent failed at {step}: {error.strerror or error}")
 
 
 def exit_status(result: os.waitid_result) -> int:
@@ -87,9 +94,16 @@ class AgentConnection:
         """Start an agent and hand it the request. With ``proceed_on_ready`` (auto_proceed)
         the I/O thread proceeds at ``ready`` itself, sparing a detour through the session."""
         path = agent_path()
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
         try:
+            io = reactor()  # its first use makes its epoll fd and thread: before any agent exists
+        except OSError as error:
+            raise spawn_failed(error, "epoll") from error
+        try:
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        except OSError as error:
+            raise spawn_failed(error, "socketpair") from error
+        try:
+            theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
             pid = os.posix_spawn(
                 path,
                 [path],
@@ -100,17 +114,27 @@ class AgentConnection:
                 # sessions gracefully, instead of killing every agent at once.
                 setpgroup=0,
             )
-        except BaseException:
+        except BaseException as error:
             ours.close()
+            if isinstance(error, OSError):
+                raise spawn_failed(error, "posix_spawn") from error
             raise
         finally:
             theirs.close()
-        pidfd = os.pidfd_open(pid)
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError as error:
+            ours.close()  # the agent reads end-of-file before any request and exits at once
+            os.waitpid(pid, 0)  # unregistered yet, so only this thread reaps it
+            raise spawn_failed(error, "pidfd_open") from error
         connection = cls(ours, pid, pidfd, proceed_on_ready)
         connection.send(request_frame)
-        io = reactor()
-        io.register(ours.fileno(), connection._on_socket_readable)
-        io.register(pidfd, connection._on_agent_exited)
+        try:
+            io.register(ours.fileno(), connection._on_socket_readable)
+            io.register(pidfd, connection._on_agent_exited)
+        except OSError as error:  # epoll_ctl: out of memory or of watches
+            connection._abandon()
+            raise spawn_failed(error, "epoll_ctl") from error
         return connection
 
     # -- the session's side --------------------------------------------------------------
@@ -162,6 +186,17 @@ class AgentConnection:
                 signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
             except OSError:
                 pass
+
+    def _abandon(self) -> None:
+        """Undo a start that could not be watched: kill and reap the agent, close everything."""
+        io = reactor()
+        io.unregister(self._socket.fileno())  # a no-op for an fd never registered
+        io.unregister(self._pidfd)
+        self.kill()
+        os.waitid(os.P_PIDFD, self._pidfd, os.WEXITED)
+        os.close(self._pidfd)
+        self._pidfd = -1
+        self._socket.close()
 
     # -- the I/O thread's side -----------------------------------------------------------
 

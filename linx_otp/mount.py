@@ -11,9 +11,11 @@ the agent (``process.enter``), inside the workload's user and mount namespaces, 
 workload's root has the capabilities.
 
 procfs is the other exception: a proc mount shows the pid namespace of the process that mounts
-it, and a thread cannot join a pid namespace. ``mount_proc`` therefore runs ``mount -t proc``
-through the agent (``process.enter`` into the target's pid and mount namespaces), found by the
-target's view of ``PATH``: mount /proc before ``pivot_root`` into a rootfs without ``mount``.
+it, and a thread cannot join a pid namespace. ``mount_proc`` (and ``mount`` of a ``proc``,
+``sysfs`` or ``mqueue`` filesystem, each of which shows the mounter's pid, net or ipc namespace)
+therefore runs ``mount -t`` through the agent (``process.enter`` into every namespace of the
+target), found by the target's view of ``PATH``: mount /proc before ``pivot_root`` into a
+rootfs without ``mount``.
 
 >>> MS_BIND == 4096
 True
@@ -27,7 +29,7 @@ from typing import Any
 
 from . import namespaces
 from . import process as P
-from .errors import LinxError, LinxOSError
+from .errors import LinxError, LinxOSError, LinxValueError
 from .mailbox import Mailbox
 
 MS_RDONLY = 1
@@ -40,6 +42,12 @@ MS_REC = 16384
 MS_PRIVATE = 1 << 18
 MNT_DETACH = 2
 SYS_PIVOT_ROOT = 155  # x86_64
+
+NAMESPACED_FSTYPES = ("proc", "sysfs", "mqueue")
+"""Filesystems that show the namespace (pid, net, ipc) of the process that mounts them: in a
+workload's namespaces they are mounted by a process the agent starts there, never by a thread."""
+FLAG_OPTIONS = {MS_RDONLY: "ro", MS_NOSUID: "nosuid", MS_NODEV: "nodev", MS_NOEXEC: "noexec"}
+"""The mount flags that a mount run through the agent (util-linux's ``mount -o``) can express."""
 
 _libc = namespaces.libc
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
@@ -77,19 +85,36 @@ def mount(
     *,
     in_pid: int | None = None,
 ) -> None:
-    """mount(2) in the mount namespace of ``in_pid`` (unprivileged callers: no ``flags``)."""
-    if flags and in_pid is not None and os.geteuid() != 0:
-        raise LinxError(
-            ("unsupported", "flags"), "an unprivileged mount in a workload's namespace takes fstype and data, not flags"
-        )
+    """mount(2) in the mount namespace of ``in_pid``. A ``proc``, ``sysfs`` or ``mqueue``
+    filesystem there (or any mount by an unprivileged caller) is mounted by ``mount`` run
+    through the agent, whose ``flags`` can be only ``MS_RDONLY``, ``MS_NOSUID``, ``MS_NODEV``
+    and ``MS_NOEXEC``."""
+    through_agent = in_pid is not None and (fstype in NAMESPACED_FSTYPES or os.geteuid() != 0)
+    options = _mount_options(flags, data) if through_agent else data
     command = [
         "mount",
         *(["-t", fstype] if fstype else []),
-        *(["-o", data] if data else []),
+        *(["-o", options] if options else []),
         _text(source),
         _text(target),
     ]
+    if in_pid is not None and fstype in NAMESPACED_FSTYPES:
+        _run_through_agent(in_pid, command, "mount")
+        return
     _in_mount_namespace(in_pid, lambda: _mount_call(source, target, fstype, flags, data), command, "mount")
+
+
+def _mount_options(flags: int, data: str | None) -> str:
+    """``flags`` and ``data`` as one ``mount -o`` argument; refuses flags it cannot express."""
+    unsupported = flags & ~sum(FLAG_OPTIONS)
+    if unsupported:
+        raise LinxValueError(
+            ("unsupported", "flags"),
+            f"a mount run through the agent takes only MS_RDONLY, MS_NOSUID, MS_NODEV and MS_NOEXEC, "
+            f"not flags {unsupported:#x}",
+        )
+    names = [name for flag, name in FLAG_OPTIONS.items() if flags & flag]
+    return ",".join([*names, *([data] if data else [])])
 
 
 def bind(
@@ -186,7 +211,8 @@ def hostname(name: str, *, in_pid: int | None = None) -> None:
 
 def mount_proc(in_pid: int, target: str = "/proc") -> None:
     """A fresh procfs at ``target`` for the pid namespace of ``in_pid``, mounted by a process
-    the agent starts inside that pid (and mount, and user) namespace."""
+    the agent starts inside that pid (and mount, and user) namespace. The same as
+    ``mount("proc", target, "proc", in_pid=in_pid)``, with errors named ``mount_proc``."""
     _run_through_agent(in_pid, ["mount", "-t", "proc", "proc", target], "mount_proc")
 
 

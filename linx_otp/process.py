@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import math
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from signal import SIGTERM
@@ -29,7 +31,7 @@ from typing import Any, Unpack
 import pykka
 
 from . import protocol
-from .actor import Actor, ChildSpec, _tell_quietly
+from .actor import Actor, ChildSpec, tell_quietly
 from .agent import AgentConnection
 from .errors import LinxError, LinxValueError, describe_outcome
 from .flow import OutputWindow, consumed
@@ -43,6 +45,10 @@ EVENT_TAG = "linx_process"
 STOP_TIMEOUT = 10.0
 """How long a graceful stop waits for the agent to reap the workload before it kills the agent
 (whose death takes the workload with it)."""
+KILL_TIMEOUT = 0.5
+"""The same wait when a supervisor stops the session outright (``brutal_kill``, or its child's
+shutdown seconds are over): the time is already spent, and a live agent kills and reaps the
+whole tree in milliseconds, so only a stuck one (stopped, say) is killed."""
 
 Outcome = tuple
 """``("exited", code)``, ``("signaled", signum)``, ``("aborted",)`` or ``("error", errno, stage)``."""
@@ -161,8 +167,11 @@ class Session(Actor):
         if not self._connection.finished.is_set():  # when it is, the agent is reaped: DOWN means gone
             if self._result is None:
                 self._connection.send(protocol.encode_command(protocol.CMD_STOP))
-            if not self._connection.finished.wait(STOP_TIMEOUT):
-                log.error("agent %d did not reap its workload in %s s; killing it", self._connection.pid, STOP_TIMEOUT)
+            # a supervisor's stop outright of a workload that has not ended (after its end, the
+            # agent is only exiting)
+            timeout = KILL_TIMEOUT if reason == "shutdown" and self._result is None else STOP_TIMEOUT
+            if not self._connection.finished.wait(timeout):
+                log.error("agent %d did not reap its workload in %s s; killing it", self._connection.pid, timeout)
                 self._connection.kill()
                 self._connection.finished.wait(STOP_TIMEOUT)
         self._drain_events()
@@ -205,7 +214,7 @@ class Session(Actor):
                 self._handle_event(event)
 
     def _emit(self, *event: Any) -> None:
-        _tell_quietly(self._owner, (EVENT_TAG, *event))
+        tell_quietly(self._owner, (EVENT_TAG, *event))
 
     def _send(self, frame: bytes) -> None:
         if not self._connection.send(frame):
@@ -269,7 +278,7 @@ class Session(Actor):
             return
         self._owner_check_pending = True
         check = _CheckOwner(owner)
-        reactor().call_later(OWNER_CHECK_SECONDS, lambda: _tell_quietly(self.actor_ref, check))
+        reactor().call_later(OWNER_CHECK_SECONDS, lambda: tell_quietly(self.actor_ref, check))
 
     def _check_owner(self, owner: pykka.ActorRef) -> None:
         self._owner_check_pending = False
@@ -417,6 +426,9 @@ def _start(plan: SessionPlan) -> SessionRef:
     connection = AgentConnection.start(protocol.encode_request(plan.request), plan.auto_proceed)
     try:
         return Session.start(plan, connection)
+    except RuntimeError as error:  # threading's "can't start new thread": out of processes
+        connection.kill()
+        raise LinxError(("spawn_failed", "eagain"), f"starting the session's thread failed: {error}") from error
     except BaseException:
         connection.kill()
         raise
@@ -510,9 +522,32 @@ def signal(session: SessionRef, signum: int) -> None:
     _ask(session, "signal", int(signum))
 
 
+def check_timeout(timeout: Any) -> float | None:
+    """A ``timeout``: None (wait forever) or seconds, finite, from 0 to ``threading.TIMEOUT_MAX``;
+    raises ``LinxValueError(("bad_timeout", value))``.
+
+    >>> check_timeout(None), check_timeout(2)
+    (None, 2.0)
+    """
+    if timeout is None:
+        return None
+    if (
+        isinstance(timeout, (int, float))
+        and not isinstance(timeout, bool)
+        and math.isfinite(timeout)
+        and 0 <= timeout <= threading.TIMEOUT_MAX
+    ):
+        return float(timeout)
+    raise LinxValueError(
+        ("bad_timeout", timeout), f"timeout must be None (wait forever) or finite seconds >= 0, not {timeout!r}"
+    )
+
+
 def wait(session: SessionRef, timeout: float | None = None) -> Outcome:
     """The workload's outcome, blocking until it ends. Raises ``TimeoutError`` if it is still
-    live after ``timeout`` seconds (the session is unaffected)."""
+    live after ``timeout`` seconds (the session is unaffected), ``LinxValueError`` for a
+    timeout that is not None or finite seconds >= 0."""
+    timeout = check_timeout(timeout)
     waiter: concurrent.futures.Future = concurrent.futures.Future()
     try:
         session.tell(_Verb("wait", (waiter,)))

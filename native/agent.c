@@ -7,6 +7,7 @@
 #define _GNU_SOURCE
 #include "agent.h"
 #include "protocol.h"
+#include "reaper.h"
 #include "request.h"
 #include "wire.h"
 
@@ -81,7 +82,8 @@ static siginfo_t reap_child(void)
 static void discard_child(void)
 {
     close_fd(&agent.go_pipe[1]);
-    if (signal_child(SIGKILL) < 0 && errno != ESRCH)
+    reaper_kill_tree();
+    if (signal_child(SIGKILL) < 0 && errno != ESRCH) /* should the tree have missed it */
         fprintf(stderr, "linx-agent: killing the child: %s\n", strerror(errno));
     reap_child();
 }
@@ -332,6 +334,7 @@ static void create_child(void)
     if (pid == 0)
         run_child(&agent);
     agent.child = (pid_t)pid;
+    reaper_set_workload(agent.child);
 
     /* Drop the child's ends and the stdio fds now, so that end-of-file means what it says:
      * a connect_unix listener sees EOF when the workload closes, not when the agent exits. */
@@ -618,8 +621,10 @@ struct output_stream {
 struct supervision {
     struct pty_input input;
     struct output_stream streams[STREAM_COUNT];
-    int64_t kill_deadline;   /* orphan policy: SIGKILL at this time; -1 none */
-    bool reaped;             /* the workload has exited; its outcome waits for the streams */
+    int64_t kill_deadline;   /* orphan policy or descendants' grace: SIGKILL the tree at this time; -1 none */
+    bool tree_killed;        /* SIGKILL went to the whole tree: whatever survived it is not waited for */
+    bool workload_reaped;    /* its outcome waits in `outcome` until no descendant is left */
+    bool leftover_measured;  /* all are gone: each pipe's last bytes are counted, and relayed as credit allows */
     siginfo_t outcome;
 };
 
@@ -804,13 +809,19 @@ static void orphan(struct supervision *supervision)
         return;
     if (signal_child(SIGTERM) < 0 && errno != ESRCH)
         fprintf(stderr, "linx-agent: SIGTERM to the workload: %s\n", strerror(errno));
-    supervision->kill_deadline = now_ms() + agent.request.orphan_grace_ms;
+    if (supervision->kill_deadline < 0) /* descendants already being ended keep their deadline */
+        supervision->kill_deadline = now_ms() + agent.request.orphan_grace_ms;
 }
 
+/* SIGKILL to the workload and everything below it, frozen first: killed first, the workload
+ * would hand its children to an entered pid namespace's init before they are found.
+ * Returns once all but the workload are reaped. */
 static void kill_workload(struct supervision *supervision)
 {
-    if (signal_child(SIGKILL) < 0 && errno != ESRCH)
+    reaper_kill_tree();
+    if (!supervision->workload_reaped && signal_child(SIGKILL) < 0 && errno != ESRCH)
         fprintf(stderr, "linx-agent: SIGKILL to the workload: %s\n", strerror(errno));
+    supervision->tree_killed = true;
     supervision->kill_deadline = -1;
 }
 
@@ -842,22 +853,45 @@ static void handle_running_command(struct supervision *supervision)
     }
 }
 
-/* Reaps the workload if it has exited; its outcome is sent once the streams are drained. */
+/* The workload has ended: its outcome waits while its descendants get SIGTERM, and SIGKILL
+ * when the grace is over (or at the orphan policy's deadline, if that comes first). */
 static void reap_if_exited(struct supervision *supervision)
 {
     siginfo_t info;
     memset(&info, 0, sizeof info);
-    if (waitid(P_PIDFD, (id_t)agent.child_pidfd, &info, WEXITED | WNOHANG) < 0) {
-        if (errno != EINTR)
-            fprintf(stderr, "linx-agent: waitid: %s\n", strerror(errno));
+    if (waitid(P_PIDFD, (id_t)agent.child_pidfd, &info, WEXITED | WNOHANG) < 0 || info.si_pid == 0)
         return;
-    }
-    if (info.si_pid == 0)
-        return;
+    supervision->workload_reaped = true;
     supervision->outcome = info;
-    supervision->reaped = true;
-    for (int index = 0; index < STREAM_COUNT; index++)
-        measure_leftover(&supervision->streams[index]);
+    reaper_set_workload(-1);
+    if (!reaper_has_descendants())
+        return;
+    reaper_terminate_descendants();
+    uint32_t grace_ms = agent.request.orphan_policy == ORPHAN_LINGER ? ORPHAN_DEFAULT_GRACE_MS
+                                                                     : agent.request.orphan_grace_ms;
+    if (supervision->kill_deadline < 0)
+        supervision->kill_deadline = now_ms() + grace_ms;
+}
+
+/* Returns true once the workload and every descendant are reaped, what they wrote is relayed
+ * (in block mode, as credit comes), and the outcome is sent, last. */
+static bool report_if_all_gone(struct supervision *supervision)
+{
+    if (!supervision->workload_reaped)
+        return false;
+    reaper_collect();
+    if (!supervision->tree_killed && reaper_has_descendants())
+        return false;
+    if (!supervision->leftover_measured) {
+        for (int index = 0; index < STREAM_COUNT; index++)
+            measure_leftover(&supervision->streams[index]);
+        supervision->leftover_measured = true;
+    }
+    relay_streams(supervision, true);
+    if (!streams_drained(supervision))
+        return false; /* block mode: the rest waits for credit */
+    send_final_events(supervision);
+    return true;
 }
 
 static int poll_timeout(const struct supervision *supervision)
@@ -898,26 +932,23 @@ static void supervise(void)
         .kill_deadline = -1,
     };
     for (;;) {
-        if (supervision.reaped) {
-            relay_streams(&supervision, true);
-            if (streams_drained(&supervision)) {
-                send_final_events(&supervision);
-                return;
-            }
-        }
-        struct pollfd fds[2 + STREAM_COUNT] = {
-            {.fd = supervision.reaped ? -1 : agent.child_pidfd, .events = POLLIN},
+        if (report_if_all_gone(&supervision))
+            return;
+        struct pollfd fds[3 + STREAM_COUNT] = {
+            {.fd = supervision.workload_reaped ? -1 : agent.child_pidfd, .events = POLLIN},
             {.fd = agent.control_open ? CONTROL_FD : -1, .events = control_events()},
+            [2 + STREAM_COUNT] = {.fd = reaper_signal_fd(), .events = POLLIN},
         };
         for (int index = 0; index < STREAM_COUNT; index++)
             fds[2 + index] = stream_poll_entry(&supervision, index);
-        if (poll(fds, 2 + STREAM_COUNT, poll_timeout(&supervision)) < 0) {
+        if (poll(fds, 3 + STREAM_COUNT, poll_timeout(&supervision)) < 0) {
             if (errno == EINTR)
                 continue;
             /* Report it, but never leave an unsupervised workload behind. */
             int error = errno;
             kill_workload(&supervision);
-            reap_child();
+            if (!supervision.workload_reaped)
+                reap_child();
             fail(error, "poll", EXIT_INFRASTRUCTURE);
         }
         for (int index = 0; index < STREAM_COUNT; index++)
@@ -925,6 +956,8 @@ static void supervise(void)
                 relay_stream(&supervision.streams[index], false);
         if (fds[2 + OUTPUT_STREAM_PTY].revents & (POLLOUT | POLLHUP | POLLERR))
             flush_pty_input(&supervision);
+        if (fds[2 + STREAM_COUNT].revents)
+            reaper_collect();
         if (fds[0].revents)
             reap_if_exited(&supervision);
         enum control_wait state = control_state(fds[1].revents);
@@ -943,6 +976,8 @@ int main(void)
     read_request();
     prepare_stdio();
     create_pipes();
+    if (reaper_start() < 0)
+        fail(errno, "reaper", EXIT_INFRASTRUCTURE);
     if (agent.request.mode == MODE_ENTER)
         join_namespaces();
     create_child();

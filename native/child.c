@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <linux/close_range.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -20,6 +21,7 @@
 #include <unistd.h>
 
 static int report_fd = -1;
+static pid_t agent_pid = -1; /* getppid() at the start: 0 in a fresh pid namespace */
 
 static void write_report(const struct child_report *report)
 {
@@ -155,6 +157,20 @@ static int exec_workload(const char **argv, const char **env)
     return denied ? EACCES : ENOENT;
 }
 
+/* The parent-death signal: the workload dies with its agent. The kernel clears it on every
+ * change of the effective or filesystem ids and of the capabilities, so it is armed again
+ * after each such change, and then an agent that died before the re-arm is looked for: a new
+ * parent (getppid), or the report pipe without its reader (the agent is the only one), which
+ * also works in a fresh pid namespace, where getppid() reads 0 before and after. */
+static void arm_parent_death_signal(void)
+{
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0)
+        fail(errno, "parent_death_signal");
+    struct pollfd reader_gone = {.fd = report_fd, .events = 0};
+    if (getppid() != agent_pid || (poll(&reader_gone, 1, 0) > 0 && (reader_gone.revents & POLLERR)))
+        _exit(CHILD_EXIT_ABORTED);
+}
+
 /* In a fresh user namespace, take uid and gid 0 once the host has written the maps at the
  * checkpoint, as container runtimes do: a child created by root whose map sends 0 to, say,
  * 100000 would otherwise run as the overflow uid. EINVAL means 0 is not mapped: stay as is. */
@@ -164,16 +180,18 @@ static void become_root_in_user_namespace(const struct agent *agent)
         return;
     if (setresgid(0, 0, 0) < 0 && errno != EINVAL)
         fail(errno, "user_ids");
+    arm_parent_death_signal();
     if (setresuid(0, 0, 0) < 0 && errno != EINVAL)
         fail(errno, "user_ids");
+    arm_parent_death_signal();
 }
 
 _Noreturn void run_child(struct agent *agent)
 {
     report_fd = agent->report_pipe[1];
+    agent_pid = getppid();
     /* The go pipe's end-of-file covers an agent that dies before this line. */
-    if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0)
-        fail(errno, "parent_death_signal");
+    arm_parent_death_signal();
     close_agent_fds(agent);
     if (agent->request.no_new_privs && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
         fail(errno, "no_new_privs");

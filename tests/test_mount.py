@@ -9,7 +9,7 @@ from support import needs_root
 
 from linx_otp import mount as M
 from linx_otp import process as P
-from linx_otp.errors import LinxError, LinxOSError
+from linx_otp.errors import LinxError, LinxOSError, LinxValueError
 
 pytestmark = needs_root
 TIMEOUT = 10
@@ -126,3 +126,41 @@ def test_errors_name_the_operation(box, tmp_path):
     with pytest.raises(LinxOSError) as raised:
         M.mkdir(tmp_path / "x", in_pid=pid)
     assert raised.value.reason == ("open_ns", "enoent")
+
+
+def test_mount_of_proc_in_a_workloads_namespace_shows_its_pid_namespace(box):
+    before = host_mounts()
+    output = run_parked(
+        box,
+        "echo /proc/[0-9]*; grep ' /proc ' /proc/self/mountinfo | grep -c nosuid",
+        namespaces=("pid", "mount"),
+        configure=lambda pid: M.mount("proc", "/proc", "proc", M.MS_NOSUID | M.MS_NODEV, in_pid=pid),
+    )
+    assert output.split() == ["/proc/1", "1"], "the workload's own pids, with the flags asked for"
+    assert host_mounts() == before
+
+
+def test_mount_of_sysfs_shows_the_workloads_net_namespace(box, tmp_path):
+    target = tmp_path / "sys"
+    target.mkdir()
+    output = run_parked(
+        box,
+        f"ls {target}/class/net",
+        namespaces=("net", "mount"),
+        configure=lambda pid: M.mount("sysfs", target, "sysfs", in_pid=pid),
+    )
+    assert output.split() == ["lo"], "only the fresh net namespace's links"
+
+
+def test_mount_through_the_agent_refuses_flags_mount_cannot_express(box, tmp_path):
+    session = P.spawn(argv=["/bin/true"], namespaces=["pid", "mount"], owner=box)
+    pid = box.receive(("linx_process", "ready"), timeout=TIMEOUT)[2]
+    try:
+        with pytest.raises(LinxValueError) as raised:
+            M.mount("proc", "/proc", "proc", M.MS_BIND, in_pid=pid)
+        assert raised.value.reason == ("unsupported", "flags") and "MS_NOSUID" in str(raised.value)
+        with pytest.raises(LinxError) as raised:
+            M.mount("proc", tmp_path / "missing", "proc", in_pid=pid)
+        assert raised.value.reason[0] == "mount"
+    finally:
+        session.stop()
