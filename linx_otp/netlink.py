@@ -226,6 +226,26 @@ def link_names(handle: IPRoute) -> list[str]:
     return [link.get_attr("IFLA_IFNAME") for link in handle.get_links()]
 
 
+def link_aliases(handle: IPRoute) -> dict[str, str]:
+    """Every link in ``handle``'s netns by name, with its alias (``ip link set NAME alias``;
+    ``""`` when it has none): the mark by which a program can tell the links it made."""
+    return {
+        link.get_attr("IFLA_IFNAME"): link.get_attr("IFLA_IFALIAS") or ""
+        for link in _call("link_dump", handle.get_links)
+    }
+
+
+def set_alias(handle: IPRoute, name: str, alias: str) -> None:
+    """Set link ``name``'s alias (at most 255 bytes)."""
+    _call("set_alias", handle.link, "set", ifname=name, ifalias=alias)
+
+
+def links_with_address(handle: IPRoute, address: str) -> list[str]:
+    """The names of the links in ``handle``'s netns that hold ``address``."""
+    indexes = {found["index"] for found in _call("address_lookup", handle.get_addr, address=address)}
+    return [link.get_attr("IFLA_IFNAME") for link in handle.get_links() if link["index"] in indexes]
+
+
 __all__ = [
     "add_address",
     "add_default_route",
@@ -233,9 +253,12 @@ __all__ = [
     "create_veth",
     "delete_link",
     "index_of",
+    "link_aliases",
     "link_names",
+    "links_with_address",
     "move_to_netns",
     "open",
+    "set_alias",
     "set_up",
     "setup_veth",
 ]

@@ -136,10 +136,10 @@ def test_the_demo_tree_comes_up_and_sigterm_leaves_nothing(running):
     assert not any(process_alive(pid) for pid in pids)
     assert wait_until(lambda: agent_pids() <= agents_before)
     with Netlink.open() as host:
-        assert wait_until(lambda: "lxdemo0" not in Netlink.link_names(host))
+        assert wait_until(lambda: "lxd-default" not in Netlink.link_names(host))
     layout = Cgroup.detect()
-    assert not Path(layout.v2_root, "linx-otp-web").exists()
-    assert not any(Path(root, "linx-otp-web").exists() for root in layout.v1_roots.values())
+    assert not Path(layout.v2_root, "linx-otp/default").exists()
+    assert not any(Path(root, "linx-otp/default").exists() for root in layout.v1_roots.values())
     assert not demo.control.exists()
 
 
@@ -155,7 +155,7 @@ def test_a_child_killed_from_outside_is_logged_restarted_and_counted(tmp_path, r
     assert daemon.shows(r"sleeper \| signaled 9") and daemon.shows(r"sleeper \| restarted")
     assert wait_until(lambda: daemon.status()["sleeper"][2:5:2] == ["running", "1"])
     row = daemon.status()["sleeper"]
-    assert int(row[3]) != pid and "signaled" in " ".join(row[6:])
+    assert int(row[3]) != pid and " ".join(row[6:]) == "killed by SIGKILL"
     assert daemon.stop() == 0
 
 
@@ -461,7 +461,7 @@ def test_every_kind_of_checkpoint_setup_in_a_tree_is_in_place_at_exec(tmp_path, 
         """
         [[child]]
         id = "fenced"
-        argv = ["sh", "-c", "echo uid=$(id -u) host=$(hostname) $(ip -4 -o addr show eth0 | cut -d' ' -f7) $(grep -c linx-otp-fenced /proc/self/cgroup); exec sleep 600"]
+        argv = ["sh", "-c", "echo uid=$(id -u) host=$(hostname) $(ip -4 -o addr show eth0 | cut -d' ' -f7) $(grep -c linx-otp/default/fenced /proc/self/cgroup); exec sleep 600"]
         namespaces = ["user", "uts", "net", "pid", "mount"]
         stdio = "capture"
         shutdown = 1.0
@@ -479,4 +479,4 @@ def test_every_kind_of_checkpoint_setup_in_a_tree_is_in_place_at_exec(tmp_path, 
     assert Path(f"/proc/{pid}/status").read_text().split("Uid:")[1].split()[0] == "100000"
     assert daemon.stop() == 0
     layout = Cgroup.detect()
-    assert not Path(layout.v2_root, "linx-otp-fenced").exists()
+    assert not Path(layout.v2_root, "linx-otp/default/fenced").exists()

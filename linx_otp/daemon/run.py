@@ -1,54 +1,48 @@
-"""The ``linx-otp run`` daemon: runs a declared tree in the foreground until told to stop.
+"""The ``linx-otp run`` event loop: runs a declared tree in the foreground until told to stop.
 
-It starts the tree's supervisors, prints one line per lifecycle event (or one JSON object with
-``--json``), applies each child's declared checkpoint setup when it reaches ``ready`` (uid/gid
-maps, hostname, veth, cgroup) and then proceeds it, prefixes captured output with the child's
-id (or appends it to the child's log file), and serves the control socket. SIGINT or SIGTERM
-stops the tree gracefully and exits 0; a tree that gives up exits 1.
+Order of a start, so that a refused start changes nothing: claim the instance (its lock; a
+second daemon for the name stops here), bind the control socket, remove a killed
+predecessor's leftovers, and only then start the tree's supervisors. Supervisor reports and
+session events land in one mailbox that this loop works through: it keeps the ``TreeState``,
+applies each child's checkpoint set-up when it reaches ``ready`` (uid/gid maps, hostname, a
+veth marked as this instance's, a cgroup under ``linx-otp/NAME/``) and proceeds it, and hands
+lines and captured output to ``Output``, which writes them on its own thread. SIGINT or
+SIGTERM stops the tree gracefully and exits 0; a tree that gives up exits 1.
 
-Events from every session and supervisor land in one mailbox that the main thread works
-through, so the bookkeeping needs no locks beyond the one the control thread reads under.
+This loop never writes to the console or a log itself, and never waits on a client.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
-import struct
-import sys
 import threading
 import time
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, BinaryIO, TextIO
+from typing import Any
 
 import pykka
 
-from . import cgroup as Cgroup
-from . import mount as Mount
-from . import netlink as Netlink
-from . import process as P
-from . import supervisor as S
-from . import tty
-from . import user as User
-from .actor import monitor
-from .errors import LinxError
-from .mailbox import Mailbox
+from .. import cgroup as Cgroup
+from .. import mount as Mount
+from .. import netlink as Netlink
+from .. import process as P
+from .. import supervisor as S
+from .. import tty
+from .. import user as User
+from ..actor import monitor
+from ..errors import LinxError
+from ..mailbox import Mailbox
+from .control import ControlServer, Request
+from .instance import Instance
+from .output import Output
+from .state import SetupDue, TreeState, describe_exit, signal_name
 from .tree import Group, Tree, Workload
 
 ROOT_ID = "root"
-
-
-def default_control_path() -> str:
-    """Where the control socket lives unless ``--control`` says otherwise."""
-    if "LINX_OTP_CONTROL" in os.environ:
-        return os.environ["LINX_OTP_CONTROL"]
-    if os.geteuid() == 0:
-        return "/run/linx-otp/control.sock"
-    runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/linx-otp-{os.getuid()}"
-    return f"{runtime}/linx-otp.sock"
+REFUSALS = ("link_taken", "address_taken")
+"""Set-up failures that mean: another instance (or someone) owns what this child asks for."""
+QUIET_SUPERVISOR_REPORTS = ("started", "exited", "stopped")
+"""A worker's own events already say these; a nested supervisor's are shown."""
 
 
 class _ChildOwner:
@@ -61,40 +55,79 @@ class _ChildOwner:
         self.inbox.tell(("child", self.child_id, message))
 
 
-@dataclass
-class _Record:
-    """What ``status`` shows for one child."""
-
-    kind: str
-    state: str = "starting"
-    host_pid: int | None = None
-    restarts: int = 0
-    started_at: float | None = None
-    last_exit: Any = None
-
-
 class Daemon:
-    def __init__(
-        self, tree: Tree, *, json_output: bool = False, control_path: str | None = None, out: TextIO = sys.stdout
-    ) -> None:
+    """One instance running one tree.
+
+    >>> from linx_otp.daemon.tree import parse_text
+    >>> tree = parse_text('[[child]]\\nid = "a"\\nargv = ["true"]\\n', "t.toml")
+    >>> Daemon(tree, Instance("doc", "/nonexistent/doc.sock")).state.status()[0]["state"]
+    'starting'
+    """
+
+    def __init__(self, tree: Tree, instance: Instance, *, json_output: bool = False, console_fd: int = 1) -> None:
         self.tree = tree
+        self.instance = instance
         self.json_output = json_output
-        self.out = out
+        self.console_fd = console_fd
         self.inbox = Mailbox()
-        self.control_path = control_path or default_control_path()
         self.workloads = {workload.id: workload for workload in tree.workloads()}
-        self.records: dict[str, _Record] = {}
-        self.lock = threading.Lock()
+        self.state = TreeState(tree)
         self.cgroups: dict[str, Cgroup.Cgroup] = {}
         self.root: pykka.ActorRef | None = None
         self.stopping = False
-        self.output = _Output(self)
+        self.output: Output | None = None
+        self.control: ControlServer | None = None
 
-    # -- building the tree -------------------------------------------------------------------
+    # -- start and stop ------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Run until a signal (exit 0) or until the tree gives up (exit 1). Raises ``LinxError``
+        before anything is started if the instance is taken or its socket place is unsafe."""
+        self.instance.claim()
+        try:
+            listener = self.instance.listen()
+        except LinxError:
+            self.instance.release()
+            raise
+        self.output = Output(self.console_fd, self.report_from_thread)
+        self.control = ControlServer(listener, self.answer, self.report_from_thread)
+        previous = {number: signal.signal(number, self._on_signal) for number in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            return self._run()
+        finally:
+            self.cleanup()
+            for number, handler in previous.items():
+                signal.signal(number, handler)
+
+    def _run(self) -> int:
+        self.report("tree", "starting", f"{self.tree.file} as instance {self.instance.name!r}")
+        try:
+            for leftover in self.instance.clean_leftovers():
+                self.report("daemon", "cleaned", f"a killed predecessor's {leftover}")
+        except (LinxError, OSError) as error:
+            self.report("daemon", "cleanup_failed", str(error))
+        self.control.start()
+        try:
+            self.root = S.start(
+                [self._spec(child) for child in self.tree.children], id=ROOT_ID, events=self.inbox, **self.tree.settings
+            )
+        except LinxError as error:
+            self.report("tree", "failed_to_start", str(error))
+            return 1
+        self.state.root = self.root
+        monitor(self.root, self.inbox)
+        self.report("tree", "up", f"{len(self.workloads)} workloads; control socket {self.instance.control_path}")
+        code = None
+        while code is None:
+            try:
+                message = self.inbox.receive(timeout=0.5)
+            except TimeoutError:
+                continue
+            code = self.handle(message)
+        return code
 
     def _spec(self, child: Workload | Group) -> Any:
         if isinstance(child, Group):
-            self.records[child.id] = _Record("supervisor")
             return S.child_spec(
                 [self._spec(grandchild) for grandchild in child.children],
                 id=child.id,
@@ -103,165 +136,10 @@ class Daemon:
                 events=self.inbox,
                 **child.settings,
             )
-        self.records[child.id] = _Record("worker")
         return P.child_spec(owner=_ChildOwner(child.id, self.inbox), auto_proceed=not child.setup, **child.options)
-
-    def start(self) -> None:
-        specs = [self._spec(child) for child in self.tree.children]
-        self.root = S.start(specs, id=ROOT_ID, events=self.inbox, **self.tree.settings)
-        monitor(self.root, self.inbox)
-        _ControlServer(self).start()
-
-    # -- the main loop -----------------------------------------------------------------------
-
-    def run(self) -> int:
-        """Run until a signal (exit 0) or until the tree gives up (exit 1)."""
-        signal.signal(signal.SIGINT, self._on_signal)
-        signal.signal(signal.SIGTERM, self._on_signal)
-        self.report("tree", "starting", self.tree.file)
-        try:
-            self.start()
-        except LinxError as error:
-            self.report("tree", "failed_to_start", str(error))
-            self.cleanup()
-            return 1
-        self.report("tree", "up", f"{len(self.workloads)} workloads; control socket {self.control_path}")
-        code = None
-        while code is None:
-            try:
-                message = self.inbox.receive(timeout=0.5)
-            except TimeoutError:
-                continue
-            code = self.handle(message)
-        self.cleanup()
-        return code
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self.inbox.tell(("signal", signum))
-
-    def handle(self, message: Any) -> int | None:
-        match message:
-            case ("signal", signum):
-                self.report("tree", "stopping", f"signal {signal.Signals(signum).name}")
-                self.stop_tree()
-                return 0
-            case ("shutdown",):
-                self.report("tree", "stopping", "shutdown requested over the control socket")
-                self.stop_tree()
-                return 0
-            case ("DOWN", ref, reason) if ref == self.root:
-                if self.stopping:
-                    return 0
-                self.report("tree", "gave_up", reason)
-                return 1
-            case ("linx_supervisor", kind, _, child_id, detail):
-                self.supervisor_event(kind, child_id, detail)
-            case ("child", child_id, ("linx_process", kind, *detail)):
-                self.child_event(child_id, kind, detail)
-        return None
-
-    def supervisor_event(self, kind: str, child_id: str, detail: Any) -> None:
-        with self.lock:
-            record = self.records.get(child_id)
-            if record is not None:
-                if kind in ("started", "restarted"):
-                    record.started_at = time.time()
-                    record.state = "running" if record.kind == "supervisor" else record.state
-                    record.restarts += kind == "restarted"
-                elif kind in ("exited", "stopped"):
-                    record.state = "stopped" if kind == "stopped" else "exited"
-                    record.last_exit = detail
-                    record.host_pid = None
-        worker = record is not None and record.kind == "worker"
-        if kind in ("restarted", "gave_up", "start_failed") or (kind in ("exited", "stopped") and not worker):
-            self.report(child_id, kind, detail if kind != "restarted" else "")  # a worker's own events say the rest
-
-    def child_event(self, child_id: str, kind: str, detail: list) -> None:
-        if kind in ("stdout", "stderr", "pty_out"):
-            self.output.write(child_id, kind, detail[0])
-            return
-        with self.lock:
-            record = self.records[child_id]
-            record.state = kind
-            if kind == "ready":
-                record.host_pid = detail[0]
-        self.report(child_id, kind, detail[0] if len(detail) == 1 else tuple(detail) if detail else "")
-        workload = self.workloads[child_id]
-        if kind == "ready" and workload.setup:
-            self.apply_setup(workload, detail[0])
-        elif kind in P.TERMINAL_EVENTS:
-            self.output.flush(child_id)
-            if child_id in self.cgroups:
-                self.release_cgroup(child_id)
-
-    # -- checkpoint setup ----------------------------------------------------------------------
-
-    def apply_setup(self, workload: Workload, pid: int) -> None:
-        setup = workload.setup
-        session = self.find_session(workload.id)
-        try:
-            if setup.uid_map is not None:  # the tree file gives both maps or neither
-                User.setup_maps(pid, uid=setup.uid_map, gid=setup.gid_map)
-            if setup.hostname is not None:
-                Mount.hostname(setup.hostname, in_pid=pid)
-            if setup.veth is not None:
-                veth = setup.veth
-                with Netlink.open() as host:  # the last incarnation's pair may not be torn down yet
-                    Netlink.delete_link(host, veth["host"], missing_ok=True)
-                Netlink.setup_veth(
-                    pid,
-                    host_name=veth["host"],
-                    address=veth["address"],
-                    prefixlen=veth["prefixlen"],
-                    gateway=veth.get("gateway"),
-                    host_address=veth.get("host_address"),
-                )
-            if setup.cgroup is not None:
-                cgroup = Cgroup.create(f"linx-otp-{workload.id}", **setup.cgroup)
-                self.cgroups[workload.id] = cgroup
-                Cgroup.add_process(cgroup, pid)
-            if session is not None:
-                P.proceed(session)
-        except LinxError as error:
-            self.report(workload.id, "setup_failed", str(error))
-            if session is not None:
-                try:
-                    P.abort(session)
-                except LinxError:
-                    pass
-
-    def release_cgroup(self, child_id: str) -> None:
-        try:
-            Cgroup.destroy(self.cgroups.pop(child_id), kill_first=True)
-        except LinxError as error:
-            self.report(child_id, "cgroup_left", str(error))
-
-    def locate(self, child_id: str) -> tuple[pykka.ActorRef, pykka.ActorRef | None]:
-        """The supervisor holding ``child_id`` and its current ref (None while stopped)."""
-
-        def search(supervisor: pykka.ActorRef) -> tuple[pykka.ActorRef, pykka.ActorRef | None] | None:
-            for found_id, ref, kind in S.which_children(supervisor):
-                if found_id == child_id:
-                    return supervisor, ref
-                if kind == "supervisor" and ref is not None:
-                    inner = search(ref)
-                    if inner is not None:
-                        return inner
-            return None
-
-        found = search(self.root) if self.root is not None else None
-        if found is None:
-            raise LinxError("not_found", f"no child {child_id!r} in the tree")
-        return found
-
-    def find_session(self, child_id: str) -> pykka.ActorRef | None:
-        """The current session of ``child_id``, or None."""
-        try:
-            return self.locate(child_id)[1]
-        except LinxError:
-            return None
-
-    # -- stopping ------------------------------------------------------------------------------
 
     def stop_tree(self) -> None:
         self.stopping = True
@@ -272,51 +150,199 @@ class Daemon:
                 message = self.inbox.receive(timeout=0)
             except TimeoutError:
                 break
-            if message[0] in ("child", "linx_supervisor"):
+            if message[0] in ("child", "linx_supervisor", "report"):
                 self.handle(message)
         self.report("tree", "stopped", "")
 
     def cleanup(self) -> None:
         for child_id in list(self.cgroups):
             self.release_cgroup(child_id)
-        self.output.close()
         try:
-            os.unlink(self.control_path)
-        except OSError:
-            pass
+            self.instance.remove_cgroup_parents()
+            with Netlink.open() as host:
+                for link in self.instance.own_links(Netlink.link_aliases(host)):
+                    Netlink.delete_link(host, link, missing_ok=True)
+        except (LinxError, OSError) as error:
+            self.report("daemon", "cleanup_failed", str(error))
+        if self.control is not None:
+            self.control.close()
+        if self.output is not None:
+            self.output.close()
+        self.instance.release()
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def handle(self, message: Any) -> int | None:
+        match message:
+            case ("signal", signum):
+                self.report("tree", "stopping", f"signal {signal_name(signum)}")
+                self.stop_tree()
+                return 0
+            case ("shutdown",):
+                self.report("tree", "stopping", "shutdown requested over the control socket")
+                self.stop_tree()
+                return 0
+            case ("DOWN", ref, reason) if ref == self.root:
+                if self.stopping:
+                    return 0
+                self.report("tree", "gave_up", describe_exit(reason))
+                return 1
+            case ("linx_supervisor", kind, _, child_id, detail):
+                self.supervisor_event(kind, child_id, detail)
+            case ("child", child_id, ("linx_process", kind, *detail)):
+                self.child_event(child_id, kind, detail)
+            case ("report", child_id, kind, detail):
+                self.report(child_id, kind, detail)
+        return None
+
+    def supervisor_event(self, kind: str, child_id: str, detail: Any) -> None:
+        due = self.state.supervisor_report(kind, child_id, detail)
+        worker = child_id in self.workloads
+        if kind not in QUIET_SUPERVISOR_REPORTS or not worker:
+            shown = "" if kind in ("started", "restarted") else describe_exit(detail)
+            self.report(child_id, kind, shown)
+        if due is not None:
+            self.apply_setup(due)
+
+    def child_event(self, child_id: str, kind: str, detail: list) -> None:
+        if kind in ("stdout", "stderr", "pty_out"):
+            self.output.captured(child_id, kind, detail[0], self.workloads[child_id].log)
+            return
+        if kind == "pty_in_dropped":
+            return
+        due = self.state.child_event(child_id, kind, detail)
+        self.report(child_id, kind, _describe_event(kind, detail))
+        if due is not None and self.workloads[child_id].setup:
+            self.apply_setup(due)
+        elif kind in P.TERMINAL_EVENTS:
+            self.output.end_of(child_id)
+            if child_id in self.cgroups:
+                self.release_cgroup(child_id)
+
+    # -- checkpoint set-up ---------------------------------------------------------------------
+
+    def apply_setup(self, due: SetupDue) -> None:
+        workload = self.workloads[due.child_id]
+        setup, pid = workload.setup, due.host_pid
+        if not setup:
+            return
+        try:
+            if setup.uid_map is not None:  # the tree file gives both maps or neither
+                User.setup_maps(pid, uid=setup.uid_map, gid=setup.gid_map)
+            if setup.hostname is not None:
+                Mount.hostname(setup.hostname, in_pid=pid)
+            if setup.veth is not None:
+                self.setup_veth(workload.id, setup.veth, pid)
+            if setup.cgroup is not None:
+                if workload.id in self.cgroups:  # the last incarnation's
+                    self.release_cgroup(workload.id)
+                cgroup = Cgroup.create(self.instance.cgroup_name(workload.id), **setup.cgroup)
+                self.cgroups[workload.id] = cgroup
+                Cgroup.add_process(cgroup, pid)
+            P.proceed(due.session)
+        except (LinxError, OSError) as error:
+            self.report(workload.id, "setup_failed", str(error))
+            try:
+                P.abort(due.session)
+            except LinxError:
+                pass
+            if isinstance(error, LinxError) and isinstance(error.reason, tuple) and error.reason[0] in REFUSALS:
+                self.stop_refused(workload.id)
+
+    def stop_refused(self, child_id: str) -> None:
+        """A child refused a host resource another owns stays stopped (restarting it would
+        only be refused again, and spend its siblings' restart intensity)."""
+
+        def stop() -> None:
+            try:
+                supervisor, _ = self.state.locate(child_id)
+                S.terminate_child(supervisor, child_id)
+            except LinxError:
+                pass  # its supervisor is gone or going: nothing left to stop
+
+        threading.Thread(target=stop, name="linx-otp-refuse", daemon=True).start()
+
+    def setup_veth(self, child_id: str, veth: dict, pid: int) -> None:
+        with Netlink.open() as host:
+            self.instance.claim_link(host, veth["host"], child_id, veth.get("host_address"))
+            Netlink.setup_veth(
+                pid,
+                host_name=veth["host"],
+                address=veth["address"],
+                prefixlen=veth["prefixlen"],
+                gateway=veth.get("gateway"),
+                host_address=veth.get("host_address"),
+                host=host,
+            )
+            Netlink.set_alias(host, veth["host"], self.instance.link_alias(child_id))
+
+    def release_cgroup(self, child_id: str) -> None:
+        try:
+            Cgroup.destroy(self.cgroups.pop(child_id), kill_first=True)
+        except LinxError as error:
+            self.report(child_id, "cgroup_left", str(error))
+
+    # -- the control socket's answers (on the control thread, or a thread of one request) --------
+
+    def answer(self, request: Request, note: Any) -> Any:
+        child_id = request.child_id
+        match request.verb:
+            case "status":
+                return self.state.status()
+            case "shutdown":
+                self.inbox.tell(("shutdown",))
+                return "stopping"
+        supervisor, current = self.state.locate(child_id)
+        match request.verb:
+            case "stop":
+                S.terminate_child(supervisor, child_id)
+                return "stopped"
+            case "start":
+                if current is not None:
+                    raise LinxError("running", f"{child_id} is already running; to start it afresh: restart {child_id}")
+                S.restart_child(supervisor, child_id)
+                return "started"
+            case "restart":
+                S.terminate_child(supervisor, child_id)
+                S.restart_child(supervisor, child_id)
+                self.state.count_restart(child_id)
+                return "restarted"
+            case "attach":
+                if current is None or child_id not in self.workloads or not request.fds:
+                    raise LinxError("not_running", f"{child_id} is not a running workload, or no terminal was passed")
+                outcome = tty.attach(current, terminal=request.fds[0], on_attached=lambda: note("attached"))
+                if isinstance(outcome, tuple):  # it ended while attached: its terminal event came to attach
+                    self.inbox.tell(("child", child_id, ("linx_process", *outcome)))
+                    return describe_exit(outcome)
+                return outcome
+        raise LinxError(("bad_verb", request.verb), f"unknown verb {request.verb!r}")
 
     # -- reporting -------------------------------------------------------------------------------
 
+    def report_from_thread(self, child_id: str, kind: str, detail: str) -> None:
+        """An event from the writer or the control thread, reported by the loop."""
+        self.inbox.tell(("report", child_id, kind, detail))
+
     def report(self, child_id: str, kind: str, detail: Any) -> None:
-        stamp = time.strftime("%H:%M:%S")
         if self.json_output:
             line = json.dumps({"time": time.time(), "id": child_id, "event": kind, "detail": _jsonable(detail)})
         else:
-            line = f"{stamp} {child_id:>12} | {kind}{' ' + str(detail) if detail not in ('', None) else ''}"
-        self.write_line(line)
+            shown = f" {detail}" if detail not in ("", None) else ""
+            line = f"{time.strftime('%H:%M:%S')} {child_id:>12} | {kind}{shown}"
+        self.output.line(line)
 
-    def write_line(self, line: str) -> None:
-        with self.lock:
-            self.out.write(line + "\n")
-            self.out.flush()
 
-    def status(self) -> list[dict[str, Any]]:
-        now = time.time()
-        with self.lock:
-            return [
-                {
-                    "id": child_id,
-                    "kind": record.kind,
-                    "state": record.state,
-                    "host_pid": record.host_pid,
-                    "restarts": record.restarts,
-                    "uptime": round(now - record.started_at, 1)
-                    if record.started_at and record.state in ("running", "ready")
-                    else None,
-                    "last_exit": _jsonable(record.last_exit),
-                }
-                for child_id, record in self.records.items()
-            ]
+def _describe_event(kind: str, detail: list) -> Any:
+    match kind, detail:
+        case "signaled", [number]:
+            return f"{number} ({signal_name(number)})"
+        case "error", [number, stage]:
+            return describe_exit(("error", number, stage))
+        case _, [single]:
+            return single
+        case _, []:
+            return ""
+    return " ".join(map(str, detail))
 
 
 def _jsonable(value: Any) -> Any:
@@ -325,138 +351,3 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, (tuple, list)):
         return [_jsonable(item) for item in value]
     return repr(value)
-
-
-class _Output:
-    """Captured output, arriving as events: each complete line is printed with its child's id
-    as prefix (like foreman/honcho; ``!`` marks stderr) or appended to the child's log file."""
-
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
-        self.partial: dict[tuple[str, str], bytes] = {}
-        self.logs: dict[str, BinaryIO] = {}
-
-    def write(self, child_id: str, stream: str, data: bytes) -> None:
-        path = self.daemon.workloads[child_id].log
-        if path is not None:
-            if child_id not in self.logs:  # opened once, kept for the daemon's life
-                self.logs[child_id] = open(path, "ab", buffering=0)
-            self.logs[child_id].write(data)
-            return
-        complete, _, rest = (self.partial.pop((child_id, stream), b"") + data).rpartition(b"\n")
-        if rest:
-            self.partial[(child_id, stream)] = rest
-        if complete or data.endswith(b"\n"):
-            self._print(child_id, stream, complete)
-
-    def flush(self, child_id: str) -> None:
-        """At the child's outcome: print what it left without a final newline."""
-        for stream in ("stdout", "stderr", "pty_out"):
-            rest = self.partial.pop((child_id, stream), b"")
-            if rest:
-                self._print(child_id, stream, rest)
-
-    def close(self) -> None:
-        for log in self.logs.values():
-            log.close()
-
-    def _print(self, child_id: str, stream: str, text: bytes) -> None:
-        for line in text.decode(errors="replace").replace("\r\n", "\n").split("\n"):
-            self.daemon.write_line(f"{child_id:>12} {'!' if stream == 'stderr' else '|'} {line}")
-
-
-class _ControlServer:
-    """The control socket: one JSON request per connection, answered with one JSON line.
-    Mode 0600 and a SO_PEERCRED check: only this daemon's uid may use it."""
-
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
-        path = Path(daemon.control_path)
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if path.exists():
-            if _answers(str(path)):
-                raise LinxError("control_in_use", f"another linx-otp daemon answers at {path}; use --control")
-            path.unlink()
-        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old_mask = os.umask(0o177)
-        try:
-            self.listener.bind(str(path))
-        finally:
-            os.umask(old_mask)
-        os.chmod(path, 0o600)
-        self.listener.listen(16)
-
-    def start(self) -> None:
-        threading.Thread(target=self._serve, name="linx-otp-control", daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            connection, _ = self.listener.accept()
-            threading.Thread(
-                target=self._answer, args=(connection,), name="linx-otp-control-client", daemon=True
-            ).start()
-
-    def _answer(self, connection: socket.socket) -> None:
-        with connection:
-            pid, uid, gid = struct.unpack(
-                "3i", connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-            )
-            if uid != os.getuid():
-                _send(
-                    connection,
-                    {"ok": False, "error": f"uid {uid} may not control this daemon (it runs as uid {os.getuid()})"},
-                )
-                return
-            message, fds, _, _ = socket.recv_fds(connection, 65536, 1)
-            try:
-                request = json.loads(message.decode())
-                result = self.dispatch(request, fds, lambda note: _send(connection, {"ok": True, "note": note}))
-                _send(connection, {"ok": True, "result": result})
-            except (LinxError, ValueError, KeyError) as error:
-                _send(connection, {"ok": False, "error": str(error)})
-            finally:
-                for fd in fds:
-                    os.close(fd)
-
-    def dispatch(self, request: dict, fds: list[int], note: Any) -> Any:
-        daemon, verb, child_id = self.daemon, request["verb"], request.get("id")
-        if verb == "status":
-            return daemon.status()
-        if verb == "shutdown":
-            daemon.inbox.tell(("shutdown",))
-            return "stopping"
-        if child_id not in daemon.records:
-            raise LinxError("not_found", f"no child {child_id!r} in the tree")
-        supervisor = daemon.locate(child_id)[0]
-        if verb == "stop":
-            S.terminate_child(supervisor, child_id)
-            return "stopped"
-        if verb == "start":
-            S.restart_child(supervisor, child_id)
-            return "started"
-        if verb == "restart":
-            S.terminate_child(supervisor, child_id)
-            S.restart_child(supervisor, child_id)
-            return "restarted"
-        if verb == "attach":
-            session = daemon.find_session(child_id)
-            if session is None or not fds:
-                raise LinxError("not_running", f"{child_id} is not running, or no terminal was passed")
-            return _jsonable(tty.attach(session, terminal=fds[0], on_attached=lambda: note("attached")))
-        raise LinxError(("bad_verb", verb), f"unknown verb {verb!r}")
-
-
-def _send(connection: socket.socket, answer: dict) -> None:
-    try:
-        connection.sendall(json.dumps(answer).encode() + b"\n")
-    except OSError:
-        pass
-
-
-def _answers(path: str) -> bool:
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-            probe.connect(path)
-        return True
-    except OSError:
-        return False
