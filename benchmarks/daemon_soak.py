@@ -174,7 +174,9 @@ def main() -> int:
 
 def report(samples: list, load: Load, lines: int, code: int) -> None:
     baseline = next((values for elapsed, values, _ in samples if elapsed >= 60), samples[-1][1])
-    print(f"{'time':>6}  {'RSS MiB':>8} {'(1 min)':>8}  {'fds':>4} {'(1 min)':>8}  {'threads':>7} {'(1 min)':>8}  restarts")
+    print(
+        f"{'time':>6}  {'RSS MiB':>8} {'(1 min)':>8}  {'fds':>4} {'(1 min)':>8}  {'threads':>7} {'(1 min)':>8}  restarts"
+    )
     for elapsed, values, restarts in samples:
         print(
             f"{elapsed:>5.0f}s  {values['rss_mib']:>8.1f} {baseline['rss_mib']:>8.1f}  {values['fds']:>4} "
