@@ -43,6 +43,7 @@ MAX_FDS = 4
 REQUEST_SECONDS = 5.0
 MAX_CONNECTIONS = 64
 BACKOFF_SECONDS = (0.05, 1.0)
+QUIET_SECONDS = 60.0
 _CREDENTIALS = struct.Struct("3i")
 
 
@@ -76,7 +77,7 @@ def parse_request(data: bytes, fds: tuple[int, ...] = ()) -> Request:
     """
     try:
         message = json.loads(data)
-    except ValueError as error:
+    except (ValueError, RecursionError) as error:
         raise BadRequest(f"a request is one JSON object on one line; this is not JSON ({error})") from None
     if not isinstance(message, dict):
         raise BadRequest(f'a request is a JSON object like {{"verb": "status"}}, not a {_json_type(message)}')
@@ -143,7 +144,7 @@ class ControlServer:
         self.accepting = False
         self.resume_accept_at: float | None = None
         self.backoff = BACKOFF_SECONDS[0]
-        self.reported: set[str] = set()
+        self.last_reported: dict[str, float] = {}
         self.stopping = False
         listener.setblocking(False)
         self.selector.register(self.wake_read, selectors.EVENT_READ, "wake")
@@ -264,7 +265,6 @@ class ControlServer:
                 self._pause_accepting(self.backoff)
                 return
             self.backoff = BACKOFF_SECONDS[0]
-            self.reported.discard("control_out_of_fds")
             self._admit(sock)
 
     def _admit(self, sock: socket.socket) -> None:
@@ -403,14 +403,17 @@ class ControlServer:
             self._accept_again()
 
     def _report_once(self, kind: str, detail: str) -> None:
-        if kind not in self.reported:
-            self.reported.add(kind)
+        """Once per episode: again only after ``QUIET_SECONDS`` without this kind of trouble."""
+        now = time.monotonic()
+        last = self.last_reported.get(kind)
+        self.last_reported[kind] = now
+        if last is None or now - last > QUIET_SECONDS:
             self.report("daemon", kind, detail)
 
 
 def _complete_json(data: bytearray) -> bool:
     try:
         json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):
         return False
     return True
