@@ -179,6 +179,57 @@ def test_stop_start_and_restart_act(tmp_path, running):
     assert daemon.process.wait(TIMEOUT) == 0
 
 
+def test_control_words_for_people_and_global_options_on_either_side(tmp_path, running):
+    tree = write_tree(
+        tmp_path,
+        """
+        [[child]]
+        id = "sleeper"
+        argv = ["sleep", "600"]
+        [[child]]
+        id = "missing"
+        argv = ["/no/such/program"]
+        restart = "temporary"
+        [[child]]
+        id = "group"
+        type = "supervisor"
+        [[child.child]]
+        id = "inner"
+        argv = ["sleep", "600"]
+    """,
+    )
+    daemon = running(tree, "--name", "words")
+    assert daemon.shows(r"sleeper \| running") and daemon.shows(r"inner \| running")
+    assert daemon.shows(r"missing \| error execve failed: ENOENT \(No such file or directory\)"), "\n".join(
+        daemon.lines
+    )
+    before = subprocess.run(
+        [*COMMAND, "--control", str(daemon.control), "status"], capture_output=True, text=True, timeout=TIMEOUT
+    )
+    after = daemon.control_command("status")  # --control after the verb
+    ids = [[line.split()[0] for line in result.stdout.splitlines()] for result in (before, after)]
+    assert before.returncode == after.returncode == 0 and ids[0] == ids[1] == [
+        "ID",
+        "sleeper",
+        "missing",
+        "group",
+        "inner",
+    ]
+    row = next(line for line in before.stdout.splitlines() if line.startswith("missing"))
+    assert row.endswith("execve failed: ENOENT (No such file or directory)"), row
+    started = daemon.control_command("start", "sleeper")
+    assert (
+        started.returncode == 2 and "sleeper is already running; to start it afresh: restart sleeper" in started.stderr
+    )
+    assert "terminate_child" not in started.stderr
+    assert daemon.control_command("restart", "group").stdout.strip() == "restarted"
+    assert wait_until(lambda: daemon.status()["group"][2:5:2] == ["running", "1"]), daemon.status()
+    assert wait_until(lambda: daemon.status()["inner"][2] == "running")
+    os.kill(int(daemon.status()["sleeper"][3]), signal.SIGKILL)
+    assert wait_until(lambda: daemon.status()["sleeper"][6:] == ["killed", "by", "SIGKILL"]), daemon.status()
+    assert daemon.stop() == 0
+
+
 def test_json_output_is_one_object_per_line_and_sigint_stops_cleanly(tmp_path, running):
     daemon = running(write_tree(tmp_path, SMALL_TREE), "--json")
     assert daemon.shows(r'"id": "sleeper", "event": "running"')
@@ -371,6 +422,7 @@ def test_spawn_errors():
     assert result.returncode == 2 and "nett" in result.stderr
     result = subprocess.run([*COMMAND, "spawn", "--", "/nonexistent"], capture_output=True, text=True, timeout=TIMEOUT)
     assert result.returncode == 127
+    assert result.stderr.strip() == "linx-otp: /nonexistent: No such file or directory"
     result = subprocess.run([*COMMAND, "spawn"], capture_output=True, text=True, timeout=TIMEOUT)
     assert result.returncode == 2 and "usage" in result.stderr
 
@@ -433,6 +485,36 @@ def test_attach_to_a_pty_child_of_the_daemon_through_tmux(tmp_path, running):
     finally:
         terminal.close()
     assert daemon.status()["shell"][2] == "running"
+    assert daemon.stop() == 0
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux: run scripts/system-deps.sh")
+def test_an_exit_while_attached_reaches_the_daemon(tmp_path, running):
+    tree = write_tree(
+        tmp_path,
+        """
+        [[child]]
+        id = "shell"
+        argv = ["/bin/sh"]
+        stdio = "pty"
+        restart = "temporary"
+        env = { PS1 = "tree-shell$ ", PATH = "/usr/bin:/bin" }
+    """,
+    )
+    daemon = running(tree)
+    assert daemon.shows(r"shell \| running")
+    from test_tty_tmux import Tmux
+
+    attach = " ".join(f"'{part}'" for part in [*COMMAND, "attach", "shell", "--control", str(daemon.control)])
+    terminal = Tmux(tmp_path, ["sh", "-c", attach + "; echo attach-exit=$?; sleep 60"])
+    try:
+        assert terminal.shows("attached to shell"), terminal.screen()
+        terminal.type("exit 4", "Enter")
+        assert terminal.shows("linx-otp: exited 4"), terminal.screen()
+    finally:
+        terminal.close()
+    assert daemon.shows(r"shell \| exited 4"), "\n".join(daemon.lines)
+    assert wait_until(lambda: daemon.status()["shell"][6:] == ["exited", "4"]), daemon.status()
     assert daemon.stop() == 0
 
 
