@@ -91,7 +91,9 @@ def test_a_link_or_address_someone_else_owns_is_refused_naming_the_owner(tmp_pat
     owner = running(fenced_tree(tmp_path, "own", "lxowned0", "10.82.1"), "--name", "owner", control=tmp_path / "o.sock")
     assert owner.shows(r"web \| running")
     owner_pid = int(owner.status()["web"][3])
-    taker = running(fenced_tree(tmp_path, "take", "lxowned0", "10.82.2"), "--name", "taker", control=tmp_path / "t.sock")
+    taker = running(
+        fenced_tree(tmp_path, "take", "lxowned0", "10.82.2"), "--name", "taker", control=tmp_path / "t.sock"
+    )
     assert taker.shows(r"web \| setup_failed host link 'lxowned0' is owned by linx-otp instance 'owner'"), "\n".join(
         taker.lines
     )
@@ -113,7 +115,9 @@ def test_a_link_linx_otp_did_not_make_is_never_deleted(tmp_path, running):
     with Netlink.open() as host:
         Netlink.create_veth(host, "lxforeign0", "lxforeign1")
     try:
-        daemon = running(fenced_tree(tmp_path, "f", "lxforeign0", "10.83.1"), "--name", "f", control=tmp_path / "f.sock")
+        daemon = running(
+            fenced_tree(tmp_path, "f", "lxforeign0", "10.83.1"), "--name", "f", control=tmp_path / "f.sock"
+        )
         assert daemon.shows(r"web \| setup_failed host link 'lxforeign0' is not linx-otp's"), "\n".join(daemon.lines)
         assert daemon.stop() == 0
         assert "lxforeign0" in aliases() and "lxforeign1" in aliases()

@@ -21,6 +21,8 @@ This module never blocks its caller and never raises an I/O error to it.
 >>> output.close()
 >>> os.read(reader, 100)
 b'hello\\n'
+>>> os.close(reader), os.close(writer)
+(None, None)
 """
 
 from __future__ import annotations
