@@ -20,7 +20,6 @@ String values may name the instance that runs the tree: ``${instance}`` (its nam
 
 from __future__ import annotations
 
-import ipaddress
 import re
 import tomllib
 import zlib
@@ -34,6 +33,7 @@ from .. import supervisor as S
 from ..actor import check_restart, check_shutdown
 from ..cgroup import check_limit
 from ..errors import LinxError, LinxValueError
+from ..netlink import check_interface_name, check_ipv4_address, check_ipv4_prefixlen
 from ..user import render
 
 SUPERVISOR_KEYS = {"strategy", "max_restarts", "max_seconds"}
@@ -51,7 +51,6 @@ SETUP_KEYS = {"hostname", "veth", "uid_map", "gid_map", "cgroup"}
 VETH_KEYS = {"host", "address", "prefixlen", "gateway", "host_address"}
 CGROUP_LIMITS = {"memory_max": "memory", "pids_max": "pids", "cpu_max": "cpu"}
 CAPTURE = "capture"
-INTERFACE_NAME_MAX_BYTES = 15
 HOSTNAME_MAX_BYTES = 64
 _HOSTNAME_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 _CHILD_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -366,26 +365,6 @@ def _id_map(entries: Any) -> list[tuple]:
     return mapped
 
 
-def check_interface_name(name: Any) -> str:
-    """A Linux interface name: 1 to 15 bytes, no '/', ':' or white space, not '.' or '..'.
-
-    >>> check_interface_name("lxdemo0")
-    'lxdemo0'
-    """
-    if (
-        not isinstance(name, str)
-        or not 1 <= len(name.encode()) <= INTERFACE_NAME_MAX_BYTES
-        or name in (".", "..")
-        or any(character in name for character in "/:")
-        or any(character.isspace() for character in name)
-    ):
-        raise LinxValueError(
-            ("bad_interface_name", name),
-            f"an interface name is 1 to {INTERFACE_NAME_MAX_BYTES} bytes without '/', ':' or spaces, not {name!r}",
-        )
-    return name
-
-
 def check_hostname(name: Any) -> str:
     """A host name (RFC 1123): labels of letters, digits and '-', at most 64 bytes in all.
 
@@ -403,23 +382,3 @@ def check_hostname(name: Any) -> str:
             f"(letters, digits, '-', not at either end), not {name!r}",
         )
     return name
-
-
-def check_ipv4_address(address: Any) -> str:
-    """An IPv4 address in dotted form (what a tree's veth takes).
-
-    >>> check_ipv4_address("10.78.0.2")
-    '10.78.0.2'
-    """
-    if isinstance(address, str):
-        try:
-            return str(ipaddress.IPv4Address(address))
-        except ValueError:
-            pass
-    raise LinxValueError(("bad_ipv4_address", address), f"expected an IPv4 address like 10.0.0.2, not {address!r}")
-
-
-def check_ipv4_prefixlen(prefixlen: Any) -> int:
-    if not isinstance(prefixlen, int) or isinstance(prefixlen, bool) or not 0 <= prefixlen <= 32:
-        raise LinxValueError(("bad_prefixlen", prefixlen), f"an IPv4 prefix length is an int 0..32, not {prefixlen!r}")
-    return prefixlen
