@@ -207,18 +207,30 @@ def test_a_second_daemon_for_the_same_instance_starts_nothing_and_touches_nothin
     assert not first.control.exists() and not Path(f"{first.control}.lock").exists()
 
 
+FLOOD = """
+    [[child]]
+    id = "flood"
+    argv = ["sh", "-c", "head -c 300000 /dev/zero | tr '\\\\0' x; echo; exec sleep 600"]
+    stdio = "capture"
+"""
+
+
 @pytest.mark.parametrize("signum", [2, 15])
-def test_signals_are_not_stuck_behind_a_stalled_console(tmp_path, signum):
+def test_signals_and_control_are_not_stuck_behind_a_stalled_console(tmp_path, signum):
     control = tmp_path / "c.sock"
-    daemon = subprocess.Popen(  # nobody reads its stdout: the pipe fills, the writer blocks
-        [*COMMAND, "run", write_tree(tmp_path, CHATTY), "--control", str(control)],
+    daemon = subprocess.Popen(  # nobody reads its stdout: 300 kB fill the pipe, the writer blocks
+        [*COMMAND, "run", write_tree(tmp_path, FLOOD), "--control", str(control)],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
     )
     try:
         assert wait_until(lambda: control.exists(), TIMEOUT)
-        time.sleep(3)  # 64 KiB of chatter: the pipe is full long before this
-        assert status_rows(control)["chatty"]["state"] == "running"
+        assert wait_until(lambda: status_rows(control)["flood"]["state"] == "running", TIMEOUT)
+        pid = status_rows(control)["flood"]["host_pid"]
+        assert wait_until(lambda: Path(f"/proc/{pid}/stat").read_text().split()[2] == "S", TIMEOUT)
+        time.sleep(0.5)  # its output is out, and stuck in a full pipe
+        os.kill(pid, 9)  # lifecycle lines now meet the stalled console: they must not block the loop
+        assert wait_until(lambda: status_rows(control)["flood"]["restarts"] == 1, TIMEOUT)
         daemon.send_signal(signum)
         assert daemon.wait(TIMEOUT) == 0
     finally:
