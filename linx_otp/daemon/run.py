@@ -15,6 +15,7 @@ This loop never writes to the console or a log itself, and never waits on a clie
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import threading
 import time
@@ -55,6 +56,19 @@ class _ChildOwner:
         self.inbox.tell(("child", self.child_id, message))
 
 
+class _WarningsAsEvents(logging.Handler):
+    """The library's warnings and errors, as the daemon's events (a supervisor's own reports
+    arrive as events already)."""
+
+    def __init__(self, report: Any) -> None:
+        super().__init__(logging.WARNING)
+        self.report = report
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.name != S.__name__:
+            self.report("daemon", logging.getLevelName(record.levelno).lower(), self.format(record))
+
+
 class Daemon:
     """One instance running one tree.
 
@@ -92,10 +106,13 @@ class Daemon:
         self.output = Output(self.console_fd, self.report_from_thread)
         self.control = ControlServer(listener, self.answer, self.report_from_thread)
         previous = {number: signal.signal(number, self._on_signal) for number in (signal.SIGINT, signal.SIGTERM)}
+        warnings = _WarningsAsEvents(self.report_from_thread)
+        logging.getLogger("linx_otp").addHandler(warnings)
         try:
             return self._run()
         finally:
             self.cleanup()
+            logging.getLogger("linx_otp").removeHandler(warnings)
             for number, handler in previous.items():
                 signal.signal(number, handler)
 
