@@ -75,9 +75,15 @@ class Running:
         return code
 
     def kill(self) -> None:
+        """After a failed test: stop it as an operator would (it cleans up after itself), and
+        only if that does not work, kill it."""
         if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
+            self.process.terminate()
+            try:
+                self.process.wait(TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
         self._reader.join(5)
 
 
