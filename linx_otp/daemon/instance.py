@@ -17,7 +17,6 @@ a path or a link it cannot prove is its own.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import os
 import re
@@ -253,12 +252,8 @@ class Instance:
                         ("address_taken", host_address),
                         f"host address {host_address} is held by link {holder!r}, which {_owner(aliases.get(holder, ''))}",
                     )
-        if link_name in aliases:
-            try:
-                Netlink.delete_link(host, link_name, missing_ok=True)
-            except LinxError as error:
-                if getattr(error, "errno", None) != errno.ENODEV:
-                    raise
+        if link_name in aliases:  # the last incarnation's, not yet gone with its netns
+            Netlink.delete_link(host, link_name, missing_ok=True)
 
 
 def _owner(alias: str) -> str:

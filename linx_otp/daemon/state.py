@@ -23,6 +23,7 @@ SetupDue(child_id='a', session='ref-1', host_pid=4242)
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import threading
@@ -161,8 +162,6 @@ class TreeState:
 
 def describe_errno(number: int) -> str:
     """``2`` → ``"ENOENT (No such file or directory)"``."""
-    import errno
-
     return f"{errno.errorcode.get(number, f'errno {number}')} ({os.strerror(number)})"
 
 
