@@ -190,7 +190,7 @@ def report(rows: list, load: Load, lines: int, code: int) -> None:
             f"{elapsed:>5.0f}s  {window[-1]['rss_mib']:>8.1f}  {f'{fds[0]}-{fds[-1]}':>14}  "
             f"{f'{threads[0]}-{threads[-1]}':>18}  {restarts:>8}"
         )
-    first = [values for elapsed, window, _ in rows if elapsed <= 60 for values in window]
+    first = [values for elapsed, window, _ in rows if elapsed < 60 + ROW_SECONDS / 2 for values in window]
     last = rows[-1][1]
     problems = []
     for key in ("fds", "threads"):
