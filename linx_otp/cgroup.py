@@ -88,7 +88,13 @@ def _check_name(name: Any) -> str:
     return name
 
 
-def _limit_text(controller: str, value: Any) -> str:
+def check_limit(controller: str, value: Any) -> str:
+    """A limit checked and rendered as cgroupfs text: ``memory``/``pids`` take an int >= 0 or
+    ``"max"``, ``cpu`` takes ``(quota_us, period_us)`` or ``"max"``. Raises ``LinxValueError``.
+
+    >>> check_limit("pids", 32), check_limit("cpu", (20000, 100000))
+    ('32', '20000 100000')
+    """
     if controller == "cpu":
         if value == "max":
             return "max"
@@ -107,7 +113,7 @@ def _plan_controllers(layout: Layout, limits: dict[str, Any]) -> dict[str, str]:
     available = layout.v2_controllers()
     plan = {}
     for controller, value in limits.items():
-        _limit_text(controller, value)
+        check_limit(controller, value)
         if controller in available:
             plan[controller] = "v2"
         elif controller in layout.v1_roots:
@@ -163,7 +169,7 @@ def create(
 def set_limit(cgroup: Cgroup, controller: str, value: Any) -> None:
     """Set ``memory`` (bytes), ``pids`` (count) or ``cpu`` ((quota_us, period_us)) to a value
     or ``"max"``, through v2 or, for a controller the handle uses through v1, v1."""
-    text = _limit_text(controller, value)
+    text = check_limit(controller, value)
     if controller in cgroup.v1_paths:
         directory = Path(cgroup.v1_paths[controller])
         if controller == "cpu":
@@ -233,6 +239,18 @@ def kill(cgroup: Cgroup) -> None:
     _write(Path(cgroup.path, "cgroup.kill"), "1", "kill")
 
 
+def remove_empty(layout: Layout, name: str) -> None:
+    """Remove directory ``name`` (relative, like ``linx-otp/web``) from every hierarchy, if it
+    is there and empty; a parent a caller made for its own children, not something populated."""
+    for root in [layout.v2_root, *layout.v1_roots.values()]:
+        if root is None:
+            continue
+        try:
+            os.rmdir(Path(root, _check_name(name)))
+        except OSError:
+            pass  # absent, or still holding children or processes: not ours to force
+
+
 def destroy(cgroup: Cgroup, *, kill_first: bool = False, timeout: float = 5.0) -> None:
     """Remove the cgroup's directories (not parents it may have created). With ``kill_first``
     its processes are killed and awaited first; otherwise a populated cgroup raises EBUSY."""
@@ -254,6 +272,7 @@ __all__ = [
     "Cgroup",
     "Layout",
     "add_process",
+    "check_limit",
     "create",
     "destroy",
     "detect",
@@ -261,6 +280,7 @@ __all__ = [
     "freeze",
     "kill",
     "processes",
+    "remove_empty",
     "set_cpu_max",
     "set_limit",
     "set_memory_max",

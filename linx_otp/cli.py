@@ -1,12 +1,13 @@
 """The ``linx-otp`` command: run a declared tree as a daemon, control it, or spawn a one-off
 workload through the checkpoint.
 
-    linx-otp run [TREE.toml] [--json] [--control PATH]
-    linx-otp status | restart ID | stop ID | start ID | attach ID | shutdown   [--control PATH]
+    linx-otp [--name NAME] [--control PATH] run [TREE.toml] [--json]
+    linx-otp [--name NAME] [--control PATH] status | restart ID | stop ID | start ID | attach ID | shutdown
     linx-otp spawn [--ns net,pid,...] [--pty] [--hostname H] [--mount-proc] [-r] -- ARGV...
 
-This module parses arguments and talks to the daemon; the daemon is ``daemon.py`` and tree
-files are ``tree.py``.
+``--name`` and ``--control`` go before or after the subcommand. This module parses arguments
+and talks to the daemon (checking, before it sends anything, that the socket's server runs as
+root or as the caller); the daemon is the ``daemon`` package.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import argparse
 import json
 import os
 import socket
+import struct
 import sys
 from pathlib import Path
 from typing import Any
@@ -35,20 +37,29 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    instance = argparse.ArgumentParser(add_help=False)  # accepted before and after the subcommand
+    instance.add_argument(
+        "--name", default=argparse.SUPPRESS, help="the daemon instance (default: 'default', or $LINX_OTP_NAME)"
+    )
+    instance.add_argument(
+        "--control", default=argparse.SUPPRESS, help="the control socket's path (overrides the instance's)"
+    )
     parser = argparse.ArgumentParser(
-        prog="linx-otp", description="Run Linux workloads in fresh namespaces under OTP-style supervision."
+        prog="linx-otp",
+        description="Run Linux workloads in fresh namespaces under OTP-style supervision.",
+        parents=[instance],
     )
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    run = commands.add_parser("run", help="run a supervision tree declared in TOML (default: the bundled demo)")
+    run = commands.add_parser(
+        "run", help="run a supervision tree declared in TOML (default: the bundled demo)", parents=[instance]
+    )
     run.add_argument("tree", nargs="?", default=str(DEMO_TREE), help="the tree file (default: the demo tree)")
     run.add_argument("--json", action="store_true", help="one JSON object per event instead of readable lines")
-    run.add_argument("--control", help="the control socket's path")
     run.set_defaults(action=_run)
 
     for verb, text in [("status", "show every child"), ("shutdown", "stop the tree gracefully")]:
-        command = commands.add_parser(verb, help=text)
-        command.add_argument("--control")
+        command = commands.add_parser(verb, help=text, parents=[instance])
         command.set_defaults(action=_control, verb=verb)
     for verb, text in [
         ("restart", "stop and start a child"),
@@ -56,9 +67,8 @@ def _parser() -> argparse.ArgumentParser:
         ("start", "start a stopped child"),
         ("attach", "attach this terminal to a pty child"),
     ]:
-        command = commands.add_parser(verb, help=text)
+        command = commands.add_parser(verb, help=text, parents=[instance])
         command.add_argument("id")
-        command.add_argument("--control")
         command.set_defaults(action=_control, verb=verb)
 
     spawn = commands.add_parser("spawn", help="run one workload in fresh namespaces, like unshare")
@@ -76,26 +86,52 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _instance_name(arguments: argparse.Namespace) -> str:
+    from .daemon.instance import check_instance_name
+
+    return check_instance_name(getattr(arguments, "name", None) or os.environ.get("LINX_OTP_NAME") or "default")
+
+
+def _control_path(arguments: argparse.Namespace) -> str:
+    from .daemon.instance import default_control_path
+
+    return getattr(arguments, "control", None) or default_control_path(_instance_name(arguments))
+
+
 def _run(arguments: argparse.Namespace) -> int:
-    from .daemon import Daemon
-    from .tree import parse_file
+    from .daemon import Daemon, Instance
+    from .daemon.tree import parse_file
 
-    tree = parse_file(arguments.tree)
-    return Daemon(tree, json_output=arguments.json, control_path=arguments.control).run()
+    name = _instance_name(arguments)
+    tree = parse_file(arguments.tree, instance=name)
+    return Daemon(tree, Instance(name, _control_path(arguments)), json_output=arguments.json).run()
 
 
-def request(control: str | None, message: dict, fds: list[int] | None = None, on_note: Any = None) -> Any:
-    """Send one request to a running daemon; returns its result or raises LinxError. Notes
-    the daemon sends before its answer (attach's "attached") go to ``on_note``."""
-    from .daemon import default_control_path
+_CREDENTIALS = struct.Struct("3i")
 
-    path = control or default_control_path()
+
+def check_server(connection: socket.socket, path: str) -> None:
+    """Refuse a server that is neither root nor the caller (SO_PEERCRED), before sending it
+    anything: a socket someone else planted must not get a request, let alone a terminal."""
+    _, uid, _ = _CREDENTIALS.unpack(connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CREDENTIALS.size))
+    if uid not in (0, os.geteuid()):
+        raise LinxError(
+            ("untrusted_server", uid),
+            f"the server at {path} runs as uid {uid}, neither root nor you (uid {os.geteuid()}); not talking to it",
+        )
+
+
+def request(control: str, message: dict, fds: list[int] | None = None, on_note: Any = None) -> Any:
+    """Send one request to the daemon at ``control``; returns its result or raises LinxError.
+    Notes the daemon sends before its answer (attach's "attached") go to ``on_note``."""
+    path = control
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
         try:
             connection.connect(path)
         except OSError as error:
             raise LinxError("no_daemon", f"no linx-otp daemon at {path}: {error.strerror}") from None
-        socket.send_fds(connection, [json.dumps(message).encode()], fds or [])
+        check_server(connection, path)
+        socket.send_fds(connection, [json.dumps(message).encode() + b"\n"], fds or [])
         lines = connection.makefile("rb")
         while True:
             reply = lines.readline()
@@ -123,12 +159,12 @@ def _control(arguments: argparse.Namespace) -> int:
             print(f"{note} to {arguments.id}; Ctrl-P Ctrl-Q detaches\r", file=sys.stderr)
 
         try:
-            result = request(arguments.control, message, [terminal], on_note=announce)
+            result = request(_control_path(arguments), message, [terminal], on_note=announce)
         finally:
             os.close(terminal)
         print(f"\r\nlinx-otp: {result}", file=sys.stderr)
         return 0
-    result = request(arguments.control, message)
+    result = request(_control_path(arguments), message)
     if arguments.verb == "status":
         _print_status(result)
     else:
@@ -187,7 +223,19 @@ def _spawn(arguments: argparse.Namespace) -> int:
             outcome = P.wait(session)
     finally:
         session.stop()
+    if outcome[0] == "error":
+        print(f"linx-otp: {_describe_failure(argv[0], outcome)}", file=sys.stderr)
     return exit_status(outcome)
+
+
+def _describe_failure(program: str, outcome: tuple) -> str:
+    """What a shell would say: ``PROGRAM: No such file or directory`` for a failed exec."""
+    from .daemon.state import describe_exit
+
+    match outcome:
+        case ("error", number, "execve") if isinstance(number, int) and number > 0:
+            return f"{program}: {os.strerror(number)}"
+    return describe_exit(outcome)
 
 
 def exit_status(outcome: Any) -> int:

@@ -16,6 +16,7 @@ netns and creates the socket there, and the socket stays bound to that netns for
 from __future__ import annotations
 
 import fcntl
+import ipaddress
 import socket
 import struct
 from typing import Any
@@ -27,6 +28,7 @@ from . import namespaces
 from .errors import LinxOSError, LinxValueError
 
 MACVLAN_MODES = ("private", "vepa", "bridge", "passthru", "source")
+INTERFACE_NAME_MAX_BYTES = 15
 
 
 def open(pid: int | None = None) -> IPRoute:
@@ -144,11 +146,12 @@ def setup_veth(
     from one throwaway thread, several times cheaper than a netlink handle and four requests.
 
     For IPv6 or anything else, use ``open(pid)`` and the functions above."""
+    check_interface_name(host_name)
+    check_interface_name(peer_name)
     for value in (address, gateway, host_address):
         if value is not None:
-            _check_ipv4(value)
-    if not isinstance(prefixlen, int) or not 0 <= prefixlen <= 32:
-        raise LinxValueError(("bad_prefixlen", prefixlen), f"an IPv4 prefix length is 0..32, not {prefixlen!r}")
+            check_ipv4_address(value)
+    check_ipv4_prefixlen(prefixlen)
     own_host = host is None
     host = open() if own_host else host
     try:
@@ -162,11 +165,44 @@ def setup_veth(
     namespaces.run_in(pid, ["net"], lambda: _configure_ipv4(peer_name, address, prefixlen, gateway, loopback=True))
 
 
-def _check_ipv4(value: str) -> None:
-    try:
-        socket.inet_pton(socket.AF_INET, value)
-    except (OSError, TypeError):
-        raise LinxValueError(("bad_ipv4_address", value), f"setup_veth takes IPv4 addresses, not {value!r}") from None
+def check_interface_name(name: Any) -> str:
+    """A Linux interface name: 1 to 15 bytes, no '/', ':' or white space, not '.' or '..'.
+
+    >>> check_interface_name("lxdemo0")
+    'lxdemo0'
+    """
+    if (
+        not isinstance(name, str)
+        or not 1 <= len(name.encode()) <= INTERFACE_NAME_MAX_BYTES
+        or name in (".", "..")
+        or any(character in name for character in "/:")
+        or any(character.isspace() for character in name)
+    ):
+        raise LinxValueError(
+            ("bad_interface_name", name),
+            f"an interface name is 1 to {INTERFACE_NAME_MAX_BYTES} bytes without '/', ':' or spaces, not {name!r}",
+        )
+    return name
+
+
+def check_ipv4_address(address: Any) -> str:
+    """An IPv4 address in dotted form (what a tree's veth takes).
+
+    >>> check_ipv4_address("10.78.0.2")
+    '10.78.0.2'
+    """
+    if isinstance(address, str):
+        try:
+            return str(ipaddress.IPv4Address(address))
+        except ValueError:
+            pass
+    raise LinxValueError(("bad_ipv4_address", address), f"expected an IPv4 address like 10.0.0.2, not {address!r}")
+
+
+def check_ipv4_prefixlen(prefixlen: Any) -> int:
+    if not isinstance(prefixlen, int) or isinstance(prefixlen, bool) or not 0 <= prefixlen <= 32:
+        raise LinxValueError(("bad_prefixlen", prefixlen), f"an IPv4 prefix length is an int 0..32, not {prefixlen!r}")
+    return prefixlen
 
 
 _SIOCGIFFLAGS, _SIOCSIFFLAGS, _SIOCSIFADDR, _SIOCSIFNETMASK, _SIOCADDRT = 0x8913, 0x8914, 0x8916, 0x891C, 0x890B
@@ -226,16 +262,42 @@ def link_names(handle: IPRoute) -> list[str]:
     return [link.get_attr("IFLA_IFNAME") for link in handle.get_links()]
 
 
+def link_aliases(handle: IPRoute) -> dict[str, str]:
+    """Every link in ``handle``'s netns by name, with its alias (``ip link set NAME alias``;
+    ``""`` when it has none): the mark by which a program can tell the links it made."""
+    return {
+        link.get_attr("IFLA_IFNAME"): link.get_attr("IFLA_IFALIAS") or ""
+        for link in _call("link_dump", handle.get_links)
+    }
+
+
+def set_alias(handle: IPRoute, name: str, alias: str) -> None:
+    """Set link ``name``'s alias (at most 255 bytes)."""
+    _call("set_alias", handle.link, "set", ifname=name, ifalias=alias)
+
+
+def links_with_address(handle: IPRoute, address: str) -> list[str]:
+    """The names of the links in ``handle``'s netns that hold ``address``."""
+    indexes = {found["index"] for found in _call("address_lookup", handle.get_addr, address=address)}
+    return [link.get_attr("IFLA_IFNAME") for link in handle.get_links() if link["index"] in indexes]
+
+
 __all__ = [
     "add_address",
     "add_default_route",
+    "check_interface_name",
+    "check_ipv4_address",
+    "check_ipv4_prefixlen",
     "create_macvlan",
     "create_veth",
     "delete_link",
     "index_of",
+    "link_aliases",
     "link_names",
+    "links_with_address",
     "move_to_netns",
     "open",
+    "set_alias",
     "set_up",
     "setup_veth",
 ]

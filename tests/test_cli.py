@@ -63,9 +63,15 @@ class Running:
         return code
 
     def kill(self) -> None:
+        """After a failed test: stop it as an operator would (it cleans up after itself), and
+        only if that does not work, kill it."""
         if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
+            self.process.terminate()
+            try:
+                self.process.wait(TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
         self._reader.join(5)
 
 
@@ -125,10 +131,10 @@ def test_the_demo_tree_comes_up_and_sigterm_leaves_nothing(running):
     assert not any(process_alive(pid) for pid in pids)
     assert wait_until(lambda: not any(process_alive(pid) for pid in agents))
     with Netlink.open() as host:
-        assert wait_until(lambda: "lxdemo0" not in Netlink.link_names(host))
+        assert wait_until(lambda: "lxd-default" not in Netlink.link_names(host))
     layout = Cgroup.detect()
-    assert not Path(layout.v2_root, "linx-otp-web").exists()
-    assert not any(Path(root, "linx-otp-web").exists() for root in layout.v1_roots.values())
+    assert not Path(layout.v2_root, "linx-otp/default").exists()
+    assert not any(Path(root, "linx-otp/default").exists() for root in layout.v1_roots.values())
     assert not demo.control.exists()
 
 
@@ -144,7 +150,7 @@ def test_a_child_killed_from_outside_is_logged_restarted_and_counted(tmp_path, r
     assert daemon.shows(r"sleeper \| signaled 9") and daemon.shows(r"sleeper \| restarted")
     assert wait_until(lambda: daemon.status()["sleeper"][2:5:2] == ["running", "1"])
     row = daemon.status()["sleeper"]
-    assert int(row[3]) != pid and "signaled" in " ".join(row[6:])
+    assert int(row[3]) != pid and " ".join(row[6:]) == "killed by SIGKILL"
     assert daemon.stop() == 0
 
 
@@ -166,6 +172,57 @@ def test_stop_start_and_restart_act(tmp_path, running):
     assert unknown.returncode != 0 and "no child 'nobody'" in unknown.stderr
     assert daemon.control_command("shutdown").stdout.strip() == "stopping"
     assert daemon.process.wait(TIMEOUT) == 0
+
+
+def test_control_words_for_people_and_global_options_on_either_side(tmp_path, running):
+    tree = write_tree(
+        tmp_path,
+        """
+        [[child]]
+        id = "sleeper"
+        argv = ["sleep", "600"]
+        [[child]]
+        id = "missing"
+        argv = ["/no/such/program"]
+        restart = "temporary"
+        [[child]]
+        id = "group"
+        type = "supervisor"
+        [[child.child]]
+        id = "inner"
+        argv = ["sleep", "600"]
+    """,
+    )
+    daemon = running(tree, "--name", "words")
+    assert daemon.shows(r"sleeper \| running") and daemon.shows(r"inner \| running")
+    assert daemon.shows(r"missing \| error execve failed: ENOENT \(No such file or directory\)"), "\n".join(
+        daemon.lines
+    )
+    before = subprocess.run(
+        [*COMMAND, "--control", str(daemon.control), "status"], capture_output=True, text=True, timeout=TIMEOUT
+    )
+    after = daemon.control_command("status")  # --control after the verb
+    ids = [[line.split()[0] for line in result.stdout.splitlines()] for result in (before, after)]
+    assert before.returncode == after.returncode == 0 and ids[0] == ids[1] == [
+        "ID",
+        "sleeper",
+        "missing",
+        "group",
+        "inner",
+    ]
+    row = next(line for line in before.stdout.splitlines() if line.startswith("missing"))
+    assert row.endswith("execve failed: ENOENT (No such file or directory)"), row
+    started = daemon.control_command("start", "sleeper")
+    assert (
+        started.returncode == 2 and "sleeper is already running; to start it afresh: restart sleeper" in started.stderr
+    )
+    assert "terminate_child" not in started.stderr
+    assert daemon.control_command("restart", "group").stdout.strip() == "restarted"
+    assert wait_until(lambda: daemon.status()["group"][2:5:2] == ["running", "1"]), daemon.status()
+    assert wait_until(lambda: daemon.status()["inner"][2] == "running")
+    os.kill(int(daemon.status()["sleeper"][3]), signal.SIGKILL)
+    assert wait_until(lambda: daemon.status()["sleeper"][6:] == ["killed", "by", "SIGKILL"]), daemon.status()
+    assert daemon.stop() == 0
 
 
 def test_json_output_is_one_object_per_line_and_sigint_stops_cleanly(tmp_path, running):
@@ -360,6 +417,7 @@ def test_spawn_errors():
     assert result.returncode == 2 and "nett" in result.stderr
     result = subprocess.run([*COMMAND, "spawn", "--", "/nonexistent"], capture_output=True, text=True, timeout=TIMEOUT)
     assert result.returncode == 127
+    assert result.stderr.strip() == "linx-otp: /nonexistent: No such file or directory"
     result = subprocess.run([*COMMAND, "spawn"], capture_output=True, text=True, timeout=TIMEOUT)
     assert result.returncode == 2 and "usage" in result.stderr
 
@@ -425,6 +483,36 @@ def test_attach_to_a_pty_child_of_the_daemon_through_tmux(tmp_path, running):
     assert daemon.stop() == 0
 
 
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux: run scripts/system-deps.sh")
+def test_an_exit_while_attached_reaches_the_daemon(tmp_path, running):
+    tree = write_tree(
+        tmp_path,
+        """
+        [[child]]
+        id = "shell"
+        argv = ["/bin/sh"]
+        stdio = "pty"
+        restart = "temporary"
+        env = { PS1 = "tree-shell$ ", PATH = "/usr/bin:/bin" }
+    """,
+    )
+    daemon = running(tree)
+    assert daemon.shows(r"shell \| running")
+    from test_tty_tmux import Tmux
+
+    attach = " ".join(f"'{part}'" for part in [*COMMAND, "attach", "shell", "--control", str(daemon.control)])
+    terminal = Tmux(tmp_path, ["sh", "-c", attach + "; echo attach-exit=$?; sleep 60"])
+    try:
+        assert terminal.shows("attached to shell"), terminal.screen()
+        terminal.type("exit 4", "Enter")
+        assert terminal.shows("linx-otp: exited 4"), terminal.screen()
+    finally:
+        terminal.close()
+    assert daemon.shows(r"shell \| exited 4"), "\n".join(daemon.lines)
+    assert wait_until(lambda: daemon.status()["shell"][6:] == ["exited", "4"]), daemon.status()
+    assert daemon.stop() == 0
+
+
 TREES = sorted((Path(__file__).resolve().parent.parent / "examples" / "supervisors").glob("*.toml"))
 
 
@@ -450,7 +538,7 @@ def test_every_kind_of_checkpoint_setup_in_a_tree_is_in_place_at_exec(tmp_path, 
         """
         [[child]]
         id = "fenced"
-        argv = ["sh", "-c", "echo uid=$(id -u) host=$(hostname) $(ip -4 -o addr show eth0 | cut -d' ' -f7) $(grep -c linx-otp-fenced /proc/self/cgroup); exec sleep 600"]
+        argv = ["sh", "-c", "echo uid=$(id -u) host=$(hostname) $(ip -4 -o addr show eth0 | cut -d' ' -f7) $(grep -c linx-otp/default/fenced /proc/self/cgroup); exec sleep 600"]
         namespaces = ["user", "uts", "net", "pid", "mount"]
         stdio = "capture"
         shutdown = 1.0
@@ -468,4 +556,4 @@ def test_every_kind_of_checkpoint_setup_in_a_tree_is_in_place_at_exec(tmp_path, 
     assert Path(f"/proc/{pid}/status").read_text().split("Uid:")[1].split()[0] == "100000"
     assert daemon.stop() == 0
     layout = Cgroup.detect()
-    assert not Path(layout.v2_root, "linx-otp-fenced").exists()
+    assert not Path(layout.v2_root, "linx-otp/default/fenced").exists()

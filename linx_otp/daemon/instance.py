@@ -1,0 +1,264 @@
+"""One named daemon instance and what it owns on the host (SPEC §7, Instances and Safety).
+
+An instance's name scopes everything it creates: its control socket (``NAME.sock`` in a
+directory only its uid can write), a lock file beside it (held with ``flock`` for the
+daemon's life: the one test of "a daemon answers here"), its cgroups under
+``linx-otp/NAME/``, and the veth host ends it makes, marked with the alias
+``linx-otp:NAME:CHILD``. At start an instance removes what a killed predecessor of the same
+name left, and nothing else; a link or address another instance (or anyone) holds is refused,
+never taken.
+
+This module never follows a symlink where another user could plant one, and never deletes
+a path or a link it cannot prove is its own.
+
+>>> check_instance_name("web-2")
+'web-2'
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import socket
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import cgroup as Cgroup
+from .. import netlink as Netlink
+from ..errors import LinxError, LinxValueError
+
+ALIAS_PREFIX = "linx-otp:"
+CGROUP_ROOT = "linx-otp"
+CONTROL_VARIABLE = "LINX_OTP_CONTROL"
+_INSTANCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
+
+
+def check_instance_name(name: object) -> str:
+    """1 to 32 letters, digits, '-' and '_', starting with a letter or digit."""
+    if not isinstance(name, str) or not _INSTANCE_NAME.match(name):
+        raise LinxValueError(
+            ("bad_instance_name", name),
+            f"an instance name is 1 to 32 letters, digits, '-' and '_' (starting with a letter or digit), not {name!r}",
+        )
+    return name
+
+
+def default_control_path(name: str = "default") -> str:
+    """Where instance ``name``'s socket lives: ``$LINX_OTP_CONTROL`` if set, else
+    ``/run/linx-otp/NAME.sock`` for root, ``$XDG_RUNTIME_DIR/linx-otp/NAME.sock`` or
+    ``/tmp/linx-otp-UID/NAME.sock`` for anyone else."""
+    if os.environ.get(CONTROL_VARIABLE):
+        return os.environ[CONTROL_VARIABLE]
+    if os.geteuid() == 0:
+        return f"/run/linx-otp/{name}.sock"
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime:
+        return f"{runtime}/linx-otp/{name}.sock"
+    return f"/tmp/linx-otp-{os.geteuid()}/{name}.sock"
+
+
+def check_private_directory(directory: Path) -> None:
+    """A directory may hold our socket only if it is a real directory (not a symlink), owned
+    by us (or root) and writable by nobody else. Raises ``LinxError(("unsafe_directory", path))``."""
+    try:
+        status = os.lstat(directory)
+    except OSError as error:
+        raise LinxError(("unsafe_directory", str(directory)), f"{directory}: {error.strerror}") from None
+    uid = os.geteuid()
+    problem = None
+    if stat.S_ISLNK(status.st_mode):
+        problem = "is a symbolic link"
+    elif not stat.S_ISDIR(status.st_mode):
+        problem = "is not a directory"
+    elif status.st_uid not in (uid, 0):
+        problem = f"belongs to uid {status.st_uid}, not to uid {uid}"
+    elif status.st_mode & 0o022:
+        problem = f"is writable by others (mode {stat.S_IMODE(status.st_mode):04o})"
+    if problem is not None:
+        raise LinxError(
+            ("unsafe_directory", str(directory)),
+            f"refusing to use {directory} for the control socket: it {problem}; "
+            f"remove it, or choose another place with --control",
+        )
+
+
+def prepare_directory(directory: Path) -> None:
+    """Create the socket's directory 0700 (and missing parents), or check the one there."""
+    try:
+        os.mkdir(directory, 0o700)
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        directory.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+        os.mkdir(directory, 0o700)
+    except OSError as error:
+        raise LinxError(("unsafe_directory", str(directory)), f"cannot create {directory}: {error.strerror}") from None
+    check_private_directory(directory)
+
+
+@dataclass
+class Instance:
+    """A running instance's claim on its name: the lock, the socket path, and its marks."""
+
+    name: str
+    control_path: str
+    lock_fd: int = -1
+    cgroups: Cgroup.Layout | None = field(default=None, repr=False)
+
+    @property
+    def lock_path(self) -> str:
+        return self.control_path + ".lock"
+
+    # -- claiming the name -------------------------------------------------------------------
+
+    def claim(self) -> None:
+        """Check the directory, take the lock (refusing if another daemon holds it), and remove
+        a stale socket. Nothing else is touched before the lock is ours."""
+        directory = Path(self.control_path).parent
+        prepare_directory(directory)
+        while True:
+            try:
+                fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            except OSError as error:
+                raise LinxError(("lock_failed", self.lock_path), f"{self.lock_path}: {error.strerror}") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                os.close(fd)
+                raise LinxError(
+                    ("instance_running", self.name),
+                    f"another linx-otp daemon (pid {holder}) already runs instance {self.name!r} "
+                    f"at {self.control_path}; stop it first, or use another --name",
+                ) from None
+            try:  # a predecessor that unlinked the file between our open and our lock: retry
+                if os.fstat(fd).st_ino == os.lstat(self.lock_path).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.lock_fd = fd
+        self.remove_stale_socket()
+
+    def remove_stale_socket(self) -> None:
+        """With the lock held, a socket at our path is a dead predecessor's; anything else there
+        (a file, a directory) is not ours, and is refused."""
+        try:
+            status = os.lstat(self.control_path)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISSOCK(status.st_mode):
+            self.release()
+            raise LinxError(
+                ("control_path_taken", self.control_path),
+                f"{self.control_path} exists and is not a socket; refusing to replace it",
+            )
+        os.unlink(self.control_path)
+
+    def listen(self, backlog: int = 64) -> socket.socket:
+        """The control socket, bound at mode 0600."""
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        old_mask = os.umask(0o177)
+        try:
+            listener.bind(self.control_path)
+        except OSError as error:
+            listener.close()
+            raise LinxError(("control_failed", self.control_path), f"{self.control_path}: {error.strerror}") from None
+        finally:
+            os.umask(old_mask)
+        listener.listen(backlog)
+        return listener
+
+    def release(self) -> None:
+        """At the end: the socket and the lock file go, then the lock."""
+        if self.lock_fd < 0:
+            return
+        for path in (self.control_path, self.lock_path):
+            try:
+                if path == self.lock_path or stat.S_ISSOCK(os.lstat(path).st_mode):
+                    os.unlink(path)
+            except OSError:
+                pass
+        os.close(self.lock_fd)
+        self.lock_fd = -1
+
+    # -- what it owns on the host -----------------------------------------------------------
+
+    def layout(self) -> Cgroup.Layout:
+        if self.cgroups is None:
+            self.cgroups = Cgroup.detect()
+        return self.cgroups
+
+    def cgroup_name(self, child_id: str) -> str:
+        return f"{CGROUP_ROOT}/{self.name}/{child_id}"
+
+    def link_alias(self, child_id: str) -> str:
+        return f"{ALIAS_PREFIX}{self.name}:{child_id}"
+
+    def own_links(self, aliases: dict[str, str]) -> list[str]:
+        return [name for name, alias in aliases.items() if alias.startswith(f"{ALIAS_PREFIX}{self.name}:")]
+
+    def clean_leftovers(self) -> list[str]:
+        """What a killed predecessor of this name left: its cgroups (their processes killed)
+        and its marked links. Returns what was removed, for the log."""
+        removed = []
+        layout = self.layout()
+        base = f"{CGROUP_ROOT}/{self.name}"
+        seen = set()
+        for root in [layout.v2_root, *layout.v1_roots.values()]:
+            if root is None or not Path(root, base).is_dir():
+                continue
+            for directory in Path(root, base).iterdir():
+                if directory.is_dir() and not directory.is_symlink() and directory.name not in seen:
+                    seen.add(directory.name)
+                    cgroup = Cgroup.Cgroup(
+                        self.cgroup_name(directory.name),
+                        str(Path(layout.v2_root, base, directory.name)) if layout.v2_root else str(directory),
+                        {c: str(Path(r, base, directory.name)) for c, r in layout.v1_roots.items()},
+                    )
+                    try:
+                        Cgroup.destroy(cgroup, kill_first=True)
+                        removed.append(f"cgroup {cgroup.name}")
+                    except LinxError as error:
+                        removed.append(f"cgroup {cgroup.name} (left: {error})")
+        with Netlink.open() as host:
+            for link in self.own_links(Netlink.link_aliases(host)):
+                Netlink.delete_link(host, link, missing_ok=True)
+                removed.append(f"link {link}")
+        return removed
+
+    def remove_cgroup_parents(self) -> None:
+        Cgroup.remove_empty(self.layout(), f"{CGROUP_ROOT}/{self.name}")
+        Cgroup.remove_empty(self.layout(), CGROUP_ROOT)
+
+    def claim_link(self, host: object, link_name: str, child_id: str, host_address: str | None) -> None:
+        """Make room for ``child_id``'s veth host end ``link_name``: a link of ours by that name
+        (the last incarnation's) is deleted; one of anyone else's is refused, naming the owner;
+        so is a host address held by a link that is not this child's."""
+        aliases = Netlink.link_aliases(host)
+        mine = self.link_alias(child_id)
+        if link_name in aliases:
+            alias = aliases[link_name]
+            if alias != mine:
+                raise LinxError(("link_taken", link_name), f"host link {link_name!r} {_owner(alias)}; not touching it")
+        if host_address is not None:
+            for holder in Netlink.links_with_address(host, host_address):
+                if holder != link_name or aliases.get(holder) != mine:
+                    raise LinxError(
+                        ("address_taken", host_address),
+                        f"host address {host_address} is held by link {holder!r}, which {_owner(aliases.get(holder, ''))}",
+                    )
+        if link_name in aliases:  # the last incarnation's, not yet gone with its netns
+            Netlink.delete_link(host, link_name, missing_ok=True)
+
+
+def _owner(alias: str) -> str:
+    """``"is owned by linx-otp instance 'a' (child 'web')"`` or ``"is not linx-otp's"``."""
+    if alias.startswith(ALIAS_PREFIX):
+        instance, _, child = alias.removeprefix(ALIAS_PREFIX).partition(":")
+        return f"is owned by linx-otp instance {instance!r} (child {child!r})"
+    return "is not linx-otp's (no linx-otp mark)"

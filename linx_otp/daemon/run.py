@@ -1,0 +1,370 @@
+"""The ``linx-otp run`` event loop: runs a declared tree in the foreground until told to stop.
+
+Order of a start, so that a refused start changes nothing: claim the instance (its lock; a
+second daemon for the name stops here), bind the control socket, remove a killed
+predecessor's leftovers, and only then start the tree's supervisors. Supervisor reports and
+session events land in one mailbox that this loop works through: it keeps the ``TreeState``,
+applies each child's checkpoint set-up when it reaches ``ready`` (uid/gid maps, hostname, a
+veth marked as this instance's, a cgroup under ``linx-otp/NAME/``) and proceeds it, and hands
+lines and captured output to ``Output``, which writes them on its own thread. SIGINT or
+SIGTERM stops the tree gracefully and exits 0; a tree that gives up exits 1.
+
+This loop never writes to the console or a log itself, and never waits on a client.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+import time
+from typing import Any
+
+import pykka
+
+from .. import cgroup as Cgroup
+from .. import mount as Mount
+from .. import netlink as Netlink
+from .. import process as P
+from .. import supervisor as S
+from .. import tty
+from .. import user as User
+from ..actor import monitor
+from ..errors import LinxError
+from ..mailbox import Mailbox
+from .control import ControlServer, Request
+from .instance import Instance
+from .output import Output
+from .state import SetupDue, TreeState, describe_exit, signal_name
+from .tree import Group, Tree, Workload
+
+ROOT_ID = "root"
+REFUSALS = ("link_taken", "address_taken")
+"""Set-up failures that mean: another instance (or someone) owns what this child asks for."""
+QUIET_SUPERVISOR_REPORTS = ("started", "exited", "stopped")
+"""A worker's own events already say these; a nested supervisor's are shown."""
+
+
+class _ChildOwner:
+    """The owner of one child's sessions (every incarnation): tags events with the id."""
+
+    def __init__(self, child_id: str, inbox: Mailbox) -> None:
+        self.child_id, self.inbox = child_id, inbox
+
+    def tell(self, message: Any) -> None:
+        self.inbox.tell(("child", self.child_id, message))
+
+
+class _WarningsAsEvents(logging.Handler):
+    """The library's warnings and errors, as the daemon's events (a supervisor's own reports
+    arrive as events already)."""
+
+    def __init__(self, report: Any) -> None:
+        super().__init__(logging.WARNING)
+        self.report = report
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.name != S.__name__:
+            self.report("daemon", logging.getLevelName(record.levelno).lower(), self.format(record))
+
+
+class Daemon:
+    """One instance running one tree.
+
+    >>> from linx_otp.daemon.tree import parse_text
+    >>> tree = parse_text('[[child]]\\nid = "a"\\nargv = ["true"]\\n', "t.toml")
+    >>> Daemon(tree, Instance("doc", "/nonexistent/doc.sock")).state.status()[0]["state"]
+    'starting'
+    """
+
+    def __init__(self, tree: Tree, instance: Instance, *, json_output: bool = False, console_fd: int = 1) -> None:
+        self.tree = tree
+        self.instance = instance
+        self.json_output = json_output
+        self.console_fd = console_fd
+        self.inbox = Mailbox()
+        self.workloads = {workload.id: workload for workload in tree.workloads()}
+        self.state = TreeState(tree)
+        self.cgroups: dict[str, Cgroup.Cgroup] = {}
+        self.root: pykka.ActorRef | None = None
+        self.stopping = False
+        self.output: Output | None = None
+        self.control: ControlServer | None = None
+
+    # -- start and stop ------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Run until a signal (exit 0) or until the tree gives up (exit 1). Raises ``LinxError``
+        before anything is started if the instance is taken or its socket place is unsafe."""
+        self.instance.claim()
+        try:
+            listener = self.instance.listen()
+        except LinxError:
+            self.instance.release()
+            raise
+        self.output = Output(self.console_fd, self.report_from_thread)
+        self.control = ControlServer(listener, self.answer, self.report_from_thread)
+        previous = {number: signal.signal(number, self._on_signal) for number in (signal.SIGINT, signal.SIGTERM)}
+        warnings = _WarningsAsEvents(self.report_from_thread)
+        logging.getLogger("linx_otp").addHandler(warnings)
+        try:
+            return self._run()
+        finally:
+            self.cleanup()
+            logging.getLogger("linx_otp").removeHandler(warnings)
+            for number, handler in previous.items():
+                signal.signal(number, handler)
+
+    def _run(self) -> int:
+        self.report("tree", "starting", f"{self.tree.file} as instance {self.instance.name!r}")
+        try:
+            for leftover in self.instance.clean_leftovers():
+                self.report("daemon", "cleaned", f"a killed predecessor's {leftover}")
+        except (LinxError, OSError) as error:
+            self.report("daemon", "cleanup_failed", str(error))
+        self.control.start()
+        try:
+            self.root = S.start(
+                [self._spec(child) for child in self.tree.children], id=ROOT_ID, events=self.inbox, **self.tree.settings
+            )
+        except LinxError as error:
+            self.report("tree", "failed_to_start", str(error))
+            return 1
+        self.state.root = self.root
+        monitor(self.root, self.inbox)
+        self.report("tree", "up", f"{len(self.workloads)} workloads; control socket {self.instance.control_path}")
+        code = None
+        while code is None:
+            try:
+                message = self.inbox.receive(timeout=0.5)
+            except TimeoutError:
+                continue
+            code = self.handle(message)
+        return code
+
+    def _spec(self, child: Workload | Group) -> Any:
+        if isinstance(child, Group):
+            return S.child_spec(
+                [self._spec(grandchild) for grandchild in child.children],
+                id=child.id,
+                restart=child.restart,
+                shutdown=child.shutdown,
+                events=self.inbox,
+                **child.settings,
+            )
+        return P.child_spec(owner=_ChildOwner(child.id, self.inbox), auto_proceed=not child.setup, **child.options)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.inbox.tell(("signal", signum))
+
+    def stop_tree(self) -> None:
+        self.stopping = True
+        if self.root is not None:
+            S.stop(self.root)
+        while True:  # the terminal events of the stop, for the log and the cgroups
+            try:
+                message = self.inbox.receive(timeout=0)
+            except TimeoutError:
+                break
+            if message[0] in ("child", "linx_supervisor", "report"):
+                self.handle(message)
+        self.report("tree", "stopped", "")
+
+    def cleanup(self) -> None:
+        for child_id in list(self.cgroups):
+            self.release_cgroup(child_id)
+        try:
+            self.instance.remove_cgroup_parents()
+            with Netlink.open() as host:
+                for link in self.instance.own_links(Netlink.link_aliases(host)):
+                    Netlink.delete_link(host, link, missing_ok=True)
+        except (LinxError, OSError) as error:
+            self.report("daemon", "cleanup_failed", str(error))
+        if self.control is not None:
+            self.control.close()
+        if self.output is not None:
+            self.output.close()
+        self.instance.release()
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def handle(self, message: Any) -> int | None:
+        match message:
+            case ("signal", signum):
+                self.report("tree", "stopping", f"signal {signal_name(signum)}")
+                self.stop_tree()
+                return 0
+            case ("shutdown",):
+                self.report("tree", "stopping", "shutdown requested over the control socket")
+                self.stop_tree()
+                return 0
+            case ("DOWN", ref, reason) if ref == self.root:
+                if self.stopping:
+                    return 0
+                self.report("tree", "gave_up", describe_exit(reason))
+                return 1
+            case ("linx_supervisor", kind, _, child_id, detail):
+                self.supervisor_event(kind, child_id, detail)
+            case ("child", child_id, ("linx_process", kind, *detail)):
+                self.child_event(child_id, kind, detail)
+            case ("report", child_id, kind, detail):
+                self.report(child_id, kind, detail)
+        return None
+
+    def supervisor_event(self, kind: str, child_id: str, detail: Any) -> None:
+        due = self.state.supervisor_report(kind, child_id, detail)
+        worker = child_id in self.workloads
+        if kind not in QUIET_SUPERVISOR_REPORTS or not worker:
+            shown = "" if kind in ("started", "restarted") else describe_exit(detail)
+            self.report(child_id, kind, shown)
+        if due is not None:
+            self.apply_setup(due)
+
+    def child_event(self, child_id: str, kind: str, detail: list) -> None:
+        if kind in ("stdout", "stderr", "pty_out"):
+            self.output.captured(child_id, kind, detail[0], self.workloads[child_id].log)
+            return
+        if kind == "pty_in_dropped":
+            return
+        due = self.state.child_event(child_id, kind, detail)
+        self.report(child_id, kind, _describe_event(kind, detail))
+        if due is not None and self.workloads[child_id].setup:
+            self.apply_setup(due)
+        elif kind in P.TERMINAL_EVENTS:
+            self.output.end_of(child_id)
+            if child_id in self.cgroups:
+                self.release_cgroup(child_id)
+
+    # -- checkpoint set-up ---------------------------------------------------------------------
+
+    def apply_setup(self, due: SetupDue) -> None:
+        workload = self.workloads[due.child_id]
+        setup, pid = workload.setup, due.host_pid
+        if not setup:
+            return
+        try:
+            if setup.uid_map is not None:  # the tree file gives both maps or neither
+                User.setup_maps(pid, uid=setup.uid_map, gid=setup.gid_map)
+            if setup.hostname is not None:
+                Mount.hostname(setup.hostname, in_pid=pid)
+            if setup.veth is not None:
+                self.setup_veth(workload.id, setup.veth, pid)
+            if setup.cgroup is not None:
+                if workload.id in self.cgroups:  # the last incarnation's
+                    self.release_cgroup(workload.id)
+                cgroup = Cgroup.create(self.instance.cgroup_name(workload.id), **setup.cgroup)
+                self.cgroups[workload.id] = cgroup
+                Cgroup.add_process(cgroup, pid)
+            P.proceed(due.session)
+        except (LinxError, OSError) as error:
+            self.report(workload.id, "setup_failed", str(error))
+            try:
+                P.abort(due.session)
+            except LinxError:
+                pass
+            if isinstance(error, LinxError) and isinstance(error.reason, tuple) and error.reason[0] in REFUSALS:
+                self.stop_refused(workload.id)
+
+    def stop_refused(self, child_id: str) -> None:
+        """A child refused a host resource another owns stays stopped (restarting it would
+        only be refused again, and spend its siblings' restart intensity)."""
+
+        def stop() -> None:
+            try:
+                supervisor, _ = self.state.locate(child_id)
+                S.terminate_child(supervisor, child_id)
+            except LinxError:
+                pass  # its supervisor is gone or going: nothing left to stop
+
+        threading.Thread(target=stop, name="linx-otp-refuse", daemon=True).start()
+
+    def setup_veth(self, child_id: str, veth: dict, pid: int) -> None:
+        with Netlink.open() as host:
+            self.instance.claim_link(host, veth["host"], child_id, veth.get("host_address"))
+            Netlink.setup_veth(
+                pid,
+                host_name=veth["host"],
+                address=veth["address"],
+                prefixlen=veth["prefixlen"],
+                gateway=veth.get("gateway"),
+                host_address=veth.get("host_address"),
+                host=host,
+            )
+            Netlink.set_alias(host, veth["host"], self.instance.link_alias(child_id))
+
+    def release_cgroup(self, child_id: str) -> None:
+        try:
+            Cgroup.destroy(self.cgroups.pop(child_id), kill_first=True)
+        except LinxError as error:
+            self.report(child_id, "cgroup_left", str(error))
+
+    # -- the control socket's answers (on the control thread, or a thread of one request) --------
+
+    def answer(self, request: Request, note: Any) -> Any:
+        child_id = request.child_id
+        match request.verb:
+            case "status":
+                return self.state.status()
+            case "shutdown":
+                self.inbox.tell(("shutdown",))
+                return "stopping"
+        supervisor, current = self.state.locate(child_id)
+        match request.verb:
+            case "stop":
+                S.terminate_child(supervisor, child_id)
+                return "stopped"
+            case "start":
+                if current is not None:
+                    raise LinxError("running", f"{child_id} is already running; to start it afresh: restart {child_id}")
+                S.restart_child(supervisor, child_id)
+                return "started"
+            case "restart":
+                S.terminate_child(supervisor, child_id)
+                S.restart_child(supervisor, child_id)
+                self.state.count_restart(child_id)
+                return "restarted"
+            case "attach":
+                if current is None or child_id not in self.workloads or not request.fds:
+                    raise LinxError("not_running", f"{child_id} is not a running workload, or no terminal was passed")
+                outcome = tty.attach(current, terminal=request.fds[0], on_attached=lambda: note("attached"))
+                if isinstance(outcome, tuple):  # it ended while attached: its terminal event came to attach
+                    self.inbox.tell(("child", child_id, ("linx_process", *outcome)))
+                    return describe_exit(outcome)
+                return outcome
+        raise LinxError(("bad_verb", request.verb), f"unknown verb {request.verb!r}")
+
+    # -- reporting -------------------------------------------------------------------------------
+
+    def report_from_thread(self, child_id: str, kind: str, detail: str) -> None:
+        """An event from the writer or the control thread, reported by the loop."""
+        self.inbox.tell(("report", child_id, kind, detail))
+
+    def report(self, child_id: str, kind: str, detail: Any) -> None:
+        if self.json_output:
+            line = json.dumps({"time": time.time(), "id": child_id, "event": kind, "detail": _jsonable(detail)})
+        else:
+            shown = f" {detail}" if detail not in ("", None) else ""
+            line = f"{time.strftime('%H:%M:%S')} {child_id:>12} | {kind}{shown}"
+        self.output.line(line)
+
+
+def _describe_event(kind: str, detail: list) -> Any:
+    match kind, detail:
+        case "signaled", [number]:
+            return f"{number} ({signal_name(number)})"
+        case "error", [number, stage]:
+            return describe_exit(("error", number, stage))
+        case _, [single]:
+            return single
+        case _, []:
+            return ""
+    return " ".join(map(str, detail))
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (str, int, float, type(None))):
+        return value
+    if isinstance(value, (tuple, list)):
+        return [_jsonable(item) for item in value]
+    return repr(value)

@@ -1,0 +1,202 @@
+"""The tree's state as data: supervisor reports and session events in, status rows out.
+
+One ``Record`` per child of the tree file (workloads and nested supervisors), kept from the
+reports themselves: each child's current ref comes from its supervisor's ``started`` and
+``restarted`` reports, so finding a child's session or supervisor never walks the tree. A
+child that reaches its checkpoint before its ``started`` report has arrived is held until it
+has (``SetupDue`` says when its checkpoint set-up can run). Exit reasons are kept as data and
+put into words for people by ``describe_exit``.
+
+This module starts, stops and signals nothing; the loop reads it, the control thread reads it
+under its lock.
+
+>>> from linx_otp.daemon.tree import parse_text
+>>> state = TreeState(parse_text('[[child]]\\nid = "a"\\nargv = ["true"]\\n', "t.toml"), clock=lambda: 100.0)
+>>> state.supervisor_report("started", "a", "ref-1")
+>>> state.child_event("a", "ready", [4242])
+SetupDue(child_id='a', session='ref-1', host_pid=4242)
+>>> state.child_event("a", "exited", [3])
+>>> state.supervisor_report("exited", "a", ("exited", 3))
+>>> [(row["id"], row["state"], row["last_exit"]) for row in state.status()]
+[('a', 'exited', 'exited 3')]
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import LinxError
+from .tree import Group, Tree
+
+TERMINAL_EVENTS = ("exited", "signaled", "aborted", "error")
+
+
+@dataclass
+class Record:
+    """What the daemon knows of one child."""
+
+    kind: str
+    """``"worker"`` or ``"supervisor"``."""
+    parent: str | None
+    """The id of the nested supervisor holding it; None for the root's children."""
+    state: str = "starting"
+    host_pid: int | None = None
+    restarts: int = 0
+    started_at: float | None = None
+    last_exit: Any = None
+    ref: Any = None
+    """The current incarnation (a session or a supervisor), from the supervisor's reports."""
+    parked_pid: int | None = None
+    """The host pid of an incarnation at its checkpoint whose ``started`` report is still to come."""
+
+
+@dataclass(frozen=True)
+class SetupDue:
+    """A child is parked at its checkpoint and its session is known: set it up, proceed it."""
+
+    child_id: str
+    session: Any
+    host_pid: int
+
+
+class TreeState:
+    """Every child's record. Mutated by the loop; read by the control thread (under ``lock``)."""
+
+    def __init__(self, tree: Tree, clock: Callable[[], float] = time.time) -> None:
+        parents = tree.parents()
+        self.records = {
+            child.id: Record("supervisor" if isinstance(child, Group) else "worker", parents[child.id])
+            for child in tree.walk()
+        }
+        self.root: Any = None
+        self.clock = clock
+        self.lock = threading.Lock()
+
+    def has(self, child_id: Any) -> bool:
+        return isinstance(child_id, str) and child_id in self.records
+
+    # -- events in ---------------------------------------------------------------------------------
+
+    def supervisor_report(self, kind: str, child_id: Any, detail: Any) -> SetupDue | None:
+        """A ``("linx_supervisor", kind, _, child_id, detail)`` report."""
+        with self.lock:
+            record = self.records.get(child_id)
+            if record is None:
+                return None
+            if kind in ("started", "restarted"):
+                record.ref = detail
+                record.started_at = self.clock()
+                record.restarts += kind == "restarted"
+                if record.kind == "supervisor":
+                    record.state = "running"
+                if record.parked_pid is not None:
+                    pid, record.parked_pid = record.parked_pid, None
+                    return SetupDue(child_id, detail, pid)
+            elif kind in ("exited", "stopped"):
+                record.state = "stopped" if kind == "stopped" else "exited"
+                record.last_exit = detail
+                record.host_pid = record.ref = record.parked_pid = None
+            elif kind in ("gave_up", "start_failed"):
+                record.last_exit = detail
+        return None
+
+    def child_event(self, child_id: str, kind: str, detail: list) -> SetupDue | None:
+        """A session's ``("linx_process", kind, *detail)`` event (output excepted)."""
+        with self.lock:
+            record = self.records[child_id]
+            record.state = kind
+            if kind == "ready":
+                record.host_pid = detail[0]
+                if record.ref is None:
+                    record.parked_pid = detail[0]
+                    return None
+                return SetupDue(child_id, record.ref, detail[0])
+            if kind in TERMINAL_EVENTS:
+                record.ref = record.parked_pid = None
+        return None
+
+    def count_restart(self, child_id: str) -> None:
+        """A restart asked for over the control socket (its report says ``started``)."""
+        with self.lock:
+            self.records[child_id].restarts += 1
+
+    # -- what the control socket asks ---------------------------------------------------------------
+
+    def locate(self, child_id: Any) -> tuple[Any, Any]:
+        """The supervisor holding ``child_id`` and the child's current ref (None while it is
+        down). Raises ``LinxError("not_found")`` or, if its supervisor is down, ``"not_running"``."""
+        with self.lock:
+            if not self.has(child_id):
+                raise LinxError("not_found", f"no child {child_id!r} in the tree")
+            record = self.records[child_id]
+            supervisor = self.root if record.parent is None else self.records[record.parent].ref
+            if supervisor is None:
+                raise LinxError("not_running", f"{child_id}'s supervisor {record.parent!r} is not running")
+            return supervisor, record.ref
+
+    def status(self) -> list[dict[str, Any]]:
+        now = self.clock()
+        with self.lock:
+            return [
+                {
+                    "id": child_id,
+                    "kind": record.kind,
+                    "state": record.state,
+                    "host_pid": record.host_pid,
+                    "restarts": record.restarts,
+                    "uptime": round(now - record.started_at, 1)
+                    if record.started_at and record.state in ("running", "ready")
+                    else None,
+                    "last_exit": describe_exit(record.last_exit) if record.last_exit is not None else None,
+                }
+                for child_id, record in self.records.items()
+            ]
+
+
+def describe_errno(number: int) -> str:
+    """``2`` → ``"ENOENT (No such file or directory)"``."""
+    return f"{errno.errorcode.get(number, f'errno {number}')} ({os.strerror(number)})"
+
+
+def signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def describe_exit(reason: Any) -> str:
+    """An exit reason or outcome in words.
+
+    >>> describe_exit(("exited", 3)), describe_exit(("signaled", 9)), describe_exit("normal")
+    ('exited 3', 'killed by SIGKILL', 'exited 0')
+    >>> describe_exit(("error", 2, "execve"))
+    'execve failed: ENOENT (No such file or directory)'
+    """
+    match reason:
+        case "normal":
+            return "exited 0"
+        case "shutdown":
+            return "shut down"
+        case ("exited", code):
+            return f"exited {code}"
+        case ("signaled", number):
+            return f"killed by {signal_name(number)}"
+        case ("aborted",) | ("shutdown", "aborted"):
+            return "aborted at the checkpoint"
+        case ("error", status, "agent_died"):
+            return f"its agent died (status {status})"
+        case ("error", number, stage) if isinstance(number, int):
+            return f"{stage} failed: {describe_errno(number)}"
+        case ("shutdown", inner):
+            return f"shut down ({describe_exit(inner)})"
+        case ("reached_max_restart_intensity", restarts, seconds):
+            return f"more than {restarts} restarts in {seconds:g} s"
+    return str(reason)

@@ -1,0 +1,384 @@
+"""Supervision trees declared in TOML: parsing and checking them, and building the plan.
+
+A tree file has a ``[supervisor]`` table (strategy, max_restarts, max_seconds) and
+``[[child]]`` tables: workloads (every spawn option, ``restart``, ``shutdown``, ``log`` and a
+``[child.setup]`` table applied at the checkpoint) or nested supervisors (``type =
+"supervisor"`` with their own ``[[child.child]]``). Every value is checked here, at load:
+addresses with ``ipaddress``, interface names (at most 15 bytes), host names (RFC 1123),
+finite durations, sizes (an int or ``"max"``). Every mistake is collected and reported at
+once, each with the file and its key path (``child[2].setup.veth.address``) or, for TOML
+syntax, the line. This module builds plans; it never starts a process itself.
+
+String values may name the instance that runs the tree: ``${instance}`` (its name),
+``${instance_tag}`` (at most 8 bytes, for link names) and ``${instance_net}`` (``10.78.N``, a
+/24 of its own), so that two named instances of one file can run side by side.
+
+>>> tree = parse_text('[[child]]\\nid = "hello"\\nargv = ["echo", "hi"]\\n', "inline.toml")
+>>> tree.children[0].id, tree.children[0].options["argv"]
+('hello', ['echo', 'hi'])
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import options as session_options
+from .. import supervisor as S
+from ..actor import check_restart, check_shutdown
+from ..cgroup import check_limit
+from ..errors import LinxError, LinxValueError
+from ..netlink import check_interface_name, check_ipv4_address, check_ipv4_prefixlen
+from ..user import render
+
+SUPERVISOR_KEYS = {"strategy", "max_restarts", "max_seconds"}
+SESSION_OPTION_CHECKS: dict[str, Callable[[Any], Any]] = {
+    "argv": session_options.check_argv,
+    "namespaces": session_options.check_namespaces,
+    "env": session_options.check_env,
+    "cwd": session_options.check_cwd,
+    "no_new_privs": lambda value: session_options.check_bool("no_new_privs", value),
+    "orphan_policy": session_options.check_orphan_policy,
+}
+WORKLOAD_KEYS = {"id", "type", "stdio", "restart", "shutdown", "log", "setup"} | set(SESSION_OPTION_CHECKS)
+NESTED_KEYS = {"id", "type", "restart", "shutdown", "child"} | SUPERVISOR_KEYS
+SETUP_KEYS = {"hostname", "veth", "uid_map", "gid_map", "cgroup"}
+VETH_KEYS = {"host", "address", "prefixlen", "gateway", "host_address"}
+CGROUP_LIMITS = {"memory_max": "memory", "pids_max": "pids", "cpu_max": "cpu"}
+CAPTURE = "capture"
+HOSTNAME_MAX_BYTES = 64
+_HOSTNAME_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+_CHILD_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+DEFAULT_INSTANCE = "default"
+
+
+class TreeError(LinxValueError):
+    """A tree file is wrong; ``reason`` is ``("bad_tree", file, ((where, what), ...))`` with
+    every problem found, and the message has one ``file: where: what`` line for each."""
+
+    def __init__(self, file: str, problems: list[tuple[str, str]]) -> None:
+        self.file, self.problems = file, list(problems)
+        super().__init__(("bad_tree", file, tuple(problems)), "\n".join(f"{file}: {w}: {what}" for w, what in problems))
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What the runner does at a child's checkpoint, in this order."""
+
+    uid_map: list | None = None
+    gid_map: list | None = None
+    hostname: str | None = None
+    veth: dict | None = None
+    cgroup: dict | None = None
+
+    def __bool__(self) -> bool:
+        return any(value is not None for value in (self.uid_map, self.gid_map, self.hostname, self.veth, self.cgroup))
+
+
+@dataclass(frozen=True)
+class Workload:
+    id: str
+    options: dict[str, Any]
+    """Keyword arguments for ``process.child_spec`` except owner and auto_proceed."""
+    capture: tuple[str, ...] = ()
+    """Streams ("stdout", "stderr") captured as events, which the daemon prefixes with the id."""
+    log: str | None = None
+    setup: Setup = field(default_factory=Setup)
+
+
+@dataclass(frozen=True)
+class Group:
+    id: str
+    settings: dict[str, Any]
+    children: list[Workload | Group]
+    restart: str = "permanent"
+    shutdown: Any = None
+
+
+@dataclass(frozen=True)
+class Tree:
+    file: str
+    settings: dict[str, Any]
+    children: list[Workload | Group]
+
+    def workloads(self) -> list[Workload]:
+        return [child for child in self.walk() if isinstance(child, Workload)]
+
+    def walk(self) -> list[Workload | Group]:
+        """Every child, supervisors included, depth first in start order."""
+        found: list = []
+
+        def visit(children: list[Workload | Group]) -> None:
+            for child in children:
+                found.append(child)
+                if isinstance(child, Group):
+                    visit(child.children)
+
+        visit(self.children)
+        return found
+
+    def parents(self) -> dict[str, str | None]:
+        """child id → the id of the group holding it (None: the root supervisor)."""
+        found: dict[str, str | None] = {}
+
+        def visit(children: list[Workload | Group], parent: str | None) -> None:
+            for child in children:
+                found[child.id] = parent
+                if isinstance(child, Group):
+                    visit(child.children, child.id)
+
+        visit(self.children, None)
+        return found
+
+
+def instance_values(instance: str) -> dict[str, str]:
+    """What ``${instance}``, ``${instance_tag}`` and ``${instance_net}`` stand for.
+
+    >>> instance_values("default")["instance_net"], instance_values("default")["instance_tag"]
+    ('10.78.0', 'default')
+    """
+    checksum = zlib.crc32(instance.encode())
+    tag = instance if len(instance.encode()) <= 8 else f"{instance[:3]}{checksum & 0xFFFFF:05x}"
+    octet = 0 if instance == DEFAULT_INSTANCE else 1 + checksum % 254
+    return {"instance": instance, "instance_tag": tag, "instance_net": f"10.78.{octet}"}
+
+
+def _substitute(value: Any, values: dict[str, str]) -> Any:
+    if isinstance(value, str):
+        for name, text in values.items():
+            value = value.replace("${" + name + "}", text)
+        return value
+    if isinstance(value, list):
+        return [_substitute(item, values) for item in value]
+    if isinstance(value, dict):
+        return {key: _substitute(item, values) for key, item in value.items()}
+    return value
+
+
+def parse_file(path: str | Path, instance: str = DEFAULT_INSTANCE) -> Tree:
+    """Read and check a tree file; raises ``TreeError`` naming every mistake."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise TreeError(str(path), [("file", f"cannot read it: {getattr(error, 'strerror', None) or error}")]) from None
+    return parse_text(text, str(path), instance)
+
+
+def parse_text(text: str, file: str, instance: str = DEFAULT_INSTANCE) -> Tree:
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise TreeError(file, [("syntax", str(error))]) from None  # tomllib names the line and column
+    document = _substitute(document, instance_values(instance))
+    checker = _Checker()
+    checker.keys(document, {"supervisor", "child"}, "")
+    settings = checker.supervisor_settings(document.get("supervisor", {}), "supervisor")
+    children = checker.children(document.get("child"), "child")
+    if checker.problems:
+        raise TreeError(file, checker.problems)
+    return Tree(file, settings, children)
+
+
+class _SkipTable(Exception):
+    """This table is too wrong to look further into; the checker goes on with the next."""
+
+
+class _Checker:
+    def __init__(self) -> None:
+        self.ids: set[str] = set()
+        self.problems: list[tuple[str, str]] = []
+
+    def note(self, where: str, what: str) -> None:
+        """Record a problem and go on checking."""
+        self.problems.append((where or "top level", what))
+
+    def skip(self, where: str, what: str) -> None:
+        """Record a problem that makes the rest of the table meaningless."""
+        self.note(where, what)
+        raise _SkipTable
+
+    def check(self, where: str, checker: Callable[[Any], Any], value: Any) -> Any:
+        """``checker(value)``; a ``LinxValueError`` becomes a problem at ``where``."""
+        try:
+            return checker(value)
+        except (LinxValueError, TypeError) as error:
+            self.note(where, str(error))
+            return None
+
+    def keys(self, table: Any, allowed: set[str], where: str) -> bool:
+        if not isinstance(table, dict):
+            self.note(where, f"expected a table, got {table!r}")
+            return False
+        for unknown in sorted(set(table) - allowed):
+            self.note(
+                f"{where}.{unknown}" if where else unknown,
+                f"unknown key; expected one of: {', '.join(sorted(allowed))}",
+            )
+        return True
+
+    def supervisor_settings(self, table: Any, where: str) -> dict[str, Any]:
+        if not self.keys(table, SUPERVISOR_KEYS, where):
+            return {}
+        settings = {key: table[key] for key in sorted(SUPERVISOR_KEYS) if key in table}
+        for key, value in settings.items():
+            self.check(f"{where}.{key}", lambda v, k=key: S.check_settings(**{k: v}), value)
+        return settings
+
+    def children(self, tables: Any, where: str) -> list[Workload | Group]:
+        if tables is None:
+            self.note(where, "a tree needs at least one [[child]]")
+            return []
+        if not isinstance(tables, list):
+            self.note(where, "expected [[child]] tables")
+            return []
+        found = []
+        for index, table in enumerate(tables):
+            try:
+                found.append(self.child(table, f"{where}[{index}]"))
+            except _SkipTable:
+                pass
+        return found
+
+    def child_id(self, table: dict, where: str) -> str:
+        child_id = table.get("id")
+        if not isinstance(child_id, str) or not _CHILD_ID.match(child_id):
+            self.skip(
+                f"{where}.id", f"every child needs an id of 1 to 64 letters, digits, '-' and '_', not {child_id!r}"
+            )
+        if child_id in self.ids:
+            self.note(f"{where}.id", f"duplicate id {child_id!r}: ids are unique across the whole tree")
+        self.ids.add(child_id)
+        return child_id
+
+    def child(self, table: Any, where: str) -> Workload | Group:
+        if not isinstance(table, dict):
+            self.skip(where, "expected a table")
+        kind = table.get("type", "worker")
+        if kind == "supervisor":
+            self.keys(table, NESTED_KEYS, where)
+            child_id = self.child_id(table, where)
+            settings = self.supervisor_settings({k: v for k, v in table.items() if k in SUPERVISOR_KEYS}, where)
+            restart, shutdown = self.restart_and_shutdown(table, where, None)
+            return Group(child_id, settings, self.children(table.get("child"), f"{where}.child"), restart, shutdown)
+        if kind != "worker":
+            self.skip(f"{where}.type", f"type is 'worker' or 'supervisor', not {kind!r}")
+        self.keys(table, WORKLOAD_KEYS, where)
+        child_id = self.child_id(table, where)
+        if "argv" not in table:
+            self.note(f"{where}.argv", "missing: every workload needs argv, a list of strings")
+        restart, shutdown = self.restart_and_shutdown(table, where, 5.0)
+        stdio, capture = self.stdio(table.get("stdio", "inherit"), f"{where}.stdio")
+        options = {"argv": table.get("argv"), "stdio": stdio, "id": child_id, "restart": restart, "shutdown": shutdown}
+        for key, checker in SESSION_OPTION_CHECKS.items():
+            if key in table:
+                value = tuple(table[key]) if key == "orphan_policy" and isinstance(table[key], list) else table[key]
+                self.check(f"{where}.{key}", checker, value)
+                if key != "argv":
+                    options[key] = value
+        log = table.get("log")
+        if log is not None and (not isinstance(log, str) or not log or "\0" in log or not capture):
+            self.note(f"{where}.log", 'log is a file path, and needs stdio capturing a stream (stdio = "capture")')
+        namespaces = table.get("namespaces", ())
+        setup = self.setup(
+            table.get("setup", {}), f"{where}.setup", set(namespaces if isinstance(namespaces, list) else ())
+        )
+        return Workload(child_id, options, capture, log, setup)
+
+    def restart_and_shutdown(self, table: dict, where: str, default_shutdown: Any) -> tuple[str, Any]:
+        restart = self.check(f"{where}.restart", check_restart, table.get("restart", "permanent"))
+        shutdown = self.check(f"{where}.shutdown", check_shutdown, table.get("shutdown", default_shutdown))
+        return restart, shutdown
+
+    def stdio(self, stdio: Any, where: str) -> tuple[Any, tuple[str, ...]]:
+        """The session's stdio ("capture" alone means stdout and stderr) and what it captures."""
+        if stdio == CAPTURE:
+            return {"stdout": CAPTURE, "stderr": CAPTURE}, ("stdout", "stderr")
+        capture: tuple[str, ...] = ()
+        if isinstance(stdio, dict):
+            capture = tuple(stream for stream, directive in stdio.items() if directive == CAPTURE)
+            stdio = dict(stdio)
+        self.check(where, session_options.check_stdio, stdio)
+        return stdio, capture
+
+    def setup(self, table: Any, where: str, namespaces: set[str]) -> Setup:
+        if not self.keys(table, SETUP_KEYS, where):
+            return Setup()
+        requires = {"hostname": "uts", "veth": "net", "uid_map": "user", "gid_map": "user"}
+        for key, namespace in requires.items():
+            if key in table and namespace not in namespaces:
+                self.note(f"{where}.{key}", f"needs the {namespace!r} namespace in this child's namespaces")
+        if "hostname" in table:
+            self.check(f"{where}.hostname", check_hostname, table["hostname"])
+        veth = self.veth(table.get("veth"), f"{where}.veth")
+        if ("uid_map" in table) != ("gid_map" in table):
+            missing = "gid_map" if "uid_map" in table else "uid_map"
+            self.note(f"{where}.{missing}", "missing: uid_map and gid_map come together")
+        maps = {}
+        for key in ("uid_map", "gid_map"):
+            if key in table:
+                maps[key] = self.check(f"{where}.{key}", _id_map, table[key])
+        cgroup = table.get("cgroup")
+        if cgroup is not None and self.keys(cgroup, set(CGROUP_LIMITS), f"{where}.cgroup"):
+            cgroup = {
+                key: (tuple(v) if isinstance(v, list) else v) for key, v in cgroup.items() if key in CGROUP_LIMITS
+            }
+            for key, value in cgroup.items():
+                self.check(f"{where}.cgroup.{key}", lambda v, k=key: check_limit(CGROUP_LIMITS[k], v), value)
+        return Setup(
+            uid_map=maps.get("uid_map"),
+            gid_map=maps.get("gid_map"),
+            hostname=table.get("hostname"),
+            veth=veth,
+            cgroup=cgroup if isinstance(cgroup, dict) else None,
+        )
+
+    def veth(self, veth: Any, where: str) -> dict | None:
+        if veth is None or not self.keys(veth, VETH_KEYS, where):
+            return None
+        for key in ("host", "address", "prefixlen"):
+            if key not in veth:
+                self.note(f"{where}.{key}", "missing (host, address and prefixlen are required)")
+        if "host" in veth:
+            self.check(f"{where}.host", check_interface_name, veth["host"])
+        for key in ("address", "gateway", "host_address"):
+            if key in veth:
+                self.check(f"{where}.{key}", check_ipv4_address, veth[key])
+        if "prefixlen" in veth:
+            self.check(f"{where}.prefixlen", check_ipv4_prefixlen, veth["prefixlen"])
+        return dict(veth)
+
+
+def _id_map(entries: Any) -> list[tuple]:
+    if not isinstance(entries, list):
+        raise LinxValueError("bad_map", f"a map is a list of [inside, outside, length], not {entries!r}")
+    mapped = [tuple(entry) if isinstance(entry, list) else entry for entry in entries]
+    try:
+        render(mapped)
+    except LinxError as error:
+        raise LinxValueError("bad_map", f"a map is a list of [inside, outside, length]: {error}") from None
+    return mapped
+
+
+def check_hostname(name: Any) -> str:
+    """A host name (RFC 1123): labels of letters, digits and '-', at most 64 bytes in all.
+
+    >>> check_hostname("web-1.example")
+    'web-1.example'
+    """
+    if (
+        not isinstance(name, str)
+        or not 1 <= len(name.encode()) <= HOSTNAME_MAX_BYTES
+        or not all(_HOSTNAME_LABEL.match(label) for label in name.split("."))
+    ):
+        raise LinxValueError(
+            ("bad_hostname", name),
+            f"a host name is at most {HOSTNAME_MAX_BYTES} bytes of dot-separated labels "
+            f"(letters, digits, '-', not at either end), not {name!r}",
+        )
+    return name

@@ -1,0 +1,239 @@
+"""SPEC §7 Robustness: no I/O error stops the tree or the control plane. A console that goes
+away, a full disk under a log, a missing log directory, fd exhaustion, idle and malformed
+control connections, and a second daemon for the same instance: each is reported once and
+the daemon goes on answering."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import test_cli
+from support import needs_root, process_alive, wait_until
+from test_cli import COMMAND, SMALL_TREE, TIMEOUT, write_tree
+from test_daemon_safety import refused_before_starting
+
+running = test_cli.running  # the fixture, shared
+
+CHATTY = """
+    [[child]]
+    id = "chatty"
+    argv = ["sh", "-c", "while :; do echo chatter; sleep 0.02; done"]
+    stdio = "capture"
+"""
+
+
+def ask(path: Path, payload: bytes, timeout: float = TIMEOUT) -> dict:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+        connection.connect(str(path))  # blocking, as the command's: a full backlog waits its turn
+        connection.settimeout(timeout)
+        connection.sendall(payload)
+        reply = b""
+        while not reply.endswith(b"\n"):
+            chunk = connection.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+    return json.loads(reply)
+
+
+def status_rows(control: Path) -> dict[str, dict]:
+    answer = ask(control, b'{"verb": "status"}\n')
+    assert answer["ok"], answer
+    return {row["id"]: row for row in answer["result"]}
+
+
+def test_a_console_that_goes_away_does_not_stop_the_daemon(tmp_path):
+    """``linx-otp run | head -1``: the console's EPIPE is reported (nowhere to print it) and
+    the tree and the control socket go on."""
+    control = tmp_path / "c.sock"
+    daemon = subprocess.Popen(
+        [*COMMAND, "run", write_tree(tmp_path, CHATTY), "--control", str(control)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    head = subprocess.Popen(["head", "-1"], stdin=daemon.stdout, stdout=subprocess.PIPE, text=True)
+    daemon.stdout.close()  # head holds the only reading end
+    try:
+        assert head.stdout.readline()
+        assert head.wait(TIMEOUT) == 0
+        time.sleep(0.5)  # chatter meets the closed pipe: EPIPE
+        rows = status_rows(control)
+        assert rows["chatty"]["state"] == "running" and process_alive(rows["chatty"]["host_pid"])
+        time.sleep(0.5)
+        assert status_rows(control)["chatty"]["host_pid"] == rows["chatty"]["host_pid"]
+        assert ask(control, b'{"verb": "shutdown"}\n')["result"] == "stopping"
+        assert daemon.wait(TIMEOUT) == 0
+        assert not control.exists() and not process_alive(rows["chatty"]["host_pid"])
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+
+
+@needs_root
+def test_a_log_on_a_full_disk_is_reported_once_and_resumes(tmp_path, running):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], check=True)
+    try:
+        log = disk / "filler.log"
+        tree = write_tree(
+            tmp_path,
+            f"""
+            [[child]]
+            id = "filler"
+            argv = ["sh", "-c", "while :; do head -c 60000 /dev/zero | tr '\\\\0' x; echo; sleep 0.05; done"]
+            stdio = {{ stdout = "capture", stderr = "inherit" }}
+            log = "{log}"
+
+            [[child]]
+            id = "nowhere"
+            argv = ["sh", "-c", "while :; do echo lost; sleep 0.1; done"]
+            stdio = {{ stdout = "capture", stderr = "inherit" }}
+            log = "{tmp_path}/no/such/directory/nowhere.log"
+            """,
+        )
+        daemon = running(tree)
+        assert daemon.shows(r"filler \| log_failed .*No space left on device"), "\n".join(daemon.lines)
+        assert daemon.shows(r"nowhere \| log_failed .*No such file or directory"), "\n".join(daemon.lines)
+        assert status_rows(daemon.control)["filler"]["state"] == "running"
+        time.sleep(1)  # still failing: not reported again
+        assert sum("filler | log_failed" in line for line in daemon.lines) == 1
+        os.truncate(log, 0)  # room again
+        assert daemon.shows(r"filler \| log_resumed .*bytes of output were lost"), "\n".join(daemon.lines)
+        assert status_rows(daemon.control)["filler"]["restarts"] == 0
+        assert daemon.stop() == 0
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_status_answers_with_64_fds_and_100_idle_connections(tmp_path):
+    control = tmp_path / "c.sock"
+    daemon = subprocess.Popen(
+        ["prlimit", "--nofile=64:64", *COMMAND, "run", write_tree(tmp_path, SMALL_TREE), "--control", str(control)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    idle = []
+    try:
+        assert wait_until(lambda: control.exists(), TIMEOUT)
+        assert wait_until(lambda: status_rows(control)["sleeper"]["state"] == "running", TIMEOUT)
+        for _ in range(100):
+            connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            connection.setblocking(False)
+            try:
+                connection.connect(str(control))
+            except BlockingIOError:
+                pass  # the backlog is full for a moment: it stays pending, as an idle one would
+            idle.append(connection)
+        started = time.monotonic()
+        rows = status_rows(control)
+        assert rows["sleeper"]["state"] == "running" and time.monotonic() - started < 10
+        assert process_alive(rows["sleeper"]["host_pid"])
+        for connection in idle:
+            connection.close()
+        idle.clear()
+        assert status_rows(control)["talker"]["state"] == "running"
+        daemon.terminate()
+        output = daemon.communicate(timeout=TIMEOUT)[0]
+        assert daemon.returncode == 0, output
+        assert output.count("control_out_of_fds") == 1 and "Traceback" not in output, output
+    finally:
+        for connection in idle:
+            connection.close()
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+
+
+MALFORMED = [
+    b"[]",
+    b"null",
+    b"42",
+    b"4.2",
+    b'"status"',
+    b"true",
+    b"false",
+    b"{}",
+    b'{"verb": 1}',
+    b'{"verb": null}',
+    b'{"verb": ["status"]}',
+    b'{"verb": {"status": 1}}',
+    b'{"verb": "launch"}',
+    b'{"verb": "stop"}',
+    b'{"verb": "stop", "id": []}',
+    b'{"verb": "stop", "id": {}}',
+    b'{"verb": "stop", "id": 7}',
+    b'{"verb": "stop", "id": null}',
+    b'{"verb": "stop", "id": "nobody"}',
+    b'{"verb": "attach", "id": "sleeper"}',
+    b"{not json",
+    b"\xff\xfe\xfd",
+    b"[" * 100000,
+]
+
+
+def test_every_malformed_request_gets_an_error_reply(tmp_path, running):
+    daemon = running(write_tree(tmp_path, SMALL_TREE))
+    assert daemon.shows(r"sleeper \| running")
+    pid = int(daemon.status()["sleeper"][3])
+    for index in range(200):
+        payload = MALFORMED[index % len(MALFORMED)]
+        answer = ask(daemon.control, payload[:60000] + b"\n")
+        assert answer["ok"] is False and isinstance(answer["error"], str), (payload[:40], answer)
+    answer = ask(daemon.control, b'{"verb": "status"')  # no newline, and never finished
+    assert answer == {"ok": False, "error": "no complete request within 5 s"}
+    assert daemon.status()["sleeper"][3] == str(pid) and process_alive(pid)
+    assert daemon.stop() == 0
+    assert not any("Traceback" in line or "control_error" in line for line in daemon.lines), "\n".join(daemon.lines)
+
+
+def test_a_second_daemon_for_the_same_instance_starts_nothing_and_touches_nothing(tmp_path, running):
+    first = running(write_tree(tmp_path, SMALL_TREE))
+    assert first.shows(r"sleeper \| running")
+    pid = int(first.status()["sleeper"][3])
+    result = refused_before_starting(tmp_path, write_tree(tmp_path, SMALL_TREE), "--control", str(first.control))
+    assert result.returncode == 2, result.stderr
+    assert f"already runs instance 'default' at {first.control}" in result.stderr
+    assert first.control.exists() and first.status()["sleeper"][3] == str(pid)
+    assert first.stop() == 0
+    assert not first.control.exists() and not Path(f"{first.control}.lock").exists()
+
+
+FLOOD = """
+    [[child]]
+    id = "flood"
+    argv = ["sh", "-c", "head -c 300000 /dev/zero | tr '\\\\0' x; echo; exec sleep 600"]
+    stdio = "capture"
+"""
+
+
+@pytest.mark.parametrize("signum", [2, 15])
+def test_signals_and_control_are_not_stuck_behind_a_stalled_console(tmp_path, signum):
+    control = tmp_path / "c.sock"
+    daemon = subprocess.Popen(  # nobody reads its stdout: 300 kB fill the pipe, the writer blocks
+        [*COMMAND, "run", write_tree(tmp_path, FLOOD), "--control", str(control)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert wait_until(lambda: control.exists(), TIMEOUT)
+        assert wait_until(lambda: status_rows(control)["flood"]["state"] == "running", TIMEOUT)
+        pid = status_rows(control)["flood"]["host_pid"]
+        assert wait_until(lambda: Path(f"/proc/{pid}/stat").read_text().split()[2] == "S", TIMEOUT)
+        time.sleep(0.5)  # its output is out, and stuck in a full pipe
+        os.kill(pid, 9)  # lifecycle lines now meet the stalled console: they must not block the loop
+        assert wait_until(lambda: status_rows(control)["flood"]["restarts"] == 1, TIMEOUT)
+        daemon.send_signal(signum)
+        assert daemon.wait(TIMEOUT) == 0
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
