@@ -26,6 +26,8 @@ def test_a_wheel_ships_an_executable_agent_that_sessions_use(tmp_path, monkeypat
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
         assert "linx_otp/py.typed" in names
+        modules = {str(path.relative_to(ROOT)) for path in (ROOT / "linx_otp").rglob("*.py")}
+        assert modules <= set(names), f"modules missing from the wheel: {sorted(modules - set(names))}"
         assert "linx_otp/trees/demo.toml" in names, "linx-otp run's default tree ships in the wheel"
         entry_points = next(name for name in names if name.endswith(".dist-info/entry_points.txt"))
         assert "linx-otp = linx_otp.cli:main" in archive.read(entry_points).decode()
