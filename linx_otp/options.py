@@ -23,7 +23,6 @@ from typing import Any, TypedDict
 from . import protocol
 from .errors import LinxValueError
 from .mailbox import mailbox
-from .seccomp import Filter
 
 NAMESPACES = tuple(protocol.NAMESPACE_BITS)
 STDIO_KEYS = ("stdin", "stdout", "stderr")
@@ -355,7 +354,7 @@ def check_seccomp(seccomp: Any, no_new_privs: bool, capabilities: int | None, us
     for a task with CAP_SYS_ADMIN, so one that would certainly be refused is refused here."""
     if seccomp is None:
         return None
-    if isinstance(seccomp, Filter):
+    if callable(getattr(seccomp, "bpf", None)):  # a seccomp.Filter (not imported: it lives a floor above)
         program = seccomp.bpf()
     elif isinstance(seccomp, (bytes, bytearray, memoryview)):
         program = bytes(seccomp)
@@ -428,7 +427,7 @@ class SessionOptions(TypedDict, total=False):
     umask: int | None
     rlimits: Mapping[str, int | tuple[int, int]] | None
     capabilities: Iterable[str] | None
-    seccomp: Filter | bytes | None
+    seccomp: Any
 
 
 def plan_session(
