@@ -88,11 +88,16 @@ static int write_file(const char *path, const char *data)
     return outcome(0);
 }
 
+/* Prints the errno, then how many bytes a read got (a masked file reads as empty). */
 static int read_file(const char *path)
 {
-    char byte;
+    char data[64];
     int fd = open(path, O_RDONLY);
-    return outcome(fd < 0 || read(fd, &byte, 1) < 0 ? -1 : 0);
+    ssize_t got = fd < 0 ? -1 : read(fd, data, sizeof data);
+    if (got < 0)
+        return outcome(-1);
+    printf("0 %zd\n", got);
+    return 0;
 }
 
 static int unshare_named(const char *name)
@@ -178,10 +183,11 @@ static int raise_rlimit(void)
     return outcome(setrlimit(RLIMIT_NOFILE, &limit));
 }
 
-/* Runs a setuid-root copy of this program, which tries to become root for real. */
+/* Runs a setuid-root copy of this program (arguments[0]), which then tries to use a capability
+ * the caller does not have: mknod of /dev/null's numbers at arguments[1]. */
 static int exec_setuid(char *const *arguments)
 {
-    char *const argv[] = {arguments[0], "become_root", NULL};
+    char *const argv[] = {arguments[0], "mknod_char", arguments[1], NULL};
     execv(arguments[0], argv);
     return outcome(-1);
 }
@@ -251,9 +257,9 @@ int main(int argc, char **argv)
         return read_file(rest[0]);
     if (strcmp(probe, "raise_rlimit") == 0)
         return raise_rlimit();
-    if (strcmp(probe, "exec_setuid") == 0 && count == 1)
+    if (strcmp(probe, "exec_setuid") == 0 && count == 2)
         return exec_setuid(rest);
-    if (strcmp(probe, "become_root") == 0)
-        return outcome(setuid(0));
+    if (strcmp(probe, "mknod_char") == 0 && count == 1)
+        return outcome(mknod(rest[0], S_IFCHR | 0600, makedev(1, 3)));
     return 2;
 }
