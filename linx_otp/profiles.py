@@ -125,7 +125,7 @@ def known_syscall(name: str) -> bool:
 
 def container_setup(rootfs: str | os.PathLike | None = None) -> Callable[[int], None]:
     """The set-up ``container()`` returns: ``f(host_pid)`` for a child parked in fresh pid,
-    mount and net namespaces. Root only (it joins the child's mount and net namespaces)."""
+    mount and net namespaces (and a user namespace, mapped, when the caller is not root)."""
     root = "" if rootfs is None else os.fspath(rootfs).rstrip("/")
 
     def setup(host_pid: int) -> None:
@@ -133,11 +133,7 @@ def container_setup(rootfs: str | os.PathLike | None = None) -> Callable[[int], 
             if root and not stat.S_ISDIR(os.lstat(f"{root}/{directory}").st_mode):
                 raise NotADirectoryError(errno.ENOTDIR, f"the rootfs needs a /{directory} directory", root)
         Mount.mount_proc(host_pid, f"{root}/proc")
-        Namespaces.run_in(
-            host_pid,
-            ["net", "mount"],  # a fresh sysfs shows the network namespace of whoever mounts it
-            lambda: Mount.mount("sysfs", f"{root}/sys", "sysfs", MS_RDONLY_NOSUID_NODEV_NOEXEC),
-        )
+        _mount_read_only("sysfs", f"{root}/sys", host_pid)
         for path in (*MASKED_PATHS, *_thermal_throttle(host_pid, root)):
             _mask(host_pid, root, path)
         for path in READONLY_PATHS:
@@ -147,6 +143,18 @@ def container_setup(rootfs: str | os.PathLike | None = None) -> Callable[[int], 
             Mount.pivot_root(root, in_pid=host_pid)
 
     return setup
+
+
+def _mount_read_only(fstype: str, target: str, host_pid: int) -> None:
+    """A fresh read-only, nosuid, nodev, noexec ``fstype`` at ``target`` in the child's
+    namespaces: as root from a thread that joins its mount and net namespaces (a sysfs shows the
+    network namespace of whoever mounts it), otherwise through the agent (``linx_otp.mount``)."""
+    if os.geteuid() == 0:
+        Namespaces.run_in(
+            host_pid, ["net", "mount"], lambda: Mount.mount(fstype, target, fstype, MS_RDONLY_NOSUID_NODEV_NOEXEC)
+        )
+    else:
+        Mount.mount(fstype, target, fstype, data="ro,nosuid,nodev,noexec", in_pid=host_pid)
 
 
 def _kind(host_pid: int, path: str) -> str | None:
@@ -164,7 +172,7 @@ def _kind(host_pid: int, path: str) -> str | None:
 def _mask(host_pid: int, root: str, path: str) -> None:
     match _kind(host_pid, root + path):
         case "directory":
-            Mount.mount("tmpfs", root + path, "tmpfs", MS_RDONLY_NOSUID_NODEV_NOEXEC, in_pid=host_pid)
+            _mount_read_only("tmpfs", root + path, host_pid)
         case "file":
             Mount.bind("/dev/null", root + path, recursive=False, in_pid=host_pid)
 
