@@ -132,53 +132,58 @@ def container_setup(rootfs: str | os.PathLike | None = None) -> Callable[[int], 
         for directory in ("proc", "sys"):
             if root and not stat.S_ISDIR(os.lstat(f"{root}/{directory}").st_mode):
                 raise NotADirectoryError(errno.ENOTDIR, f"the rootfs needs a /{directory} directory", root)
-        Mount.mount_proc(host_pid, f"{root}/proc")
-        _mount_read_only("sysfs", f"{root}/sys", host_pid)
-        for path in (*MASKED_PATHS, *_thermal_throttle(host_pid, root)):
-            _mask(host_pid, root, path)
-        for path in READONLY_PATHS:
-            if _kind(host_pid, root + path) is not None:
-                Mount.bind(root + path, root + path, readonly=True, in_pid=host_pid)
-        if root:
-            Mount.pivot_root(root, in_pid=host_pid)
+        Mount.mount_proc(host_pid, f"{root}/proc")  # a proc shows the pid namespace of its mounter
+        if os.geteuid() == 0:  # one thread in the child's mount and net namespaces does the rest
+            Namespaces.run_in(host_pid, ["net", "mount"], lambda: _harden_mounts(root, None))
+        else:  # each step through the agent, inside the child's user namespace
+            _harden_mounts(root, host_pid)
 
     return setup
 
 
-def _mount_read_only(fstype: str, target: str, host_pid: int) -> None:
-    """A fresh read-only, nosuid, nodev, noexec ``fstype`` at ``target`` in the child's
-    namespaces: as root from a thread that joins its mount and net namespaces (a sysfs shows the
-    network namespace of whoever mounts it), otherwise through the agent (``linx_otp.mount``)."""
-    if os.geteuid() == 0:
-        Namespaces.run_in(
-            host_pid, ["net", "mount"], lambda: Mount.mount(fstype, target, fstype, MS_RDONLY_NOSUID_NODEV_NOEXEC)
-        )
-    else:
-        Mount.mount(fstype, target, fstype, data="ro,nosuid,nodev,noexec", in_pid=host_pid)
+def _harden_mounts(root: str, in_pid: int | None) -> None:
+    """A fresh read-only /sys, Docker's masks and read-only paths, then ``pivot_root``.
+    ``in_pid`` None: the calling thread is already in the child's mount and net namespaces."""
+    _mount_read_only("sysfs", f"{root}/sys", in_pid)  # a sysfs shows the netns of its mounter
+    for path in (*MASKED_PATHS, *_thermal_throttle(root, in_pid)):
+        match _kind(root + path, in_pid):
+            case "directory":
+                _mount_read_only("tmpfs", root + path, in_pid)
+            case "file":
+                Mount.bind("/dev/null", root + path, recursive=False, in_pid=in_pid)
+    for path in READONLY_PATHS:
+        if _kind(root + path, in_pid) is not None:
+            Mount.bind(root + path, root + path, readonly=True, in_pid=in_pid)
+    if root:
+        Mount.pivot_root(root, in_pid=in_pid)
 
 
-def _kind(host_pid: int, path: str) -> str | None:
-    """ "file", "directory" or None, as the child's mount namespace sees ``path`` (no link is
-    followed: the last component is looked at with lstat)."""
+def _mount_read_only(fstype: str, target: str, in_pid: int | None) -> None:
+    """A fresh read-only, nosuid, nodev, noexec ``fstype`` at ``target``."""
+    if in_pid is None:
+        Mount.mount(fstype, target, fstype, MS_RDONLY_NOSUID_NODEV_NOEXEC)
+    else:  # through the agent: mount(8) takes the flags as options
+        Mount.mount(fstype, target, fstype, data="ro,nosuid,nodev,noexec", in_pid=in_pid)
+
+
+def _seen(path: str, in_pid: int | None) -> str:
+    """``path`` as the child's mount namespace sees it, from where this code runs."""
+    return path if in_pid is None else f"/proc/{in_pid}/root{path}"
+
+
+def _kind(path: str, in_pid: int | None) -> str | None:
+    """ "file", "directory" or None (absent, or a symbolic link, which is never followed)."""
     try:
-        mode = os.lstat(f"/proc/{host_pid}/root{path}").st_mode
+        mode = os.lstat(_seen(path, in_pid)).st_mode
     except FileNotFoundError:
         return None
     if stat.S_ISDIR(mode):
         return "directory"
-    return "file" if not stat.S_ISLNK(mode) else None
+    return None if stat.S_ISLNK(mode) else "file"
 
 
-def _mask(host_pid: int, root: str, path: str) -> None:
-    match _kind(host_pid, root + path):
-        case "directory":
-            _mount_read_only("tmpfs", root + path, host_pid)
-        case "file":
-            Mount.bind("/dev/null", root + path, recursive=False, in_pid=host_pid)
-
-
-def _thermal_throttle(host_pid: int, root: str) -> list[str]:
-    cpus = Path(f"/proc/{host_pid}/root{root}/sys/devices/system/cpu")
+def _thermal_throttle(root: str, in_pid: int | None) -> list[str]:
+    cpus = Path(_seen(f"{root}/sys/devices/system/cpu", in_pid))
     return [f"/sys/devices/system/cpu/{cpu.name}/thermal_throttle" for cpu in sorted(cpus.glob("cpu[0-9]*"))]
 
 
