@@ -98,14 +98,13 @@ def container_filter() -> Filter:
 
 
 def container_allowed_rules() -> list[Rule]:
+    """The allow list of ``container_filter``: Docker's, for this host's ABIs and CAPABILITIES."""
     removed = set(REMOVED_FROM_DOCKER)
     docker = set(DOCKER_ALLOWED) | set(DOCKER_ALLOWED_ON_NEW_KERNELS) | set(DOCKER_ALLOWED_FOR_CAPABILITIES)
     plain = sorted(docker - removed)
     rules = [Rule(name) for name in plain if known_syscall(name)]
     rules += [Rule(name, abis=abis) for name, abis in DOCKER_ALLOWED_FOR_ABIS if known_syscall(name)]
-    rules += [
-        Rule("socket", args=(Arg(0, op, family),)) for op, family in DOCKER_SOCKET_FAMILIES
-    ]  # AF_ALG (38) and AF_VSOCK (40) refused
+    rules += [Rule("socket", args=(Arg(0, op, family),)) for op, family in DOCKER_SOCKET_FAMILIES]
     rules += [Rule("personality", args=(Arg(0, "eq", persona),)) for persona in DOCKER_PERSONALITIES]
     rules.append(Rule("clone", args=(Arg(0, "masked_eq", 0, mask=CLONE_NAMESPACE_FLAGS),)))
     return rules

@@ -159,11 +159,6 @@ class Filter:
         """The compiled program: ``struct sock_filter`` instructions in the host's byte order."""
         return _compile(self)
 
-    @property
-    def refusal(self) -> int:
-        """The libseccomp action for a refused call without its own errno."""
-        return ACT_KILL_PROCESS if self.kill else ACT_ERRNO | self.errno
-
 
 # ---- libseccomp through ctypes ------------------------------------------------------------
 
@@ -247,11 +242,12 @@ def _add_rule(context: int, action: int, rule: Rule, abi: str) -> None:
 def _actions(compiled: Filter) -> tuple[int, list[tuple[int, Rule]]]:
     """The default action, and each rule with its action (rules equal to the default dropped:
     libseccomp refuses them, and they change nothing)."""
+    refusal = ACT_KILL_PROCESS if compiled.kill else ACT_ERRNO | compiled.errno
     if compiled.allow is None:
         default = ACT_ALLOW
-        rules = [(ACT_ERRNO | rule.errno if rule.errno else compiled.refusal, rule) for rule in compiled.deny]
+        rules = [(ACT_ERRNO | rule.errno if rule.errno else refusal, rule) for rule in compiled.deny]
     else:
-        default = compiled.refusal
+        default = refusal
         rules = [(ACT_ALLOW, rule) for rule in compiled.allow]
         rules += [(ACT_ERRNO | rule.errno, rule) for rule in compiled.deny if rule.errno]
     return default, [(action, rule) for action, rule in rules if action != default]

@@ -154,22 +154,16 @@ def test_rlimits_soft_and_hard_separately_and_unlimited():
 
 
 def test_enter_applies_the_same_options(test_user):
-    host = P.spawn(argv=["/bin/sleep", "30"], namespaces=["pid", "mount"], auto_proceed=True, owner=linx_otp.Mailbox())
+    box = linx_otp.Mailbox()
+    host = P.spawn(argv=["/bin/sleep", "30"], namespaces=["pid", "mount"], auto_proceed=True, owner=box)
     try:
-        pid = P.host_pid(host) if wait_until(lambda: _has_pid(host)) else None
+        pid = box.receive(("linx_process", "ready"), timeout=TIMEOUT)[2]
+        box.receive(("linx_process", "running"), timeout=TIMEOUT)
         outcome, output = _enter_captured(pid, ["/bin/sh", "-c", "id -u; grep CapEff /proc/self/status"], test_user)
         assert outcome == ("exited", 0)
         assert output.decode().split("\n")[:2] == [str(test_user.pw_uid), f"CapEff:\t{NET_BIND_SERVICE:016x}"]
     finally:
         host.stop()
-
-
-def _has_pid(session) -> bool:
-    try:
-        P.host_pid(session)
-    except linx_otp.LinxError:
-        return False
-    return True
 
 
 def _enter_captured(pid, argv, test_user):
