@@ -3,9 +3,9 @@
 Runs entirely in the caller's thread before anything is started: a bad option raises
 ``LinxValueError`` with the SPEC's ``.reason`` and leaves no process, thread or fd behind.
 The checks run in the original's order (argv, namespaces, env, stdio, cwd, no_new_privs,
-orphan_policy), then the hardening options (SPEC §5), owner, linger and auto_proceed. This module never starts
-anything; the only things it asks the host are user and group names (``pwd``, ``grp``) and,
-for a ``seccomp.Filter``, libseccomp to compile it.
+orphan_policy), then the hardening options (SPEC §5), owner, linger and auto_proceed. This
+module never starts anything; all it asks the host are user and group names (``pwd``,
+``grp``) and, for a ``seccomp.Filter``, libseccomp to compile it.
 """
 
 from __future__ import annotations
@@ -256,7 +256,7 @@ def _resolve_id(value: Any, kind: str, lookup: Any) -> int:
     if isinstance(value, str) and value:
         try:
             return lookup(value)
-        except KeyError:
+        except (KeyError, ValueError):  # unknown, or not a name at all (a NUL inside)
             pass
     raise LinxValueError(
         (f"bad_{kind}", value), f"{kind} must be an id 0..{MAX_ID} or the name of a {kind} on this host, not {value!r}"

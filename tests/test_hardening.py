@@ -265,6 +265,7 @@ def test_an_empty_extra_groups_list_is_skipped_where_setgroups_is_denied():
     [
         (dict(user="no-such-user-here"), ("bad_user", "no-such-user-here")),
         (dict(user=-1), ("bad_user", -1)),
+        (dict(user="root\0"), ("bad_user", "root\0")),
         (dict(user=2**32 - 1), ("bad_user", 2**32 - 1)),
         (dict(user=True), ("bad_user", True)),
         (dict(group="no-such-group-here"), ("bad_group", "no-such-group-here")),
