@@ -355,18 +355,18 @@ def check_seccomp(seccomp: Any, no_new_privs: bool, capabilities: int | None, us
     if seccomp is None:
         return None
     if callable(getattr(seccomp, "bpf", None)):  # a seccomp.Filter (not imported: it lives a floor above)
-        program = seccomp.bpf()
+        program = bytes(seccomp.bpf())
     elif isinstance(seccomp, (bytes, bytearray, memoryview)):
         program = bytes(seccomp)
-        count = len(program) // protocol.SECCOMP_INSTRUCTION_SIZE
-        if len(program) % protocol.SECCOMP_INSTRUCTION_SIZE or not 0 < count <= protocol.SECCOMP_INSTRUCTIONS_MAX:
-            raise LinxValueError(
-                ("bad_seccomp", ("not_a_program", len(program))),
-                f"raw seccomp must be 1..{protocol.SECCOMP_INSTRUCTIONS_MAX} struct sock_filter (8 bytes each), not {len(program)} bytes",
-            )
     else:
         raise LinxValueError(
             ("bad_seccomp", seccomp), f"seccomp must be a linx_otp.seccomp.Filter or BPF bytes, not {seccomp!r}"
+        )
+    count = len(program) // protocol.SECCOMP_INSTRUCTION_SIZE
+    if len(program) % protocol.SECCOMP_INSTRUCTION_SIZE or not 0 < count <= protocol.SECCOMP_INSTRUCTIONS_MAX:
+        raise LinxValueError(
+            ("bad_seccomp", ("not_a_program", len(program))),
+            f"a seccomp program must be 1..{protocol.SECCOMP_INSTRUCTIONS_MAX} struct sock_filter (8 bytes each), not {len(program)} bytes",
         )
     sys_admin = 1 << CAPABILITIES["sys_admin"]
     keeps_sys_admin = bool(capabilities & sys_admin) if capabilities is not None else user in (None, 0)
