@@ -29,7 +29,7 @@ import functools
 import os
 import platform
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import LinxError, LinxValueError
@@ -138,6 +138,7 @@ class Filter:
     allow: tuple[Rule, ...] | None = None
     errno: int = errno_codes.EPERM
     kill: bool = False
+    _program: bytes | None = field(default=None, repr=False, compare=False)
 
     def __init__(
         self,
@@ -152,12 +153,17 @@ class Filter:
         if not isinstance(kill, bool):
             raise LinxValueError(("bad_seccomp_kill", kill), f"kill must be True or False, not {kill!r}")
         object.__setattr__(self, "kill", kill)
+        object.__setattr__(self, "_program", None)
         if self.allow is not None and any(rule.errno is not None for rule in self.allow):
             raise LinxValueError(("bad_seccomp_allow", self.allow), "allowed calls carry no errno")
 
     def bpf(self) -> bytes:
-        """The compiled program: ``struct sock_filter`` instructions in the host's byte order."""
-        return _compile(self)
+        """The compiled program: ``struct sock_filter`` instructions in the host's byte order
+        (compiled on first use, then kept: the value is frozen)."""
+        if self._program is None:
+            object.__setattr__(self, "_program", _compile(self))
+        assert self._program is not None
+        return self._program
 
 
 # ---- libseccomp through ctypes ------------------------------------------------------------
@@ -253,7 +259,6 @@ def _actions(compiled: Filter) -> tuple[int, list[tuple[int, Rule]]]:
     return default, [(action, rule) for action, rule in rules if action != default]
 
 
-@functools.lru_cache(maxsize=64)
 def _compile(compiled: Filter) -> bytes:
     library = _library()
     default, rules = _actions(compiled)
