@@ -32,6 +32,7 @@ from typing import Any
 
 from . import mount as Mount
 from . import namespaces as Namespaces
+from .errors import LinxOSError
 from .seccomp import Arg, Filter, Rule
 
 DOCKER_DEFAULT_CAPABILITIES = (
@@ -69,7 +70,8 @@ CLONE_NAMESPACE_FLAGS = 0x7E020000
 """CLONE_NEWNS | NEWCGROUP | NEWUTS | NEWIPC | NEWUSER | NEWPID | NEWNET: a ``clone`` with any of
 them is refused (Docker's rule for a workload without ``sys_admin``)."""
 
-MS_RDONLY_NOSUID_NODEV_NOEXEC = Mount.MS_RDONLY | Mount.MS_NOSUID | Mount.MS_NODEV | Mount.MS_NOEXEC
+NOSUID_NODEV_NOEXEC = Mount.MS_NOSUID | Mount.MS_NODEV | Mount.MS_NOEXEC
+READ_ONLY_NOSUID_NODEV_NOEXEC = Mount.MS_RDONLY | NOSUID_NODEV_NOEXEC
 
 
 def container(rootfs: str | os.PathLike | None = None) -> dict[str, Any]:
@@ -134,13 +136,36 @@ def container_setup(rootfs: str | os.PathLike | None = None) -> Callable[[int], 
         for directory in ("proc", "sys"):
             if root and not stat.S_ISDIR(os.lstat(f"{root}/{directory}").st_mode):
                 raise NotADirectoryError(errno.ENOTDIR, f"the rootfs needs a /{directory} directory", root)
-        Mount.mount_proc(host_pid, f"{root}/proc")  # a proc shows the pid namespace of its mounter
-        if os.geteuid() == 0:  # one thread in the child's mount and net namespaces does the rest
-            Namespaces.run_in(host_pid, ["net", "mount"], lambda: _harden_mounts(root, None))
-        else:  # each step through the agent, inside the child's user namespace
+        if os.geteuid() != 0:  # each step through the agent, inside the child's user namespace
+            Mount.mount_proc(host_pid, f"{root}/proc")
             _harden_mounts(root, host_pid)
+            return
+
+        def in_the_childs_namespaces() -> bool:
+            if not _mount_proc_for(host_pid, f"{root}/proc"):
+                return False
+            _harden_mounts(root, None)
+            return True
+
+        # One thread in the child's mount and net namespaces does it all where the kernel can
+        # mount a proc for another pid namespace; elsewhere the proc is mounted through the agent.
+        if not Namespaces.run_in(host_pid, ["net", "mount"], in_the_childs_namespaces):
+            Mount.mount_proc(host_pid, f"{root}/proc")
+            Namespaces.run_in(host_pid, ["net", "mount"], lambda: _harden_mounts(root, None))
 
     return setup
+
+
+def _mount_proc_for(host_pid: int, target: str) -> bool:
+    """A proc for the pid namespace of ``host_pid`` at ``target``, from a thread in its mount
+    namespace, with procfs's ``pidns=`` option; False where the kernel does not have it."""
+    try:
+        Mount.mount("proc", target, "proc", NOSUID_NODEV_NOEXEC, f"pidns=/proc/{host_pid}/ns/pid")
+    except LinxOSError as error:
+        if error.errno == errno.EINVAL:
+            return False
+        raise
+    return True
 
 
 def _harden_mounts(root: str, in_pid: int | None) -> None:
@@ -163,7 +188,7 @@ def _harden_mounts(root: str, in_pid: int | None) -> None:
 def _mount_read_only(fstype: str, target: str, in_pid: int | None) -> None:
     """A fresh read-only, nosuid, nodev, noexec ``fstype`` at ``target``."""
     if in_pid is None:
-        Mount.mount(fstype, target, fstype, MS_RDONLY_NOSUID_NODEV_NOEXEC)
+        Mount.mount(fstype, target, fstype, READ_ONLY_NOSUID_NODEV_NOEXEC)
     else:  # through the agent: mount(8) takes the flags as options
         Mount.mount(fstype, target, fstype, data="ro,nosuid,nodev,noexec", in_pid=in_pid)
 

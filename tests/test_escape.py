@@ -289,13 +289,15 @@ def test_the_profile_masks_proc_and_mounts_sys_read_only(rootfs_place):
         "wc -c < /proc/keys; "
         """awk '$5 == "/sys" || $5 == "/proc/sys" { split($6, o, ","); print $5 "=" o[1] }' /proc/self/mountinfo; """
         "grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status | tr -d '\t'; "
+        "readlink /proc/1/exe; "
         "ls /"
     )
     outcome, words = run_probe(rootfs_place, ["/bin/busybox", "sh", "-c", script], profiled=True)
     assert outcome == ("exited", 0)
     assert words[0] == "0", words  # /proc/keys is masked: empty
     assert sorted(words[1:3]) == ["/proc/sys=ro", "/sys=ro"] and words[3:5] == ["NoNewPrivs:1", "Seccomp:2"], words
-    assert "probe" in words[5:] and "home" not in words[5:]  # the rootfs, not the host's /
+    assert words[5] == "/bin/busybox"  # its own pid namespace's /proc: pid 1 is the workload
+    assert "probe" in words[6:] and "home" not in words[6:]  # the rootfs, not the host's /
 
 
 # -- the profile against Docker's ------------------------------------------------------------
