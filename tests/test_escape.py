@@ -351,3 +351,12 @@ def test_the_capabilities_are_dockers_default_minus_mknod():
     assert set(profiles.DOCKER_DEFAULT_CAPABILITIES) - set(profiles.CAPABILITIES) == {"mknod"}
     assert set(profiles.CAPABILITIES) <= set(profiles.DOCKER_DEFAULT_CAPABILITIES)
     assert profiles.container()["no_new_privs"] is True
+
+
+def test_without_procfs_pidns_the_profile_mounts_proc_through_the_agent(rootfs_place, monkeypatch):
+    """Kernels without procfs's pidns= option answer EINVAL: the set-up then mounts the proc
+    from inside the child's pid namespace, through the agent."""
+    monkeypatch.setattr(profiles, "_mount_proc_for", lambda host_pid, target: False)
+    script = "readlink /proc/1/exe; wc -c < /proc/keys"
+    outcome, words = run_probe(rootfs_place, ["/bin/busybox", "sh", "-c", script], profiled=True)
+    assert (outcome, words) == (("exited", 0), ["/bin/busybox", "0"])
