@@ -8,18 +8,22 @@
 Unprivileged, it adds a user namespace mapping root inside to you, and skips the cgroup and
 the veth (both need root on the host); the mounts then go through the agent.
 
+The workload is hardened with ``profiles.container()``: Docker's default capabilities minus
+mknod, a seccomp profile at least as strict as Docker's (no mount, no namespaces, no module
+loading, no ptrace, ...), no_new_privs, and a /proc with Docker's masks and a read-only /sys.
+
 Steps (each is a few lines below, in this order):
 1. a busybox rootfs (Debian's busybox-static), made in a temporary directory;
-2. spawn /bin/sh into fresh pid, mount, uts, ipc and net namespaces (and user, unprivileged);
-   the child parks at the checkpoint and we get its host pid;
+2. spawn /bin/sh with the container profile's options into fresh pid, mount, uts, ipc and net
+   namespaces (and user, unprivileged); the child parks at the checkpoint and we get its host pid;
 3. the hostname (unprivileged: first map root inside to our own uid and gid);
 4. a cgroup with a memory and a pids limit, the child placed in it (root only);
 5. a veth pair (root only), the peer created directly in the child's netns as eth0, addresses on both
    ends, lo up and a default route via the host end (``netlink.setup_veth`` does all of
    step 5 in one call; the single steps are spelled out here);
 6. device nodes bound into the rootfs;
-7. a fresh /proc for the child's pid namespace, then pivot_root into the rootfs: the workload
-   sees only the rootfs;
+7. the profile's set-up: a fresh /proc for the child's pid namespace with Docker's masks, a
+   read-only /sys, then pivot_root into the rootfs: the workload sees only the rootfs;
 8. proceed: the shell starts with all of it in place from its first instruction; attach the
    terminal, or run --command;
 9. clean up: stop the session, delete the cgroup and the veth, remove the rootfs.
@@ -40,7 +44,7 @@ from linx_otp import cgroup as Cgroup
 from linx_otp import mount as Mount
 from linx_otp import netlink as Netlink
 from linx_otp import process as P
-from linx_otp import tty
+from linx_otp import profiles, tty
 from linx_otp import user as User
 
 BUSYBOX = Path("/bin/busybox")
@@ -80,10 +84,13 @@ def main() -> int:
     namespaces = ["pid", "mount", "uts", "ipc", "net"] + ([] if privileged else ["user"])
     argv = ["/bin/sh"] if interactive else ["/bin/sh", "-c", arguments.command]
 
-    # Step 2: spawn, parked at the checkpoint.
+    # Step 2: spawn with the container profile, parked at the checkpoint.
+    hardening = profiles.container(rootfs)
+    setup = hardening.pop("setup")
+    hardening["namespaces"] = namespaces  # no cgroup namespace: /proc/self/cgroup shows the host's path
     shell = P.spawn(
+        **hardening,
         argv=argv,
-        namespaces=namespaces,
         env={
             "PATH": "/bin",
             "HOME": "/root",
@@ -118,8 +125,7 @@ def main() -> int:
             print("unprivileged: no cgroup and no veth (they need root on the host)")
         for device in DEVICES:  # step 6
             Mount.bind(f"/dev/{device}", rootfs / "dev" / device, recursive=False, in_pid=pid)
-        Mount.mount_proc(pid, str(rootfs / "proc"))  # step 7
-        Mount.pivot_root(rootfs, in_pid=pid)
+        setup(pid)  # step 7
 
         P.proceed(shell)  # step 8
         linx_otp.receive(("linx_process", "running"), timeout=5)

@@ -3,14 +3,19 @@
 Runs entirely in the caller's thread before anything is started: a bad option raises
 ``LinxValueError`` with the SPEC's ``.reason`` and leaves no process, thread or fd behind.
 The checks run in the original's order (argv, namespaces, env, stdio, cwd, no_new_privs,
-orphan_policy), then output, output_window, owner, linger and auto_proceed. This module never
-touches the OS.
+orphan_policy), then output and output_window, the hardening options (SPEC §5), owner, linger and
+auto_proceed. This module never starts anything; all it asks the host are user and group names
+(``pwd``, ``grp``) and, for a ``seccomp.Filter``, libseccomp to compile it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import grp
 import math
 import os
+import pwd
+import resource
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypedDict
@@ -258,6 +263,195 @@ def check_target(target: Any) -> int:
     return target
 
 
+# ---- hardening (SPEC §5): what the workload may do ------------------------------------------
+
+CAPABILITIES = {
+    name: number
+    for number, name in enumerate(
+        "chown dac_override dac_read_search fowner fsetid kill setgid setuid setpcap linux_immutable "
+        "net_bind_service net_broadcast net_admin net_raw ipc_lock ipc_owner sys_module sys_rawio "
+        "sys_chroot sys_ptrace sys_pacct sys_admin sys_boot sys_nice sys_resource sys_time "
+        "sys_tty_config mknod lease audit_write audit_control setfcap mac_override mac_admin syslog "
+        "wake_alarm block_suspend audit_read perfmon bpf checkpoint_restore".split()
+    )
+}
+"""Capability names (``linux/capability.h`` without ``CAP_``, lower-case) → their numbers."""
+
+RLIMITS = {
+    name.removeprefix("RLIMIT_").lower(): getattr(resource, name)
+    for name in dir(resource)
+    if name.startswith("RLIMIT_")
+}
+"""rlimit names (``resource.RLIMIT_*`` without the prefix, lower-case) → their numbers."""
+
+MAX_ID = 2**32 - 2
+"""The largest uid or gid; 2**32 - 1 is (uid_t)-1, which the kernel reads as "unchanged"."""
+MAX_RLIMIT = 2**64 - 1
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _resolve_id(value: Any, kind: str, lookup: Any) -> int:
+    """A uid/gid given as an int or as a name resolved on the host (``pwd``/``grp``)."""
+    if _is_int(value) and 0 <= value <= MAX_ID:
+        return value
+    if isinstance(value, str) and value:
+        try:
+            return lookup(value)
+        except (KeyError, ValueError):  # unknown, or not a name at all (a NUL inside)
+            pass
+    raise LinxValueError(
+        (f"bad_{kind}", value), f"{kind} must be an id 0..{MAX_ID} or the name of a {kind} on this host, not {value!r}"
+    )
+
+
+def check_user(user: Any) -> int | None:
+    return None if user is None else _resolve_id(user, "user", lambda name: pwd.getpwnam(name).pw_uid)
+
+
+def check_group(group: Any) -> int | None:
+    return None if group is None else _resolve_id(group, "group", lambda name: grp.getgrnam(name).gr_gid)
+
+
+def check_extra_groups(extra_groups: Any, user: int | None) -> tuple[int, ...] | None:
+    """Default: ``[]`` when ``user`` is given (as ``su`` would), else unchanged."""
+    if extra_groups is None:
+        return () if user is not None else None
+    if not _is_list_like(extra_groups):
+        raise LinxValueError(
+            ("bad_extra_groups", extra_groups),
+            f"extra_groups must be a list of gids or group names, not {extra_groups!r}",
+        )
+    groups = tuple(check_group(group) for group in extra_groups)
+    if len(groups) > protocol.EXTRA_GROUPS_MAX:
+        raise LinxValueError(
+            ("bad_extra_groups", len(groups)), f"at most {protocol.EXTRA_GROUPS_MAX} extra groups, not {len(groups)}"
+        )
+    return groups  # type: ignore[return-value]
+
+
+def check_umask(umask: Any) -> int | None:
+    if umask is None:
+        return None
+    if not _is_int(umask) or not 0 <= umask <= protocol.UMASK_MAX:
+        raise LinxValueError(("bad_umask", umask), f"umask must be an int 0..0o777, not {umask!r}")
+    return umask
+
+
+def _rlimit_value(value: Any) -> int | None:
+    """One limit: an int >= 0, or ``resource.RLIM_INFINITY`` (unlimited)."""
+    if value == resource.RLIM_INFINITY and _is_int(value):
+        return protocol.RLIM_INFINITY_WIRE
+    return value if _is_int(value) and 0 <= value < MAX_RLIMIT else None
+
+
+def check_rlimits(rlimits: Any) -> tuple[tuple[int, int, int], ...]:
+    """``{name: limit or (soft, hard)}`` → ``(resource, soft, hard)`` triples; a single limit
+    sets both, as systemd's ``LimitNOFILE=16`` does."""
+    if rlimits is None:
+        return ()
+    if not isinstance(rlimits, Mapping):
+        raise LinxValueError(("bad_rlimits", rlimits), f"rlimits must be a mapping of name to limit, not {rlimits!r}")
+    triples = []
+    for name, value in rlimits.items():
+        if name not in RLIMITS:
+            raise LinxValueError(("bad_rlimit", name), f"unknown rlimit {name!r}; expected one of {sorted(RLIMITS)}")
+        pair = value if isinstance(value, tuple) and len(value) == 2 else (value, value)
+        soft, hard = _rlimit_value(pair[0]), _rlimit_value(pair[1])
+        if soft is None or hard is None or soft > hard:
+            raise LinxValueError(
+                ("bad_rlimit", (name, value)),
+                f"rlimit {name!r} must be a limit or (soft, hard) with 0 <= soft <= hard (resource.RLIM_INFINITY for none), not {value!r}",
+            )
+        triples.append((RLIMITS[name], soft, hard))
+    return tuple(triples)
+
+
+def capability_number(name: Any) -> int:
+    """``"net_bind_service"``, ``"CAP_NET_BIND_SERVICE"`` (any case) → 10."""
+    key = name.lower().removeprefix("cap_") if isinstance(name, str) else None
+    if key not in CAPABILITIES:
+        raise LinxValueError(
+            ("bad_capability", name), f"unknown capability {name!r}; expected names like 'net_bind_service'"
+        )
+    return CAPABILITIES[key]
+
+
+def check_capabilities(capabilities: Any) -> int | None:
+    """None leaves them unchanged; otherwise the mask of exactly these."""
+    if capabilities is None:
+        return None
+    if not _is_list_like(capabilities):
+        raise LinxValueError(
+            ("bad_capabilities", capabilities), f"capabilities must be a list of names or None, not {capabilities!r}"
+        )
+    mask = 0
+    for name in capabilities:
+        mask |= 1 << capability_number(name)
+    return mask
+
+
+def check_seccomp(seccomp: Any, no_new_privs: bool, capabilities: int | None, user: int | None) -> bytes | None:
+    """A ``seccomp.Filter`` or raw BPF; the kernel installs a filter only under no_new_privs or
+    for a task with CAP_SYS_ADMIN, so one that would certainly be refused is refused here."""
+    if seccomp is None:
+        return None
+    if callable(getattr(seccomp, "bpf", None)):  # a seccomp.Filter (not imported: it lives a floor above)
+        program = bytes(seccomp.bpf())
+    elif isinstance(seccomp, (bytes, bytearray, memoryview)):
+        program = bytes(seccomp)
+    else:
+        raise LinxValueError(
+            ("bad_seccomp", seccomp), f"seccomp must be a linx_otp.seccomp.Filter or BPF bytes, not {seccomp!r}"
+        )
+    count = len(program) // protocol.SECCOMP_INSTRUCTION_SIZE
+    if len(program) % protocol.SECCOMP_INSTRUCTION_SIZE or not 0 < count <= protocol.SECCOMP_INSTRUCTIONS_MAX:
+        raise LinxValueError(
+            ("bad_seccomp", ("not_a_program", len(program))),
+            f"a seccomp program must be 1..{protocol.SECCOMP_INSTRUCTIONS_MAX} struct sock_filter (8 bytes each), not {len(program)} bytes",
+        )
+    sys_admin = 1 << CAPABILITIES["sys_admin"]
+    keeps_sys_admin = bool(capabilities & sys_admin) if capabilities is not None else user in (None, 0)
+    if not no_new_privs and not keeps_sys_admin:
+        raise LinxValueError(
+            ("bad_seccomp", "needs_no_new_privs"),
+            "a seccomp filter needs no_new_privs=True unless the workload keeps the sys_admin capability",
+        )
+    return program
+
+
+def check_hardening(
+    *,
+    user: Any,
+    group: Any,
+    extra_groups: Any,
+    umask: Any,
+    rlimits: Any,
+    capabilities: Any,
+    seccomp: Any,
+    no_new_privs: bool,
+) -> protocol.Hardening | None:
+    """All of SPEC §5's options, in the order the child applies them; None when none is given."""
+    uid = check_user(user)
+    hardening = protocol.Hardening(
+        user=uid,
+        group=check_group(group),
+        extra_groups=check_extra_groups(extra_groups, uid),
+        rlimits=check_rlimits(rlimits),
+        umask=check_umask(umask),
+        capabilities=check_capabilities(capabilities),
+    )
+    program = check_seccomp(seccomp, no_new_privs, hardening.capabilities, uid)
+    if program is not None:
+        hardening = dataclasses.replace(hardening, seccomp=program)
+    return None if hardening == protocol.Hardening() else hardening
+
+
+# ---- the options as a whole ---------------------------------------------------------------
+
+
 class SessionOptions(TypedDict, total=False):
     """The keyword options of ``spawn`` and ``enter`` (SPEC §2.1); defaults in ``plan_session``."""
 
@@ -273,6 +467,13 @@ class SessionOptions(TypedDict, total=False):
     orphan_policy: tuple[str, float] | str | None
     output: str
     output_window: int
+    user: int | str | None
+    group: int | str | None
+    extra_groups: Iterable[int | str] | None
+    umask: int | None
+    rlimits: Mapping[str, int | tuple[int, int]] | None
+    capabilities: Iterable[str] | None
+    seccomp: Any
 
 
 def plan_session(
@@ -291,6 +492,13 @@ def plan_session(
     orphan_policy: Any = None,
     output: Any = "block",
     output_window: Any = protocol.OUTPUT_WINDOW_DEFAULT,
+    user: Any = None,
+    group: Any = None,
+    extra_groups: Any = None,
+    umask: Any = None,
+    rlimits: Any = None,
+    capabilities: Any = None,
+    seccomp: Any = None,
 ) -> SessionPlan:
     """Validate everything, in order, and build the plan. Raises ``LinxValueError``; an
     option that does not exist is a ``TypeError``, as for any Python call."""
@@ -303,6 +511,19 @@ def plan_session(
     encoded_env = check_env(env)
     directives, pty = check_stdio(stdio)
     encoded_cwd = check_cwd(cwd)
+    checked_no_new_privs = check_bool("no_new_privs", no_new_privs)
+    policy = check_orphan_policy(orphan_policy)
+    output_mode, window = check_output(output), check_output_window(output_window)
+    hardening = check_hardening(
+        user=user,
+        group=group,
+        extra_groups=extra_groups,
+        umask=umask,
+        rlimits=rlimits,
+        capabilities=capabilities,
+        seccomp=seccomp,
+        no_new_privs=checked_no_new_privs,
+    )
     request = protocol.Request(
         mode=mode,
         target=target,
@@ -312,10 +533,11 @@ def plan_session(
         cwd=encoded_cwd,
         stdio=directives,  # type: ignore[arg-type]
         pty=pty,
-        no_new_privs=check_bool("no_new_privs", no_new_privs),
-        orphan_policy=check_orphan_policy(orphan_policy),
-        output_mode=check_output(output),
-        output_window=check_output_window(output_window),
+        no_new_privs=checked_no_new_privs,
+        orphan_policy=policy,
+        output_mode=output_mode,
+        output_window=window,
+        hardening=hardening,
     )
     return SessionPlan(
         request=request,

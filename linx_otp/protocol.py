@@ -60,6 +60,22 @@ FIELD_ORPHAN_POLICY = 0x0A
 FIELD_OUTPUT_WINDOW = 0x0B
 FIELD_OUTPUT_MODE = 0x0C
 
+# Hardening fields (SPEC §5), applied by the child just before execve (native/harden.c).
+FIELD_USER = 0x10
+FIELD_GROUP = 0x11
+FIELD_EXTRA_GROUPS = 0x12
+FIELD_UMASK = 0x13
+FIELD_RLIMIT = 0x14
+FIELD_CAPABILITIES = 0x15
+FIELD_SECCOMP = 0x16
+EXTRA_GROUPS_MAX = 65536
+UMASK_MAX = 0o777
+RLIMIT_COUNT = 16
+SECCOMP_INSTRUCTIONS_MAX = 4096
+SECCOMP_INSTRUCTION_SIZE = 8
+RLIM_INFINITY_WIRE = 2**64 - 1
+"""An unlimited rlimit on the wire (``RLIM_INFINITY``, all ones)."""
+
 MODE_SPAWN = 0
 MODE_ENTER = 1
 
@@ -148,6 +164,45 @@ class Request:
     """``(ORPHAN_KILL, grace_ms)`` or ``(ORPHAN_LINGER, 0)``; None leaves the agent's default."""
     output_window: int = OUTPUT_WINDOW_DEFAULT
     output_mode: int = OUTPUT_BLOCK
+    hardening: Hardening | None = None
+    """What the workload may do (SPEC §5); None changes nothing."""
+
+
+@dataclass(frozen=True)
+class Hardening:
+    """The hardening fields of a request, already validated; None leaves a property unchanged."""
+
+    user: int | None = None
+    group: int | None = None
+    extra_groups: tuple[int, ...] | None = None
+    rlimits: tuple[tuple[int, int, int], ...] = ()
+    """``(resource, soft, hard)``, unlimited as ``RLIM_INFINITY_WIRE``."""
+    umask: int | None = None
+    capabilities: int | None = None
+    """A mask: bit N keeps capability N."""
+    seccomp: bytes | None = None
+    """A BPF program: ``struct sock_filter`` instructions in the host's byte order."""
+
+
+def _hardening_fields(hardening: Hardening) -> list[bytes]:
+    parts = []
+    if hardening.user is not None:
+        parts.append(_field(FIELD_USER, FRAME_HEADER.pack(hardening.user)))
+    if hardening.group is not None:
+        parts.append(_field(FIELD_GROUP, FRAME_HEADER.pack(hardening.group)))
+    if hardening.extra_groups is not None:
+        parts.append(
+            _field(FIELD_EXTRA_GROUPS, struct.pack(f">{len(hardening.extra_groups)}I", *hardening.extra_groups))
+        )
+    for resource, soft, hard in hardening.rlimits:
+        parts.append(_field(FIELD_RLIMIT, struct.pack(">BQQ", resource, soft, hard)))
+    if hardening.umask is not None:
+        parts.append(_field(FIELD_UMASK, FRAME_HEADER.pack(hardening.umask)))
+    if hardening.capabilities is not None:
+        parts.append(_field(FIELD_CAPABILITIES, struct.pack(">Q", hardening.capabilities)))
+    if hardening.seccomp is not None:
+        parts.append(_field(FIELD_SECCOMP, hardening.seccomp))
+    return parts
 
 
 def frame(payload: bytes) -> bytes:
@@ -202,6 +257,8 @@ def encode_request(request: Request) -> bytes:
         parts.append(_field(FIELD_ORPHAN_POLICY, bytes((kind,)) + FRAME_HEADER.pack(grace_ms)))
     parts.append(_field(FIELD_OUTPUT_WINDOW, FRAME_HEADER.pack(request.output_window)))
     parts.append(_field(FIELD_OUTPUT_MODE, bytes((request.output_mode,))))
+    if request.hardening is not None:
+        parts += _hardening_fields(request.hardening)
     return frame(b"".join(parts))
 
 

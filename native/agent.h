@@ -7,6 +7,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "protocol.h"
+
 #define CONTROL_FD 3
 
 /* Agent exit codes (PROTOCOL.md). */
@@ -27,6 +29,13 @@ struct stdio_directive {
     const char *path;      /* connect_unix only */
 };
 
+/* One `rlimit` field: setrlimit(resource, {soft, hard}); RLIM_INFINITY is all ones. */
+struct rlimit_setting {
+    uint8_t resource;
+    uint64_t soft;
+    uint64_t hard;
+};
+
 struct request {
     uint8_t mode;          /* MODE_SPAWN or MODE_ENTER */
     uint32_t target;       /* enter mode */
@@ -42,6 +51,22 @@ struct request {
     uint32_t orphan_grace_ms;
     uint32_t output_window; /* bytes, OUTPUT_WINDOW_MIN..OUTPUT_WINDOW_MAX */
     uint8_t output_mode;    /* OUTPUT_BLOCK or OUTPUT_DROP */
+    /* hardening (SPEC §5, harden.c): each *_given false leaves that property unchanged */
+    bool user_given;
+    uint32_t user;
+    bool group_given;
+    uint32_t group;
+    bool extra_groups_given;
+    uint32_t extra_group_count;
+    gid_t *extra_groups;                  /* allocated by the parser */
+    uint32_t rlimit_count;
+    struct rlimit_setting rlimits[RLIMIT_COUNT];
+    bool umask_given;
+    uint32_t umask;
+    bool capabilities_given;
+    uint64_t capabilities;                /* bit N: capability N */
+    uint32_t seccomp_length;              /* instructions; 0: no filter */
+    void *seccomp_program;                /* struct sock_filter[], allocated by the parser */
 };
 
 /* Records the child writes on the report pipe (fixed size, well under PIPE_BUF, so one

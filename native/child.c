@@ -4,6 +4,7 @@
  * failure is reported on the report pipe with its stage, then _exit. */
 #define _GNU_SOURCE
 #include "agent.h"
+#include "harden.h"
 #include "protocol.h"
 #include "wire.h"
 
@@ -215,5 +216,6 @@ _Noreturn void run_child(struct agent *agent)
         fail(errno, "stdio");
     if (agent->request.cwd && chdir(agent->request.cwd) < 0)
         fail(errno, "chdir");
+    apply_hardening(agent, fail);
     fail(exec_workload(agent->request.argv, agent->request.env), "execve");
 }

@@ -52,6 +52,21 @@
 #define FIELD_OUTPUT_WINDOW 0x0b
 #define FIELD_OUTPUT_MODE 0x0c
 
+/* request fields: hardening (SPEC §5), applied by harden.c just before execve */
+#define FIELD_USER 0x10
+#define FIELD_GROUP 0x11
+#define FIELD_EXTRA_GROUPS 0x12
+#define FIELD_UMASK 0x13
+#define FIELD_RLIMIT 0x14
+#define FIELD_CAPABILITIES 0x15
+#define FIELD_SECCOMP 0x16
+#define EXTRA_GROUPS_MAX 65536
+/* UMASK_MAX is 0777 */
+#define UMASK_MAX 511
+#define RLIMIT_COUNT 16
+#define SECCOMP_INSTRUCTIONS_MAX 4096
+#define SECCOMP_INSTRUCTION_SIZE 8
+
 #define MODE_SPAWN 0
 #define MODE_ENTER 1
 

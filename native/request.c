@@ -82,6 +82,105 @@ static int parse_u32_field(const struct field *field, uint32_t *out)
     return 0;
 }
 
+/* ---- hardening fields (SPEC §5) ---- */
+
+static uint64_t load_u64(const uint8_t *bytes)
+{
+    return (uint64_t)load_u32(bytes) << 32 | load_u32(bytes + 4);
+}
+
+/* A uid or gid: u32, and never -1 (which setresuid reads as "unchanged"). */
+static int parse_id(const struct field *field, bool *given, uint32_t *id)
+{
+    *given = true;
+    return parse_u32_field(field, id) < 0 || *id == UINT32_MAX ? -1 : 0;
+}
+
+static int parse_extra_groups(const struct field *field, struct request *request)
+{
+    uint32_t count = field->size / 4;
+    if (field->size % 4 != 0 || count > EXTRA_GROUPS_MAX || request->extra_groups_given)
+        return -1;
+    request->extra_groups_given = true;
+    request->extra_group_count = count;
+    request->extra_groups = calloc(count + 1, sizeof *request->extra_groups);
+    if (!request->extra_groups)
+        return -1;
+    for (uint32_t i = 0; i < count; i++) {
+        request->extra_groups[i] = load_u32(field->value + 4 * i);
+        if (request->extra_groups[i] == (gid_t)-1)
+            return -1;
+    }
+    return 0;
+}
+
+static int parse_rlimit(const struct field *field, struct request *request)
+{
+    if (field->size != 17 || field->value[0] >= RLIMIT_COUNT)
+        return -1;
+    struct rlimit_setting setting = {
+        .resource = field->value[0], .soft = load_u64(field->value + 1), .hard = load_u64(field->value + 9)};
+    if (setting.soft > setting.hard)
+        return -1;
+    for (uint32_t i = 0; i < request->rlimit_count; i++)
+        if (request->rlimits[i].resource == setting.resource)
+            return -1; /* one field per resource */
+    request->rlimits[request->rlimit_count++] = setting;
+    return 0;
+}
+
+static int parse_umask(const struct field *field, struct request *request)
+{
+    request->umask_given = true;
+    return parse_u32_field(field, &request->umask) < 0 || request->umask > UMASK_MAX ? -1 : 0;
+}
+
+static int parse_capabilities(const struct field *field, struct request *request)
+{
+    if (field->size != 8)
+        return -1;
+    request->capabilities_given = true;
+    request->capabilities = load_u64(field->value);
+    return 0;
+}
+
+/* The program is copied out of the frame so that its instructions are aligned. */
+static int parse_seccomp(const struct field *field, struct request *request)
+{
+    uint32_t count = field->size / SECCOMP_INSTRUCTION_SIZE;
+    if (field->size % SECCOMP_INSTRUCTION_SIZE != 0 || count == 0 || count > SECCOMP_INSTRUCTIONS_MAX ||
+        request->seccomp_program)
+        return -1;
+    request->seccomp_program = malloc(field->size);
+    if (!request->seccomp_program)
+        return -1;
+    memcpy(request->seccomp_program, field->value, field->size);
+    request->seccomp_length = count;
+    return 0;
+}
+
+static int apply_hardening_field(const struct field *field, struct request *request)
+{
+    switch (field->tag) {
+    case FIELD_USER:
+        return parse_id(field, &request->user_given, &request->user);
+    case FIELD_GROUP:
+        return parse_id(field, &request->group_given, &request->group);
+    case FIELD_EXTRA_GROUPS:
+        return parse_extra_groups(field, request);
+    case FIELD_UMASK:
+        return parse_umask(field, request);
+    case FIELD_RLIMIT:
+        return parse_rlimit(field, request);
+    case FIELD_CAPABILITIES:
+        return parse_capabilities(field, request);
+    case FIELD_SECCOMP:
+        return parse_seccomp(field, request);
+    default:
+        return 0; /* unknown tags are skipped: PROTOCOL.md */
+    }
+}
+
 static int append_string(const struct field *field, const char **list, size_t *count)
 {
     const char *string = as_string(field->value, field->size);
@@ -132,7 +231,7 @@ static int apply_field(const struct field *field, struct request *request, size_
         request->output_mode = field->value[0];
         return 0;
     default:
-        return 0; /* unknown tags are skipped: PROTOCOL.md */
+        return apply_hardening_field(field, request);
     }
 }
 

@@ -311,3 +311,95 @@ def test_block_mode_never_has_more_than_the_window_in_flight():
         ours.close()
         os.waitpid(pid, 0)
     assert outcome == ("exited", 0) and received == size
+
+
+# -- hardening fields (SPEC §5; PROTOCOL.md's second request table) ---------------------------
+
+
+def test_every_hardening_stage_the_child_names_is_documented():
+    documented = (NATIVE / "PROTOCOL.md").read_text()
+    stages = set(re.findall(r'refuse\([^;]*?"([a-z_]+)"', (NATIVE / "harden.c").read_text()))
+    assert stages == {"setgroups", "setgid", "setuid", "rlimit", "capabilities", "seccomp", "parent_death_signal"}
+    for stage in stages:
+        assert f"`{stage}`" in documented, stage
+
+
+def test_the_codec_lays_out_hardening_fields_as_documented():
+    hardening = protocol.Hardening(
+        user=1000,
+        group=1001,
+        extra_groups=(5, 6),
+        rlimits=((7, 16, protocol.RLIM_INFINITY_WIRE),),
+        umask=0o27,
+        capabilities=1 << 10,
+        seccomp=b"\x06\x00\x00\x00\x00\x00\xff\x7f",
+    )
+    body = protocol.encode_request(protocol.Request(mode=0, argv=(b"/bin/true",), env=(), hardening=hardening))[5:]
+    fields = {}
+    while body:
+        tag, size = struct.unpack(">BI", body[:5])
+        fields[tag] = body[5 : 5 + size]
+        body = body[5 + size :]
+    assert fields[protocol.FIELD_USER] == struct.pack(">I", 1000)
+    assert fields[protocol.FIELD_GROUP] == struct.pack(">I", 1001)
+    assert fields[protocol.FIELD_EXTRA_GROUPS] == struct.pack(">II", 5, 6)
+    assert fields[protocol.FIELD_RLIMIT] == bytes([7]) + struct.pack(">QQ", 16, 2**64 - 1)
+    assert fields[protocol.FIELD_UMASK] == struct.pack(">I", 0o27)
+    assert fields[protocol.FIELD_CAPABILITIES] == struct.pack(">Q", 1024)
+    assert fields[protocol.FIELD_SECCOMP] == hardening.seccomp
+
+
+ALLOW_ALL = struct.pack("=HBBI", 0x06, 0, 0, 0x7FFF0000)
+"""One BPF instruction: return SECCOMP_RET_ALLOW."""
+
+
+def test_the_agent_applies_every_hardening_field_it_is_sent():
+    hardening = protocol.Hardening(
+        user=65534,
+        group=65534,
+        extra_groups=(),
+        rlimits=((7, 64, 64),),
+        umask=0o77,
+        capabilities=0,
+        seccomp=ALLOW_ALL,
+    )
+    frame = request(hardening=hardening, no_new_privs=True)
+    run = run_agent(frame + protocol.encode_command(protocol.CMD_PROCEED), close_after=False)
+    assert run.events[-1] == ("exited", 0), run.events
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        pytest.param((protocol.FIELD_USER, struct.pack(">I", 2**32 - 1)), id="user -1"),
+        pytest.param((protocol.FIELD_USER, b"\x00\x01"), id="short user"),
+        pytest.param((protocol.FIELD_GROUP, struct.pack(">Q", 1)), id="long group"),
+        pytest.param((protocol.FIELD_EXTRA_GROUPS, b"\x00\x00\x01"), id="extra_groups not u32s"),
+        pytest.param((protocol.FIELD_EXTRA_GROUPS, struct.pack(">I", 2**32 - 1)), id="extra group -1"),
+        pytest.param((protocol.FIELD_UMASK, struct.pack(">I", 0o1000)), id="umask too big"),
+        pytest.param((protocol.FIELD_RLIMIT, bytes([16]) + struct.pack(">QQ", 1, 1)), id="rlimit resource 16"),
+        pytest.param((protocol.FIELD_RLIMIT, bytes([7]) + struct.pack(">QQ", 2, 1)), id="rlimit soft over hard"),
+        pytest.param((protocol.FIELD_RLIMIT, bytes([7]) + struct.pack(">Q", 1)), id="rlimit short"),
+        pytest.param((protocol.FIELD_CAPABILITIES, b"\x00" * 4), id="capabilities short"),
+        pytest.param((protocol.FIELD_SECCOMP, b""), id="seccomp empty"),
+        pytest.param((protocol.FIELD_SECCOMP, ALLOW_ALL[:7]), id="seccomp not whole instructions"),
+        pytest.param((protocol.FIELD_SECCOMP, ALLOW_ALL * 4097), id="seccomp too long"),
+    ],
+)
+def test_malformed_hardening_fields_are_refused(field):
+    run = run_agent(raw_request(MODE, ARGV, field))
+    assert run.events == [("error", 22, "malformed_request")]
+    assert run.exit_status == 2
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        pytest.param([(protocol.FIELD_RLIMIT, bytes([7]) + struct.pack(">QQ", 1, 1))] * 2, id="rlimit twice"),
+        pytest.param([(protocol.FIELD_SECCOMP, ALLOW_ALL)] * 2, id="seccomp twice"),
+        pytest.param([(protocol.FIELD_EXTRA_GROUPS, b"")] * 2, id="extra_groups twice"),
+    ],
+)
+def test_repeated_hardening_fields_are_refused(fields):
+    run = run_agent(raw_request(MODE, ARGV, *fields))
+    assert run.events == [("error", 22, "malformed_request")]
