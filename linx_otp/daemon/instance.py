@@ -17,6 +17,7 @@ a path or a link it cannot prove is its own.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import re
@@ -160,17 +161,26 @@ class Instance:
         os.unlink(self.control_path)
 
     def listen(self, backlog: int = 64) -> socket.socket:
-        """The control socket, bound at mode 0600."""
+        """The control socket, at mode 0600. It is bound and listening under a temporary name and
+        then renamed into place, so the path appears only once it answers (a client never meets
+        a socket that refuses it)."""
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        directory, name = os.path.split(self.control_path)
+        staging = os.path.join(directory, f".{name}.{os.getpid()}")
         old_mask = os.umask(0o177)
         try:
-            listener.bind(self.control_path)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(staging)  # ours: a name with our pid, in a directory only we can write
+            listener.bind(staging)
+            listener.listen(backlog)
+            os.rename(staging, self.control_path)
         except OSError as error:
             listener.close()
+            with contextlib.suppress(OSError):
+                os.unlink(staging)
             raise LinxError(("control_failed", self.control_path), f"{self.control_path}: {error.strerror}") from None
         finally:
             os.umask(old_mask)
-        listener.listen(backlog)
         return listener
 
     def release(self) -> None:
