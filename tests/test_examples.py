@@ -162,7 +162,8 @@ def test_example_runs_shows_what_it_demonstrates_and_leaves_no_temporary_file(na
             capture_output=True,
             text=True,
             timeout=60,
-            env={**os.environ, "TMPDIR": str(scratch)},
+            # Unbuffered, as on a terminal: its lines and its workloads' (which write to the same pipe) never cut into each other.
+            env={**os.environ, "TMPDIR": str(scratch), "PYTHONUNBUFFERED": "1"},
         )
         assert result.returncode == 0, result.stderr
         CHECKS[name](result.stdout.splitlines())
