@@ -91,6 +91,9 @@ START_TIMEOUT_SECONDS = 60.0
 FINAL_EVENTS_SECONDS = 10.0
 """How long a finished cluster supervisor keeps its last reports for a driver that forwards them."""
 MAX_QUEUED_EVENTS = 10_000
+HEAD_RESOURCE = "node:__internal_head__"
+"""The resource Ray gives the head node only: the cluster supervisor runs there (softly), where
+the loss of another node never takes it along."""
 NODE_ID = re.compile(r"[0-9a-f]{56}")
 
 
@@ -756,7 +759,7 @@ class _Tree(Actor):
                 child.node_id, child.incarnation, child.state = found[child.shipped.id]
             else:
                 lost.append((child, ("node_down", None)))
-        self._report("rebuilt", None, sorted(map(repr, found)), None)
+        log.warning("cluster supervisor %r restarted: adopted %d children", self._settings.name, len(found))
         if lost:
             self._children_failed(lost)
 
@@ -1059,12 +1062,12 @@ def start(
         name = f"tree-{uuid.uuid4().hex[:12]}"
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]{1,100}", name):
         raise LinxValueError(("bad_name", name), f"a tree name is 1-100 of A-Z a-z 0-9 _ . -, not {name!r}")
-    ray = _ray()
-    if not ray.is_initialized():
-        raise LinxError("ray_not_initialized", "connect to the cluster first: ray.init(address=...)")
     shipped = [
         _Shipped(spec.id, spec.restart, spec.shutdown, spec.type, spec.placement, ship(spec.spec)) for spec in specs
     ]
+    ray = _ray()
+    if not ray.is_initialized():
+        raise LinxError("ray_not_initialized", "connect to the cluster first: ray.init(address=...)")
     tree = Tree(name)
     try:
         tree.supervisor()
@@ -1089,7 +1092,10 @@ def _start_supervisor(settings: _TreeSettings, shipped: list[_Shipped]) -> Any:
     ray = _ray()
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    here = ray.get_runtime_context().get_node_id()
+    head = next(
+        (node["NodeID"] for node in ray.nodes() if node.get("Alive") and HEAD_RESOURCE in node.get("Resources", {})),
+        ray.get_runtime_context().get_node_id(),
+    )
     return (
         _remote(ClusterSupervisor)
         .options(
@@ -1100,7 +1106,7 @@ def _start_supervisor(settings: _TreeSettings, shipped: list[_Shipped]) -> Any:
             max_restarts=SUPERVISOR_RESTARTS,
             max_task_retries=-1,
             max_concurrency=16,
-            scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True),
+            scheduling_strategy=NodeAffinitySchedulingStrategy(head, soft=True),
         )
         .remote(settings, shipped)
     )
