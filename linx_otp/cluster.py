@@ -658,6 +658,7 @@ class _Tree(Actor):
         self._children = [_Placed(child) for child in shipped]
         self._rebuild = rebuild
         self._hosts = _Hosts()
+        self._nodes: dict[str, _Node] = {}
         self._poller: _Poller | None = None
         self._restart_times: deque[float] = deque()
         self._outbox = outbox
@@ -790,8 +791,9 @@ class _Tree(Actor):
         return next((child for child in self._children if child.shipped.id == child_id), None)
 
     def _choose_node(self, child: _Placed, prefer: str | None) -> str | None:
-        """A live node that fits: ``prefer`` if it does, else the one with fewest of our children."""
-        nodes = _live_nodes()
+        """A live node that fits: ``prefer`` if it does, else the one with fewest of our children.
+        A node whose node host this tree still polls counts as live without asking Ray (a crash
+        restart stays on its node without a round trip to Ray's GCS)."""
         load: dict[str, int] = {}
         claimed: dict[str, dict[str, float]] = {}
         for other in self._children:
@@ -801,7 +803,13 @@ class _Tree(Actor):
             taken = claimed.setdefault(other.node_id, {})
             for name, amount in other.shipped.placement.resources:
                 taken[name] = taken.get(name, 0.0) + amount
-        fitting = [node for node in nodes if child.shipped.placement.fits(node, claimed.get(node.id, {}))]
+        placement = child.shipped.placement
+        known = self._nodes.get(prefer) if prefer is not None else None
+        if known is not None and self._hosts.get(prefer) is not None and placement.fits(known, claimed.get(prefer, {})):
+            return prefer
+        nodes = _live_nodes()
+        self._nodes = {node.id: node for node in nodes}
+        fitting = [node for node in nodes if placement.fits(node, claimed.get(node.id, {}))]
         if any(node.id == prefer for node in fitting):
             return prefer
         if not fitting:
