@@ -63,7 +63,7 @@ import pykka
 
 from . import process as P
 from . import supervisor as S
-from .actor import Actor, ChildSpec, exit_actor
+from .actor import Actor, ChildSpec
 from .errors import LinxError, LinxValueError
 from .mailbox import Mailbox
 from .options import SessionPlan
@@ -91,6 +91,8 @@ START_TIMEOUT_SECONDS = 60.0
 FINAL_EVENTS_SECONDS = 10.0
 """How long a finished cluster supervisor keeps its last reports for a driver that forwards them."""
 MAX_QUEUED_EVENTS = 10_000
+LOCAL_RESTARTS_UNLIMITED = 2**62
+"""A node host's supervisor never gives up by itself: the cluster supervisor counts its restarts."""
 HEAD_RESOURCE = "node:__internal_head__"
 """The resource Ray gives the head node only: the cluster supervisor runs there (softly), where
 the loss of another node never takes it along."""
@@ -271,7 +273,26 @@ def ship(spec: ChildSpec) -> bytes:
 
 @dataclass(frozen=True)
 class Exited:
-    """A node host's report: an incarnation of a child ended with ``reason``."""
+    """A node host's report: an incarnation of a child ended with ``reason``; with
+    ``restarting``, the node host's supervisor is already starting the next one there."""
+
+    child_id: Any
+    incarnation: int
+    reason: Any
+    restarting: bool = False
+
+
+@dataclass(frozen=True)
+class Restarted:
+    """A node host's report: its supervisor restarted a child there as ``incarnation``."""
+
+    child_id: Any
+    incarnation: int
+
+
+@dataclass(frozen=True)
+class StartFailed:
+    """A node host's report: its supervisor could not restart a child (it retries)."""
 
     child_id: Any
     incarnation: int
@@ -290,11 +311,15 @@ class Running:
 class _Hosted:
     incarnation: int
     kind: str
+    restart: str
+    """The restart type the node host's supervisor applies: ``temporary`` unless it restarts locally."""
     state: str = "starting"
+    launched: bool = False
+    """Whether its first start has returned (a failure before that is ``start_child``'s answer)."""
 
 
 class _HostInbox:
-    """The ``events`` owner of a node host's local supervisor: exits become reports."""
+    """The ``events`` owner of a node host's local supervisor: its reports become the node host's."""
 
     def __init__(self, host: NodeHost) -> None:
         self._host = host
@@ -303,6 +328,10 @@ class _HostInbox:
         match message:
             case (S.EVENT_TAG, "exited", _, child_id, reason):
                 self._host._child_exited(child_id, reason)
+            case (S.EVENT_TAG, "restarted", _, child_id, _):
+                self._host._child_restarted(child_id)
+            case (S.EVENT_TAG, "start_failed", _, child_id, reason):
+                self._host._child_start_failed(child_id, reason)
 
 
 class NodeHost:
@@ -310,21 +339,26 @@ class NodeHost:
     Its methods are called by the cluster supervisor only."""
 
     def __init__(self, tree: str, node_id: str) -> None:
+        _normal_priority()
         self._tree = tree
         self._node_id = node_id
         self._changed = threading.Condition()
-        self._reports: list[Exited | Running] = []
+        self._reports: list[Exited | Restarted | StartFailed | Running] = []
         self._hosted: dict[Any, _Hosted] = {}
         self._polls_open = 0
         self._last_contact = time.monotonic()
         self._stopping = threading.Event()
-        self._supervisor = S.start([], id=("linx_otp.cluster", tree, node_id), events=_HostInbox(self))
+        self._supervisor = S.start(
+            [], id=("linx_otp.cluster", tree, node_id), events=_HostInbox(self), max_restarts=LOCAL_RESTARTS_UNLIMITED
+        )
         threading.Thread(target=self._watch_lease, name="linx-otp-lease", daemon=True).start()
 
     # -- called by the cluster supervisor ----------------------------------------------------
 
-    def start_child(self, child_id: Any, payload: bytes, kind: str, incarnation: int) -> tuple:
-        """Start one incarnation; ``("started", state)`` or ``("start_failed", reason)``."""
+    def start_child(self, child_id: Any, payload: bytes, kind: str, incarnation: int, restart_locally: bool) -> tuple:
+        """Start one incarnation; ``("started", state)`` or ``("start_failed", reason)``. With
+        ``restart_locally`` the node host's supervisor restarts it here by its restart type
+        (the cluster supervisor counts those restarts); otherwise it is ``temporary`` here."""
         _landing.host, _landing.child_id = self, child_id
         try:
             import pickle
@@ -332,31 +366,32 @@ class NodeHost:
             spec = pickle.loads(payload)
         finally:
             _landing.host = _landing.child_id = None
+        restart = spec.restart if restart_locally else "temporary"
         with self._changed:
-            self._hosted[child_id] = _Hosted(incarnation, kind)
+            self._hosted[child_id] = _Hosted(incarnation, kind, restart)
         try:
-            S.start_child(self._supervisor, dataclasses.replace(spec, restart="temporary"))
+            S.start_child(self._supervisor, dataclasses.replace(spec, restart=restart))
         except LinxError as error:
             with self._changed:
                 self._hosted.pop(child_id, None)
             return ("start_failed", error.reason)
         with self._changed:
             hosted = self._hosted[child_id]
+            hosted.launched = True
             if kind == "supervisor" and hosted.state == "starting":
                 hosted.state = "running"
             return ("started", hosted.state)
 
-    def stop_child(self, child_id: Any, incarnation: int) -> None:
-        """Stop an incarnation by its shutdown spec (nothing if it is not the one hosted)."""
+    def stop_child(self, child_id: Any) -> None:
+        """Stop the child's incarnation here by its shutdown spec, and forget it."""
         with self._changed:
-            hosted = self._hosted.get(child_id)
-            if hosted is None or hosted.incarnation != incarnation:
+            if self._hosted.pop(child_id, None) is None:
                 return
-            del self._hosted[child_id]
         try:
             S.terminate_child(self._supervisor, child_id)
+            S.delete_child(self._supervisor, child_id)
         except LinxError as error:
-            if error.reason != "not_found":  # it exited meanwhile: its report says so
+            if error.reason != "not_found":  # a temporary child that exited meanwhile: its report says so
                 raise
 
     def children(self) -> list[tuple[Any, int, str]]:
@@ -390,20 +425,43 @@ class NodeHost:
 
     # -- local supervisor and session reports ---------------------------------------------------
 
+    def _report(self, report: Exited | Restarted | StartFailed | Running) -> None:
+        self._reports.append(report)
+        self._changed.notify_all()
+
     def _child_exited(self, child_id: Any, reason: Any) -> None:
         with self._changed:
-            hosted = self._hosted.pop(child_id, None)
+            hosted = self._hosted.get(child_id)
+            if hosted is None:
+                return
+            restarting = hosted.restart == "permanent" or (
+                hosted.restart == "transient" and not S.is_normal_exit(reason)
+            )
+            self._report(Exited(child_id, hosted.incarnation, reason, restarting))
+            if restarting:
+                hosted.incarnation += 1
+                hosted.state = "starting"
+            else:
+                del self._hosted[child_id]
+
+    def _child_restarted(self, child_id: Any) -> None:
+        with self._changed:
+            hosted = self._hosted.get(child_id)
             if hosted is not None:
-                self._reports.append(Exited(child_id, hosted.incarnation, reason))
-                self._changed.notify_all()
+                self._report(Restarted(child_id, hosted.incarnation))
+
+    def _child_start_failed(self, child_id: Any, reason: Any) -> None:
+        with self._changed:
+            hosted = self._hosted.get(child_id)
+            if hosted is not None and hosted.launched:
+                self._report(StartFailed(child_id, hosted.incarnation, reason))
 
     def _child_running(self, child_id: Any) -> None:
         with self._changed:
             hosted = self._hosted.get(child_id)
             if hosted is not None and hosted.kind == "worker" and hosted.state == "starting":
                 hosted.state = "running"
-                self._reports.append(Running(child_id, hosted.incarnation))
-                self._changed.notify_all()
+                self._report(Running(child_id, hosted.incarnation))
 
     # -- the lease: a node host nobody polls any more stops its children --------------------------
 
@@ -433,18 +491,30 @@ class NodeHost:
         return mine
 
     def _fence(self) -> None:
-        """This node host is no longer the tree's: kill its children at once, then its process."""
+        """This node host is no longer the tree's: its process ends at once, and with it, by the
+        immediate orphan policy, every workload it hosts (no graceful stop: a replacement may
+        already run elsewhere)."""
         import os
 
-        log.error("node host %s of tree %r is no longer polled: stopping its children", self._node_id, self._tree)
-        self._stopping.set()
-        with self._changed:
-            self._hosted.clear()
-        for _, ref, _ in S.which_children(self._supervisor):
-            if ref is not None:
-                exit_actor(ref, "shutdown")
-        S.stop(self._supervisor)
+        log.error("node host %s of tree %r is no longer the tree's: ending its workloads", self._node_id, self._tree)
         os._exit(0)
+
+
+def _normal_priority() -> None:
+    """Undo Ray's worker niceness (15) for every thread of this process, so that a node host
+    reacts as fast as a local supervisor and its workloads (which inherit it) run at the
+    priority they would have anywhere else. Linux keeps a nice value per thread; threads made
+    later inherit their maker's."""
+    import os
+
+    for task in os.listdir("/proc/self/task"):
+        try:
+            os.setpriority(os.PRIO_PROCESS, int(task), 0)
+        except ProcessLookupError:
+            pass  # that thread has ended
+        except PermissionError:
+            log.warning("node host: cannot undo Ray's worker niceness (needs CAP_SYS_NICE); workloads run niced")
+            return
 
 
 @functools.cache
@@ -775,15 +845,26 @@ class _Tree(Actor):
     def _take_reports(self, node_id: str, reports: list) -> None:
         for report in reports:
             child = self._find(report.child_id)
-            if child is None or child.incarnation != report.incarnation or child.node_id != node_id:
+            if child is None or child.incarnation != report.incarnation or child.node_id != node_id or self._finished:
                 continue  # an incarnation this supervisor has stopped or replaced
             match report:
                 case Running():
                     if child.state == "starting":
                         child.state = "running"
+                case Exited(reason=reason, restarting=True):
+                    self._report("exited", child.shipped.id, reason, node_id, logging.WARNING)
+                    # the node host's supervisor is restarting it there: count it, as OTP would
+                    # before restarting (past the limit, the new incarnation is stopped with the rest)
+                    child.incarnation, child.state = report.incarnation + 1, "starting"
+                    self._record_restart(child)
                 case Exited(reason=reason):
                     if child.state != "down":
                         self._children_failed([(child, reason)])
+                case Restarted():
+                    self._report("restarted", child.shipped.id, report.incarnation, node_id)
+                case StartFailed(reason=reason):
+                    self._report("start_failed", child.shipped.id, reason, node_id, logging.ERROR)
+                    self._record_restart(child)
 
     # -- placing, starting and stopping -----------------------------------------------------------
 
@@ -827,10 +908,11 @@ class _Tree(Actor):
         child.incarnation += 1
         try:
             host = self._host(node_id)
-            outcome = ray.get(
-                host.start_child.remote(child.shipped.id, child.shipped.payload, child.shipped.type, child.incarnation),
-                timeout=START_TIMEOUT_SECONDS,
+            restart_locally = self._settings.strategy == "one_for_one" and child.shipped.restart != "temporary"
+            started = host.start_child.remote(
+                child.shipped.id, child.shipped.payload, child.shipped.type, child.incarnation, restart_locally
             )
+            outcome = ray.get(started, timeout=START_TIMEOUT_SECONDS)
         except ray.exceptions.RayActorError:
             outcome = ("start_failed", ("node_down", node_id))
         except ray.exceptions.GetTimeoutError:
@@ -852,7 +934,7 @@ class _Tree(Actor):
         host = self._hosts.get(child.node_id)
         if host is not None:
             try:
-                ray.get(host.stop_child.remote(child.shipped.id, child.incarnation))
+                ray.get(host.stop_child.remote(child.shipped.id))
             except ray.exceptions.RayError as error:
                 log.warning("stopping %r on %s: %s", child.shipped.id, child.node_id, error)
         self._report("stopped", child.shipped.id, "shutdown", child.node_id)
