@@ -526,6 +526,24 @@ def test_a_tree_file_runs_across_the_cluster(cluster: Cluster, tmp_path: Path) -
     cluster.ray.remove_node(labelled)
 
 
+@scenario
+def test_the_example_runs_against_the_cluster(cluster: Cluster) -> None:
+    """examples/cluster.py places its children, sees its flaky child restarted on its node, and
+    stops with no actor of ours left (test_examples.py cannot run it: it needs a cluster)."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "cluster.py"), "--address", cluster.ray.address],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert "flaky exited: ('exited', 3) on node" in "\n".join(lines)
+    assert any(line.startswith("flaky restarted:") and line.endswith("(its first node: True)") for line in lines)
+    assert lines[-1] == "stopped; Ray actors of linx_otp left: []"
+
+
 # -- without a cluster: what is checked before anything starts ------------------------------------------
 
 outside_only = pytest.mark.skipif(INSIDE, reason="needs no cluster: runs outside the namespace")
