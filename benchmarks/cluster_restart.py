@@ -169,8 +169,9 @@ def main() -> None:
     )
     share = statistics.median(detect_ms) / statistics.median(moved_ms)
     print(
-        f"a node loss is bounded by Ray's failure detection ({detection} ms of missed health checks here): "
-        f"{share:.0%} of the median is spent before linx_otp hears of it"
+        f"a node loss: {share:.0%} of the median is Ray's failure detection ({detection} ms of missed health "
+        f"checks here), the rest linx_otp's: placing the child, starting a node host on a node that had none "
+        f"(a Ray worker process), spawning"
     )
 
 

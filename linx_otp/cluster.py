@@ -5,10 +5,13 @@ them) and named in the ``linx_otp`` namespace after the tree:
 
 - a **node host** (``NodeHost``, ``"<tree>/host/<node id>"``): one per node that hosts
   children, pinned to that node (``NodeAffinitySchedulingStrategy``, not soft). It runs a local
-  ``linx_otp`` supervisor whose children are the tree's children placed there (each
-  ``temporary``, so only the cluster supervisor decides restarts) and queues their exits and
-  ``running`` events until the cluster supervisor's next long poll takes them.
-- the **cluster supervisor** (``ClusterSupervisor``, ``"<tree>/supervisor"``): places each
+  ``linx_otp`` supervisor whose children are the tree's children placed there and queues their
+  exits, restarts and ``running`` events until the cluster supervisor's next long poll takes
+  them. In a ``one_for_one`` tree it restarts a crashed child on its node at once (the cluster
+  supervisor counts the restart and may give up); otherwise its children are ``temporary``
+  there and the cluster supervisor restarts them.
+- the **cluster supervisor** (``ClusterSupervisor``, ``"<tree>/supervisor"``, on the head
+  node if it can): places each
   child on a live node that fits its placement, applies the strategy, restart types and
   restart intensity of SPEC §4, and reports ``("linx_supervisor", kind, tree, child_id,
   detail, node_id)``. Ray restarts it when it dies (``SUPERVISOR_RESTARTS``); the new
@@ -27,7 +30,7 @@ Failure model (docs/cluster.md has the long form):
   (the orphan policy); at most ``OVERLAP_BOUND_SECONDS`` when the node host lives on but Ray
   declared its node dead (a stopped raylet, a partition through which the node host can still
   reach the cluster supervisor): the node host, no longer polled for ``LEASE_SECONDS``, asks
-  the supervisor, hears it is no longer the tree's, and kills its children; and at most
+  the supervisor, hears it is no longer the tree's, and ends with its workloads; and at most
   ``SILENCE_SECONDS`` when it cannot reach the supervisor at all.
 - Losing the head node (Ray's GCS) is out of scope: Ray itself does not survive it.
 
@@ -44,8 +47,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import io
 import logging
 import math
+import os
+import pickle
 import re
 import signal
 import sys
@@ -91,6 +97,8 @@ START_TIMEOUT_SECONDS = 60.0
 FINAL_EVENTS_SECONDS = 10.0
 """How long a finished cluster supervisor keeps its last reports for a driver that forwards them."""
 MAX_QUEUED_EVENTS = 10_000
+RUNNING_WAIT_SECONDS = 10.0
+"""How long ``start`` waits for every started child to run before it returns anyway."""
 LOCAL_RESTARTS_UNLIMITED = 2**62
 """A node host's supervisor never gives up by itself: the cluster supervisor counts its restarts."""
 HEAD_RESOURCE = "node:__internal_head__"
@@ -246,8 +254,6 @@ def ship(spec: ChildSpec) -> bytes:
     without its driver-side owner (it gets the immediate orphan policy and a node-local owner
     when it lands), every other mailbox or actor ref replaced by a node-local one. Raises
     ``LinxValueError(("unshippable_child_spec", id, error))`` for what cannot cross."""
-    import io
-
     from ray import cloudpickle
 
     class Shipper(cloudpickle.CloudPickler):
@@ -361,8 +367,6 @@ class NodeHost:
         (the cluster supervisor counts those restarts); otherwise it is ``temporary`` here."""
         _landing.host, _landing.child_id = self, child_id
         try:
-            import pickle
-
             spec = pickle.loads(payload)
         finally:
             _landing.host = _landing.child_id = None
@@ -376,7 +380,9 @@ class NodeHost:
                 self._hosted.pop(child_id, None)
             return ("start_failed", error.reason)
         with self._changed:
-            hosted = self._hosted[child_id]
+            hosted = self._hosted.get(child_id)
+            if hosted is None:
+                return ("started", "starting")  # it has ended already: its report follows
             hosted.launched = True
             if kind == "supervisor" and hosted.state == "starting":
                 hosted.state = "running"
@@ -399,7 +405,7 @@ class NodeHost:
         with self._changed:
             return [(child_id, hosted.incarnation, hosted.state) for child_id, hosted in self._hosted.items()]
 
-    def next_reports(self, timeout: float) -> list[Exited | Running]:
+    def next_reports(self, timeout: float) -> list[Exited | Restarted | StartFailed | Running]:
         """The reports queued since the last call, waiting up to ``timeout`` seconds for one."""
         with self._changed:
             self._polls_open += 1
@@ -449,6 +455,9 @@ class NodeHost:
             hosted = self._hosted.get(child_id)
             if hosted is not None:
                 self._report(Restarted(child_id, hosted.incarnation))
+                if hosted.kind == "supervisor":  # a nested tree runs once it has started
+                    hosted.state = "running"
+                    self._report(Running(child_id, hosted.incarnation))
 
     def _child_start_failed(self, child_id: Any, reason: Any) -> None:
         with self._changed:
@@ -494,8 +503,6 @@ class NodeHost:
         """This node host is no longer the tree's: its process ends at once, and with it, by the
         immediate orphan policy, every workload it hosts (no graceful stop: a replacement may
         already run elsewhere)."""
-        import os
-
         log.error("node host %s of tree %r is no longer the tree's: ending its workloads", self._node_id, self._tree)
         os._exit(0)
 
@@ -505,8 +512,6 @@ def _normal_priority() -> None:
     reacts as fast as a local supervisor and its workloads (which inherit it) run at the
     priority they would have anywhere else. Linux keeps a nice value per thread; threads made
     later inherit their maker's."""
-    import os
-
     for task in os.listdir("/proc/self/task"):
         try:
             os.setpriority(os.PRIO_PROCESS, int(task), 0)
@@ -1141,7 +1146,7 @@ def start(
     name: str | None = None,
 ) -> Tree:
     """Start a tree across the connected Ray cluster (``ray.init`` first) and return its handle
-    once every child has started, each on a live node that fits its placement (a plain
+    once every child runs, each on a live node that fits its placement (a plain
     ``ChildSpec`` may go anywhere). If one cannot start, those started are stopped and this
     raises ``LinxError(("failed_to_start_child", id, reason))``. ``events`` (a ref or
     ``Mailbox`` on this driver) receives ``("linx_supervisor", kind, tree, child_id, detail,
@@ -1175,7 +1180,19 @@ def start(
         raise LinxError(("failed_to_start_child", child_id, reason), f"child {child_id!r} could not start: {reason!r}")
     if events is not None:
         _pumps[name] = _EventPump(tree, events)
+    _wait_running(tree)
     return tree
+
+
+def _wait_running(tree: Tree) -> None:
+    """Wait until every child of a started tree runs (a crashing one may take its restarts), for
+    up to ``RUNNING_WAIT_SECONDS``; after that the tree is left to its supervisor."""
+    deadline = time.monotonic() + RUNNING_WAIT_SECONDS
+    while time.monotonic() < deadline:
+        if all(state == "running" for _, _, state, _ in which_children(tree)):
+            return
+        time.sleep(0.01)
+    log.warning("tree %r: not every child runs after %s s", tree.name, RUNNING_WAIT_SECONDS)
 
 
 def _start_supervisor(settings: _TreeSettings, shipped: list[_Shipped]) -> Any:
@@ -1338,7 +1355,7 @@ def status_lines(tree: Tree) -> list[str]:
 def run_tree(address: str, tree_file: str | Path, name: str | None = None, out: Any = None) -> int:
     """``linx-otp run --ray ADDRESS TREE``: connect to the cluster, start the tree (named after the
     file unless ``name`` is given), print its reports until SIGINT/SIGTERM or until it gives up,
-    then stop it. Returns the exit status (0 stopped, 1 gave up, 2 bad tree file)."""
+    then stop it. Returns the exit status (0 stopped, 1 gave up or could not start, 2 bad tree file)."""
     out = sys.stdout if out is None else out
     path = Path(tree_file)
     try:
@@ -1355,7 +1372,11 @@ def run_tree(address: str, tree_file: str | Path, name: str | None = None, out: 
     stopping = threading.Event()
     previous = {signum: signal.signal(signum, lambda *_: stopping.set()) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
-        tree = start(children, events=events, name=name or re.sub(r"[^A-Za-z0-9_.-]", "_", path.stem), **settings)
+        try:
+            tree = start(children, events=events, name=name or re.sub(r"[^A-Za-z0-9_.-]", "_", path.stem), **settings)
+        except LinxError as error:
+            print(f"linx-otp: {path}: {error}", file=sys.stderr)
+            return 1
         for line in status_lines(tree):
             print(line, file=out, flush=True)
         gave_up = False
@@ -1375,6 +1396,24 @@ def run_tree(address: str, tree_file: str | Path, name: str | None = None, out: 
         ray.shutdown()
 
 
+def status(address: str, name: str, out: Any = None) -> int:
+    """``linx-otp status --ray ADDRESS NAME``: print the tree's children with their nodes
+    (``status_lines``); 1 if no such tree runs."""
+    out = sys.stdout if out is None else out
+    ray = _ray()
+    ray.init(address=address, namespace=NAMESPACE, log_to_driver=False)
+    try:
+        lines = status_lines(attach(name))
+    except LinxError as error:
+        print(f"linx-otp: {error}", file=sys.stderr)
+        return 1
+    finally:
+        ray.shutdown()
+    for line in lines:
+        print(line, file=out)
+    return 0
+
+
 __all__ = [
     "ClusterChildSpec",
     "ClusterSupervisor",
@@ -1388,6 +1427,7 @@ __all__ = [
     "run_tree",
     "ship",
     "start",
+    "status",
     "status_lines",
     "stop",
     "which_children",

@@ -515,8 +515,17 @@ def test_a_tree_file_runs_across_the_cluster(cluster: Cluster, tmp_path: Path) -
     try:
         rows = [runner.stdout.readline().rstrip("\n").split("\t") for _ in range(2)]
         assert [(row[0], row[3]) for row in rows] == [("fast", labelled.node_id), ("licensed", labelled.node_id)]
-        status = [line.split("\t") for line in C.status_lines(C.attach("spread"))]
-        assert [(row[0], row[1], row[3]) for row in status] == [(row[0], row[1], row[3]) for row in rows]
+        assert [row[2] for row in rows] == ["running", "running"]
+        status = subprocess.run(
+            [sys.executable, "-c", "import sys; from linx_otp import cluster; sys.exit(cluster.status(*sys.argv[1:]))"]
+            + [cluster.ray.address, "spread"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert status.returncode == 0, status.stderr[-2000:]
+        assert [line.split("\t") for line in status.stdout.splitlines()] == rows  # what `linx-otp status` shows
         assert len(_workload_pids(first)) == 1 and len(_workload_pids(second)) == 1
     finally:
         runner.send_signal(signal.SIGTERM)
