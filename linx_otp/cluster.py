@@ -489,9 +489,10 @@ class NodeHost:
         try:
             supervisor = ray.get_actor(_supervisor_name(self._tree), namespace=NAMESPACE)
             mine = ray.get(supervisor.holds_host.remote(self._node_id, _own_actor_id()), timeout=LEASE_SECONDS)
-        except ValueError:  # no such actor: the tree is gone
+        except (ValueError, ray.exceptions.ActorDiedError):  # the tree is gone (Ray retries a restarting one)
             return False
-        except (ray.exceptions.GetTimeoutError, ray.exceptions.RayActorError):
+        except Exception as error:  # unreachable for now: the supervisor may be restarting
+            log.warning("node host %s: cannot reach the cluster supervisor: %s", self._node_id, error)
             with self._changed:
                 return time.monotonic() - self._last_contact < SILENCE_SECONDS
         if mine:
@@ -1270,7 +1271,23 @@ def stop(tree: Tree) -> None:
     prefix = _host_name(tree.name, "")
     for entry in ray.util.list_named_actors(all_namespaces=True):
         if entry["namespace"] == NAMESPACE and entry["name"].startswith(prefix):
+            _stop_stray_host(entry["name"])
             _wait_gone(entry["name"])
+
+
+def _stop_stray_host(name: str) -> None:
+    """A node host the supervisor no longer knew (it had counted it lost): stop it as well."""
+    ray = _ray()
+    try:
+        host = ray.get_actor(name, namespace=NAMESPACE)
+    except ValueError:
+        return
+    log.warning("stopping the node host %r, which its supervisor had counted lost", name)
+    try:
+        ray.get(host.shutdown.remote(), timeout=START_TIMEOUT_SECONDS)
+    except ray.exceptions.RayError as error:
+        log.warning("node host %r: %s", name, error)
+    ray.kill(host, no_restart=True)
 
 
 # -- tree files (`linx-otp run --ray ADDRESS TREE`) --------------------------------------------------

@@ -275,8 +275,8 @@ def test_a_lost_node_s_children_restart_elsewhere_and_the_others_stay(cluster: C
         took = time.monotonic() - lost_at
 
         exits = {event[3]: event for event in events if event[1] == "exited"}
-        assert set(exits) == set(per_node[victim]) == restarted
-        assert all(event[4] == ("node_down", victim) and event[5] == victim for event in exits.values())
+        assert set(exits) == set(per_node[victim]) == restarted, events
+        assert all(event[4] == ("node_down", victim) and event[5] == victim for event in exits.values()), events
         assert took < 10, took
         after = {child_id: node_id for child_id, node_id, _, _ in C.which_children(tree)}
         assert all(after[child_id] not in (victim, None) for child_id in per_node[victim])
