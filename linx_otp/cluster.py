@@ -10,8 +10,8 @@ them) and named in the ``linx_otp`` namespace after the tree:
   them. In a ``one_for_one`` tree it restarts a crashed child on its node at once (the cluster
   supervisor counts the restart and may give up); otherwise its children are ``temporary``
   there and the cluster supervisor restarts them.
-- the **cluster supervisor** (``ClusterSupervisor``, ``"<tree>/supervisor"``, on the head
-  node if it can): places each
+- the **cluster supervisor** (``ClusterSupervisor``, ``"<tree>/supervisor"``, pinned to the head
+  node): places each
   child on a live node that fits its placement, applies the strategy, restart types and
   restart intensity of SPEC §4, and reports ``("linx_supervisor", kind, tree, child_id,
   detail, node_id)``. Ray restarts it when it dies (``SUPERVISOR_RESTARTS``); the new
@@ -102,8 +102,8 @@ RUNNING_WAIT_SECONDS = 10.0
 LOCAL_RESTARTS_UNLIMITED = 2**62
 """A node host's supervisor never gives up by itself: the cluster supervisor counts its restarts."""
 HEAD_RESOURCE = "node:__internal_head__"
-"""The resource Ray gives the head node only: the cluster supervisor runs there (softly), where
-the loss of another node never takes it along."""
+"""The resource Ray gives the head node only: the cluster supervisor is pinned there, where Ray's
+GCS runs too (losing the head is out of scope), so the loss of another node never takes it along."""
 NODE_ID = re.compile(r"[0-9a-f]{56}")
 
 
@@ -1214,7 +1214,7 @@ def _start_supervisor(settings: _TreeSettings, shipped: list[_Shipped]) -> Any:
             max_restarts=SUPERVISOR_RESTARTS,
             max_task_retries=-1,
             max_concurrency=16,
-            scheduling_strategy=NodeAffinitySchedulingStrategy(head, soft=True),
+            scheduling_strategy=NodeAffinitySchedulingStrategy(head, soft=False),
         )
         .remote(settings, shipped)
     )

@@ -205,7 +205,10 @@ def ray_cluster():
 def cluster(ray_cluster: Cluster):
     """Three live nodes (nodes removed by an earlier test are replaced); afterwards, nothing of
     ours is left: no named actor, no agent, no workload."""
-    missing = 3 - len(ray_cluster.alive())
+    alive = ray_cluster.alive()
+    for node in [node for node in ray_cluster.ray.worker_nodes if node.node_id not in alive]:
+        ray_cluster.ray.remove_node(node, allow_graceful=False)  # left dead by a failed test
+    missing = 3 - len(alive)
     if missing > 0:
         ray_cluster.add_nodes(missing)
     yield ray_cluster
@@ -440,9 +443,8 @@ def test_after_a_partition_the_old_incarnation_ends_within_the_bound(cluster: Cl
     finally:
         if raylet is not None:
             raylet.send_signal(signal.SIGCONT)
+            cluster.ray.remove_node(cluster.worker(victim), allow_graceful=False)
         C.stop(tree)
-    if raylet is not None:
-        cluster.ray.remove_node(cluster.worker(victim), allow_graceful=False)
 
 
 def _alive(pid: int) -> bool:
