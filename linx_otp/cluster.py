@@ -254,7 +254,7 @@ def ship(spec: ChildSpec) -> bytes:
     without its driver-side owner (it gets the immediate orphan policy and a node-local owner
     when it lands), every other mailbox or actor ref replaced by a node-local one. Raises
     ``LinxValueError(("unshippable_child_spec", id, error))`` for what cannot cross."""
-    from ray import cloudpickle
+    cloudpickle = _ray().cloudpickle
 
     class Shipper(cloudpickle.CloudPickler):
         def reducer_override(self, obj: Any) -> Any:

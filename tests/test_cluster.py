@@ -27,7 +27,9 @@ from pathlib import Path
 
 import pytest
 
-ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'linx_otp[ray]' (CI installs it)")
+ray = pytest.importorskip(
+    "ray", exc_type=ImportError, reason="Ray is not installed: pip install 'linx_otp[ray]' (CI installs it)"
+)
 
 import linx_otp  # noqa: E402
 from linx_otp import cluster as C  # noqa: E402
