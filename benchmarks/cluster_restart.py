@@ -98,12 +98,13 @@ def main() -> None:
     import ray
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, head_node_args={**NODE_ARGS, "_system_config": HEALTH_CHECKS})
+    directory = Path(tempfile.mkdtemp(prefix="linx-bench-cluster-"))
+    node_args = {**NODE_ARGS, "temp_dir": str(directory / "ray")}  # Ray's sessions and logs, removed at the end
+    cluster = Cluster(initialize_head=True, head_node_args={**node_args, "_system_config": HEALTH_CHECKS})
     for _ in range(2):
-        cluster.add_node(**NODE_ARGS, labels=WORKER)
+        cluster.add_node(**node_args, labels=WORKER)
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, log_to_driver=False)
-    directory = Path(tempfile.mkdtemp(prefix="linx-bench-cluster-"))
     (directory / "local").mkdir()
     (directory / "cluster").mkdir()
     local_runs, cluster_runs = Announcements(directory / "local"), Announcements(directory / "cluster")
@@ -139,16 +140,16 @@ def main() -> None:
             detect_ms.append((time.perf_counter() - started) * 1000)
             placed_pid = cluster_runs.next_pid(60)
             moved_ms.append((time.perf_counter() - started) * 1000)
-            cluster.add_node(**NODE_ARGS, labels=WORKER)
+            cluster.add_node(**node_args, labels=WORKER)
             cluster.wait_for_nodes()
     finally:
         C.stop(tree)
         S.stop(local)
         local_runs.close()
         cluster_runs.close()
-        shutil.rmtree(directory)
         ray.shutdown()
         cluster.shutdown()
+        shutil.rmtree(directory)
 
     detection = HEALTH_CHECKS["health_check_period_ms"] * HEALTH_CHECKS["health_check_failure_threshold"]
     print(
