@@ -99,10 +99,10 @@ def main() -> None:
     from ray.cluster_utils import Cluster
 
     directory = Path(tempfile.mkdtemp(prefix="linx-bench-cluster-"))
-    node_args = {**NODE_ARGS, "temp_dir": str(directory / "ray")}  # Ray's sessions and logs, removed at the end
-    cluster = Cluster(initialize_head=True, head_node_args={**node_args, "_system_config": HEALTH_CHECKS})
+    os.environ["RAY_TMPDIR"] = str(directory)  # Ray's sessions, sockets and logs (not /tmp/ray), removed at the end
+    cluster = Cluster(initialize_head=True, head_node_args={**NODE_ARGS, "_system_config": HEALTH_CHECKS})
     for _ in range(2):
-        cluster.add_node(**node_args, labels=WORKER)
+        cluster.add_node(**NODE_ARGS, labels=WORKER)
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, log_to_driver=False)
     (directory / "local").mkdir()
@@ -140,7 +140,7 @@ def main() -> None:
             detect_ms.append((time.perf_counter() - started) * 1000)
             placed_pid = cluster_runs.next_pid(60)
             moved_ms.append((time.perf_counter() - started) * 1000)
-            cluster.add_node(**node_args, labels=WORKER)
+            cluster.add_node(**NODE_ARGS, labels=WORKER)
             cluster.wait_for_nodes()
     finally:
         C.stop(tree)

@@ -171,14 +171,12 @@ class Cluster:
     def __init__(self) -> None:
         from ray.cluster_utils import Cluster as RayCluster
 
-        self.directory = tempfile.mkdtemp(prefix="linx-ray-")  # Ray's sessions and logs, removed at the end
-        self.node_args = {**NODE_ARGS, "temp_dir": self.directory}
-        self.ray = RayCluster(initialize_head=True, head_node_args={**self.node_args, "_system_config": HEALTH_CHECKS})
+        self.ray = RayCluster(initialize_head=True, head_node_args={**NODE_ARGS, "_system_config": HEALTH_CHECKS})
         self.add_nodes(2)
         ray.init(address=self.ray.address, log_to_driver=False)
 
     def add_nodes(self, count: int, **extra) -> list:
-        added = [self.ray.add_node(**self.node_args, **extra) for _ in range(count)]
+        added = [self.ray.add_node(**NODE_ARGS, **extra) for _ in range(count)]
         self.ray.wait_for_nodes()
         return added
 
@@ -195,16 +193,20 @@ class Cluster:
     def shutdown(self) -> None:
         ray.shutdown()
         self.ray.shutdown()
-        shutil.rmtree(self.directory)
 
 
 @pytest.fixture(scope="module")
 def ray_cluster():
     if not INSIDE:
         pytest.fail("the cluster runs only inside the namespace")
-    created = Cluster()
-    yield created
-    created.shutdown()
+    directory = tempfile.mkdtemp(prefix="linx-ray-")
+    os.environ["RAY_TMPDIR"] = directory  # Ray's sessions, sockets and logs (not /tmp/ray), removed at the end
+    try:
+        created = Cluster()
+        yield created
+        created.shutdown()
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture
