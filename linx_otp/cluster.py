@@ -1133,7 +1133,7 @@ def _check_cluster_children(children: Any) -> list[ClusterChildSpec]:
             ("bad_children", children), f"children must be a list of cluster child specs, not {children!r}"
         )
     specs = [child if isinstance(child, ClusterChildSpec) else child_spec(child) for child in children]
-    S._check_children([spec.spec for spec in specs])
+    S.check_children([spec.spec for spec in specs])
     return specs
 
 
@@ -1358,7 +1358,7 @@ def parse_tree(text: str, file: str) -> tuple[dict[str, Any], list[ClusterChildS
         except TypeError as error:
             raise _tree_error(file, where, str(error)) from None
     try:
-        S._check_children([child.spec for child in children])
+        S.check_children([child.spec for child in children])
     except LinxValueError as error:
         raise _tree_error(file, "child", str(error)) from None
     return settings, children

@@ -378,7 +378,10 @@ class Supervisor(Actor):
 # -- the public verbs ---------------------------------------------------------------------------
 
 
-def _check_children(children: Any) -> list[ChildSpec]:
+def check_children(children: Any) -> list[ChildSpec]:
+    """A list of child specs, checked (each a ``ChildSpec``, ids unique) without starting
+    anything; raises ``LinxValueError``. ``start`` and ``child_spec`` use it, and so does a
+    cluster tree before it ships specs to its nodes."""
     if isinstance(children, (str, bytes)) or not isinstance(children, Iterable):
         raise LinxValueError(("bad_children", children), f"children must be a list of child specs, not {children!r}")
     specs = list(children)
@@ -454,7 +457,7 @@ def start(
     If a child fails to start, the ones already started are stopped and this raises
     ``LinxError(("failed_to_start_child", id, reason))``. ``events`` (a ref or ``Mailbox``)
     receives ``("linx_supervisor", kind, supervisor_id, child_id, detail)`` reports."""
-    specs = _check_children(children)
+    specs = check_children(children)
     settings = check_settings(
         id=id,
         strategy=strategy,
@@ -485,7 +488,7 @@ def child_spec(
 ) -> ChildSpec:
     """A child spec for a nested supervisor (type ``"supervisor"``, shutdown ``None``: it is
     given all the time its own children's shutdowns need)."""
-    specs = _check_children(children)
+    specs = check_children(children)
     settings = check_settings(
         id=id,
         strategy=strategy,
@@ -550,6 +553,7 @@ def stop(supervisor: pykka.ActorRef) -> None:
 __all__ = [
     "STRATEGIES",
     "Supervisor",
+    "check_children",
     "check_settings",
     "child_spec",
     "count_children",

@@ -19,6 +19,7 @@ EXAMPLES_DIRECTORY = Path(__file__).resolve().parent.parent / "examples"
 NEEDS_ROOT = {"namespaces.py", "enter.py", "netns_checkpoint.py"}
 NEEDS_A_TERMINAL = {"interactive_shell.py", "borrow_and_return.py"}  # run in tmux by test_tty_tmux.py
 RUN_BELOW = {"container.py"}  # has its own end-to-end test here
+NEEDS_A_CLUSTER = {"cluster.py"}  # run against a real Ray cluster by test_cluster.py
 
 
 def literal_after(prefix: str, lines: list[str]):
@@ -148,7 +149,7 @@ CHECKS = {
 
 def test_every_example_is_checked_somewhere():
     examples = {str(path.relative_to(EXAMPLES_DIRECTORY)) for path in EXAMPLES_DIRECTORY.rglob("*.py")}
-    assert examples == set(CHECKS) | NEEDS_A_TERMINAL | RUN_BELOW
+    assert examples == set(CHECKS) | NEEDS_A_TERMINAL | RUN_BELOW | NEEDS_A_CLUSTER
 
 
 @pytest.mark.parametrize("name", sorted(CHECKS))
