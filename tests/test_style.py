@@ -4,6 +4,7 @@ types (the package ships ``py.typed``, so its types are a promise)."""
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,9 +12,16 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def tool(name: str) -> str | None:
+    """A tool of the test extra: beside this interpreter (a virtualenv's bin/, which need not be
+    on PATH), else on PATH."""
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.is_file() else shutil.which(name)
+
+
 @pytest.mark.parametrize("command", [["check", "."], ["format", "--check", "."]], ids=["lint", "format"])
 def test_ruff_finds_nothing(command):
-    ruff = shutil.which("ruff")
+    ruff = tool("ruff")
     assert ruff is not None, "ruff is part of the test extra: pip install -e '.[test]'"
     result = subprocess.run([ruff, *command], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -33,7 +41,7 @@ simply "mypy finds nothing"."""
 
 
 def test_mypy_finds_nothing_outside_the_files_still_being_cleaned():
-    mypy = shutil.which("mypy")
+    mypy = tool("mypy")
     assert mypy is not None, "mypy is part of the test extra: pip install -e '.[test]'"
     result = subprocess.run([mypy], cwd=ROOT, capture_output=True, text=True, timeout=120)  # [tool.mypy] files
     errors = [line for line in result.stdout.splitlines() if re.match(r"^\S+\.py:\d+: error:", line)]
