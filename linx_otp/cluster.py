@@ -256,7 +256,7 @@ def ship(spec: ChildSpec) -> bytes:
     ``LinxValueError(("unshippable_child_spec", id, error))`` for what cannot cross."""
     cloudpickle = _ray().cloudpickle
 
-    class Shipper(cloudpickle.CloudPickler):
+    class Shipper(cloudpickle.CloudPickler):  # type: ignore[name-defined]  # Ray's vendored copy, imported lazily
         def reducer_override(self, obj: Any) -> Any:
             if isinstance(obj, SessionPlan):
                 return _shipped_plan, (obj.request, obj.linger, obj.auto_proceed)
@@ -891,9 +891,14 @@ class _Tree(Actor):
             for name, amount in other.shipped.placement.resources:
                 taken[name] = taken.get(name, 0.0) + amount
         placement = child.shipped.placement
-        known = self._nodes.get(prefer) if prefer is not None else None
-        if known is not None and self._hosts.get(prefer) is not None and placement.fits(known, claimed.get(prefer, {})):
-            return prefer
+        if prefer is not None:
+            known = self._nodes.get(prefer)
+            if (
+                known is not None
+                and self._hosts.get(prefer) is not None
+                and placement.fits(known, claimed.get(prefer, {}))
+            ):
+                return prefer
         nodes = _live_nodes()
         self._nodes = {node.id: node for node in nodes}
         fitting = [node for node in nodes if placement.fits(node, claimed.get(node.id, {}))]
@@ -937,7 +942,7 @@ class _Tree(Actor):
             return
         ray = _ray()
         child.state = "down"
-        host = self._hosts.get(child.node_id)
+        host = self._hosts.get(child.node_id) if child.node_id is not None else None
         if host is not None:
             try:
                 ray.get(host.stop_child.remote(child.shipped.id))
