@@ -53,7 +53,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.timeout(600 if not INSIDE else 150)]
 # -- running inside the cluster's network namespace, reporting outside -------------------------------
 
 
-def _inside_command(report: Path) -> list[str]:
+def _inside_command(report: Path, basetemp: Path) -> list[str]:
     return [
         "unshare",
         "--net",
@@ -73,6 +73,7 @@ def _inside_command(report: Path) -> list[str]:
         "-o",
         "addopts=-ra --strict-markers",
         f"--junitxml={report}",
+        f"--basetemp={basetemp}",  # inside the outer run's own temp dir, which pytest cleans
         "-q",
     ]
 
@@ -84,10 +85,16 @@ def inside_results(tmp_path_factory) -> dict[str, tuple[str, str]]:
         pytest.skip("the Ray cluster runs in a network namespace of its own: needs root (CI runs as root)")
     if shutil.which("unshare") is None or shutil.which("ip") is None:
         pytest.skip("needs unshare (util-linux) and ip (iproute2)")
-    report = tmp_path_factory.mktemp("cluster") / "inside.xml"
+    directory = tmp_path_factory.mktemp("cluster")
+    report = directory / "inside.xml"
     environment = {**os.environ, "LINX_OTP_CLUSTER_INSIDE": "1", "PYTHONPATH": str(ROOT)}
     completed = subprocess.run(
-        _inside_command(report), cwd=ROOT, env=environment, capture_output=True, text=True, timeout=540
+        _inside_command(report, directory / "inside"),
+        cwd=ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=540,
     )
     if not report.exists():
         pytest.fail(
