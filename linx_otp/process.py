@@ -31,7 +31,7 @@ from typing import Any, Unpack
 import pykka
 
 from . import protocol
-from .actor import Actor, ChildSpec, tell_quietly
+from .actor import Actor, ChildSpec, call, tell_quietly
 from .agent import AgentConnection
 from .errors import LinxError, LinxValueError, describe_outcome
 from .flow import OutputWindow, consumed
@@ -110,10 +110,72 @@ class _CheckOwner:
     owner: pykka.ActorRef
 
 
+# -- the session's messages: one class per verb, asked by the module's functions ---------------
+# Public so that a caller can ask without blocking (``session.ask(P.GetInfo(), block=False)``);
+# the functions below are the API.
+
+
 @dataclass(frozen=True)
-class _Verb:
-    name: str
-    args: tuple = ()
+class Proceed:
+    """Ask: let the parked child go on to execve (``proceed``)."""
+
+
+@dataclass(frozen=True)
+class Abort:
+    """Ask: discard the parked child unrun (``abort``)."""
+
+
+@dataclass(frozen=True)
+class Signal:
+    """Ask: send ``signum`` to the workload, or buffer it until ``running`` (``signal``)."""
+
+    signum: int
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Tell: set ``waiter``'s result to the outcome once there is one (``wait``). Told, not
+    asked, so that a timeout leaves nothing blocked in the session."""
+
+    waiter: concurrent.futures.Future
+
+
+@dataclass(frozen=True)
+class CancelWait:
+    """Ask: forget ``waiter``; answers the outcome if there is one already (``wait``'s timeout)."""
+
+    waiter: concurrent.futures.Future
+
+
+@dataclass(frozen=True)
+class GetHostPid:
+    """Ask: the workload's host pid (``host_pid``)."""
+
+
+@dataclass(frozen=True)
+class GetInfo:
+    """Ask: an ``Info`` snapshot (``info``)."""
+
+
+@dataclass(frozen=True)
+class SetOwner:
+    """Ask: send future events to ``owner``; answers the previous owner (``swap_owner``)."""
+
+    owner: Any
+
+
+@dataclass(frozen=True)
+class PtyWrite:
+    """Ask: type ``data`` into a running pty session (``pty_write``)."""
+
+    data: bytes
+
+
+@dataclass(frozen=True)
+class PtySetWinsize:
+    """Ask: set a pty session's window size, ``(rows, cols, xpixel, ypixel)`` (``pty_set_winsize``)."""
+
+    size: tuple[int, int, int, int]
 
 
 class Session(Actor):
@@ -133,7 +195,12 @@ class Session(Actor):
         self._waiters: list[concurrent.futures.Future] = []
         self._result: Outcome | None = None
         self._stopping = False
+        """The session is ending: ``terminate`` has begun, or ``_finish`` has asked for the exit.
+        Nothing may ask for an exit again (``_finish`` checks it)."""
         self._shutting_down = False
+        """A supervisor asked for a graceful stop (``shutdown_requested``) before the outcome:
+        the workload was sent SIGTERM or aborted, and the outcome ends the session with
+        ``"shutdown"`` (whatever ``linger`` says)."""
         self._window = OutputWindow(plan.request.output_window, connection.send)
         self._credit_on_tell = credit_on_tell(plan.owner)
         self._dropping_for_stopped_owner = False
@@ -151,14 +218,33 @@ class Session(Actor):
             pass  # stopping: terminate() drains the rest itself
 
     def on_receive(self, message: Any) -> Any:
-        if message is _EVENTS_WAITING:
-            self._drain_events()
-            return None
-        if isinstance(message, _Verb):
-            return getattr(self, f"_verb_{message.name}")(*message.args)
-        if isinstance(message, _CheckOwner):
-            return self._check_owner(message.owner)
-        log.warning("session ignoring unexpected message %r", message)
+        match message:
+            case _EventsWaiting():
+                self._drain_events()
+            case Proceed():
+                self._proceed()
+            case Abort():
+                self._abort()
+            case Signal(signum):
+                self._signal(signum)
+            case Wait(waiter):
+                self._add_waiter(waiter)
+            case CancelWait(waiter):
+                return self._cancel_wait(waiter)
+            case GetHostPid():
+                return self._get_host_pid()
+            case GetInfo():
+                return self._info()
+            case SetOwner(owner):
+                return self._set_owner(owner)
+            case PtyWrite(data):
+                self._pty_write(data)
+            case PtySetWinsize(size):
+                self._pty_set_winsize(size)
+            case _CheckOwner(owner):
+                self._check_owner(owner)
+            case _:
+                log.warning("session ignoring unexpected message %r", message)
         return None
 
     def terminate(self, reason: Any) -> None:
@@ -190,21 +276,13 @@ class Session(Actor):
         if self._connection.claim_proceed():
             self._abort_claimed()
         else:
-            self._verb_signal(SIGTERM)
+            self._signal(SIGTERM)
 
     def _answer_queued_waits(self) -> None:
-        """``wait`` is told, not asked, so pykka's teardown would never answer one queued
-        behind the stop: answer those here, and put everything else back for the teardown
-        (which answers asks, and a second stop, itself)."""
-        others = []
-        while not self.actor_inbox.empty():
-            envelope = self.actor_inbox.get_nowait()
-            if isinstance(envelope.message, _Verb) and envelope.message.name == "wait":
-                self._verb_wait(*envelope.message.args)
-            else:
-                others.append(envelope)
-        for envelope in others:
-            self.actor_inbox.put(envelope)
+        """``Wait`` is told, not asked, so pykka's teardown would never answer one queued
+        behind the stop: answer those here (the teardown answers asks, and a second stop)."""
+        for message in self.take_queued_tells(lambda message: isinstance(message, Wait)):
+            self._add_waiter(message.waiter)
 
     # -- events from the agent -----------------------------------------------------------
 
@@ -329,7 +407,7 @@ class Session(Actor):
         if self._result is not None:
             raise LinxError("no_process", f"{verb}: the session has ended ({describe_outcome(self._result)})")
 
-    def _verb_proceed(self) -> None:
+    def _proceed(self) -> None:
         self._require_live("proceed")
         if self._running:
             raise LinxError("running", "proceed: the workload is already running")
@@ -338,7 +416,7 @@ class Session(Actor):
         if self._connection.claim_proceed():
             self._send(protocol.encode_command(protocol.CMD_PROCEED))
 
-    def _verb_abort(self) -> None:
+    def _abort(self) -> None:
         self._require_live("abort")
         if self._running or not self._connection.claim_proceed():
             raise LinxError("running", "abort: the workload is past the checkpoint; use signal()")
@@ -350,30 +428,30 @@ class Session(Actor):
         else:
             self._send(protocol.encode_command(protocol.CMD_ABORT))
 
-    def _verb_signal(self, signum: int) -> None:
+    def _signal(self, signum: int) -> None:
         self._require_live("signal")
         if self._running:
             self._send(protocol.encode_signal(signum))
         else:
             self._pending_signals.append(signum)
 
-    def _verb_wait(self, waiter: concurrent.futures.Future) -> None:
+    def _add_waiter(self, waiter: concurrent.futures.Future) -> None:
         if self._result is not None:
             waiter.set_result(self._result)
         else:
             self._waiters.append(waiter)
 
-    def _verb_cancel_wait(self, waiter: concurrent.futures.Future) -> Outcome | None:
+    def _cancel_wait(self, waiter: concurrent.futures.Future) -> Outcome | None:
         if waiter in self._waiters:
             self._waiters.remove(waiter)
         return self._result
 
-    def _verb_host_pid(self) -> int:
+    def _get_host_pid(self) -> int:
         if self._host_pid is None:
             raise LinxError("not_ready", "host_pid: the agent has not cloned the child yet")
         return self._host_pid
 
-    def _verb_info(self) -> Info:
+    def _info(self) -> Info:
         return Info(
             mode=self._plan.mode,
             stage=self._stage(),
@@ -394,14 +472,14 @@ class Session(Actor):
             return "spawned"
         return "starting"
 
-    def _verb_set_owner(self, owner: Any) -> Any:
+    def _set_owner(self, owner: Any) -> Any:
         """The window carries over: output the previous owner holds counts until it is taken."""
         previous, self._owner = self._owner, owner
         self._credit_on_tell = credit_on_tell(owner)
         self._restore_output_mode()
         return previous
 
-    def _verb_pty_write(self, data: bytes) -> None:
+    def _pty_write(self, data: bytes) -> None:
         self._require_live("pty_write")
         if not self._pty:
             raise LinxError("no_pty", "pty_write: not a pty session (spawn with stdio='pty')")
@@ -410,7 +488,7 @@ class Session(Actor):
         for frame in protocol.encode_pty_input(data):
             self._send(frame)
 
-    def _verb_pty_set_winsize(self, size: tuple[int, int, int, int]) -> None:
+    def _pty_set_winsize(self, size: tuple[int, int, int, int]) -> None:
         self._require_live("pty_set_winsize")
         if not self._pty:
             raise LinxError("no_pty", "pty_set_winsize: not a pty session (spawn with stdio='pty')")
@@ -496,30 +574,27 @@ def child_spec(
     return ChildSpec(id=id, start=lambda: _start(plan), restart=restart, shutdown=shutdown)
 
 
-def _ask(session: SessionRef, verb: str, *args: Any) -> Any:
-    try:
-        return session.ask(_Verb(verb, args))
-    except pykka.ActorDeadError:
-        raise LinxError("no_process", f"{verb}: the session is gone") from None
+def _ask(session: SessionRef, message: Any) -> Any:
+    return call(session, message, "the session")
 
 
 def proceed(session: SessionRef) -> None:
     """Let a parked child go on to execve. Raises ``not_ready`` before ``ready``, ``running``
     once past the checkpoint, ``no_process`` once terminal."""
-    _ask(session, "proceed")
+    _ask(session, Proceed())
 
 
 def abort(session: SessionRef) -> None:
     """Discard a parked child unrun (buffered before ``ready``). Raises ``running`` once past
     the checkpoint, ``no_process`` once terminal."""
-    _ask(session, "abort")
+    _ask(session, Abort())
 
 
 def signal(session: SessionRef, signum: int) -> None:
     """Send ``signum`` (1..64) to the workload; buffered until ``running``, flushed in order."""
     if not isinstance(signum, int) or isinstance(signum, bool) or not 1 <= signum <= 64:
         raise LinxValueError(("bad_signal", signum), f"signum must be an int in 1..64, not {signum!r}")
-    _ask(session, "signal", int(signum))
+    _ask(session, Signal(int(signum)))
 
 
 def check_timeout(timeout: Any) -> float | None:
@@ -550,13 +625,13 @@ def wait(session: SessionRef, timeout: float | None = None) -> Outcome:
     timeout = check_timeout(timeout)
     waiter: concurrent.futures.Future = concurrent.futures.Future()
     try:
-        session.tell(_Verb("wait", (waiter,)))
+        session.tell(Wait(waiter))
     except pykka.ActorDeadError:
-        raise LinxError("no_process", "wait: the session is gone") from None
+        raise LinxError("no_process", "the session is gone (wait)") from None
     try:
         return waiter.result(timeout)
     except concurrent.futures.TimeoutError:
-        outcome = _ask(session, "cancel_wait", waiter)  # also catches an end that raced the timeout
+        outcome = _ask(session, CancelWait(waiter))  # also catches an end that raced the timeout
         if outcome is not None:
             return outcome
         raise TimeoutError(f"the workload is still live after {timeout} s") from None
@@ -564,22 +639,34 @@ def wait(session: SessionRef, timeout: float | None = None) -> Outcome:
 
 def host_pid(session: SessionRef) -> int:
     """The workload's host pid, from the moment the agent has cloned it."""
-    return _ask(session, "host_pid")
+    return _ask(session, GetHostPid())
 
 
 def info(session: SessionRef) -> Info:
     """A snapshot of the session's state."""
-    return _ask(session, "info")
+    return _ask(session, GetInfo())
 
 
 def set_owner(session: SessionRef, owner: Any = None) -> None:
     """Send future events to ``owner`` (None: the calling thread's mailbox), in any stage."""
-    _swap_owner(session, owner)
+    swap_owner(session, owner)
 
 
-def _swap_owner(session: SessionRef, owner: Any) -> Any:
-    """``set_owner`` that returns the previous owner (how ``tty.attach`` borrows a session)."""
-    return _ask(session, "set_owner", check_owner(owner))
+def swap_owner(session: SessionRef, owner: Any = None) -> Any:
+    """``set_owner`` that returns the previous owner, to give the session back later (how
+    ``tty.attach`` borrows a session).
+
+    >>> import linx_otp
+    >>> session = spawn(argv=["/bin/true"])
+    >>> borrower = linx_otp.Mailbox()
+    >>> swap_owner(session, borrower) is mailbox()
+    True
+    >>> swap_owner(session, mailbox()) is borrower
+    True
+    >>> session.stop(); flush() and None
+    True
+    """
+    return _ask(session, SetOwner(check_owner(owner)))
 
 
 def pty_write(session: SessionRef, data: bytes | str) -> None:
@@ -588,7 +675,7 @@ def pty_write(session: SessionRef, data: bytes | str) -> None:
         data = data.encode()
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise LinxValueError(("bad_data", data), f"pty_write takes bytes or str, not {data!r}")
-    _ask(session, "pty_write", bytes(data))
+    _ask(session, PtyWrite(bytes(data)))
 
 
 def _window_size_fields(size: Any) -> tuple | None:
@@ -616,7 +703,7 @@ def pty_set_winsize(session: SessionRef, size: Any) -> None:
         raise LinxValueError(
             ("bad_winsize", size), f"a window size is (rows, cols, xpixel, ypixel) of ints in 0..65535, not {size!r}"
         )
-    _ask(session, "pty_set_winsize", fields)
+    _ask(session, PtySetWinsize(fields))
 
 
 __all__ = [
@@ -639,5 +726,6 @@ __all__ = [
     "set_owner",
     "signal",
     "spawn",
+    "swap_owner",
     "wait",
 ]
