@@ -6,6 +6,18 @@ and calls ``proceed``. Events follow to the owner's mailbox, ending with exactly
 event. The module-level functions are the verbs (SPEC §2.3); the ``Session`` actor holds the
 state ladder (reference §2). This module never forks and never blocks the I/O thread.
 
+Events reach the owner in the order the agent sent them, by one of two hands. The session
+actor handles every event the I/O thread queues for it (``AgentConnection``). But while it has
+nothing queued or in hand, the I/O thread hands a live session's output (``stdout``,
+``stderr``, ``pty_out``) straight to an owner that is a ``Mailbox`` or an actor
+(``_deliver_directly``): a flood of output then costs no wake-up of the session actor. The
+first other event (``running``, the terminal event, ...) queues for the actor, and so does
+everything after it until the actor has handled it, which keeps the order: ``ready`` and
+``running`` before any output, all output before the terminal event. ``_owner_lock`` makes
+telling output and ``set_owner``'s swap atomic with each other, and is never held while
+anything is sent to the agent. The window's claim and credit (``flow``) are the same on
+both paths.
+
 >>> from linx_otp import process as P
 >>> import linx_otp
 >>> session = P.spawn(argv=["/bin/true"], auto_proceed=True)
@@ -54,6 +66,7 @@ Outcome = tuple
 """``("exited", code)``, ``("signaled", signum)``, ``("aborted",)`` or ``("error", errno, stage)``."""
 
 TERMINAL_EVENTS = ("exited", "signaled", "aborted", "error")
+OUTPUT_EVENTS = ("stdout", "stderr", "pty_out")
 
 OWNER_CHECK_SECONDS = 0.5
 """While an actor owner holds a full output window, how often its session checks that it lives."""
@@ -205,11 +218,14 @@ class Session(Actor):
         self._credit_on_tell = credit_on_tell(plan.owner)
         self._dropping_for_stopped_owner = False
         self._owner_check_pending = False
+        self._owner_lock = threading.Lock()
+        """Held while an output event is told to the owner (by this actor or the I/O thread) and
+        while the owner is swapped; nothing is sent to the agent while it is held."""
 
     # -- lifecycle -----------------------------------------------------------------------
 
     def on_start(self) -> None:
-        self._connection.listen(self._nudge)
+        self._connection.listen(self._nudge, self._deliver_directly)
 
     def _nudge(self) -> None:
         try:
@@ -320,7 +336,10 @@ class Session(Actor):
                     self._connection.send(protocol.encode_signal(signum))
                 self._pending_signals.clear()
             case ("pty_out" | "stdout" | "stderr", _):
-                self._emit_output(event)
+                with self._owner_lock:
+                    gone = self._emit_output(event)
+                if gone is not None:
+                    self._owner_stopped(gone)  # its claim stays: once the window is full, the agent drops
             case ("pty_in_dropped", _) | ("output_dropped", _, _):
                 self._emit(*event)
             case ("exited" | "signaled", _) | ("aborted",) | ("error", _, _):
@@ -332,26 +351,44 @@ class Session(Actor):
 
     # -- output flow control (SPEC §2.2; flow.py) -------------------------------------------
 
-    def _emit_output(self, event: tuple) -> None:
-        """Output goes to the owner holding a claim on the window; the owner gives it back."""
+    def _deliver_directly(self, event: tuple) -> bool:
+        """The I/O thread's fast path (``AgentConnection.listen``): hand an output event of a
+        live session straight to an owner that gives credit back by itself (a ``Mailbox`` or an
+        actor), sparing a wake-up of this actor per batch. False for anything else, which then
+        queues for this actor, in order. It sends nothing to the agent (the I/O thread must not
+        block): an owner found gone is left to this actor to deal with (``_CheckOwner``)."""
+        if event[0] not in OUTPUT_EVENTS or self._result is not None or self._stopping:
+            return False
+        with self._owner_lock:
+            if self._credit_on_tell:  # giving credit back sends a frame
+                return False
+            gone = self._emit_output(event)
+        if gone is not None:
+            tell_quietly(self.actor_ref, _CheckOwner(gone))
+        return True
+
+    def _emit_output(self, event: tuple) -> Any:
+        """Output goes to the owner holding a claim on the window; the owner gives it back.
+        Called with ``_owner_lock`` held; returns the owner if it is found gone, else None."""
         message = self._window.claim((EVENT_TAG, *event))
         owner = self._owner
         try:
             owner.tell(message)
         except pykka.ActorDeadError:
-            self._owner_stopped(owner)  # its claim stays: once the window is full, the agent drops
-            return
+            return owner
         except Exception:
             log.exception("delivering %r to %r failed", message[:2], owner)
             consumed(message)
-            return
+            return None
         if self._credit_on_tell:
             consumed(message)
         elif self._window.full and isinstance(owner, pykka.ActorRef):
             self._watch_owner(owner)
+        return None
 
     def _watch_owner(self, owner: pykka.ActorRef) -> None:
-        """An actor holds the whole window: if it stops it never gives it back, so check on it."""
+        """An actor holds the whole window: if it stops it never gives it back, so check on it.
+        Called with ``_owner_lock`` held."""
         if self._owner_check_pending:
             return
         self._owner_check_pending = True
@@ -359,13 +396,15 @@ class Session(Actor):
         reactor().call_later(OWNER_CHECK_SECONDS, lambda: tell_quietly(self.actor_ref, check))
 
     def _check_owner(self, owner: pykka.ActorRef) -> None:
-        self._owner_check_pending = False
-        if owner is not self._owner or self._dropping_for_stopped_owner:
-            return
-        if not owner.is_alive():
-            self._owner_stopped(owner)
-        elif self._window.full:
-            self._watch_owner(owner)
+        with self._owner_lock:
+            self._owner_check_pending = False
+            if owner is not self._owner or self._dropping_for_stopped_owner:
+                return
+            if owner.is_alive():
+                if self._window.full:
+                    self._watch_owner(owner)
+                return
+        self._owner_stopped(owner)
 
     def _owner_stopped(self, owner: Any) -> None:
         """The owner actor has stopped and will never take output: rather than block the
@@ -379,15 +418,6 @@ class Session(Actor):
         self._window.forgive()  # what it held will never be taken; what it is told from now on fills the window
         if self._plan.request.output_mode != protocol.OUTPUT_DROP:
             self._connection.send(protocol.encode_output_mode(protocol.OUTPUT_DROP))
-
-    def _restore_output_mode(self) -> None:
-        """A new owner after one that had stopped: a whole window and the session's own mode again."""
-        if not self._dropping_for_stopped_owner:
-            return
-        self._dropping_for_stopped_owner = False
-        self._window.forgive()  # what the stopped owner was told since will never be taken
-        if self._plan.request.output_mode != protocol.OUTPUT_DROP:
-            self._connection.send(protocol.encode_output_mode(self._plan.request.output_mode))
 
     def _finish(self, outcome: Outcome) -> None:
         self._result = outcome
@@ -473,10 +503,21 @@ class Session(Actor):
         return "starting"
 
     def _set_owner(self, owner: Any) -> Any:
-        """The window carries over: output the previous owner holds counts until it is taken."""
-        previous, self._owner = self._owner, owner
-        self._credit_on_tell = credit_on_tell(owner)
-        self._restore_output_mode()
+        """The window carries over: output the previous owner holds counts until it is taken.
+        The swap is atomic with the I/O thread's deliveries (``_owner_lock``): every output
+        event goes to the old owner or the new one, none is lost, and none reaches the old one
+        once this has returned. A new owner after one that had stopped gets a whole window and
+        the session's own output mode again."""
+        with self._owner_lock:
+            previous, self._owner = self._owner, owner
+            self._credit_on_tell = credit_on_tell(owner)
+            restore, self._dropping_for_stopped_owner = self._dropping_for_stopped_owner, False
+            # what the stopped owner was told will never be taken
+            credit = self._window.forgive_without_sending() if restore else 0
+        if restore:
+            self._window.give_credit(credit)
+            if self._plan.request.output_mode != protocol.OUTPUT_DROP:
+                self._connection.send(protocol.encode_output_mode(self._plan.request.output_mode))
         return previous
 
     def _pty_write(self, data: bytes) -> None:
