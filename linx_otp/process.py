@@ -66,7 +66,6 @@ Outcome = tuple
 """``("exited", code)``, ``("signaled", signum)``, ``("aborted",)`` or ``("error", errno, stage)``."""
 
 TERMINAL_EVENTS = ("exited", "signaled", "aborted", "error")
-OUTPUT_EVENTS = ("stdout", "stderr", "pty_out")
 
 OWNER_CHECK_SECONDS = 0.5
 """While an actor owner holds a full output window, how often its session checks that it lives."""
@@ -357,7 +356,7 @@ class Session(Actor):
         actor), sparing a wake-up of this actor per batch. False for anything else, which then
         queues for this actor, in order. It sends nothing to the agent (the I/O thread must not
         block): an owner found gone is left to this actor to deal with (``_CheckOwner``)."""
-        if event[0] not in OUTPUT_EVENTS or self._result is not None or self._stopping:
+        if event[0] not in protocol.OUTPUT_EVENTS or self._result is not None or self._stopping:
             return False
         with self._owner_lock:
             if self._credit_on_tell:  # giving credit back sends a frame
