@@ -10,13 +10,13 @@ Events reach the owner in the order the agent sent them, by one of two hands. Th
 actor handles every event the I/O thread queues for it (``AgentConnection``). But while it has
 nothing queued or in hand, the I/O thread hands a live session's output (``stdout``,
 ``stderr``, ``pty_out``) straight to an owner that is a ``Mailbox`` or an actor
-(``_deliver_directly``): a flood of output then costs no wake-up of the session actor. The
+(``_deliver_directly``, ``takes_output_in_io_thread``): a flood of output then costs no wake-up of the session actor. The
 first other event (``running``, the terminal event, ...) queues for the actor, and so does
 everything after it until the actor has handled it, which keeps the order: ``ready`` and
 ``running`` before any output, all output before the terminal event. ``_owner_lock`` makes
-telling output and ``set_owner``'s swap atomic with each other, and is never held while
-anything is sent to the agent. The window's claim and credit (``flow``) are the same on
-both paths.
+telling output and ``set_owner``'s swap atomic with each other, so ``set_owner`` takes effect
+when it returns. The I/O thread sends nothing to the agent on this path (an owner found gone
+is this actor's to deal with), and the window's claim and credit (``flow``) are the same on both paths.
 
 >>> from linx_otp import process as P
 >>> import linx_otp
@@ -47,7 +47,7 @@ from .actor import Actor, ChildSpec, call, tell_quietly
 from .agent import AgentConnection
 from .errors import LinxError, LinxValueError, describe_outcome
 from .flow import OutputWindow, consumed
-from .mailbox import flush, mailbox, receive
+from .mailbox import Mailbox, flush, mailbox, receive
 from .options import SessionOptions, SessionPlan, check_owner, check_target, credit_on_tell, plan_session
 from .reactor import reactor
 
@@ -96,6 +96,14 @@ class Info:
                 stage = f"{stage}({where}/{number})"
         host = "" if self.host_pid is None else f" host={self.host_pid}"
         return f"<Info {self.mode} {stage}{host}{' pty' if self.pty else ''}>"
+
+
+def takes_output_in_io_thread(owner: Any) -> bool:
+    """Whether the I/O thread may tell ``owner`` output itself: a ``Mailbox`` or an actor, whose
+    ``tell`` only queues, and which give the window back by themselves (so the I/O thread never
+    sends credit). Any other owner's ``tell`` is code that could block, or send credit: its
+    session actor tells it, as every other event."""
+    return isinstance(owner, (Mailbox, pykka.ActorRef))
 
 
 def exit_reason(outcome: Outcome) -> Any:
@@ -215,11 +223,15 @@ class Session(Actor):
         ``"shutdown"`` (whatever ``linger`` says)."""
         self._window = OutputWindow(plan.request.output_window, connection.send)
         self._credit_on_tell = credit_on_tell(plan.owner)
+        self._owner_takes_output_in_io_thread = takes_output_in_io_thread(plan.owner)
         self._dropping_for_stopped_owner = False
         self._owner_check_pending = False
         self._owner_lock = threading.Lock()
         """Held while an output event is told to the owner (by this actor or the I/O thread) and
-        while the owner is swapped; nothing is sent to the agent while it is held."""
+        while the owner is swapped. The I/O thread never waits for it behind a send to the agent:
+        ``set_owner`` and ``_check_owner`` send only after releasing it, and this actor tells
+        output (and may send an on-tell owner's credit) only while it handles queued events,
+        when the I/O thread delivers nothing itself."""
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -352,14 +364,14 @@ class Session(Actor):
 
     def _deliver_directly(self, event: tuple) -> bool:
         """The I/O thread's fast path (``AgentConnection.listen``): hand an output event of a
-        live session straight to an owner that gives credit back by itself (a ``Mailbox`` or an
-        actor), sparing a wake-up of this actor per batch. False for anything else, which then
-        queues for this actor, in order. It sends nothing to the agent (the I/O thread must not
-        block): an owner found gone is left to this actor to deal with (``_CheckOwner``)."""
+        live session straight to its owner (see ``takes_output_in_io_thread``), sparing a
+        wake-up of this actor per batch. False for anything else, which then queues for this
+        actor, in order. It sends nothing to the agent (the I/O thread must not block): an
+        owner found gone is left to this actor to deal with (``_CheckOwner``)."""
         if event[0] not in protocol.OUTPUT_EVENTS or self._result is not None or self._stopping:
             return False
         with self._owner_lock:
-            if self._credit_on_tell:  # giving credit back sends a frame
+            if not self._owner_takes_output_in_io_thread:
                 return False
             gone = self._emit_output(event)
         if gone is not None:
@@ -510,6 +522,7 @@ class Session(Actor):
         with self._owner_lock:
             previous, self._owner = self._owner, owner
             self._credit_on_tell = credit_on_tell(owner)
+            self._owner_takes_output_in_io_thread = takes_output_in_io_thread(owner)
             restore, self._dropping_for_stopped_owner = self._dropping_for_stopped_owner, False
             # what the stopped owner was told will never be taken
             credit = self._window.forgive_without_sending() if restore else 0
