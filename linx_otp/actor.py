@@ -31,7 +31,7 @@ import queue
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import pykka
 
@@ -167,6 +167,27 @@ class Actor(pykka.ThreadingActor):
 
     def terminate(self, reason: Any) -> None:
         """Cleanup hook, run in the actor's thread once, however it ends."""
+
+    def take_queued_tells(self, selects: Callable[[Any], bool]) -> list[Any]:
+        """Remove and return the messages queued to this actor by ``tell`` that ``selects``
+        accepts, oldest first; everything else stays queued, in order. For ``terminate``: a
+        told message that expects an answer by other means (a future it carries) would never
+        get one from pykka's teardown, which only answers asks."""
+        # pykka-internal: pykka's ActorInbox protocol has no non-blocking get; a ThreadingActor's
+        # inbox is a queue.Queue of envelopes (message, reply_to). Only this thread takes from
+        # it, and once the actor has stopped tell refuses new messages, so emptying it and
+        # putting back what stays keeps the order.
+        inbox = cast("queue.Queue[Any]", self.actor_inbox)
+        taken, kept = [], []
+        while not inbox.empty():
+            envelope = inbox.get_nowait()
+            if envelope.reply_to is None and selects(envelope.message):
+                taken.append(envelope.message)
+            else:
+                kept.append(envelope)
+        for envelope in kept:
+            inbox.put(envelope)
+        return taken
 
     def shutdown_requested(self) -> None:
         """A supervisor asks this actor to end with ``"shutdown"``; it has the child spec's

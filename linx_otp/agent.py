@@ -6,6 +6,11 @@ and a pidfd with the reactor. Decoded events queue up in the connection; its lis
 session) is nudged and takes them. When the agent has exited and its socket is drained, a last
 ``("agent_exit", status)`` event follows, so the session can tell a silent death from a
 reported end. This module knows the wire, not the session's rules.
+
+The fast path: while no event waits for the listener (it has taken and handled everything), the
+I/O thread offers each new event to the listener's ``deliver`` callback, which may hand it on
+itself (the session delivers output straight to its owner). The first event it declines, and
+every event after it, queue up as usual, so events are handed on in the order they arrived.
 """
 
 from __future__ import annotations
@@ -79,7 +84,10 @@ class AgentConnection:
         self._events: deque[tuple] = deque()
         self._events_lock = threading.Lock()
         self._listener: Callable[[], None] | None = None
+        self._deliver: Callable[[tuple], bool] | None = None
         self._listener_nudged = False
+        """Events wait for the listener, or it holds some it has not handled: from the nudge
+        until ``take_events`` answers empty. While it is set, nothing is offered to ``deliver``."""
         self._socket_drained = False
         self._status: int | None = None
         self._proceed_on_ready = proceed_on_ready
@@ -139,11 +147,15 @@ class AgentConnection:
 
     # -- the session's side --------------------------------------------------------------
 
-    def listen(self, listener: Callable[[], None]) -> None:
-        """``listener()`` is called (from the I/O thread) whenever events wait in the queue."""
+    def listen(self, listener: Callable[[], None], deliver: Callable[[tuple], bool] | None = None) -> None:
+        """``listener()`` is called (from the I/O thread) whenever events wait in the queue.
+        ``deliver(event)``, if given, is offered each new event (in the I/O thread) while none
+        waits for the listener; it answers True if it has handed the event on itself. It must
+        be quick and never block (no sends to the agent: the I/O thread is what drains it)."""
         with self._events_lock:
             self._listener = listener
-            pending = bool(self._events)
+            self._deliver = deliver
+            pending = self._listener_nudged = bool(self._events)
         if pending:
             self._nudge()
 
@@ -200,6 +212,19 @@ class AgentConnection:
 
     # -- the I/O thread's side -----------------------------------------------------------
 
+    def _hand_on(self, events: list[tuple]) -> None:
+        """Offer ``events`` to ``deliver`` while nothing waits for the listener; queue the rest."""
+        with self._events_lock:
+            deliver = None if self._listener_nudged else self._deliver
+        if deliver is not None:
+            # Nothing can be queued meanwhile: only this thread queues.
+            delivered = 0
+            while delivered < len(events) and deliver(events[delivered]):
+                delivered += 1
+            events = events[delivered:]
+        if events:
+            self._queue(events)
+
     def _queue(self, events: list[tuple]) -> None:
         with self._events_lock:
             self._events.extend(events)
@@ -237,7 +262,7 @@ class AgentConnection:
             events = self._decoder.feed(memoryview(_receive_buffer)[:size])
             if self._proceed_on_ready and any(event[0] == "ready" for event in events):
                 self._auto_proceed()
-            self._queue(events)
+            self._hand_on(events)
             return
         if self._decoder.pending:
             self._queue([("malformed", b"truncated frame at end of stream")])

@@ -50,7 +50,8 @@ class OutputWindow:
 
     ``claim`` wraps an output event on its way to the owner; ``consumed`` gives it back.
     ``forgive`` gives back everything outstanding at once (the owner has stopped: what it held
-    will never be taken), and makes the claims made before it worthless."""
+    will never be taken), and makes the claims made before it worthless. Any thread may call
+    any of them (the session claims from its own thread and from the I/O thread)."""
 
     def __init__(self, size: int, send: Callable[[bytes], bool]) -> None:
         self.size = size
@@ -94,9 +95,18 @@ class OutputWindow:
 
     def forgive(self) -> None:
         """Give the agent back every outstanding byte; earlier claims no longer count."""
+        self.give_credit(self.forgive_without_sending())
+
+    def forgive_without_sending(self) -> int:
+        """``forgive``, but return the credit instead of sending it: the caller sends it with
+        ``give_credit`` once it has released a lock of its own."""
         with self._lock:
             credit, self._outstanding, self._taken = self._outstanding, 0, 0
             self._epoch += 1
+        return credit
+
+    def give_credit(self, credit: int) -> None:
+        """Send the agent ``credit`` bytes of room (nothing for 0)."""
         if credit:
             self._send(protocol.encode_credit(credit))
 

@@ -6,6 +6,18 @@ and calls ``proceed``. Events follow to the owner's mailbox, ending with exactly
 event. The module-level functions are the verbs (SPEC §2.3); the ``Session`` actor holds the
 state ladder (reference §2). This module never forks and never blocks the I/O thread.
 
+Events reach the owner in the order the agent sent them, by one of two hands. The session
+actor handles every event the I/O thread queues for it (``AgentConnection``). But while it has
+nothing queued or in hand, the I/O thread hands a live session's output (``stdout``,
+``stderr``, ``pty_out``) straight to an owner that is a ``Mailbox`` or an actor
+(``_deliver_directly``, ``takes_output_in_io_thread``): a flood of output then costs no wake-up of the session actor. The
+first other event (``running``, the terminal event, ...) queues for the actor, and so does
+everything after it until the actor has handled it, which keeps the order: ``ready`` and
+``running`` before any output, all output before the terminal event. ``_owner_lock`` makes
+telling output and ``set_owner``'s swap atomic with each other, so ``set_owner`` takes effect
+when it returns. The I/O thread sends nothing to the agent on this path (an owner found gone
+is this actor's to deal with), and the window's claim and credit (``flow``) are the same on both paths.
+
 >>> from linx_otp import process as P
 >>> import linx_otp
 >>> session = P.spawn(argv=["/bin/true"], auto_proceed=True)
@@ -31,11 +43,11 @@ from typing import Any, Unpack
 import pykka
 
 from . import protocol
-from .actor import Actor, ChildSpec, tell_quietly
+from .actor import Actor, ChildSpec, call, tell_quietly
 from .agent import AgentConnection
 from .errors import LinxError, LinxValueError, describe_outcome
 from .flow import OutputWindow, consumed
-from .mailbox import flush, mailbox, receive
+from .mailbox import Mailbox, flush, mailbox, receive
 from .options import SessionOptions, SessionPlan, check_owner, check_target, credit_on_tell, plan_session
 from .reactor import reactor
 
@@ -86,6 +98,14 @@ class Info:
         return f"<Info {self.mode} {stage}{host}{' pty' if self.pty else ''}>"
 
 
+def takes_output_in_io_thread(owner: Any) -> bool:
+    """Whether the I/O thread may tell ``owner`` output itself: a ``Mailbox`` or an actor, whose
+    ``tell`` only queues, and which give the window back by themselves (so the I/O thread never
+    sends credit). Any other owner's ``tell`` is code that could block, or send credit: its
+    session actor tells it, as every other event."""
+    return isinstance(owner, (Mailbox, pykka.ActorRef))
+
+
 def exit_reason(outcome: Outcome) -> Any:
     """The exit reason of a ``linger=False`` session that ended with ``outcome`` (SPEC §4)."""
     match outcome:
@@ -110,10 +130,72 @@ class _CheckOwner:
     owner: pykka.ActorRef
 
 
+# -- the session's messages: one class per verb, asked by the module's functions ---------------
+# Public so that a caller can ask without blocking (``session.ask(P.GetInfo(), block=False)``);
+# the functions below are the API.
+
+
 @dataclass(frozen=True)
-class _Verb:
-    name: str
-    args: tuple = ()
+class Proceed:
+    """Ask: let the parked child go on to execve (``proceed``)."""
+
+
+@dataclass(frozen=True)
+class Abort:
+    """Ask: discard the parked child unrun (``abort``)."""
+
+
+@dataclass(frozen=True)
+class Signal:
+    """Ask: send ``signum`` to the workload, or buffer it until ``running`` (``signal``)."""
+
+    signum: int
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Tell: set ``waiter``'s result to the outcome once there is one (``wait``). Told, not
+    asked, so that a timeout leaves nothing blocked in the session."""
+
+    waiter: concurrent.futures.Future
+
+
+@dataclass(frozen=True)
+class CancelWait:
+    """Ask: forget ``waiter``; answers the outcome if there is one already (``wait``'s timeout)."""
+
+    waiter: concurrent.futures.Future
+
+
+@dataclass(frozen=True)
+class GetHostPid:
+    """Ask: the workload's host pid (``host_pid``)."""
+
+
+@dataclass(frozen=True)
+class GetInfo:
+    """Ask: an ``Info`` snapshot (``info``)."""
+
+
+@dataclass(frozen=True)
+class SetOwner:
+    """Ask: send future events to ``owner``; answers the previous owner (``swap_owner``)."""
+
+    owner: Any
+
+
+@dataclass(frozen=True)
+class PtyWrite:
+    """Ask: type ``data`` into a running pty session (``pty_write``)."""
+
+    data: bytes
+
+
+@dataclass(frozen=True)
+class PtySetWinsize:
+    """Ask: set a pty session's window size, ``(rows, cols, xpixel, ypixel)`` (``pty_set_winsize``)."""
+
+    size: tuple[int, int, int, int]
 
 
 class Session(Actor):
@@ -133,16 +215,28 @@ class Session(Actor):
         self._waiters: list[concurrent.futures.Future] = []
         self._result: Outcome | None = None
         self._stopping = False
+        """The session is ending: ``terminate`` has begun, or ``_finish`` has asked for the exit.
+        Nothing may ask for an exit again (``_finish`` checks it)."""
         self._shutting_down = False
+        """A supervisor asked for a graceful stop (``shutdown_requested``) before the outcome:
+        the workload was sent SIGTERM or aborted, and the outcome ends the session with
+        ``"shutdown"`` (whatever ``linger`` says)."""
         self._window = OutputWindow(plan.request.output_window, connection.send)
         self._credit_on_tell = credit_on_tell(plan.owner)
+        self._owner_takes_output_in_io_thread = takes_output_in_io_thread(plan.owner)
         self._dropping_for_stopped_owner = False
         self._owner_check_pending = False
+        self._owner_lock = threading.Lock()
+        """Held while an output event is told to the owner (by this actor or the I/O thread) and
+        while the owner is swapped. The I/O thread never waits for it behind a send to the agent:
+        ``set_owner`` and ``_check_owner`` send only after releasing it, and this actor tells
+        output (and may send an on-tell owner's credit) only while it handles queued events,
+        when the I/O thread delivers nothing itself."""
 
     # -- lifecycle -----------------------------------------------------------------------
 
     def on_start(self) -> None:
-        self._connection.listen(self._nudge)
+        self._connection.listen(self._nudge, self._deliver_directly)
 
     def _nudge(self) -> None:
         try:
@@ -151,14 +245,33 @@ class Session(Actor):
             pass  # stopping: terminate() drains the rest itself
 
     def on_receive(self, message: Any) -> Any:
-        if message is _EVENTS_WAITING:
-            self._drain_events()
-            return None
-        if isinstance(message, _Verb):
-            return getattr(self, f"_verb_{message.name}")(*message.args)
-        if isinstance(message, _CheckOwner):
-            return self._check_owner(message.owner)
-        log.warning("session ignoring unexpected message %r", message)
+        match message:
+            case _EventsWaiting():
+                self._drain_events()
+            case Proceed():
+                self._proceed()
+            case Abort():
+                self._abort()
+            case Signal(signum):
+                self._signal(signum)
+            case Wait(waiter):
+                self._add_waiter(waiter)
+            case CancelWait(waiter):
+                return self._cancel_wait(waiter)
+            case GetHostPid():
+                return self._get_host_pid()
+            case GetInfo():
+                return self._info()
+            case SetOwner(owner):
+                return self._set_owner(owner)
+            case PtyWrite(data):
+                self._pty_write(data)
+            case PtySetWinsize(size):
+                self._pty_set_winsize(size)
+            case _CheckOwner(owner):
+                self._check_owner(owner)
+            case _:
+                log.warning("session ignoring unexpected message %r", message)
         return None
 
     def terminate(self, reason: Any) -> None:
@@ -190,21 +303,13 @@ class Session(Actor):
         if self._connection.claim_proceed():
             self._abort_claimed()
         else:
-            self._verb_signal(SIGTERM)
+            self._signal(SIGTERM)
 
     def _answer_queued_waits(self) -> None:
-        """``wait`` is told, not asked, so pykka's teardown would never answer one queued
-        behind the stop: answer those here, and put everything else back for the teardown
-        (which answers asks, and a second stop, itself)."""
-        others = []
-        while not self.actor_inbox.empty():
-            envelope = self.actor_inbox.get_nowait()
-            if isinstance(envelope.message, _Verb) and envelope.message.name == "wait":
-                self._verb_wait(*envelope.message.args)
-            else:
-                others.append(envelope)
-        for envelope in others:
-            self.actor_inbox.put(envelope)
+        """``Wait`` is told, not asked, so pykka's teardown would never answer one queued
+        behind the stop: answer those here (the teardown answers asks, and a second stop)."""
+        for message in self.take_queued_tells(lambda message: isinstance(message, Wait)):
+            self._add_waiter(message.waiter)
 
     # -- events from the agent -----------------------------------------------------------
 
@@ -242,7 +347,10 @@ class Session(Actor):
                     self._connection.send(protocol.encode_signal(signum))
                 self._pending_signals.clear()
             case ("pty_out" | "stdout" | "stderr", _):
-                self._emit_output(event)
+                with self._owner_lock:
+                    gone = self._emit_output(event)
+                if gone is not None:
+                    self._owner_stopped(gone)  # its claim stays: once the window is full, the agent drops
             case ("pty_in_dropped", _) | ("output_dropped", _, _):
                 self._emit(*event)
             case ("exited" | "signaled", _) | ("aborted",) | ("error", _, _):
@@ -254,26 +362,44 @@ class Session(Actor):
 
     # -- output flow control (SPEC §2.2; flow.py) -------------------------------------------
 
-    def _emit_output(self, event: tuple) -> None:
-        """Output goes to the owner holding a claim on the window; the owner gives it back."""
+    def _deliver_directly(self, event: tuple) -> bool:
+        """The I/O thread's fast path (``AgentConnection.listen``): hand an output event of a
+        live session straight to its owner (see ``takes_output_in_io_thread``), sparing a
+        wake-up of this actor per batch. False for anything else, which then queues for this
+        actor, in order. It sends nothing to the agent (the I/O thread must not block): an
+        owner found gone is left to this actor to deal with (``_CheckOwner``)."""
+        if event[0] not in protocol.OUTPUT_EVENTS or self._result is not None or self._stopping:
+            return False
+        with self._owner_lock:
+            if not self._owner_takes_output_in_io_thread:
+                return False
+            gone = self._emit_output(event)
+        if gone is not None:
+            tell_quietly(self.actor_ref, _CheckOwner(gone))
+        return True
+
+    def _emit_output(self, event: tuple) -> Any:
+        """Output goes to the owner holding a claim on the window; the owner gives it back.
+        Called with ``_owner_lock`` held; returns the owner if it is found gone, else None."""
         message = self._window.claim((EVENT_TAG, *event))
         owner = self._owner
         try:
             owner.tell(message)
         except pykka.ActorDeadError:
-            self._owner_stopped(owner)  # its claim stays: once the window is full, the agent drops
-            return
+            return owner
         except Exception:
             log.exception("delivering %r to %r failed", message[:2], owner)
             consumed(message)
-            return
+            return None
         if self._credit_on_tell:
             consumed(message)
         elif self._window.full and isinstance(owner, pykka.ActorRef):
             self._watch_owner(owner)
+        return None
 
     def _watch_owner(self, owner: pykka.ActorRef) -> None:
-        """An actor holds the whole window: if it stops it never gives it back, so check on it."""
+        """An actor holds the whole window: if it stops it never gives it back, so check on it.
+        Called with ``_owner_lock`` held."""
         if self._owner_check_pending:
             return
         self._owner_check_pending = True
@@ -281,13 +407,15 @@ class Session(Actor):
         reactor().call_later(OWNER_CHECK_SECONDS, lambda: tell_quietly(self.actor_ref, check))
 
     def _check_owner(self, owner: pykka.ActorRef) -> None:
-        self._owner_check_pending = False
-        if owner is not self._owner or self._dropping_for_stopped_owner:
-            return
-        if not owner.is_alive():
-            self._owner_stopped(owner)
-        elif self._window.full:
-            self._watch_owner(owner)
+        with self._owner_lock:
+            self._owner_check_pending = False
+            if owner is not self._owner or self._dropping_for_stopped_owner:
+                return
+            if owner.is_alive():
+                if self._window.full:
+                    self._watch_owner(owner)
+                return
+        self._owner_stopped(owner)
 
     def _owner_stopped(self, owner: Any) -> None:
         """The owner actor has stopped and will never take output: rather than block the
@@ -301,15 +429,6 @@ class Session(Actor):
         self._window.forgive()  # what it held will never be taken; what it is told from now on fills the window
         if self._plan.request.output_mode != protocol.OUTPUT_DROP:
             self._connection.send(protocol.encode_output_mode(protocol.OUTPUT_DROP))
-
-    def _restore_output_mode(self) -> None:
-        """A new owner after one that had stopped: a whole window and the session's own mode again."""
-        if not self._dropping_for_stopped_owner:
-            return
-        self._dropping_for_stopped_owner = False
-        self._window.forgive()  # what the stopped owner was told since will never be taken
-        if self._plan.request.output_mode != protocol.OUTPUT_DROP:
-            self._connection.send(protocol.encode_output_mode(self._plan.request.output_mode))
 
     def _finish(self, outcome: Outcome) -> None:
         self._result = outcome
@@ -329,7 +448,7 @@ class Session(Actor):
         if self._result is not None:
             raise LinxError("no_process", f"{verb}: the session has ended ({describe_outcome(self._result)})")
 
-    def _verb_proceed(self) -> None:
+    def _proceed(self) -> None:
         self._require_live("proceed")
         if self._running:
             raise LinxError("running", "proceed: the workload is already running")
@@ -338,7 +457,7 @@ class Session(Actor):
         if self._connection.claim_proceed():
             self._send(protocol.encode_command(protocol.CMD_PROCEED))
 
-    def _verb_abort(self) -> None:
+    def _abort(self) -> None:
         self._require_live("abort")
         if self._running or not self._connection.claim_proceed():
             raise LinxError("running", "abort: the workload is past the checkpoint; use signal()")
@@ -350,30 +469,30 @@ class Session(Actor):
         else:
             self._send(protocol.encode_command(protocol.CMD_ABORT))
 
-    def _verb_signal(self, signum: int) -> None:
+    def _signal(self, signum: int) -> None:
         self._require_live("signal")
         if self._running:
             self._send(protocol.encode_signal(signum))
         else:
             self._pending_signals.append(signum)
 
-    def _verb_wait(self, waiter: concurrent.futures.Future) -> None:
+    def _add_waiter(self, waiter: concurrent.futures.Future) -> None:
         if self._result is not None:
             waiter.set_result(self._result)
         else:
             self._waiters.append(waiter)
 
-    def _verb_cancel_wait(self, waiter: concurrent.futures.Future) -> Outcome | None:
+    def _cancel_wait(self, waiter: concurrent.futures.Future) -> Outcome | None:
         if waiter in self._waiters:
             self._waiters.remove(waiter)
         return self._result
 
-    def _verb_host_pid(self) -> int:
+    def _get_host_pid(self) -> int:
         if self._host_pid is None:
             raise LinxError("not_ready", "host_pid: the agent has not cloned the child yet")
         return self._host_pid
 
-    def _verb_info(self) -> Info:
+    def _info(self) -> Info:
         return Info(
             mode=self._plan.mode,
             stage=self._stage(),
@@ -394,14 +513,26 @@ class Session(Actor):
             return "spawned"
         return "starting"
 
-    def _verb_set_owner(self, owner: Any) -> Any:
-        """The window carries over: output the previous owner holds counts until it is taken."""
-        previous, self._owner = self._owner, owner
-        self._credit_on_tell = credit_on_tell(owner)
-        self._restore_output_mode()
+    def _set_owner(self, owner: Any) -> Any:
+        """The window carries over: output the previous owner holds counts until it is taken.
+        The swap is atomic with the I/O thread's deliveries (``_owner_lock``): every output
+        event goes to the old owner or the new one, none is lost, and none reaches the old one
+        once this has returned. A new owner after one that had stopped gets a whole window and
+        the session's own output mode again."""
+        with self._owner_lock:
+            previous, self._owner = self._owner, owner
+            self._credit_on_tell = credit_on_tell(owner)
+            self._owner_takes_output_in_io_thread = takes_output_in_io_thread(owner)
+            restore, self._dropping_for_stopped_owner = self._dropping_for_stopped_owner, False
+            # what the stopped owner was told will never be taken
+            credit = self._window.forgive_without_sending() if restore else 0
+        if restore:
+            self._window.give_credit(credit)
+            if self._plan.request.output_mode != protocol.OUTPUT_DROP:
+                self._connection.send(protocol.encode_output_mode(self._plan.request.output_mode))
         return previous
 
-    def _verb_pty_write(self, data: bytes) -> None:
+    def _pty_write(self, data: bytes) -> None:
         self._require_live("pty_write")
         if not self._pty:
             raise LinxError("no_pty", "pty_write: not a pty session (spawn with stdio='pty')")
@@ -410,7 +541,7 @@ class Session(Actor):
         for frame in protocol.encode_pty_input(data):
             self._send(frame)
 
-    def _verb_pty_set_winsize(self, size: tuple[int, int, int, int]) -> None:
+    def _pty_set_winsize(self, size: tuple[int, int, int, int]) -> None:
         self._require_live("pty_set_winsize")
         if not self._pty:
             raise LinxError("no_pty", "pty_set_winsize: not a pty session (spawn with stdio='pty')")
@@ -496,30 +627,27 @@ def child_spec(
     return ChildSpec(id=id, start=lambda: _start(plan), restart=restart, shutdown=shutdown)
 
 
-def _ask(session: SessionRef, verb: str, *args: Any) -> Any:
-    try:
-        return session.ask(_Verb(verb, args))
-    except pykka.ActorDeadError:
-        raise LinxError("no_process", f"{verb}: the session is gone") from None
+def _ask(session: SessionRef, message: Any) -> Any:
+    return call(session, message, "the session")
 
 
 def proceed(session: SessionRef) -> None:
     """Let a parked child go on to execve. Raises ``not_ready`` before ``ready``, ``running``
     once past the checkpoint, ``no_process`` once terminal."""
-    _ask(session, "proceed")
+    _ask(session, Proceed())
 
 
 def abort(session: SessionRef) -> None:
     """Discard a parked child unrun (buffered before ``ready``). Raises ``running`` once past
     the checkpoint, ``no_process`` once terminal."""
-    _ask(session, "abort")
+    _ask(session, Abort())
 
 
 def signal(session: SessionRef, signum: int) -> None:
     """Send ``signum`` (1..64) to the workload; buffered until ``running``, flushed in order."""
     if not isinstance(signum, int) or isinstance(signum, bool) or not 1 <= signum <= 64:
         raise LinxValueError(("bad_signal", signum), f"signum must be an int in 1..64, not {signum!r}")
-    _ask(session, "signal", int(signum))
+    _ask(session, Signal(int(signum)))
 
 
 def check_timeout(timeout: Any) -> float | None:
@@ -550,13 +678,13 @@ def wait(session: SessionRef, timeout: float | None = None) -> Outcome:
     timeout = check_timeout(timeout)
     waiter: concurrent.futures.Future = concurrent.futures.Future()
     try:
-        session.tell(_Verb("wait", (waiter,)))
+        session.tell(Wait(waiter))
     except pykka.ActorDeadError:
-        raise LinxError("no_process", "wait: the session is gone") from None
+        raise LinxError("no_process", "the session is gone (wait)") from None
     try:
         return waiter.result(timeout)
     except concurrent.futures.TimeoutError:
-        outcome = _ask(session, "cancel_wait", waiter)  # also catches an end that raced the timeout
+        outcome = _ask(session, CancelWait(waiter))  # also catches an end that raced the timeout
         if outcome is not None:
             return outcome
         raise TimeoutError(f"the workload is still live after {timeout} s") from None
@@ -564,22 +692,34 @@ def wait(session: SessionRef, timeout: float | None = None) -> Outcome:
 
 def host_pid(session: SessionRef) -> int:
     """The workload's host pid, from the moment the agent has cloned it."""
-    return _ask(session, "host_pid")
+    return _ask(session, GetHostPid())
 
 
 def info(session: SessionRef) -> Info:
     """A snapshot of the session's state."""
-    return _ask(session, "info")
+    return _ask(session, GetInfo())
 
 
 def set_owner(session: SessionRef, owner: Any = None) -> None:
     """Send future events to ``owner`` (None: the calling thread's mailbox), in any stage."""
-    _swap_owner(session, owner)
+    swap_owner(session, owner)
 
 
-def _swap_owner(session: SessionRef, owner: Any) -> Any:
-    """``set_owner`` that returns the previous owner (how ``tty.attach`` borrows a session)."""
-    return _ask(session, "set_owner", check_owner(owner))
+def swap_owner(session: SessionRef, owner: Any = None) -> Any:
+    """``set_owner`` that returns the previous owner, to give the session back later (how
+    ``tty.attach`` borrows a session).
+
+    >>> import linx_otp
+    >>> session = spawn(argv=["/bin/true"])
+    >>> borrower = linx_otp.Mailbox()
+    >>> swap_owner(session, borrower) is mailbox()
+    True
+    >>> swap_owner(session, mailbox()) is borrower
+    True
+    >>> session.stop(); flush() and None
+    True
+    """
+    return _ask(session, SetOwner(check_owner(owner)))
 
 
 def pty_write(session: SessionRef, data: bytes | str) -> None:
@@ -588,7 +728,7 @@ def pty_write(session: SessionRef, data: bytes | str) -> None:
         data = data.encode()
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise LinxValueError(("bad_data", data), f"pty_write takes bytes or str, not {data!r}")
-    _ask(session, "pty_write", bytes(data))
+    _ask(session, PtyWrite(bytes(data)))
 
 
 def _window_size_fields(size: Any) -> tuple | None:
@@ -616,7 +756,7 @@ def pty_set_winsize(session: SessionRef, size: Any) -> None:
         raise LinxValueError(
             ("bad_winsize", size), f"a window size is (rows, cols, xpixel, ypixel) of ints in 0..65535, not {size!r}"
         )
-    _ask(session, "pty_set_winsize", fields)
+    _ask(session, PtySetWinsize(fields))
 
 
 __all__ = [
@@ -639,5 +779,6 @@ __all__ = [
     "set_owner",
     "signal",
     "spawn",
+    "swap_owner",
     "wait",
 ]

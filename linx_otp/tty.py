@@ -160,7 +160,7 @@ def _open_terminal(terminal: int | None) -> tuple[int, bool]:
         return os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC), True
     except OSError as error:
         raise LinxError(
-            "no_local_tty", f"this process has no controlling terminal (/dev/tty: {os.strerror(error.errno)})"
+            "no_local_tty", f"this process has no controlling terminal (/dev/tty: {error.strerror or error})"
         ) from None
 
 
@@ -276,7 +276,7 @@ def attach(
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous_handlers: dict[int, Any] = {}
     try:
-        previous_owner = P._swap_owner(session, owner)
+        previous_owner = P.swap_owner(session, owner)
         if previous_owner is mailbox():
             _take_output_already_queued(owner)
         monitor(session, owner)

@@ -181,3 +181,41 @@ def test_call_answers_and_says_no_process_once_the_actor_is_gone():
     with pytest.raises(linx_otp.LinxError) as raised:
         call(ref, "hello", "the echo")
     assert raised.value.reason == "no_process" and "the echo is gone" in str(raised.value)
+
+
+class Collecting(linx_otp.Actor):
+    """Blocks on ``gate`` when told "wait"; at its end takes the queued tells that are ints."""
+
+    def __init__(self, gate, taken: list) -> None:
+        super().__init__()
+        self.gate = gate
+        self.taken = taken
+
+    def on_receive(self, message):
+        if message == "wait":
+            self.gate.wait(5)
+        if message == "quit now":
+            self.exit_now("normal")
+        return message
+
+    def terminate(self, reason):
+        self.taken.extend(self.take_queued_tells(lambda message: isinstance(message, int)))
+
+
+def test_take_queued_tells_takes_only_what_it_selects_and_leaves_asks_to_the_teardown(box):
+    """terminate takes the tells it selects, oldest first; the rest stay queued, and pykka's
+    teardown still answers an ask among them (with ActorDeadError)."""
+    gate, taken = threading.Event(), []
+    ref = Collecting.start(gate, taken)
+    linx_otp.monitor(ref, box)
+    ref.tell("wait")
+    ref.tell("quit now")
+    ref.tell(1)
+    asked = ref.ask(2, block=False)  # an int, but asked: not taken
+    ref.tell("three")
+    ref.tell(4)
+    gate.set()
+    assert box.receive(timeout=5)[2] == "normal"
+    assert taken == [1, 4]
+    with pytest.raises(pykka.ActorDeadError):
+        asked.get(timeout=5)

@@ -253,6 +253,59 @@ def test_set_owner_carries_the_window_over(box):
     session.stop()
 
 
+class Retiring(linx_otp.Mailbox):
+    """A mailbox that notes every message told to it once it is retired."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.retired = False
+        self.late: list = []
+
+    def tell(self, message) -> None:
+        if self.retired:
+            self.late.append(message)
+        super().tell(message)
+
+
+FLOOD_LINES = 2_000_000
+"""``seq 1 FLOOD_LINES`` writes about 15 MB: long enough to still be flowing after a few reads."""
+
+
+def test_a_flood_reaches_its_owner_in_order_with_one_terminal_event_last(box):
+    """Output goes from the I/O thread straight to a Mailbox owner; the session actor handles
+    the other events: ready and running come first, every byte once and in order, then exactly
+    one terminal event."""
+    session = spawn_counting(box, lines=FLOOD_LINES)
+    events = []
+    while not events or events[-1][1] not in P.TERMINAL_EVENTS:
+        events.append(box.receive(timeout=TIMEOUT))
+    kinds = [event[1] for event in events]
+    assert kinds[:2] == ["ready", "running"] and set(kinds[2:-1]) == {"stdout"} and kinds[-1] == "exited"
+    assert b"".join(event[2] for event in events[2:-1]) == numbers(FLOOD_LINES)
+    assert P.wait(session, TIMEOUT) == ("exited", 0)
+    session.stop()
+    assert box.flush() == []
+
+
+def test_set_owner_in_a_flood_takes_effect_when_it_returns():
+    """set_owner while output flows: no output reaches the old owner once it has returned, and
+    between the two owners every byte arrives once, in order."""
+    first, second = Retiring(), linx_otp.Mailbox()
+    session = spawn_counting(first, lines=FLOOD_LINES)
+    chunks = []
+    while len(chunks) < 5:
+        event = first.receive(timeout=TIMEOUT)
+        if event[1] == "stdout":
+            chunks.append(event[2])
+    P.set_owner(session, second)
+    first.retired = True
+    chunks += [event[2] for event in first.flush() if event[1] == "stdout"]
+    output, outcome = read_until_outcome(second)
+    assert first.late == [] and len(first) == 0
+    assert outcome == ("exited", 0) and output and b"".join(chunks) + output == numbers(FLOOD_LINES)
+    session.stop()
+
+
 # -- other owners ------------------------------------------------------------------------------------
 
 

@@ -788,7 +788,7 @@ def test_calls_queued_behind_a_stop_are_answered_never_dropped():
     for _ in range(30):
         session, _ = start_running(argv=["/bin/sleep", "60"])
         first_stop = session.stop(block=False)
-        queued = [session.ask(P._Verb("info"), block=False) for _ in range(5)]
+        queued = [session.ask(P.GetInfo(), block=False) for _ in range(5)]
         second_stop = session.stop(block=False)
         waiter = threading.Thread(target=reason_of, args=(P.wait, session))
         waiter.start()
