@@ -122,7 +122,8 @@ def test_the_demo_tree_comes_up_and_sigterm_leaves_nothing(running):
     assert demo.shows(r"web ! 10\.78\.0\.1 .* \"GET / HTTP/1\.1\" 200")
     status = demo.status()
     assert status["web"][2] == "running" and status["workers"][1] == "supervisor"
-    pids = [int(row[3]) for row in status.values() if row[3].isdigit()]
+    # crasher ends every two seconds by design: its pid may be gone by the time it is checked
+    pids = [int(row[3]) for child_id, row in status.items() if row[3].isdigit() and child_id != "crasher"]
     assert pids and all(process_alive(pid) for pid in pids)
     agents = agent_pids(demo.process.pid)  # the daemon's own, not those of any other linx-otp here
     assert agents
