@@ -23,14 +23,14 @@ from typing import Any
 
 import pykka
 
-from .. import cgroup as Cgroup
-from .. import mount as Mount
-from .. import netlink as Netlink
 from .. import process as P
 from .. import supervisor as S
 from .. import tty
-from .. import user as User
 from ..actor import monitor
+from ..checkpoint import cgroup as Cgroup
+from ..checkpoint import mount as Mount
+from ..checkpoint import netlink as Netlink
+from ..checkpoint import user as User
 from ..errors import LinxError
 from ..mailbox import Mailbox
 from .control import ControlServer, Request

@@ -31,10 +31,10 @@ from typing import Any
 from .. import options as session_options
 from .. import supervisor as S
 from ..actor import check_restart, check_shutdown
-from ..cgroup import check_limit
+from ..checkpoint.cgroup import check_limit
+from ..checkpoint.netlink import check_interface_name, check_ipv4_address, check_ipv4_prefixlen
+from ..checkpoint.user import render
 from ..errors import LinxError, LinxValueError
-from ..netlink import check_interface_name, check_ipv4_address, check_ipv4_prefixlen
-from ..user import render
 
 SUPERVISOR_KEYS = {"strategy", "max_restarts", "max_seconds"}
 SESSION_OPTION_CHECKS: dict[str, Callable[[Any], Any]] = {
