@@ -10,8 +10,8 @@ a fresh ``/proc`` with Docker's masks, a fresh read-only ``/sys``, and ``pivot_r
 (and cgroup files), so the promise holds for a workload in its own rootfs with a cgroup
 namespace, or with a non-root ``user``, or in a mapped user namespace.
 
-This module only builds values; ``setup`` does its mounts with ``linx_otp.mount`` and never
-touches the host's own mount namespace.
+This module only builds values; its ``setup`` is a ``linx_otp.Setup`` (``checkpoint.setup``
+does the mounts, never in the host's own mount namespace).
 
 >>> options = container()
 >>> sorted(options)
@@ -25,15 +25,12 @@ from __future__ import annotations
 import errno
 import functools
 import os
-import stat
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from ..errors import LinxOSError
-from . import mount as Mount
-from . import namespaces as Namespaces
 from .seccomp import Arg, Filter, Rule
+from .setup import MASKED_PATHS as MASKED_PATHS  # Docker's masks, re-exported: part of what container() promises
+from .setup import READONLY_PATHS as READONLY_PATHS
+from .setup import Setup
 
 DOCKER_DEFAULT_CAPABILITIES = (
     "chown dac_override fsetid fowner mknod net_raw setgid setuid setfcap setpcap net_bind_service sys_chroot kill "
@@ -45,45 +42,16 @@ CAPABILITIES = tuple(name for name in DOCKER_DEFAULT_CAPABILITIES if name != "mk
 
 NAMESPACES = ("pid", "mount", "net", "uts", "ipc", "cgroup")
 
-MASKED_PATHS = (
-    "/proc/acpi",
-    "/proc/asound",
-    "/proc/interrupts",
-    "/proc/kcore",
-    "/proc/keys",
-    "/proc/latency_stats",
-    "/proc/sched_debug",
-    "/proc/scsi",
-    "/proc/timer_list",
-    "/proc/timer_stats",
-    "/sys/devices/virtual/powercap",
-    "/sys/firmware",
-)
-"""Docker's masked paths (moby ``daemon/pkg/oci/defaults.go``): a file gets /dev/null bound
-over it, a directory an empty read-only tmpfs. Docker also masks each CPU's
-``thermal_throttle`` directory; so does ``setup`` (``_thermal_throttle``)."""
-
-READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
-"""Docker's read-only paths: bound onto themselves, read-only."""
-
 CLONE_NAMESPACE_FLAGS = 0x7E020000
 """CLONE_NEWNS | NEWCGROUP | NEWUTS | NEWIPC | NEWUSER | NEWPID | NEWNET: a ``clone`` with any of
 them is refused (Docker's rule for a workload without ``sys_admin``)."""
 
-NOSUID_NODEV_NOEXEC = Mount.MS_NOSUID | Mount.MS_NODEV | Mount.MS_NOEXEC
-READ_ONLY_NOSUID_NODEV_NOEXEC = Mount.MS_RDONLY | NOSUID_NODEV_NOEXEC
-
 
 def container(rootfs: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Spawn options for an untrusted workload (SPEC §5). ``setup`` is a callable
-    ``f(host_pid)`` to run at ``ready``, before ``proceed`` (``P.spawn(setup=)`` will run it
-    itself once the checkpoint's ``Setup`` lands)::
+    """Spawn options for an untrusted workload (SPEC §5). ``setup`` is a ``linx_otp.Setup``,
+    which the session runs at ``ready`` before it proceeds::
 
-        options = profiles.container("/srv/rootfs")
-        setup = options.pop("setup")
-        session = P.spawn(argv=["/bin/sh"], **options)
-        setup(linx_otp.receive(("linx_process", "ready"))[2])
-        P.proceed(session)
+        session = P.spawn(argv=["/bin/sh"], **profiles.container("/srv/rootfs"))
     """
     return {
         "namespaces": list(NAMESPACES),
@@ -127,91 +95,12 @@ def known_syscall(name: str) -> bool:
 # ---- the checkpoint set-up ---------------------------------------------------------------
 
 
-def container_setup(rootfs: str | os.PathLike | None = None) -> Callable[[int], None]:
-    """The set-up ``container()`` returns: ``f(host_pid)`` for a child parked in fresh pid,
-    mount and net namespaces (and a user namespace, mapped, when the caller is not root)."""
-    root = "" if rootfs is None else os.fspath(rootfs).rstrip("/")
-
-    def setup(host_pid: int) -> None:
-        for directory in ("proc", "sys"):
-            if root and not stat.S_ISDIR(os.lstat(f"{root}/{directory}").st_mode):
-                raise NotADirectoryError(errno.ENOTDIR, f"the rootfs needs a /{directory} directory", root)
-        if os.geteuid() != 0:  # each step through the agent, inside the child's user namespace
-            Mount.mount_proc(host_pid, f"{root}/proc")
-            _harden_mounts(root, host_pid)
-            return
-
-        def in_the_childs_namespaces() -> bool:
-            if not _mount_proc_for(host_pid, f"{root}/proc"):
-                return False
-            _harden_mounts(root, None)
-            return True
-
-        # One thread in the child's mount and net namespaces does it all where the kernel can
-        # mount a proc for another pid namespace; elsewhere the proc is mounted through the agent.
-        if not Namespaces.run_in(host_pid, ["net", "mount"], in_the_childs_namespaces):
-            Mount.mount_proc(host_pid, f"{root}/proc")
-            Namespaces.run_in(host_pid, ["net", "mount"], lambda: _harden_mounts(root, None))
-
-    return setup
-
-
-def _mount_proc_for(host_pid: int, target: str) -> bool:
-    """A proc for the pid namespace of ``host_pid`` at ``target``, from a thread in its mount
-    namespace, with procfs's ``pidns=`` option; False where the kernel does not have it."""
-    try:
-        Mount.mount("proc", target, "proc", NOSUID_NODEV_NOEXEC, f"pidns=/proc/{host_pid}/ns/pid")
-    except LinxOSError as error:
-        if error.errno == errno.EINVAL:
-            return False
-        raise
-    return True
-
-
-def _harden_mounts(root: str, in_pid: int | None) -> None:
-    """A fresh read-only /sys, Docker's masks and read-only paths, then ``pivot_root``.
-    ``in_pid`` None: the calling thread is already in the child's mount and net namespaces."""
-    _mount_read_only("sysfs", f"{root}/sys", in_pid)  # a sysfs shows the netns of its mounter
-    for path in (*MASKED_PATHS, *_thermal_throttle(root, in_pid)):
-        match _kind(root + path, in_pid):
-            case "directory":
-                _mount_read_only("tmpfs", root + path, in_pid)
-            case "file":
-                Mount.bind("/dev/null", root + path, recursive=False, in_pid=in_pid)
-    for path in READONLY_PATHS:
-        if _kind(root + path, in_pid) is not None:
-            Mount.bind(root + path, root + path, readonly=True, in_pid=in_pid)
-    if root:
-        Mount.pivot_root(root, in_pid=in_pid)
-
-
-def _mount_read_only(fstype: str, target: str, in_pid: int | None) -> None:
-    """A fresh read-only, nosuid, nodev, noexec ``fstype`` at ``target``."""
-    if in_pid is None:
-        Mount.mount(fstype, target, fstype, READ_ONLY_NOSUID_NODEV_NOEXEC)
-    else:  # through the agent: mount(8) takes the flags as options
-        Mount.mount(fstype, target, fstype, data="ro,nosuid,nodev,noexec", in_pid=in_pid)
-
-
-def _seen(path: str, in_pid: int | None) -> str:
-    """``path`` as the child's mount namespace sees it, from where this code runs."""
-    return path if in_pid is None else f"/proc/{in_pid}/root{path}"
-
-
-def _kind(path: str, in_pid: int | None) -> str | None:
-    """ "file", "directory" or None (absent, or a symbolic link, which is never followed)."""
-    try:
-        mode = os.lstat(_seen(path, in_pid)).st_mode
-    except FileNotFoundError:
-        return None
-    if stat.S_ISDIR(mode):
-        return "directory"
-    return None if stat.S_ISLNK(mode) else "file"
-
-
-def _thermal_throttle(root: str, in_pid: int | None) -> list[str]:
-    cpus = Path(_seen(f"{root}/sys/devices/system/cpu", in_pid))
-    return [f"/sys/devices/system/cpu/{cpu.name}/thermal_throttle" for cpu in sorted(cpus.glob("cpu[0-9]*"))]
+def container_setup(rootfs: str | os.PathLike | None = None) -> Setup:
+    """The set-up ``container()`` returns, for a child parked in fresh pid, mount and net
+    namespaces (and a user namespace, mapped, when the caller is not root): a fresh /proc with
+    Docker's masks (``setup.MASKED_PATHS``, ``setup.READONLY_PATHS``), a fresh read-only /sys,
+    and ``pivot_root`` into ``rootfs`` when given."""
+    return Setup(proc=True, sys=True, masked=True, rootfs=None if rootfs is None else os.fspath(rootfs))
 
 
 # ---- data derived from moby's profiles/seccomp/default.json --------------------------------
