@@ -24,7 +24,7 @@ import re
 import tomllib
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +33,17 @@ from .. import supervisor as S
 from ..actor import check_restart, check_shutdown
 from ..checkpoint.cgroup import check_limit
 from ..checkpoint.netlink import check_interface_name, check_ipv4_address, check_ipv4_prefixlen
-from ..checkpoint.user import render
-from ..errors import LinxError, LinxValueError
+from ..checkpoint.setup import (
+    Limits,
+    MountEntry,
+    Setup,
+    Veth,
+    check_hostname,
+    check_id_map,
+    check_mounts,
+    check_rootfs,
+)
+from ..errors import LinxValueError
 
 SUPERVISOR_KEYS = {"strategy", "max_restarts", "max_seconds"}
 SESSION_OPTION_CHECKS: dict[str, Callable[[Any], Any]] = {
@@ -47,12 +56,22 @@ SESSION_OPTION_CHECKS: dict[str, Callable[[Any], Any]] = {
 }
 WORKLOAD_KEYS = {"id", "type", "stdio", "restart", "shutdown", "log", "setup"} | set(SESSION_OPTION_CHECKS)
 NESTED_KEYS = {"id", "type", "restart", "shutdown", "child"} | SUPERVISOR_KEYS
-SETUP_KEYS = {"hostname", "veth", "uid_map", "gid_map", "cgroup"}
+SETUP_KEYS = {field.name for field in fields(Setup)}
+SETUP_NAMESPACES = {
+    "hostname": "uts",
+    "veth": "net",
+    "uid_map": "user",
+    "gid_map": "user",
+    "mounts": "mount",
+    "proc": "mount",
+    "sys": "mount",
+    "masked": "mount",
+    "rootfs": "mount",
+}
+"""The namespace each ``[child.setup]`` key needs the child to have (``proc`` needs pid too)."""
 VETH_KEYS = {"host", "address", "prefixlen", "gateway", "host_address"}
 CGROUP_LIMITS = {"memory_max": "memory", "pids_max": "pids", "cpu_max": "cpu"}
 CAPTURE = "capture"
-HOSTNAME_MAX_BYTES = 64
-_HOSTNAME_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 _CHILD_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 DEFAULT_INSTANCE = "default"
 
@@ -64,20 +83,6 @@ class TreeError(LinxValueError):
     def __init__(self, file: str, problems: list[tuple[str, str]]) -> None:
         self.file, self.problems = file, list(problems)
         super().__init__(("bad_tree", file, tuple(problems)), "\n".join(f"{file}: {w}: {what}" for w, what in problems))
-
-
-@dataclass(frozen=True)
-class Setup:
-    """What the runner does at a child's checkpoint, in this order."""
-
-    uid_map: list | None = None
-    gid_map: list | None = None
-    hostname: str | None = None
-    veth: dict | None = None
-    cgroup: dict | None = None
-
-    def __bool__(self) -> bool:
-        return any(value is not None for value in (self.uid_map, self.gid_map, self.hostname, self.veth, self.cgroup))
 
 
 @dataclass(frozen=True)
@@ -307,39 +312,66 @@ class _Checker:
         return stdio, capture
 
     def setup(self, table: Any, where: str, namespaces: set[str]) -> Setup:
+        """``[child.setup]`` as a ``linx_otp.Setup``: each key checked at its key path by the
+        check ``Setup`` itself uses, then the value built (which checks how keys go together)."""
         if not self.keys(table, SETUP_KEYS, where):
             return Setup()
-        requires = {"hostname": "uts", "veth": "net", "uid_map": "user", "gid_map": "user"}
-        for key, namespace in requires.items():
+        for key, namespace in SETUP_NAMESPACES.items():
             if key in table and namespace not in namespaces:
                 self.note(f"{where}.{key}", f"needs the {namespace!r} namespace in this child's namespaces")
-        if "hostname" in table:
-            self.check(f"{where}.hostname", check_hostname, table["hostname"])
-        veth = self.veth(table.get("veth"), f"{where}.veth")
+        if "proc" in table and "pid" not in namespaces:
+            self.note(f"{where}.proc", "a fresh /proc needs the 'pid' namespace in this child's namespaces")
         if ("uid_map" in table) != ("gid_map" in table):
             missing = "gid_map" if "uid_map" in table else "uid_map"
             self.note(f"{where}.{missing}", "missing: uid_map and gid_map come together")
-        maps = {}
+        values: dict[str, Any] = {}
         for key in ("uid_map", "gid_map"):
             if key in table:
-                maps[key] = self.check(f"{where}.{key}", _id_map, table[key])
-        cgroup = table.get("cgroup")
-        if cgroup is not None and self.keys(cgroup, set(CGROUP_LIMITS), f"{where}.cgroup"):
-            cgroup = {
-                key: (tuple(v) if isinstance(v, list) else v) for key, v in cgroup.items() if key in CGROUP_LIMITS
-            }
-            for key, value in cgroup.items():
-                self.check(f"{where}.cgroup.{key}", lambda v, k=key: check_limit(CGROUP_LIMITS[k], v), value)
-        return Setup(
-            uid_map=maps.get("uid_map"),
-            gid_map=maps.get("gid_map"),
-            hostname=table.get("hostname"),
-            veth=veth,
-            cgroup=cgroup if isinstance(cgroup, dict) else None,
-        )
+                values[key] = self.check(f"{where}.{key}", lambda v, k=key: check_id_map(k, v), table[key])
+        if "hostname" in table:
+            values["hostname"] = self.check(f"{where}.hostname", check_hostname, table["hostname"])
+        if "veth" in table:
+            values["veth"] = self.veth(table["veth"], f"{where}.veth")
+        if "cgroup" in table:
+            values["cgroup"] = self.cgroup(table["cgroup"], f"{where}.cgroup")
+        if "mounts" in table:
+            values["mounts"] = self.mounts(table["mounts"], f"{where}.mounts")
+        for key in ("proc", "sys", "masked"):
+            if key in table:
+                values[key] = self.check(
+                    f"{where}.{key}", lambda v, k=key: session_options.check_bool(k, v), table[key]
+                )
+        if "rootfs" in table:
+            values["rootfs"] = self.check(f"{where}.rootfs", check_rootfs, table["rootfs"])
+        given = {key: value for key, value in values.items() if value is not None}
+        if len(given) != len(values) or ("uid_map" in given) != ("gid_map" in given):
+            return Setup()  # the problems are noted already
+        return self.check(where, lambda v: Setup(**v), given) or Setup()
 
-    def veth(self, veth: Any, where: str) -> dict | None:
-        if veth is None or not self.keys(veth, VETH_KEYS, where):
+    def cgroup(self, cgroup: Any, where: str) -> Limits | None:
+        if not self.keys(cgroup, set(CGROUP_LIMITS), where):
+            return None
+        limits = {key: (tuple(v) if isinstance(v, list) else v) for key, v in cgroup.items() if key in CGROUP_LIMITS}
+        checked = [
+            self.check(f"{where}.{key}", lambda v, k=key: check_limit(CGROUP_LIMITS[k], v), value)
+            for key, value in limits.items()
+        ]
+        if None in checked or len(limits) != len(cgroup):
+            return None
+        return Limits(**limits)
+
+    def mounts(self, entries: Any, where: str) -> tuple[MountEntry, ...] | None:
+        if not isinstance(entries, list):
+            self.note(where, "mounts is a list of tables: [{ target, source, type, readonly, options }, ...]")
+            return None
+        checked = [
+            self.check(f"{where}[{index}]", lambda v: check_mounts([v])[0], entry)
+            for index, entry in enumerate(entries)
+        ]
+        return None if None in checked else tuple(checked)
+
+    def veth(self, veth: Any, where: str) -> Veth | None:
+        if not self.keys(veth, VETH_KEYS, where):
             return None
         for key in ("host", "address", "prefixlen"):
             if key not in veth:
@@ -351,34 +383,7 @@ class _Checker:
                 self.check(f"{where}.{key}", check_ipv4_address, veth[key])
         if "prefixlen" in veth:
             self.check(f"{where}.prefixlen", check_ipv4_prefixlen, veth["prefixlen"])
-        return dict(veth)
-
-
-def _id_map(entries: Any) -> list[tuple]:
-    if not isinstance(entries, list):
-        raise LinxValueError("bad_map", f"a map is a list of [inside, outside, length], not {entries!r}")
-    mapped = [tuple(entry) if isinstance(entry, list) else entry for entry in entries]
-    try:
-        render(mapped)
-    except LinxError as error:
-        raise LinxValueError("bad_map", f"a map is a list of [inside, outside, length]: {error}") from None
-    return mapped
-
-
-def check_hostname(name: Any) -> str:
-    """A host name (RFC 1123): labels of letters, digits and '-', at most 64 bytes in all.
-
-    >>> check_hostname("web-1.example")
-    'web-1.example'
-    """
-    if (
-        not isinstance(name, str)
-        or not 1 <= len(name.encode()) <= HOSTNAME_MAX_BYTES
-        or not all(_HOSTNAME_LABEL.match(label) for label in name.split("."))
-    ):
-        raise LinxValueError(
-            ("bad_hostname", name),
-            f"a host name is at most {HOSTNAME_MAX_BYTES} bytes of dot-separated labels "
-            f"(letters, digits, '-', not at either end), not {name!r}",
-        )
-    return name
+        try:
+            return Veth(**veth)
+        except (LinxValueError, TypeError):
+            return None  # each problem is noted above
