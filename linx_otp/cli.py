@@ -242,7 +242,8 @@ def spawn_options(arguments: argparse.Namespace) -> dict[str, Any]:
     if arguments.cap is not None:
         names = [name for given in arguments.cap for name in given.split(",") if name]
         options["capabilities"] = [] if names == ["none"] else names
-    return {**options, "argv": argv, "setup": setup or None, "stdio": "pty" if arguments.pty else "inherit"}
+    stdio = "pty" if arguments.pty else "inherit"
+    return {**options, "argv": argv, "setup": setup or None, "auto_proceed": True, "stdio": stdio}
 
 
 def _spawn(arguments: argparse.Namespace) -> int:
