@@ -28,11 +28,11 @@ from probes.build import build_probe
 from support import needs_root
 
 import linx_otp
-from linx_otp import mount as Mount
+from linx_otp import Setup, profiles
 from linx_otp import namespaces as Namespaces
 from linx_otp import netlink as Netlink
 from linx_otp import process as P
-from linx_otp import profiles
+from linx_otp.checkpoint import setup as checkpoint_setup
 from linx_otp.seccomp import Arg, Rule
 
 pytestmark = needs_root
@@ -115,31 +115,17 @@ def place(request) -> Place:
     return request.getfixturevalue("host_place" if request.param == "host filesystem" else "rootfs_place")
 
 
-def plain_setup(rootfs: Path | None):
-    """Without the profile: the same namespaces, a fresh /proc, the same rootfs."""
-
-    def setup(host_pid: int) -> None:
-        Mount.mount_proc(host_pid, f"{rootfs or ''}/proc")
-        if rootfs is not None:
-            Mount.pivot_root(rootfs, in_pid=host_pid)
-
-    return setup
-
-
 def run_probe(place: Place, argv: list[str], *, profiled: bool, user: int | None = None) -> tuple[tuple, list[str]]:
     """Runs one probe to its end: its outcome and the words it printed."""
     if profiled:
         options = profiles.container(place.rootfs)
-        setup = options.pop("setup")
-    else:
-        options, setup = {"namespaces": list(profiles.NAMESPACES)}, plain_setup(place.rootfs)
+    else:  # the same namespaces, a fresh /proc, the same rootfs
+        options = {"namespaces": list(profiles.NAMESPACES), "setup": Setup(proc=True, rootfs=place.rootfs)}
     if user is not None:
         options["user"] = user
     box = linx_otp.Mailbox()
     session = P.spawn(argv=argv, env={"PATH": "/bin"}, cwd="/", owner=box, stdio={"stdout": "capture"}, **options)
     try:
-        setup(box.receive(("linx_process", "ready"), timeout=TIMEOUT)[2])
-        P.proceed(session)
         outcome = P.wait(session, TIMEOUT)
     finally:
         session.stop()
@@ -356,7 +342,7 @@ def test_the_capabilities_are_dockers_default_minus_mknod():
 def test_without_procfs_pidns_the_profile_mounts_proc_through_the_agent(rootfs_place, monkeypatch):
     """Kernels without procfs's pidns= option answer EINVAL: the set-up then mounts the proc
     from inside the child's pid namespace, through the agent."""
-    monkeypatch.setattr(profiles, "_mount_proc_for", lambda host_pid, target: False)
+    monkeypatch.setattr(checkpoint_setup, "_mount_proc_for", lambda host_pid, root: False)
     script = "readlink /proc/1/exe; wc -c < /proc/keys"
     outcome, words = run_probe(rootfs_place, ["/bin/busybox", "sh", "-c", script], profiled=True)
     assert (outcome, words) == (("exited", 0), ["/bin/busybox", "0"])
