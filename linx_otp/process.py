@@ -316,7 +316,7 @@ class Session(Actor):
             self._connection.send(protocol.encode_output_mode(self._plan.request.output_mode))
 
     def _finish(self, outcome: Outcome) -> None:
-        if outcome == ("aborted",) and self._setup_failure is not None:
+        if self._setup_failure is not None:  # aborted, or killed with the set-up's cgroup
             outcome = self._setup_failure
         self._release_setup()
         self._result = outcome
@@ -343,7 +343,7 @@ class Session(Actor):
             number = error.errno if isinstance(error, OSError) and isinstance(error.errno, int) else 0
             self._setup_failure = ("error", number, "setup")
             if self._connection.claim_proceed():
-                self._abort_claimed()
+                self._connection.send(protocol.encode_command(protocol.CMD_ABORT))  # gone already: killed with it
             return
         self._setup_release = release if callable(release) else None
         if self._connection.claim_proceed():

@@ -352,7 +352,7 @@ def _mounts(setup: Setup, host_pid: int) -> None:
     step by step through the agent (an unprivileged caller, who cannot join it)."""
     root = setup.rootfs or ""
     if root:
-        for directory in ("proc", "sys") if setup.proc or setup.sys else ():
+        for directory in [name for name in ("proc", "sys") if getattr(setup, name)]:
             _require_directory(host_pid, root, f"/{directory}")
     if os.geteuid() != 0:
         _mounts_through_agent(setup, host_pid)
