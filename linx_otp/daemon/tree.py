@@ -20,7 +20,10 @@ String values may name the instance that runs the tree: ``${instance}`` (its nam
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import re
+import resource
 import tomllib
 import zlib
 from collections.abc import Callable
@@ -31,8 +34,10 @@ from typing import Any
 from .. import options as session_options
 from .. import supervisor as S
 from ..actor import check_restart, check_shutdown
+from ..checkpoint import profiles
 from ..checkpoint.cgroup import check_limit
 from ..checkpoint.netlink import check_interface_name, check_ipv4_address, check_ipv4_prefixlen
+from ..checkpoint.seccomp import Filter
 from ..checkpoint.setup import (
     Limits,
     MountEntry,
@@ -44,6 +49,7 @@ from ..checkpoint.setup import (
     check_rootfs,
 )
 from ..errors import LinxValueError
+from ..protocol import MODE_SPAWN
 
 SUPERVISOR_KEYS = {"strategy", "max_restarts", "max_seconds"}
 SESSION_OPTION_CHECKS: dict[str, Callable[[Any], Any]] = {
@@ -53,8 +59,20 @@ SESSION_OPTION_CHECKS: dict[str, Callable[[Any], Any]] = {
     "cwd": session_options.check_cwd,
     "no_new_privs": lambda value: session_options.check_bool("no_new_privs", value),
     "orphan_policy": session_options.check_orphan_policy,
+    "user": session_options.check_user,
+    "group": session_options.check_group,
+    "extra_groups": lambda value: session_options.check_extra_groups(value, None),
+    "umask": session_options.check_umask,
+    "rlimits": lambda value: session_options.check_rlimits(_rlimits(value)),
+    "capabilities": session_options.check_capabilities,
+    "seccomp": lambda value: _seccomp(value),
 }
-WORKLOAD_KEYS = {"id", "type", "stdio", "restart", "shutdown", "log", "setup"} | set(SESSION_OPTION_CHECKS)
+PROFILES = ("container",)
+"""``profile = "container"``: ``linx_otp.profiles.container()`` merged into the child (its
+namespaces added to the child's, its capabilities unless the child names its own, its seccomp
+filter, no_new_privs, and a fresh masked /proc and read-only /sys in the child's set-up)."""
+SECCOMP_KEYS = {"deny", "errno"}
+WORKLOAD_KEYS = {"id", "type", "stdio", "restart", "shutdown", "log", "setup", "profile"} | set(SESSION_OPTION_CHECKS)
 NESTED_KEYS = {"id", "type", "restart", "shutdown", "child"} | SUPERVISOR_KEYS
 SETUP_KEYS = {field.name for field in fields(Setup)}
 SETUP_NAMESPACES = {
@@ -280,20 +298,49 @@ class _Checker:
         restart, shutdown = self.restart_and_shutdown(table, where, 5.0)
         stdio, capture = self.stdio(table.get("stdio", "inherit"), f"{where}.stdio")
         options = {"argv": table.get("argv"), "stdio": stdio, "id": child_id, "restart": restart, "shutdown": shutdown}
+        problems_before = len(self.problems)
         for key, checker in SESSION_OPTION_CHECKS.items():
             if key in table:
                 value = tuple(table[key]) if key == "orphan_policy" and isinstance(table[key], list) else table[key]
-                self.check(f"{where}.{key}", checker, value)
+                checked = self.check(f"{where}.{key}", checker, value)
+                if key in ("rlimits", "seccomp"):
+                    value = _rlimits(value) if key == "rlimits" else checked
                 if key != "argv":
                     options[key] = value
         log = table.get("log")
         if log is not None and (not isinstance(log, str) or not log or "\0" in log or not capture):
             self.note(f"{where}.log", 'log is a file path, and needs stdio capturing a stream (stdio = "capture")')
-        namespaces = table.get("namespaces", ())
+        profile = self.profile(table, options, where)
+        namespaces = options.get("namespaces", ())
         setup = self.setup(
             table.get("setup", {}), f"{where}.setup", set(namespaces if isinstance(namespaces, list) else ())
         )
+        if profile is not None:
+            setup = dataclasses.replace(setup, proc=profile.proc, sys=profile.sys, masked=profile.masked)
+        if len(self.problems) == problems_before:  # each key is right: now how they go together
+            session = {key: value for key, value in options.items() if key not in ("id", "restart", "shutdown")}
+            self.check(where, lambda v: session_options.plan_session(mode=MODE_SPAWN, target=None, **v), session)
         return Workload(child_id, options, capture, log, setup)
+
+    def profile(self, table: dict, options: dict[str, Any], where: str) -> Setup | None:
+        """Merge ``profile = "container"`` into ``options``; returns the profile's set-up."""
+        if "profile" not in table:
+            return None
+        if table["profile"] not in PROFILES:
+            self.note(
+                f"{where}.profile", f"profile is one of {', '.join(map(repr, PROFILES))}, not {table['profile']!r}"
+            )
+            return None
+        if "seccomp" in table:
+            self.note(f"{where}.seccomp", "the container profile brings its own seccomp filter; leave seccomp out")
+        hardening = profiles.container()
+        own = options.get("namespaces", [])
+        if isinstance(own, list):
+            options["namespaces"] = own + [kind for kind in hardening["namespaces"] if kind not in own]
+        options.setdefault("capabilities", hardening["capabilities"])
+        options["seccomp"] = hardening["seccomp"]
+        options["no_new_privs"] = True
+        return hardening["setup"]
 
     def restart_and_shutdown(self, table: dict, where: str, default_shutdown: Any) -> tuple[str, Any]:
         restart = self.check(f"{where}.restart", check_restart, table.get("restart", "permanent"))
@@ -387,3 +434,23 @@ class _Checker:
             return Veth(**veth)
         except (LinxValueError, TypeError):
             return None  # each problem is noted above
+
+
+def _rlimits(table: Any) -> Any:
+    """TOML's view of rlimits: ``[soft, hard]`` arrays, and ``"infinity"`` for no limit."""
+    if not isinstance(table, dict):
+        return table
+
+    def limit(value: Any) -> Any:
+        return resource.RLIM_INFINITY if value == "infinity" else value
+
+    return {name: tuple(map(limit, v)) if isinstance(v, list) else limit(v) for name, v in table.items()}
+
+
+def _seccomp(table: Any) -> Filter:
+    """``seccomp = { deny = ["name", ...], errno = N }``: a deny list (everything else allowed)."""
+    if not isinstance(table, dict) or set(table) - SECCOMP_KEYS or not isinstance(table.get("deny"), list):
+        raise LinxValueError(
+            ("bad_seccomp", table), f"seccomp is {{ deny = [syscall names], errno = N (optional) }}, not {table!r}"
+        )
+    return Filter(deny=table["deny"], errno=table.get("errno", errno.EPERM))
