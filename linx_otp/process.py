@@ -336,8 +336,10 @@ class Session(Actor):
         """Run the plan's set-up on the parked child; on success proceed, on failure abort it
         unrun, and its terminal event becomes ``("error", errno, "setup")``. What the set-up
         returns, if callable, releases what it created: it runs when the incarnation ends."""
+        setup, host_pid = self._plan.setup, self._host_pid
+        assert setup is not None and host_pid is not None  # ready comes after spawned
         try:
-            release = self._plan.setup(self._host_pid)
+            release = setup(host_pid)
         except Exception as error:
             log.error("set-up of the child (host pid %s) failed; aborting it unrun", self._host_pid, exc_info=True)
             number = error.errno if isinstance(error, OSError) and isinstance(error.errno, int) else 0

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import functools
 import re
 import resource
 import tomllib
@@ -374,7 +375,7 @@ class _Checker:
         values: dict[str, Any] = {}
         for key in ("uid_map", "gid_map"):
             if key in table:
-                values[key] = self.check(f"{where}.{key}", lambda v, k=key: check_id_map(k, v), table[key])
+                values[key] = self.check(f"{where}.{key}", functools.partial(check_id_map, key), table[key])
         if "hostname" in table:
             values["hostname"] = self.check(f"{where}.hostname", check_hostname, table["hostname"])
         if "veth" in table:
@@ -386,7 +387,7 @@ class _Checker:
         for key in ("proc", "sys", "masked"):
             if key in table:
                 values[key] = self.check(
-                    f"{where}.{key}", lambda v, k=key: session_options.check_bool(k, v), table[key]
+                    f"{where}.{key}", functools.partial(session_options.check_bool, key), table[key]
                 )
         if "rootfs" in table:
             values["rootfs"] = self.check(f"{where}.rootfs", check_rootfs, table["rootfs"])
@@ -400,12 +401,12 @@ class _Checker:
             return None
         limits = {key: (tuple(v) if isinstance(v, list) else v) for key, v in cgroup.items() if key in CGROUP_LIMITS}
         checked = [
-            self.check(f"{where}.{key}", lambda v, k=key: check_limit(CGROUP_LIMITS[k], v), value)
+            self.check(f"{where}.{key}", functools.partial(check_limit, CGROUP_LIMITS[key]), value)
             for key, value in limits.items()
         ]
         if None in checked or len(limits) != len(cgroup):
             return None
-        return Limits(**limits)
+        return Limits(**limits)  # type: ignore[arg-type]  # each value checked above
 
     def mounts(self, entries: Any, where: str) -> tuple[MountEntry, ...] | None:
         if not isinstance(entries, list):
