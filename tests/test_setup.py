@@ -73,6 +73,8 @@ def test_a_setup_is_a_frozen_value_with_the_tree_files_keys():
         ({"uid_map": [(0, 0, 0)], "gid_map": [(0, 0, 1)]}, "bad_map"),
         ({"veth": {"host": "h", "address": "10.0.0.256", "prefixlen": 30}}, "bad_ipv4_address"),
         ({"veth": "lxh0"}, "bad_veth"),
+        ({"veth": {"host": "lxh0", "address": "10.0.0.2"}}, "bad_veth"),
+        ({"cgroup": {"pids": 3}}, "bad_cgroup"),
         ({"cgroup": {"pids_max": -1}}, "bad_pids_max"),
         ({"mounts": [{"target": "relative", "type": "tmpfs"}]}, "bad_mount"),
         ({"mounts": [{"target": "/x"}]}, "bad_mount"),

@@ -180,8 +180,8 @@ class Setup:
             "uid_map": lambda value: check_id_map("uid_map", value),
             "gid_map": lambda value: check_id_map("gid_map", value),
             "hostname": check_hostname,
-            "veth": lambda value: value if isinstance(value, Veth) else Veth(**_mapping("veth", value)),
-            "cgroup": lambda value: value if isinstance(value, Limits) else Limits(**_mapping("cgroup", value)),
+            "veth": lambda value: _table(Veth, "veth", value),
+            "cgroup": lambda value: _table(Limits, "cgroup", value),
             "rootfs": check_rootfs,
         }
         for name, check in convert.items():
@@ -200,12 +200,6 @@ class Setup:
 
     def __call__(self, host_pid: int) -> Release:
         return self.apply(host_pid)
-
-    def namespaces_needed(self) -> dict[str, str]:
-        """field → the namespace it needs the child to have (for load-time checks)."""
-        needs = {"uid_map": "user", "hostname": "uts", "veth": "net", "mounts": "mount", "rootfs": "mount"}
-        needs |= {"proc": "pid", "sys": "mount", "masked": "mount"}
-        return {name: kind for name, kind in needs.items() if getattr(self, name) not in (None, (), False)}
 
     def apply(
         self,
@@ -266,6 +260,21 @@ def _mapping(name: str, value: Any) -> dict[str, Any]:
     if not isinstance(value, Mapping):
         raise LinxValueError((f"bad_{name}", value), f"{name} is a table (mapping), not {value!r}")
     return dict(value)
+
+
+def _table(kind: type, name: str, value: Any) -> Any:
+    """A ``Veth`` or ``Limits`` given as itself or as a mapping of its fields."""
+    if isinstance(value, kind):
+        return value
+    table = _mapping(name, value)
+    unknown = set(table) - {f.name for f in fields(kind)}
+    if unknown:
+        expected = ", ".join(f.name for f in fields(kind))
+        raise LinxValueError((f"bad_{name}", sorted(unknown)), f"{name} has the keys {expected}, not {sorted(unknown)}")
+    try:
+        return kind(**table)
+    except TypeError as error:  # a required field missing
+        raise LinxValueError((f"bad_{name}", table), f"{name}: {error}") from None
 
 
 def check_id_map(name: str, entries: Any) -> tuple[tuple[int, int, int], ...]:
