@@ -9,10 +9,12 @@ import importlib
 import logging
 import os
 import shutil
+import textwrap
 import threading
 from pathlib import Path
 
 import pytest
+import test_user as rootless
 from support import cgroup_roots, needs_root, parked_at_the_checkpoint, run_scoped_name
 
 import linx_otp
@@ -309,3 +311,33 @@ def test_a_link_planted_by_a_previous_incarnation_cannot_send_a_mount_outside_th
     assert third[0] == ("exited", 0), third
     assert third[2].split()[-1] == "1"
     assert list(outside.iterdir()) == [] and list((rootfs / str(outside).lstrip("/")).iterdir()) == []
+
+
+# -- rootless: the same Setup from an ordinary user, each step through the agent -------------------
+
+importable_copy = rootless.importable_copy  # the fixture: linx_otp where the ordinary user can read it
+
+ROOTLESS = textwrap.dedent("""
+    import os, linx_otp
+    from linx_otp import process as P
+    setup = linx_otp.Setup(
+        uid_map=[(0, os.geteuid(), 1)],
+        gid_map=[(0, os.getegid(), 1)],
+        hostname="rootless",
+        mounts=[{"target": "/mnt", "type": "tmpfs"}],
+        proc=True,
+    )
+    script = "echo uid=$(id -u) host=$(hostname) procs: /proc/[0-9]*; grep -c ' /mnt tmpfs ' /proc/self/mounts"
+    session = P.spawn(
+        argv=["/bin/sh", "-c", script], namespaces=["user", "pid", "mount", "uts"], setup=setup, auto_proceed=True
+    )
+    print("outcome", P.wait(session, 20))
+    session.stop()
+""")
+
+
+@needs_root  # to become the ordinary user
+def test_an_ordinary_user_sets_up_rootless_with_the_same_setup(test_user, importable_copy, readable_directory):
+    result = rootless.run_as(test_user, importable_copy, readable_directory, "-c", ROOTLESS)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["uid=0 host=rootless procs: /proc/1", "1", "outcome ('exited', 0)"]
