@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import os
 import socket
 import struct
@@ -253,6 +254,9 @@ def _spawn(arguments: argparse.Namespace) -> int:
     from . import tty
 
     options = spawn_options(arguments)
+    reports = logging.StreamHandler(sys.stderr)  # why a set-up failed, say, in one line each
+    reports.setFormatter(_OneLine("linx-otp: %(message)s"))
+    logging.getLogger("linx_otp").addHandler(reports)
     session = P.spawn(**options)
     try:
         if arguments.pty:
@@ -265,6 +269,13 @@ def _spawn(arguments: argparse.Namespace) -> int:
     if outcome[0] == "error":
         print(f"linx-otp: {_describe_failure(options['argv'][0], outcome)}", file=sys.stderr)
     return exit_status(outcome)
+
+
+class _OneLine(logging.Formatter):
+    """A log record and its exception on one line each, without the traceback."""
+
+    def formatException(self, exc_info: Any) -> str:  # noqa: N802 (logging's name)
+        return f"linx-otp: {exc_info[1]}"
 
 
 def _ended(message: Any) -> bool:
