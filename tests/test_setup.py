@@ -9,6 +9,8 @@ import importlib
 import logging
 import os
 import shutil
+import subprocess
+import sys
 import textwrap
 import threading
 from pathlib import Path
@@ -341,3 +343,17 @@ def test_an_ordinary_user_sets_up_rootless_with_the_same_setup(test_user, import
     result = rootless.run_as(test_user, importable_copy, readable_directory, "-c", ROOTLESS)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["uid=0 host=rootless procs: /proc/1", "1", "outcome ('exited', 0)"]
+
+
+@needs_root
+def test_linx_otp_spawn_says_why_its_setup_failed(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "linx_otp", "spawn", "--ns", "mount,pid", "--mount-proc", "--rootfs", str(tmp_path)]
+        + ["--", "/bin/true"],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert result.returncode == 127, result
+    assert f"linx-otp: setup {tmp_path}/proc: ENOENT" in result.stderr, result.stderr
+    assert result.stderr.rstrip().endswith("linx-otp: setup failed: ENOENT (No such file or directory)")
