@@ -12,26 +12,28 @@ The workload is hardened with ``profiles.container()``: Docker's default capabil
 mknod, a seccomp profile at least as strict as Docker's (no mount, no namespaces, no module
 loading, no ptrace, ...), no_new_privs, and a /proc with Docker's masks and a read-only /sys.
 
+All of the set-up is one ``linx_otp.Setup`` value, which the session runs at the checkpoint
+(``P.spawn(setup=...)``) before it lets the shell start; what it creates on the host (the
+cgroup, the veth) is released when the shell ends.
+
 Steps (each is a few lines below, in this order):
 1. a busybox rootfs (Debian's busybox-static), made in a temporary directory;
-2. spawn /bin/sh with the container profile's options into fresh pid, mount, uts, ipc and net
-   namespaces (and user, unprivileged); the child parks at the checkpoint and we get its host pid;
-3. the hostname (unprivileged: first map root inside to our own uid and gid);
-4. a cgroup with a memory and a pids limit, the child placed in it (root only);
-5. a veth pair (root only), the peer created directly in the child's netns as eth0, addresses on both
-   ends, lo up and a default route via the host end (``netlink.setup_veth`` does all of
-   step 5 in one call; the single steps are spelled out here);
-6. device nodes bound into the rootfs;
-7. the profile's set-up: a fresh /proc for the child's pid namespace with Docker's masks, a
-   read-only /sys, then pivot_root into the rootfs: the workload sees only the rootfs;
-8. proceed: the shell starts with all of it in place from its first instruction; attach the
-   terminal, or run --command;
-9. clean up: stop the session, delete the cgroup and the veth, remove the rootfs.
+2. the set-up, one ``Setup``: unprivileged, a map of root inside to our own uid and gid; the
+   hostname; a cgroup with a memory and a pids limit (root only); a veth pair (root only), the
+   peer created directly in the child's netns as eth0, addresses on both ends, lo up and a
+   default route via the host end; device nodes bound into the rootfs; and the profile's part:
+   a fresh /proc for the child's pid namespace with Docker's masks, a read-only /sys, then
+   ``pivot_root`` into the rootfs, so that the workload sees only the rootfs;
+3. spawn /bin/sh with the container profile's options into fresh pid, mount, uts, ipc and net
+   namespaces (and user, unprivileged), with that set-up: the shell starts with all of it in
+   place from its first instruction; attach the terminal, or run --command;
+4. clean up: stop the session (its set-up's cgroup and veth go with it), remove the rootfs.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -40,12 +42,9 @@ import tempfile
 from pathlib import Path
 
 import linx_otp
-from linx_otp import cgroup as Cgroup
-from linx_otp import mount as Mount
-from linx_otp import netlink as Netlink
 from linx_otp import process as P
 from linx_otp import profiles, tty
-from linx_otp import user as User
+from linx_otp.checkpoint.setup import Limits, MountEntry, Release, Veth
 
 BUSYBOX = Path("/bin/busybox")
 DEVICES = ["null", "zero", "full", "random", "urandom", "tty"]
@@ -84,12 +83,30 @@ def main() -> int:
     namespaces = ["pid", "mount", "uts", "ipc", "net"] + ([] if privileged else ["user"])
     argv = ["/bin/sh"] if interactive else ["/bin/sh", "-c", arguments.command]
 
-    # Step 2: spawn with the container profile, parked at the checkpoint.
+    # Step 2: the set-up. The cgroup and the veth are named by the child's host pid, so the
+    # set-up is a function of it that applies the Setup with those names.
     hardening = profiles.container(rootfs)
-    setup = hardening.pop("setup")
+    setup = dataclasses.replace(
+        hardening.pop("setup"),
+        hostname=arguments.hostname,
+        uid_map=None if privileged else [(0, os.geteuid(), 1)],
+        gid_map=None if privileged else [(0, os.getegid(), 1)],
+        cgroup=Limits(memory_max=arguments.memory_max, pids_max=arguments.pids_max) if privileged else None,
+        mounts=[MountEntry(target=f"/dev/{device}", source=f"/dev/{device}") for device in DEVICES],
+    )
+    if not privileged:
+        print("unprivileged: no cgroup and no veth (they need root on the host)")
+
+    def set_up(pid: int) -> Release:
+        veth = Veth(f"lxc{pid}", CONTAINER_ADDRESS, PREFIX, gateway=HOST_ADDRESS, host_address=HOST_ADDRESS)
+        container = dataclasses.replace(setup, veth=veth) if privileged else setup
+        return container.apply(pid, cgroup_name=f"linx-container-{pid}")
+
+    # Step 3: spawn with the container profile; the session runs the set-up, then the shell.
     hardening["namespaces"] = namespaces  # no cgroup namespace: /proc/self/cgroup shows the host's path
     shell = P.spawn(
         **hardening,
+        setup=set_up,
         argv=argv,
         env={
             "PATH": "/bin",
@@ -100,45 +117,16 @@ def main() -> int:
         cwd="/",
         stdio="pty" if interactive else "inherit",
     )
-    _, _, pid = linx_otp.receive(("linx_process", "ready"), timeout=5)
-    host, cgroup, veth = None, None, f"lxc{pid}"
     try:
-        if not privileged:
-            User.map_self(pid)
-        Mount.hostname(arguments.hostname, in_pid=pid)  # step 3
-        if privileged:
-            cgroup = Cgroup.create(
-                f"linx-container-{pid}", memory_max=arguments.memory_max, pids_max=arguments.pids_max
-            )
-            Cgroup.add_process(cgroup, pid)  # step 4
-            host = Netlink.open()  # step 5
-            Netlink.create_veth(host, veth, "eth0", peer_pid=pid)
-            Netlink.add_address(host, veth, HOST_ADDRESS, PREFIX)
-            Netlink.set_up(host, veth)
-            inside = Netlink.open(pid)
-            Netlink.set_up(inside, "lo")
-            Netlink.add_address(inside, "eth0", CONTAINER_ADDRESS, PREFIX)
-            Netlink.set_up(inside, "eth0")
-            Netlink.add_default_route(inside, HOST_ADDRESS)
-            inside.close()
-        else:
-            print("unprivileged: no cgroup and no veth (they need root on the host)")
-        for device in DEVICES:  # step 6
-            Mount.bind(f"/dev/{device}", rootfs / "dev" / device, recursive=False, in_pid=pid)
-        setup(pid)  # step 7
-
-        P.proceed(shell)  # step 8
-        linx_otp.receive(("linx_process", "running"), timeout=5)
+        started = linx_otp.receive(lambda event: event[1] in ("running", *P.TERMINAL_EVENTS), timeout=10)
+        if started[1] != "running":
+            print("container:", started[1:])
+            return 1
         outcome = tty.attach(shell) if interactive else P.wait(shell)
         print("container:", outcome)
         return 0 if outcome in (("exited", 0), "detached") else 1
     finally:
-        shell.stop()  # step 9
-        if cgroup is not None:
-            Cgroup.destroy(cgroup, kill_first=True)
-        if host is not None:
-            Netlink.delete_link(host, veth, missing_ok=True)  # it may already be gone with the netns
-            host.close()
+        shell.stop()  # step 4: the session released the set-up's cgroup and veth when the shell ended
         shutil.rmtree(rootfs, ignore_errors=True)
 
 

@@ -15,10 +15,16 @@ True
 
 Modules: ``process`` (sessions and their verbs), ``supervisor`` (OTP supervisors and trees),
 ``mailbox`` (where events land), ``flow`` (output windows and ``consumed``), ``actor`` (the actor base, monitors and child specs),
-``errors``. The agent protocol is ``native/PROTOCOL.md``.
+``errors``, ``checkpoint`` (configuring a parked child from the host: ``Setup``, ``netlink``,
+``user``, ``cgroup``, ``mount``, ``seccomp``, ``profiles``). The agent protocol is
+``native/PROTOCOL.md``.
+
+``linx_otp.Setup`` (SPEC §6) is ``linx_otp.checkpoint.setup.Setup``, imported on first use so
+that ``import linx_otp`` does not load pyroute2.
 """
 
 import logging
+from typing import Any
 
 from . import tty
 from .actor import Actor, ChildSpec, demonitor, monitor, start_monitored
@@ -26,6 +32,15 @@ from .errors import LinxError, LinxValueError
 from .flow import consumed
 from .mailbox import Mailbox, flush, mailbox, receive
 from .process import Info
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Setup":
+        from .checkpoint.setup import Setup
+
+        return Setup
+    raise AttributeError(f"module 'linx_otp' has no attribute {name!r}")
+
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())  # reports show once the app configures logging
 
@@ -42,6 +57,7 @@ __all__ = [
     "mailbox",
     "monitor",
     "receive",
+    "Setup",
     "start_monitored",
     "tty",
 ]

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import protocol
+from .agent_image import sealed_executable
 from .errors import LinxError, errno_name
 from .reactor import reactor
 
@@ -113,7 +114,7 @@ class AgentConnection:
         try:
             theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
             pid = os.posix_spawn(
-                path,
+                sealed_executable(path),  # never the file itself (agent_image: CVE-2019-5736)
                 [path],
                 {},
                 file_actions=[(os.POSIX_SPAWN_DUP2, theirs.fileno(), 3)],

@@ -3,7 +3,8 @@ workload through the checkpoint.
 
     linx-otp [--name NAME] [--control PATH] run [TREE.toml] [--json]
     linx-otp [--name NAME] [--control PATH] status | restart ID | stop ID | start ID | attach ID | shutdown
-    linx-otp spawn [--ns net,pid,...] [--pty] [--hostname H] [--mount-proc] [-r] -- ARGV...
+    linx-otp spawn [--ns net,pid,...] [--pty] [--hostname H] [--mount-proc] [-r] [--rootfs DIR]
+                   [--user U] [--group G] [--cap NAME...] [--profile container] -- ARGV...
 
 ``--name`` and ``--control`` go before or after the subcommand. This module parses arguments
 and talks to the daemon (checking, before it sends anything, that the socket's server runs as
@@ -13,7 +14,9 @@ root or as the caller); the daemon is the ``daemon`` package.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import logging
 import os
 import socket
 import struct
@@ -81,6 +84,20 @@ def _parser() -> argparse.ArgumentParser:
     spawn.add_argument(
         "-r", "--map-root-user", action="store_true", help="root inside a new user namespace is you outside (adds user)"
     )
+    spawn.add_argument("--user", help="run it as this user (a name or a uid)")
+    spawn.add_argument("--group", help="run it with this group (a name or a gid)")
+    spawn.add_argument(
+        "--cap",
+        action="append",
+        help="keep this capability (net_bind_service, ...; repeat or comma-separate; 'none' for none at all)",
+    )
+    spawn.add_argument(
+        "--profile",
+        choices=["container"],
+        help="harden it: Docker's capabilities minus mknod, a strict seccomp filter, no_new_privs, a masked "
+        "/proc, a read-only /sys, and pid, mount, net, uts, ipc and cgroup namespaces",
+    )
+    spawn.add_argument("--rootfs", help="pivot_root into this directory at the checkpoint (adds mount)")
     spawn.add_argument("argv", nargs=argparse.REMAINDER, help="-- then the program and its arguments")
     spawn.set_defaults(action=_spawn)
     return parser
@@ -191,41 +208,80 @@ def _print_status(rows: list[dict]) -> None:
         print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=False)).rstrip())
 
 
-def _spawn(arguments: argparse.Namespace) -> int:
-    import linx_otp
-
-    from . import mount, tty, user
-    from . import process as P
+def spawn_options(arguments: argparse.Namespace) -> dict[str, Any]:
+    """``linx-otp spawn``'s flags as ``P.spawn`` options, its set-up a ``linx_otp.Setup``.
+    Checks everything ``P.spawn`` does not: raises ``LinxError`` before anything starts."""
+    from .checkpoint import profiles
+    from .checkpoint.setup import Setup
 
     argv = arguments.argv[1:] if arguments.argv[:1] == ["--"] else arguments.argv
     if not argv:
         raise LinxError("argv_required", "usage: linx-otp spawn [options] -- PROGRAM [ARGS...]")
-    namespaces = [name for name in arguments.ns.split(",") if name]
-    for flag, namespace in ((arguments.hostname, "uts"), (arguments.map_root_user, "user")):
-        if flag and namespace not in namespaces:
-            namespaces.append(namespace)
+    options: dict[str, Any] = profiles.container() if arguments.profile == "container" else {"namespaces": []}
+    setup = options.pop("setup", Setup())
+    namespaces = options["namespaces"]
+    namespaces += [name for name in arguments.ns.split(",") if name and name not in namespaces]
+    wanted = ((arguments.hostname, "uts"), (arguments.map_root_user, "user"), (arguments.rootfs, "mount"))
+    namespaces += [namespace for flag, namespace in wanted if flag and namespace not in namespaces]
     if arguments.mount_proc and not {"pid", "mount"} <= set(namespaces):
         raise LinxError("bad_mount_proc", "--mount-proc needs the pid and mount namespaces (--ns pid,mount,...)")
-    session = P.spawn(argv=argv, namespaces=namespaces, stdio="pty" if arguments.pty else "inherit")
+    if arguments.rootfs is not None and not os.path.isdir(arguments.rootfs):
+        raise LinxError(("bad_rootfs", arguments.rootfs), f"--rootfs {arguments.rootfs}: not a directory")
+    mapped = arguments.map_root_user
+    setup = dataclasses.replace(
+        setup,
+        hostname=arguments.hostname,
+        uid_map=[(0, os.geteuid(), 1)] if mapped else None,
+        gid_map=[(0, os.getegid(), 1)] if mapped else None,
+        proc=setup.proc or arguments.mount_proc,
+        rootfs=arguments.rootfs or setup.rootfs,
+    )
+    for flag in ("user", "group"):
+        value = getattr(arguments, flag)
+        if value is not None:
+            options[flag] = int(value) if value.isdigit() else value
+    if arguments.cap is not None:
+        names = [name for given in arguments.cap for name in given.split(",") if name]
+        options["capabilities"] = [] if names == ["none"] else names
+    stdio = "pty" if arguments.pty else "inherit"
+    return {**options, "argv": argv, "setup": setup or None, "auto_proceed": True, "stdio": stdio}
+
+
+def _spawn(arguments: argparse.Namespace) -> int:
+    import linx_otp
+
+    from . import process as P
+    from . import tty
+
+    options = spawn_options(arguments)
+    reports = logging.StreamHandler(sys.stderr)  # why a set-up failed, say, in one line each
+    reports.setFormatter(_OneLine("linx-otp: %(message)s"))
+    logging.getLogger("linx_otp").addHandler(reports)
+    session = P.spawn(**options)
     try:
-        _, _, pid = linx_otp.receive(("linx_process", "ready"), timeout=10)
-        if arguments.map_root_user:
-            user.map_self(pid)
-        if arguments.hostname:
-            mount.hostname(arguments.hostname, in_pid=pid)
-        if arguments.mount_proc:
-            mount.mount_proc(pid)
-        P.proceed(session)
         if arguments.pty:
-            linx_otp.receive(("linx_process", "running"), timeout=10)
-            outcome = tty.attach(session, detach_key=None)
+            started = linx_otp.receive(lambda message: message[:2] == ("linx_process", "running") or _ended(message))
+            outcome = started[1:] if _ended(started) else tty.attach(session, detach_key=None)
         else:
             outcome = P.wait(session)
     finally:
         session.stop()
     if outcome[0] == "error":
-        print(f"linx-otp: {_describe_failure(argv[0], outcome)}", file=sys.stderr)
+        print(f"linx-otp: {_describe_failure(options['argv'][0], outcome)}", file=sys.stderr)
     return exit_status(outcome)
+
+
+class _OneLine(logging.Formatter):
+    """A log record and its exception on one line each, without the traceback."""
+
+    def formatException(self, exc_info: Any) -> str:  # noqa: N802 (logging's name)
+        return f"linx-otp: {exc_info[1]}"
+
+
+def _ended(message: Any) -> bool:
+    from .process import TERMINAL_EVENTS
+
+    return isinstance(message, tuple) and message[:1] == ("linx_process",) and message[1] in TERMINAL_EVENTS
 
 
 def _describe_failure(program: str, outcome: tuple) -> str:

@@ -16,7 +16,7 @@ import math
 import os
 import pwd
 import resource
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
@@ -41,6 +41,8 @@ class SessionPlan:
     owner: Any
     linger: bool
     auto_proceed: bool
+    setup: Callable[[int], Any] | None = None
+    """Run by the session at ``ready`` (then it proceeds by itself); see ``check_setup``."""
 
     @property
     def mode(self) -> str:
@@ -474,6 +476,22 @@ class SessionOptions(TypedDict, total=False):
     rlimits: Mapping[str, int | tuple[int, int]] | None
     capabilities: Iterable[str] | None
     seccomp: Any
+    setup: Callable[[int], Any] | None
+
+
+def check_setup(setup: Any) -> Callable[[int], Any] | None:
+    """A ``linx_otp.Setup`` or any callable ``f(host_pid)`` (SPEC §6). It may return a
+    callable of no arguments, which the session calls when the incarnation ends, to release
+    what the set-up created (a ``Setup`` does).
+
+    >>> check_setup(None) is None, check_setup(print) is print
+    (True, True)
+    """
+    if setup is not None and not callable(setup):
+        raise LinxValueError(
+            ("bad_setup", setup), f"setup is a linx_otp.Setup or a callable f(host_pid), not {setup!r}"
+        )
+    return setup
 
 
 def plan_session(
@@ -499,6 +517,7 @@ def plan_session(
     rlimits: Any = None,
     capabilities: Any = None,
     seccomp: Any = None,
+    setup: Any = None,
 ) -> SessionPlan:
     """Validate everything, in order, and build the plan. Raises ``LinxValueError``; an
     option that does not exist is a ``TypeError``, as for any Python call."""
@@ -544,4 +563,5 @@ def plan_session(
         owner=check_owner(owner),
         linger=check_bool("linger", linger),
         auto_proceed=check_bool("auto_proceed", auto_proceed),
+        setup=check_setup(setup),
     )

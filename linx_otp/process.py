@@ -212,6 +212,8 @@ class Session(Actor):
         self._running = False
         self._pending_signals: list[int] = []
         self._pending_abort = False
+        self._setup_failure: Outcome | None = None
+        self._setup_release: Any = None
         self._waiters: list[concurrent.futures.Future] = []
         self._result: Outcome | None = None
         self._stopping = False
@@ -339,6 +341,8 @@ class Session(Actor):
                 self._emit("ready", self._host_pid)
                 if self._pending_abort:
                     self._connection.send(protocol.encode_command(protocol.CMD_ABORT))
+                elif self._plan.setup is not None:
+                    self._run_setup()
                 # auto_proceed was sent by the I/O thread already (AgentConnection)
             case ("running",):
                 self._running = True
@@ -431,6 +435,9 @@ class Session(Actor):
             self._connection.send(protocol.encode_output_mode(protocol.OUTPUT_DROP))
 
     def _finish(self, outcome: Outcome) -> None:
+        if self._setup_failure is not None:  # aborted, or killed with the set-up's cgroup
+            outcome = self._setup_failure
+        self._release_setup()
         self._result = outcome
         self._emit(*outcome)
         for waiter in self._waiters:
@@ -441,6 +448,36 @@ class Session(Actor):
         if self._shutting_down or not self._plan.linger:
             self._stopping = True
             self.exit("shutdown" if self._shutting_down else exit_reason(outcome))
+
+    # -- checkpoint set-up (SPEC §6): ``setup=`` runs at ready, then the session proceeds --------
+
+    def _run_setup(self) -> None:
+        """Run the plan's set-up on the parked child; on success proceed, on failure abort it
+        unrun, and its terminal event becomes ``("error", errno, "setup")``. What the set-up
+        returns, if callable, releases what it created: it runs when the incarnation ends."""
+        setup, host_pid = self._plan.setup, self._host_pid
+        assert setup is not None and host_pid is not None  # ready comes after spawned
+        try:
+            release = setup(host_pid)
+        except Exception as error:
+            log.error("set-up of the child (host pid %s) failed; aborting it unrun", self._host_pid, exc_info=True)
+            number = error.errno if isinstance(error, OSError) and isinstance(error.errno, int) else 0
+            self._setup_failure = ("error", number, "setup")
+            if self._connection.claim_proceed():
+                self._connection.send(protocol.encode_command(protocol.CMD_ABORT))  # gone already: killed with it
+            return
+        self._setup_release = release if callable(release) else None
+        if self._connection.claim_proceed():
+            self._connection.send(protocol.encode_command(protocol.CMD_PROCEED))
+
+    def _release_setup(self) -> None:
+        release, self._setup_release = self._setup_release, None
+        if release is None:
+            return
+        try:
+            release()
+        except Exception:
+            log.error("releasing what the set-up of host pid %s created failed", self._host_pid, exc_info=True)
 
     # -- verbs (each runs in the actor's thread; the order of checks is the ladder) ----------
 
@@ -554,7 +591,7 @@ SessionRef = pykka.ActorRef
 
 
 def _start(plan: SessionPlan) -> SessionRef:
-    connection = AgentConnection.start(protocol.encode_request(plan.request), plan.auto_proceed)
+    connection = AgentConnection.start(protocol.encode_request(plan.request), plan.auto_proceed and plan.setup is None)
     try:
         return Session.start(plan, connection)
     except RuntimeError as error:  # threading's "can't start new thread": out of processes
@@ -570,7 +607,9 @@ def spawn(**options: Unpack[SessionOptions]) -> SessionRef:
     The options are SPEC §2.1's: ``argv`` (required), ``namespaces``, ``env``, ``cwd``,
     ``stdio``, ``owner``, ``linger``, ``auto_proceed``, ``no_new_privs``, ``orphan_policy``,
     and flow control's ``output`` (``"block"``, the default, or ``"drop"``) and
-    ``output_window`` (bytes of output in flight to the owner, default 1 MiB; see ``flow``).
+    ``output_window`` (bytes of output in flight to the owner, default 1 MiB; see ``flow``),
+    and ``setup`` (SPEC §6: a ``linx_otp.Setup`` or a callable ``f(host_pid)``, run at
+    ``ready``; the session then proceeds by itself).
 
     >>> session = spawn(argv=["/bin/echo", "hello"], namespaces=["uts"], stdio="devnull")
     >>> receive(("linx_process", "ready"), timeout=5)[0]
@@ -613,7 +652,8 @@ def child_spec(
     ``linger=False``, so its outcome becomes its exit reason (SPEC §4). The options are
     checked now, and the owner is fixed now (default: the calling thread's mailbox); every
     restart spawns a new session with the same options and owner. A supervised session needs
-    ``auto_proceed=True`` unless something else proceeds it.
+    ``auto_proceed=True`` or a ``setup`` (run again for every incarnation) unless something
+    else proceeds it.
 
     >>> spec = child_spec(id="sleeper", argv=["sleep", "60"], auto_proceed=True)
     >>> spec.id, spec.restart, spec.shutdown, spec.type

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from support import needs_root, process_alive, run_scoped_name, wait_until
 
-from linx_otp import cgroup as C
 from linx_otp import process as P
+from linx_otp.checkpoint import cgroup as C
 from linx_otp.errors import LinxOSError, LinxValueError
 
 pytestmark = needs_root

@@ -12,7 +12,9 @@ file-backed loop device stands in for the host's disk."""
 from __future__ import annotations
 
 import errno
+import fcntl
 import itertools
+import mmap
 import os
 import shutil
 import signal
@@ -28,11 +30,13 @@ from probes.build import build_probe
 from support import needs_root
 
 import linx_otp
-from linx_otp import mount as Mount
+from linx_otp import Setup, agent_image, profiles
 from linx_otp import namespaces as Namespaces
 from linx_otp import netlink as Netlink
 from linx_otp import process as P
-from linx_otp import profiles
+from linx_otp.agent import agent_path
+from linx_otp.agent_image import sealed_executable
+from linx_otp.checkpoint import setup as checkpoint_setup
 from linx_otp.seccomp import Arg, Rule
 
 pytestmark = needs_root
@@ -115,31 +119,17 @@ def place(request) -> Place:
     return request.getfixturevalue("host_place" if request.param == "host filesystem" else "rootfs_place")
 
 
-def plain_setup(rootfs: Path | None):
-    """Without the profile: the same namespaces, a fresh /proc, the same rootfs."""
-
-    def setup(host_pid: int) -> None:
-        Mount.mount_proc(host_pid, f"{rootfs or ''}/proc")
-        if rootfs is not None:
-            Mount.pivot_root(rootfs, in_pid=host_pid)
-
-    return setup
-
-
 def run_probe(place: Place, argv: list[str], *, profiled: bool, user: int | None = None) -> tuple[tuple, list[str]]:
     """Runs one probe to its end: its outcome and the words it printed."""
     if profiled:
         options = profiles.container(place.rootfs)
-        setup = options.pop("setup")
-    else:
-        options, setup = {"namespaces": list(profiles.NAMESPACES)}, plain_setup(place.rootfs)
+    else:  # the same namespaces, a fresh /proc, the same rootfs
+        options = {"namespaces": list(profiles.NAMESPACES), "setup": Setup(proc=True, rootfs=place.rootfs)}
     if user is not None:
         options["user"] = user
     box = linx_otp.Mailbox()
     session = P.spawn(argv=argv, env={"PATH": "/bin"}, cwd="/", owner=box, stdio={"stdout": "capture"}, **options)
     try:
-        setup(box.receive(("linx_process", "ready"), timeout=TIMEOUT)[2])
-        P.proceed(session)
         outcome = P.wait(session, TIMEOUT)
     finally:
         session.stop()
@@ -356,7 +346,75 @@ def test_the_capabilities_are_dockers_default_minus_mknod():
 def test_without_procfs_pidns_the_profile_mounts_proc_through_the_agent(rootfs_place, monkeypatch):
     """Kernels without procfs's pidns= option answer EINVAL: the set-up then mounts the proc
     from inside the child's pid namespace, through the agent."""
-    monkeypatch.setattr(profiles, "_mount_proc_for", lambda host_pid, target: False)
+    monkeypatch.setattr(checkpoint_setup, "_mount_proc_for", lambda host_pid, root: False)
     script = "readlink /proc/1/exe; wc -c < /proc/keys"
     outcome, words = run_probe(rootfs_place, ["/bin/busybox", "sh", "-c", script], profiled=True)
     assert (outcome, words) == (("exited", 0), ["/bin/busybox", "0"])
+
+
+# -- CVE-2019-5736: the agent a workload sees is not the host's file ---------------------------------
+
+
+def test_an_entered_workload_cannot_write_the_host_agent_through_proc_exe():
+    """``enter`` parks a copy of the agent in the target's pid namespace. A workload there
+    opens ``/proc/<that copy>/exe`` for writing (refused), keeps it open for reading, and the
+    host then tries what the workload would do once no agent runs: reopen it for writing. It is
+    a sealed memfd, not ``linx-agent``: every write is refused, and the file is unchanged."""
+    agent_file = Path(agent_path())
+    before = agent_file.read_bytes()
+    box = linx_otp.Mailbox()
+    container = P.spawn(argv=["sleep", "60"], owner=box, **profiles.container())
+    parked = attacker = None
+    try:
+        box.receive(("linx_process", "running"), timeout=TIMEOUT)
+        target = P.host_pid(container)
+        parked = P.enter(target, argv=["/bin/true"], owner=box)
+        copy = box.receive(lambda event: event[1] == "ready" and event[2] != target, timeout=TIMEOUT)[2]
+        inside = P.info(parked).child_pid
+        script = f"(exec 4>>/proc/{inside}/exe) 2>/dev/null || echo refused; exec 3</proc/{inside}/exe; echo held; exec sleep 60"
+        attacker = P.enter(
+            target, argv=["/bin/sh", "-c", script], owner=box, stdio={"stdout": "capture"}, auto_proceed=True
+        )
+        output = b""
+        while b"held" not in output:
+            output += box.receive(lambda event: event[1] == "stdout", timeout=TIMEOUT)[2]
+        assert output.split()[:1] == [b"refused"], output
+        shell = P.host_pid(attacker)  # the shell, then the sleep it became, holding fd 3
+        exe = os.stat(f"/proc/{copy}/exe")
+        assert (exe.st_dev, exe.st_ino) != (agent_file.stat().st_dev, agent_file.stat().st_ino)
+        assert os.readlink(f"/proc/{shell}/fd/3").startswith("/memfd:")
+        P.abort(parked)
+        assert P.wait(parked, TIMEOUT) == ("aborted",)
+        for flags in (os.O_WRONLY, os.O_RDWR):
+            try:
+                reopened = os.open(f"/proc/{shell}/fd/3", flags)
+            except OSError as error:  # still executed by a live agent
+                assert error.errno == errno.ETXTBSY, error
+                continue
+            try:
+                with pytest.raises(PermissionError):  # the seals
+                    os.write(reopened, b"\x7fELF owned")
+                with pytest.raises(PermissionError):
+                    os.ftruncate(reopened, 0)
+            finally:
+                os.close(reopened)
+    finally:
+        for session in (attacker, parked, container):
+            if session is not None:
+                session.stop()
+    assert agent_file.read_bytes() == before
+
+
+def test_the_sealed_agent_image_refuses_every_write():
+    path = sealed_executable(agent_path())
+    descriptor = os.open(path, os.O_RDWR)
+    try:
+        assert fcntl.fcntl(descriptor, fcntl.F_GET_SEALS) & agent_image.SEALS == agent_image.SEALS
+        for attempt in (lambda: os.write(descriptor, b"x"), lambda: os.ftruncate(descriptor, 0)):
+            with pytest.raises(PermissionError):
+                attempt()
+        with pytest.raises(PermissionError):
+            mmap.mmap(descriptor, 4096, mmap.MAP_SHARED, mmap.PROT_WRITE)
+        assert os.pread(descriptor, 4, 0) == b"\x7fELF"
+    finally:
+        os.close(descriptor)

@@ -325,3 +325,101 @@ def test_a_hardened_workload_dies_when_its_agent_is_killed(test_user, namespaces
         assert box.receive(("linx_process", "error"), timeout=TIMEOUT)[2:] == (128 + signal.SIGKILL, "agent_died")
     finally:
         session.stop()
+
+
+# -- tree files and `linx-otp spawn` (issue 13 item 5) ------------------------------------------------
+
+HARDENED_TREE = """
+[[child]]
+id = "locked"
+argv = ["/bin/sh", "-c", "grep -E '^(Uid|CapEff|CapAmb)' /proc/self/status; ulimit -n; mkdir /tmp/linx-no-$$ 2>&1 || echo refused"]
+user = {uid}
+group = {gid}
+rlimits = {{ nofile = 16, core = [0, "infinity"] }}
+capabilities = ["net_bind_service"]
+seccomp = {{ deny = ["mkdir", "mkdirat"], errno = 13 }}
+no_new_privs = true
+"""
+
+
+def test_a_tree_files_hardening_keys_reach_the_workload(test_user):
+    from linx_otp.daemon.tree import parse_text
+
+    text = HARDENED_TREE.format(uid=f'"{test_user.pw_name}"', gid=test_user.pw_gid)
+    workload = parse_text(text, "hardened.toml").children[0]
+    spawn_options = {k: v for k, v in workload.options.items() if k not in ("id", "restart", "shutdown", "stdio")}
+    outcome, output = run_captured(**spawn_options)
+    assert outcome == ("exited", 0), output
+    lines = dict(line.split(":", 1) for line in output.decode().splitlines() if ":" in line)
+    assert lines["Uid"].split()[0] == str(test_user.pw_uid)
+    assert int(lines["CapEff"], 16) == int(lines["CapAmb"], 16) == NET_BIND_SERVICE
+    *_, limit, refusal, refused = output.decode().splitlines()
+    assert (limit, refused) == ("16", "refused") and refusal.endswith(os.strerror(errno.EACCES))  # the tree's errno
+
+
+@pytest.mark.parametrize(
+    ("line", "where", "what"),
+    [
+        ('user = "no-such-user-here"', "user", "name of a user"),
+        ('group = "no-such-group-here"', "group", "name of a group"),
+        ("rlimits = { nofiles = 16 }", "rlimits", "unknown rlimit"),
+        ("rlimits = { nofile = [16, 8] }", "rlimits", "soft <= hard"),
+        ('capabilities = ["net_bind_servic"]', "capabilities", "unknown capability"),
+        ('seccomp = { deny = ["no_such_call"] }\nno_new_privs = true', "seccomp", "no_such_call"),
+        ('seccomp = { allow = ["read"] }', "seccomp", "deny = [syscall names]"),
+        ('profile = "fortress"', "profile", "'container'"),
+        ('profile = "container"\nseccomp = { deny = ["mkdir"] }', "seccomp", "its own seccomp"),
+    ],
+)
+def test_bad_hardening_keys_in_a_tree_file_are_named_by_key_path(line, where, what):
+    from linx_otp.daemon.tree import TreeError, parse_text
+
+    with pytest.raises(TreeError) as caught:
+        parse_text(f'[[child]]\nid = "a"\nargv = ["true"]\n{line}\n', "t.toml")
+    problems = dict(caught.value.problems)
+    assert what in problems.get(f"child[0].{where}", ""), problems
+
+
+def test_a_seccomp_filter_without_no_new_privs_is_refused_at_load():
+    from linx_otp.daemon.tree import TreeError, parse_text
+
+    with pytest.raises(TreeError) as caught:
+        parse_text('[[child]]\nid = "a"\nargv = ["true"]\nuser = 65534\nseccomp = { deny = ["mkdir"] }\n', "t")
+    assert "no_new_privs" in dict(caught.value.problems)["child[0]"]
+
+
+def test_profile_container_in_a_tree_file_merges_the_profile():
+    from linx_otp import profiles
+    from linx_otp.daemon.tree import parse_text
+
+    text = '[[child]]\nid = "a"\nargv = ["true"]\nnamespaces = ["net"]\nprofile = "container"\nuser = 65534\n'
+    text += 'capabilities = ["net_bind_service"]\n[child.setup]\nhostname = "boxed"\n'
+    workload = parse_text(text, "t.toml").children[0]
+    assert workload.options["namespaces"] == ["net", *(kind for kind in profiles.NAMESPACES if kind != "net")]
+    assert workload.options["capabilities"] == ["net_bind_service"]  # the child's own, narrower
+    assert workload.options["seccomp"] is profiles.container_filter() and workload.options["no_new_privs"] is True
+    assert (workload.setup.hostname, workload.setup.proc, workload.setup.sys, workload.setup.masked) == (
+        "boxed",
+        True,
+        True,
+        True,
+    )
+
+
+def test_linx_otp_spawn_with_user_cap_and_the_container_profile(test_user):
+    import subprocess
+    import sys
+
+    script = "grep -E '^(Uid|CapEff|Seccomp):' /proc/self/status; wc -c < /proc/keys; ls /proc | grep -c '^[0-9]'"
+    result = subprocess.run(
+        [sys.executable, "-m", "linx_otp", "spawn", "--profile", "container", "--user", test_user.pw_name]
+        + ["--cap", "net_bind_service", "--", "/bin/sh", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    fields = [line.split(":", 1)[-1].strip() for line in result.stdout.splitlines()]
+    assert fields[0].split()[0] == str(test_user.pw_uid)
+    assert int(fields[1], 16) == NET_BIND_SERVICE and fields[2] == "2"  # seccomp mode 2: a filter
+    assert fields[3:] == ["0", "3"]  # /proc/keys masked; its own pid namespace: sh, ls and grep

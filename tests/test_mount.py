@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from support import needs_root
 
-from linx_otp import mount as M
 from linx_otp import process as P
+from linx_otp.checkpoint import mount as M
 from linx_otp.errors import LinxError, LinxOSError, LinxValueError
 
 pytestmark = needs_root

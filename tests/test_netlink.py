@@ -12,8 +12,8 @@ import pytest
 from support import needs_root, run_scoped_name
 
 import linx_otp
-from linx_otp import netlink as N
 from linx_otp import process as P
+from linx_otp.checkpoint import netlink as N
 from linx_otp.errors import LinxOSError
 
 pytestmark = needs_root

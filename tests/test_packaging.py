@@ -41,7 +41,9 @@ def test_a_wheel_ships_an_executable_agent_that_sessions_use(tmp_path, monkeypat
     session = P.spawn(argv=["/bin/sleep", "60"], owner=linx_otp.Mailbox())
     workload = wait_for_host_pid(session)
     agent_pid = int(Path(f"/proc/{workload}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    assert os.readlink(f"/proc/{agent_pid}/exe") == str(agent), "the override names the agent that runs"
+    # agents run from a sealed in-memory copy of the file (linx_otp/agent_image.py)
+    assert os.readlink(f"/proc/{agent_pid}/exe") == f"/memfd:{agent.name} (deleted)", "the override is the agent"
+    assert Path(f"/proc/{agent_pid}/exe").read_bytes() == agent.read_bytes()
     P.abort(session)
     assert P.wait(session) == ("aborted",)
 

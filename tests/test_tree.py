@@ -129,11 +129,11 @@ def test_a_bad_file_exits_2_naming_every_problem(tmp_path):
 def test_instance_placeholders_give_each_instance_its_own_link_and_subnet():
     demo = parse_file(old_import_path.__file__.replace("tree.py", "trees/demo.toml"))
     web = demo.children[0]
-    assert web.setup.veth["host"] == "lxd-default" and web.setup.veth["address"] == "10.78.0.2"
+    assert web.setup.veth.host == "lxd-default" and web.setup.veth.address == "10.78.0.2"
     named = parse_file(old_import_path.__file__.replace("tree.py", "trees/demo.toml"), instance="blue")
     veth = named.children[0].setup.veth
-    assert veth["host"] == "lxd-blue" and veth["address"] != "10.78.0.2"
-    assert veth["address"].rsplit(".", 1)[0] == instance_values("blue")["instance_net"]
+    assert veth.host == "lxd-blue" and veth.address != "10.78.0.2"
+    assert veth.address.rsplit(".", 1)[0] == instance_values("blue")["instance_net"]
     assert "10.78." in " ".join(named.children[0].options["argv"]) and "${" not in str(named)
     long_tag = instance_values("a-very-long-instance-name")["instance_tag"]
     assert len(long_tag) <= 8 and long_tag != instance_values("a-very-long-instance-name-2")["instance_tag"]

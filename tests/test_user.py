@@ -14,7 +14,7 @@ import pyroute2
 import pytest
 
 from linx_otp import process as P
-from linx_otp import user as U
+from linx_otp.checkpoint import user as U
 from linx_otp.errors import LinxOSError, LinxValueError
 
 TIMEOUT = 10

@@ -26,8 +26,8 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import cgroup as Cgroup
-from .. import netlink as Netlink
+from ..checkpoint import cgroup as Cgroup
+from ..checkpoint import netlink as Netlink
 from ..errors import LinxError, LinxValueError
 
 ALIAS_PREFIX = "linx-otp:"

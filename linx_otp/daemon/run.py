@@ -3,17 +3,18 @@
 Order of a start, so that a refused start changes nothing: claim the instance (its lock; a
 second daemon for the name stops here), bind the control socket, remove a killed
 predecessor's leftovers, and only then start the tree's supervisors. Supervisor reports and
-session events land in one mailbox that this loop works through: it keeps the ``TreeState``,
-applies each child's checkpoint set-up when it reaches ``ready`` (uid/gid maps, hostname, a
-veth marked as this instance's, a cgroup under ``linx-otp/NAME/``) and proceeds it, and hands
-lines and captured output to ``Output``, which writes them on its own thread. SIGINT or
-SIGTERM stops the tree gracefully and exits 0; a tree that gives up exits 1.
+session events land in one mailbox that this loop works through: it keeps the ``TreeState``
+and hands lines and captured output to ``Output``, which writes them on its own thread. SIGINT or
+SIGTERM stops the tree gracefully and exits 0; a tree that gives up exits 1. Each child's
+session runs its ``Setup`` at ``ready`` through ``apply_setup``, which scopes it to the
+instance (a cgroup under ``linx-otp/NAME/``, a veth host end marked as this instance's).
 
 This loop never writes to the console or a log itself, and never waits on a client.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import signal
@@ -23,20 +24,18 @@ from typing import Any
 
 import pykka
 
-from .. import cgroup as Cgroup
-from .. import mount as Mount
-from .. import netlink as Netlink
 from .. import process as P
 from .. import supervisor as S
 from .. import tty
-from .. import user as User
 from ..actor import monitor
+from ..checkpoint import netlink as Netlink
+from ..checkpoint.setup import Release
 from ..errors import LinxError
 from ..mailbox import Mailbox
 from .control import ControlServer, Request
 from .instance import Instance
 from .output import Output
-from .state import SetupDue, TreeState, describe_exit, signal_name
+from .state import TreeState, describe_exit, signal_name
 from .tree import Group, Tree, Workload
 
 ROOT_ID = "root"
@@ -86,7 +85,6 @@ class Daemon:
         self.inbox = Mailbox()
         self.workloads = {workload.id: workload for workload in tree.workloads()}
         self.state = TreeState(tree)
-        self.cgroups: dict[str, Cgroup.Cgroup] = {}
         self.root: pykka.ActorRef | None = None
         self.stopping = False
         self.output: Output | None = None
@@ -153,7 +151,8 @@ class Daemon:
                 events=self.inbox,
                 **child.settings,
             )
-        return P.child_spec(owner=_ChildOwner(child.id, self.inbox), auto_proceed=not child.setup, **child.options)
+        setup = functools.partial(self.apply_setup, child.id) if child.setup else None
+        return P.child_spec(owner=_ChildOwner(child.id, self.inbox), auto_proceed=True, setup=setup, **child.options)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self.inbox.tell(("signal", signum))
@@ -172,8 +171,6 @@ class Daemon:
         self.report("tree", "stopped", "")
 
     def cleanup(self) -> None:
-        for child_id in list(self.cgroups):
-            self.release_cgroup(child_id)
         try:
             self.instance.remove_cgroup_parents()
             with Netlink.open() as host:
@@ -213,13 +210,11 @@ class Daemon:
         return None
 
     def supervisor_event(self, kind: str, child_id: str, detail: Any) -> None:
-        due = self.state.supervisor_report(kind, child_id, detail)
+        self.state.supervisor_report(kind, child_id, detail)
         worker = child_id in self.workloads
         if kind not in QUIET_SUPERVISOR_REPORTS or not worker:
             shown = "" if kind in ("started", "restarted") else describe_exit(detail)
             self.report(child_id, kind, shown)
-        if due is not None:
-            self.apply_setup(due)
 
     def child_event(self, child_id: str, kind: str, detail: list) -> None:
         if kind in ("stdout", "stderr", "pty_out"):
@@ -227,44 +222,31 @@ class Daemon:
             return
         if kind == "pty_in_dropped":
             return
-        due = self.state.child_event(child_id, kind, detail)
+        self.state.child_event(child_id, kind, detail)
         self.report(child_id, kind, _describe_event(kind, detail))
-        if due is not None and self.workloads[child_id].setup:
-            self.apply_setup(due)
-        elif kind in P.TERMINAL_EVENTS:
+        if kind in P.TERMINAL_EVENTS:
             self.output.end_of(child_id)
-            if child_id in self.cgroups:
-                self.release_cgroup(child_id)
 
     # -- checkpoint set-up ---------------------------------------------------------------------
 
-    def apply_setup(self, due: SetupDue) -> None:
-        workload = self.workloads[due.child_id]
-        setup, pid = workload.setup, due.host_pid
-        if not setup:
-            return
+    def apply_setup(self, child_id: str, host_pid: int) -> Release:
+        """The child's ``Setup``, scoped to this instance: its cgroup under
+        ``linx-otp/NAME/``, its veth host end marked as this instance's, and a link or address
+        another owner holds refused (the child then stays stopped). Runs on the child's session
+        thread at ``ready``; the session proceeds it, or aborts it when this raises, and calls
+        the returned release when the incarnation ends."""
         try:
-            if setup.uid_map is not None:  # the tree file gives both maps or neither
-                User.setup_maps(pid, uid=setup.uid_map, gid=setup.gid_map)
-            if setup.hostname is not None:
-                Mount.hostname(setup.hostname, in_pid=pid)
-            if setup.veth is not None:
-                self.setup_veth(workload.id, setup.veth, pid)
-            if setup.cgroup is not None:
-                if workload.id in self.cgroups:  # the last incarnation's
-                    self.release_cgroup(workload.id)
-                cgroup = Cgroup.create(self.instance.cgroup_name(workload.id), **setup.cgroup)
-                self.cgroups[workload.id] = cgroup
-                Cgroup.add_process(cgroup, pid)
-            P.proceed(due.session)
+            return self.workloads[child_id].setup.apply(
+                host_pid,
+                cgroup_name=self.instance.cgroup_name(child_id),
+                link_alias=self.instance.link_alias(child_id),
+                claim_link=lambda host, name, address: self.instance.claim_link(host, name, child_id, address),
+            )
         except (LinxError, OSError) as error:
-            self.report(workload.id, "setup_failed", str(error))
-            try:
-                P.abort(due.session)
-            except LinxError:
-                pass
+            self.report_from_thread(child_id, "setup_failed", str(error))
             if isinstance(error, LinxError) and isinstance(error.reason, tuple) and error.reason[0] in REFUSALS:
-                self.stop_refused(workload.id)
+                self.stop_refused(child_id)
+            raise
 
     def stop_refused(self, child_id: str) -> None:
         """A child refused a host resource another owns stays stopped (restarting it would
@@ -278,26 +260,6 @@ class Daemon:
                 pass  # its supervisor is gone or going: nothing left to stop
 
         threading.Thread(target=stop, name="linx-otp-refuse", daemon=True).start()
-
-    def setup_veth(self, child_id: str, veth: dict, pid: int) -> None:
-        with Netlink.open() as host:
-            self.instance.claim_link(host, veth["host"], child_id, veth.get("host_address"))
-            Netlink.setup_veth(
-                pid,
-                host_name=veth["host"],
-                address=veth["address"],
-                prefixlen=veth["prefixlen"],
-                gateway=veth.get("gateway"),
-                host_address=veth.get("host_address"),
-                host=host,
-            )
-            Netlink.set_alias(host, veth["host"], self.instance.link_alias(child_id))
-
-    def release_cgroup(self, child_id: str) -> None:
-        try:
-            Cgroup.destroy(self.cgroups.pop(child_id), kill_first=True)
-        except LinxError as error:
-            self.report(child_id, "cgroup_left", str(error))
 
     # -- the control socket's answers (on the control thread, or a thread of one request) --------
 

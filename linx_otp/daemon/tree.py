@@ -20,21 +20,37 @@ String values may name the instance that runs the tree: ``${instance}`` (its nam
 
 from __future__ import annotations
 
+import dataclasses
+import errno
+import functools
 import re
+import resource
 import tomllib
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from .. import options as session_options
 from .. import supervisor as S
 from ..actor import check_restart, check_shutdown
-from ..cgroup import check_limit
-from ..errors import LinxError, LinxValueError
-from ..netlink import check_interface_name, check_ipv4_address, check_ipv4_prefixlen
-from ..user import render
+from ..checkpoint import profiles
+from ..checkpoint.cgroup import check_limit
+from ..checkpoint.netlink import check_interface_name, check_ipv4_address, check_ipv4_prefixlen
+from ..checkpoint.seccomp import Filter
+from ..checkpoint.setup import (
+    Limits,
+    MountEntry,
+    Setup,
+    Veth,
+    check_hostname,
+    check_id_map,
+    check_mounts,
+    check_rootfs,
+)
+from ..errors import LinxValueError
+from ..protocol import MODE_SPAWN
 
 SUPERVISOR_KEYS = {"strategy", "max_restarts", "max_seconds"}
 SESSION_OPTION_CHECKS: dict[str, Callable[[Any], Any]] = {
@@ -44,15 +60,37 @@ SESSION_OPTION_CHECKS: dict[str, Callable[[Any], Any]] = {
     "cwd": session_options.check_cwd,
     "no_new_privs": lambda value: session_options.check_bool("no_new_privs", value),
     "orphan_policy": session_options.check_orphan_policy,
+    "user": session_options.check_user,
+    "group": session_options.check_group,
+    "extra_groups": lambda value: session_options.check_extra_groups(value, None),
+    "umask": session_options.check_umask,
+    "rlimits": lambda value: session_options.check_rlimits(_rlimits(value)),
+    "capabilities": session_options.check_capabilities,
+    "seccomp": lambda value: _seccomp(value),
 }
-WORKLOAD_KEYS = {"id", "type", "stdio", "restart", "shutdown", "log", "setup"} | set(SESSION_OPTION_CHECKS)
+PROFILES = ("container",)
+"""``profile = "container"``: ``linx_otp.profiles.container()`` merged into the child (its
+namespaces added to the child's, its capabilities unless the child names its own, its seccomp
+filter, no_new_privs, and a fresh masked /proc and read-only /sys in the child's set-up)."""
+SECCOMP_KEYS = {"deny", "errno"}
+WORKLOAD_KEYS = {"id", "type", "stdio", "restart", "shutdown", "log", "setup", "profile"} | set(SESSION_OPTION_CHECKS)
 NESTED_KEYS = {"id", "type", "restart", "shutdown", "child"} | SUPERVISOR_KEYS
-SETUP_KEYS = {"hostname", "veth", "uid_map", "gid_map", "cgroup"}
+SETUP_KEYS = {field.name for field in fields(Setup)}
+SETUP_NAMESPACES = {
+    "hostname": "uts",
+    "veth": "net",
+    "uid_map": "user",
+    "gid_map": "user",
+    "mounts": "mount",
+    "proc": "mount",
+    "sys": "mount",
+    "masked": "mount",
+    "rootfs": "mount",
+}
+"""The namespace each ``[child.setup]`` key needs the child to have (``proc`` needs pid too)."""
 VETH_KEYS = {"host", "address", "prefixlen", "gateway", "host_address"}
 CGROUP_LIMITS = {"memory_max": "memory", "pids_max": "pids", "cpu_max": "cpu"}
 CAPTURE = "capture"
-HOSTNAME_MAX_BYTES = 64
-_HOSTNAME_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 _CHILD_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 DEFAULT_INSTANCE = "default"
 
@@ -64,20 +102,6 @@ class TreeError(LinxValueError):
     def __init__(self, file: str, problems: list[tuple[str, str]]) -> None:
         self.file, self.problems = file, list(problems)
         super().__init__(("bad_tree", file, tuple(problems)), "\n".join(f"{file}: {w}: {what}" for w, what in problems))
-
-
-@dataclass(frozen=True)
-class Setup:
-    """What the runner does at a child's checkpoint, in this order."""
-
-    uid_map: list | None = None
-    gid_map: list | None = None
-    hostname: str | None = None
-    veth: dict | None = None
-    cgroup: dict | None = None
-
-    def __bool__(self) -> bool:
-        return any(value is not None for value in (self.uid_map, self.gid_map, self.hostname, self.veth, self.cgroup))
 
 
 @dataclass(frozen=True)
@@ -275,20 +299,49 @@ class _Checker:
         restart, shutdown = self.restart_and_shutdown(table, where, 5.0)
         stdio, capture = self.stdio(table.get("stdio", "inherit"), f"{where}.stdio")
         options = {"argv": table.get("argv"), "stdio": stdio, "id": child_id, "restart": restart, "shutdown": shutdown}
+        problems_before = len(self.problems)
         for key, checker in SESSION_OPTION_CHECKS.items():
             if key in table:
                 value = tuple(table[key]) if key == "orphan_policy" and isinstance(table[key], list) else table[key]
-                self.check(f"{where}.{key}", checker, value)
+                checked = self.check(f"{where}.{key}", checker, value)
+                if key in ("rlimits", "seccomp"):
+                    value = _rlimits(value) if key == "rlimits" else checked
                 if key != "argv":
                     options[key] = value
         log = table.get("log")
         if log is not None and (not isinstance(log, str) or not log or "\0" in log or not capture):
             self.note(f"{where}.log", 'log is a file path, and needs stdio capturing a stream (stdio = "capture")')
-        namespaces = table.get("namespaces", ())
+        profile = self.profile(table, options, where)
+        namespaces = options.get("namespaces", ())
         setup = self.setup(
             table.get("setup", {}), f"{where}.setup", set(namespaces if isinstance(namespaces, list) else ())
         )
+        if profile is not None:
+            setup = dataclasses.replace(setup, proc=profile.proc, sys=profile.sys, masked=profile.masked)
+        if len(self.problems) == problems_before:  # each key is right: now how they go together
+            session = {key: value for key, value in options.items() if key not in ("id", "restart", "shutdown")}
+            self.check(where, lambda v: session_options.plan_session(mode=MODE_SPAWN, target=None, **v), session)
         return Workload(child_id, options, capture, log, setup)
+
+    def profile(self, table: dict, options: dict[str, Any], where: str) -> Setup | None:
+        """Merge ``profile = "container"`` into ``options``; returns the profile's set-up."""
+        if "profile" not in table:
+            return None
+        if table["profile"] not in PROFILES:
+            self.note(
+                f"{where}.profile", f"profile is one of {', '.join(map(repr, PROFILES))}, not {table['profile']!r}"
+            )
+            return None
+        if "seccomp" in table:
+            self.note(f"{where}.seccomp", "the container profile brings its own seccomp filter; leave seccomp out")
+        hardening = profiles.container()
+        own = options.get("namespaces", [])
+        if isinstance(own, list):
+            options["namespaces"] = own + [kind for kind in hardening["namespaces"] if kind not in own]
+        options.setdefault("capabilities", hardening["capabilities"])
+        options["seccomp"] = hardening["seccomp"]
+        options["no_new_privs"] = True
+        return hardening["setup"]
 
     def restart_and_shutdown(self, table: dict, where: str, default_shutdown: Any) -> tuple[str, Any]:
         restart = self.check(f"{where}.restart", check_restart, table.get("restart", "permanent"))
@@ -307,39 +360,66 @@ class _Checker:
         return stdio, capture
 
     def setup(self, table: Any, where: str, namespaces: set[str]) -> Setup:
+        """``[child.setup]`` as a ``linx_otp.Setup``: each key checked at its key path by the
+        check ``Setup`` itself uses, then the value built (which checks how keys go together)."""
         if not self.keys(table, SETUP_KEYS, where):
             return Setup()
-        requires = {"hostname": "uts", "veth": "net", "uid_map": "user", "gid_map": "user"}
-        for key, namespace in requires.items():
+        for key, namespace in SETUP_NAMESPACES.items():
             if key in table and namespace not in namespaces:
                 self.note(f"{where}.{key}", f"needs the {namespace!r} namespace in this child's namespaces")
-        if "hostname" in table:
-            self.check(f"{where}.hostname", check_hostname, table["hostname"])
-        veth = self.veth(table.get("veth"), f"{where}.veth")
+        if "proc" in table and "pid" not in namespaces:
+            self.note(f"{where}.proc", "a fresh /proc needs the 'pid' namespace in this child's namespaces")
         if ("uid_map" in table) != ("gid_map" in table):
             missing = "gid_map" if "uid_map" in table else "uid_map"
             self.note(f"{where}.{missing}", "missing: uid_map and gid_map come together")
-        maps = {}
+        values: dict[str, Any] = {}
         for key in ("uid_map", "gid_map"):
             if key in table:
-                maps[key] = self.check(f"{where}.{key}", _id_map, table[key])
-        cgroup = table.get("cgroup")
-        if cgroup is not None and self.keys(cgroup, set(CGROUP_LIMITS), f"{where}.cgroup"):
-            cgroup = {
-                key: (tuple(v) if isinstance(v, list) else v) for key, v in cgroup.items() if key in CGROUP_LIMITS
-            }
-            for key, value in cgroup.items():
-                self.check(f"{where}.cgroup.{key}", lambda v, k=key: check_limit(CGROUP_LIMITS[k], v), value)
-        return Setup(
-            uid_map=maps.get("uid_map"),
-            gid_map=maps.get("gid_map"),
-            hostname=table.get("hostname"),
-            veth=veth,
-            cgroup=cgroup if isinstance(cgroup, dict) else None,
-        )
+                values[key] = self.check(f"{where}.{key}", functools.partial(check_id_map, key), table[key])
+        if "hostname" in table:
+            values["hostname"] = self.check(f"{where}.hostname", check_hostname, table["hostname"])
+        if "veth" in table:
+            values["veth"] = self.veth(table["veth"], f"{where}.veth")
+        if "cgroup" in table:
+            values["cgroup"] = self.cgroup(table["cgroup"], f"{where}.cgroup")
+        if "mounts" in table:
+            values["mounts"] = self.mounts(table["mounts"], f"{where}.mounts")
+        for key in ("proc", "sys", "masked"):
+            if key in table:
+                values[key] = self.check(
+                    f"{where}.{key}", functools.partial(session_options.check_bool, key), table[key]
+                )
+        if "rootfs" in table:
+            values["rootfs"] = self.check(f"{where}.rootfs", check_rootfs, table["rootfs"])
+        given = {key: value for key, value in values.items() if value is not None}
+        if len(given) != len(values) or ("uid_map" in given) != ("gid_map" in given):
+            return Setup()  # the problems are noted already
+        return self.check(where, lambda v: Setup(**v), given) or Setup()
 
-    def veth(self, veth: Any, where: str) -> dict | None:
-        if veth is None or not self.keys(veth, VETH_KEYS, where):
+    def cgroup(self, cgroup: Any, where: str) -> Limits | None:
+        if not self.keys(cgroup, set(CGROUP_LIMITS), where):
+            return None
+        limits = {key: (tuple(v) if isinstance(v, list) else v) for key, v in cgroup.items() if key in CGROUP_LIMITS}
+        checked = [
+            self.check(f"{where}.{key}", functools.partial(check_limit, CGROUP_LIMITS[key]), value)
+            for key, value in limits.items()
+        ]
+        if None in checked or len(limits) != len(cgroup):
+            return None
+        return Limits(**limits)  # type: ignore[arg-type]  # each value checked above
+
+    def mounts(self, entries: Any, where: str) -> tuple[MountEntry, ...] | None:
+        if not isinstance(entries, list):
+            self.note(where, "mounts is a list of tables: [{ target, source, type, readonly, options }, ...]")
+            return None
+        checked = [
+            self.check(f"{where}[{index}]", lambda v: check_mounts([v])[0], entry)
+            for index, entry in enumerate(entries)
+        ]
+        return None if None in checked else tuple(checked)
+
+    def veth(self, veth: Any, where: str) -> Veth | None:
+        if not self.keys(veth, VETH_KEYS, where):
             return None
         for key in ("host", "address", "prefixlen"):
             if key not in veth:
@@ -351,34 +431,27 @@ class _Checker:
                 self.check(f"{where}.{key}", check_ipv4_address, veth[key])
         if "prefixlen" in veth:
             self.check(f"{where}.prefixlen", check_ipv4_prefixlen, veth["prefixlen"])
-        return dict(veth)
+        try:
+            return Veth(**veth)
+        except (LinxValueError, TypeError):
+            return None  # each problem is noted above
 
 
-def _id_map(entries: Any) -> list[tuple]:
-    if not isinstance(entries, list):
-        raise LinxValueError("bad_map", f"a map is a list of [inside, outside, length], not {entries!r}")
-    mapped = [tuple(entry) if isinstance(entry, list) else entry for entry in entries]
-    try:
-        render(mapped)
-    except LinxError as error:
-        raise LinxValueError("bad_map", f"a map is a list of [inside, outside, length]: {error}") from None
-    return mapped
+def _rlimits(table: Any) -> Any:
+    """TOML's view of rlimits: ``[soft, hard]`` arrays, and ``"infinity"`` for no limit."""
+    if not isinstance(table, dict):
+        return table
+
+    def limit(value: Any) -> Any:
+        return resource.RLIM_INFINITY if value == "infinity" else value
+
+    return {name: tuple(map(limit, v)) if isinstance(v, list) else limit(v) for name, v in table.items()}
 
 
-def check_hostname(name: Any) -> str:
-    """A host name (RFC 1123): labels of letters, digits and '-', at most 64 bytes in all.
-
-    >>> check_hostname("web-1.example")
-    'web-1.example'
-    """
-    if (
-        not isinstance(name, str)
-        or not 1 <= len(name.encode()) <= HOSTNAME_MAX_BYTES
-        or not all(_HOSTNAME_LABEL.match(label) for label in name.split("."))
-    ):
+def _seccomp(table: Any) -> Filter:
+    """``seccomp = { deny = ["name", ...], errno = N }``: a deny list (everything else allowed)."""
+    if not isinstance(table, dict) or set(table) - SECCOMP_KEYS or not isinstance(table.get("deny"), list):
         raise LinxValueError(
-            ("bad_hostname", name),
-            f"a host name is at most {HOSTNAME_MAX_BYTES} bytes of dot-separated labels "
-            f"(letters, digits, '-', not at either end), not {name!r}",
+            ("bad_seccomp", table), f"seccomp is {{ deny = [syscall names], errno = N (optional) }}, not {table!r}"
         )
-    return name
+    return Filter(deny=table["deny"], errno=table.get("errno", errno.EPERM))
