@@ -19,7 +19,7 @@ Modules: ``process`` (sessions and their verbs), ``supervisor`` (OTP supervisors
 ``user``, ``cgroup``, ``mount``, ``seccomp``, ``profiles``). The agent protocol is
 ``native/PROTOCOL.md``.
 
-``linx_otp.Setup`` (SPEC §6) is ``linx_otp.checkpoint.setup.Setup``, imported on first use so
+``linx_otp.Setup`` (docs/hardening.md, "One checkpoint set-up") is ``linx_otp.checkpoint.setup.Setup``, imported on first use so
 that ``import linx_otp`` does not load pyroute2.
 """
 

@@ -1,4 +1,4 @@
-"""Trees across a Ray cluster (SPEC §8): OTP's supervision rules for children placed on Ray nodes.
+"""Trees across a Ray cluster (docs/cluster.md): OTP's supervision rules for children placed on Ray nodes.
 
 A tree here is two kinds of Ray actor, both detached (they outlive the driver that started
 them) and named in the ``linx_otp`` namespace after the tree:
@@ -13,7 +13,7 @@ them) and named in the ``linx_otp`` namespace after the tree:
 - the **cluster supervisor** (``ClusterSupervisor``, ``"<tree>/supervisor"``, pinned to the head
   node): places each
   child on a live node that fits its placement, applies the strategy, restart types and
-  restart intensity of SPEC §4, and reports ``("linx_supervisor", kind, tree, child_id,
+  restart intensity of README, "Supervision", and reports ``("linx_supervisor", kind, tree, child_id,
   detail, node_id)``. Ray restarts it when it dies (``SUPERVISOR_RESTARTS``); the new
   incarnation adopts what the node hosts still run instead of starting duplicates.
 

@@ -1,5 +1,5 @@
 """The library's exceptions. Every error linx_otp raises is a ``LinxError`` whose ``.reason``
-is the contract (SPEC §1): the original's reason, atoms as strings, tuples as tuples.
+is the contract (README, "Using it"): the original's reason, atoms as strings, tuples as tuples.
 
 This module only defines and describes errors; it never decides when one happens.
 """

@@ -1,5 +1,5 @@
 """Flow control of session output: the window of output bytes in flight, and the credit owners
-give back as they take output events (SPEC §2.2; ``native/PROTOCOL.md``, "Flow control").
+give back as they take output events (README, "Using it"; ``native/PROTOCOL.md``, "Flow control").
 
 The agent sends at most a window of output bytes that the owner has not taken; then it stops
 reading, and the workload blocks in ``write(2)`` as on a full pipe. An output event (``pty_out``,
@@ -119,7 +119,7 @@ def consumed(event: Any) -> None:
     A ``Mailbox`` (and a thread's own mailbox) does this as ``receive``/``flush`` hand a message
     out, and a ``linx_otp.Actor`` once ``on_receive`` has handled it; a plain pykka actor, or an
     owner whose ``output_credit`` is ``"explicit"``, calls it itself. Until it does, the session's
-    workload may block (SPEC §2.2: at most a window of output is in flight).
+    workload may block (README, "Using it": at most a window of output is in flight).
 
     >>> consumed(("linx_process", "running"))  # not output: nothing to give back
     """

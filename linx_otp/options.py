@@ -3,7 +3,7 @@
 Runs entirely in the caller's thread before anything is started: a bad option raises
 ``LinxValueError`` with the SPEC's ``.reason`` and leaves no process, thread or fd behind.
 The checks run in the original's order (argv, namespaces, env, stdio, cwd, no_new_privs,
-orphan_policy), then output and output_window, the hardening options (SPEC §5), owner, linger and
+orphan_policy), then output and output_window, the hardening options (docs/hardening.md), owner, linger and
 auto_proceed. This module never starts anything; all it asks the host are user and group names
 (``pwd``, ``grp``) and, for a ``seccomp.Filter``, libseccomp to compile it.
 """
@@ -265,7 +265,7 @@ def check_target(target: Any) -> int:
     return target
 
 
-# ---- hardening (SPEC §5): what the workload may do ------------------------------------------
+# ---- hardening (docs/hardening.md): what the workload may do ------------------------------------------
 
 CAPABILITIES = {
     name: number
@@ -435,7 +435,7 @@ def check_hardening(
     seccomp: Any,
     no_new_privs: bool,
 ) -> protocol.Hardening | None:
-    """All of SPEC §5's options, in the order the child applies them; None when none is given."""
+    """All of docs/hardening.md's options, in the order the child applies them; None when none is given."""
     uid = check_user(user)
     hardening = protocol.Hardening(
         user=uid,
@@ -455,7 +455,7 @@ def check_hardening(
 
 
 class SessionOptions(TypedDict, total=False):
-    """The keyword options of ``spawn`` and ``enter`` (SPEC §2.1); defaults in ``plan_session``."""
+    """The keyword options of ``spawn`` and ``enter`` (README, "Using it"); defaults in ``plan_session``."""
 
     argv: Sequence[str | bytes]
     namespaces: Iterable[str] | None
@@ -480,7 +480,7 @@ class SessionOptions(TypedDict, total=False):
 
 
 def check_setup(setup: Any) -> Callable[[int], Any] | None:
-    """A ``linx_otp.Setup`` or any callable ``f(host_pid)`` (SPEC §6). It may return a
+    """A ``linx_otp.Setup`` or any callable ``f(host_pid)`` (docs/hardening.md, "One checkpoint set-up"). It may return a
     callable of no arguments, which the session calls when the incarnation ends, to release
     what the set-up created (a ``Setup`` does).
 

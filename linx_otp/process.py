@@ -3,8 +3,8 @@
 A user spawns (or enters) a workload, which parks at the checkpoint between clone and execve;
 the owner gets ``("linx_process", "ready", host_pid)``, configures the child from the host,
 and calls ``proceed``. Events follow to the owner's mailbox, ending with exactly one terminal
-event. The module-level functions are the verbs (SPEC §2.3); the ``Session`` actor holds the
-state ladder (reference §2). This module never forks and never blocks the I/O thread.
+event. The module-level functions are the verbs (README, "Using it"); the ``Session`` actor holds the
+state ladder. This module never forks and never blocks the I/O thread.
 
 Events reach the owner in the order the agent sent them, by one of two hands. The session
 actor handles every event the I/O thread queues for it (``AgentConnection``). But while it has
@@ -107,7 +107,7 @@ def takes_output_in_io_thread(owner: Any) -> bool:
 
 
 def exit_reason(outcome: Outcome) -> Any:
-    """The exit reason of a ``linger=False`` session that ended with ``outcome`` (SPEC §4)."""
+    """The exit reason of a ``linger=False`` session that ended with ``outcome`` (README, "Supervision")."""
     match outcome:
         case ("exited", 0):
             return "normal"
@@ -277,7 +277,7 @@ class Session(Actor):
         return None
 
     def terminate(self, reason: Any) -> None:
-        """The graceful reap: the workload never outlives its session (SPEC §2)."""
+        """The graceful reap: the workload never outlives its session (README, "Using it")."""
         self._stopping = True
         if not self._connection.finished.is_set():  # when it is, the agent is reaped: DOWN means gone
             if self._result is None:
@@ -364,7 +364,7 @@ class Session(Actor):
             case _:
                 log.warning("session dropped a malformed agent frame %r", event)
 
-    # -- output flow control (SPEC §2.2; flow.py) -------------------------------------------
+    # -- output flow control (README, "Using it"; flow.py) -------------------------------------------
 
     def _deliver_directly(self, event: tuple) -> bool:
         """The I/O thread's fast path (``AgentConnection.listen``): hand an output event of a
@@ -449,7 +449,7 @@ class Session(Actor):
             self._stopping = True
             self.exit("shutdown" if self._shutting_down else exit_reason(outcome))
 
-    # -- checkpoint set-up (SPEC §6): ``setup=`` runs at ready, then the session proceeds --------
+    # -- checkpoint set-up (docs/hardening.md, "One checkpoint set-up"): ``setup=`` runs at ready, then the session proceeds --------
 
     def _run_setup(self) -> None:
         """Run the plan's set-up on the parked child; on success proceed, on failure abort it
@@ -604,11 +604,11 @@ def _start(plan: SessionPlan) -> SessionRef:
 
 def spawn(**options: Unpack[SessionOptions]) -> SessionRef:
     """Start a workload in fresh namespaces, parked at the checkpoint; returns the session.
-    The options are SPEC §2.1's: ``argv`` (required), ``namespaces``, ``env``, ``cwd``,
+    The options are README, "Using it"'s: ``argv`` (required), ``namespaces``, ``env``, ``cwd``,
     ``stdio``, ``owner``, ``linger``, ``auto_proceed``, ``no_new_privs``, ``orphan_policy``,
     and flow control's ``output`` (``"block"``, the default, or ``"drop"``) and
     ``output_window`` (bytes of output in flight to the owner, default 1 MiB; see ``flow``),
-    and ``setup`` (SPEC §6: a ``linx_otp.Setup`` or a callable ``f(host_pid)``, run at
+    and ``setup`` (docs/hardening.md, "One checkpoint set-up": a ``linx_otp.Setup`` or a callable ``f(host_pid)``, run at
     ``ready``; the session then proceeds by itself).
 
     >>> session = spawn(argv=["/bin/echo", "hello"], namespaces=["uts"], stdio="devnull")
@@ -649,7 +649,7 @@ def child_spec(
     **options: Unpack[SessionOptions],
 ) -> ChildSpec:
     """A child spec for a supervisor: a session with ``options`` (``spawn``'s) and
-    ``linger=False``, so its outcome becomes its exit reason (SPEC §4). The options are
+    ``linger=False``, so its outcome becomes its exit reason (README, "Supervision"). The options are
     checked now, and the owner is fixed now (default: the calling thread's mailbox); every
     restart spawns a new session with the same options and owner. A supervised session needs
     ``auto_proceed=True`` or a ``setup`` (run again for every incarnation) unless something

@@ -60,7 +60,7 @@ FIELD_ORPHAN_POLICY = 0x0A
 FIELD_OUTPUT_WINDOW = 0x0B
 FIELD_OUTPUT_MODE = 0x0C
 
-# Hardening fields (SPEC §5), applied by the child just before execve (native/harden.c).
+# Hardening fields (docs/hardening.md), applied by the child just before execve (native/harden.c).
 FIELD_USER = 0x10
 FIELD_GROUP = 0x11
 FIELD_EXTRA_GROUPS = 0x12
@@ -165,7 +165,7 @@ class Request:
     output_window: int = OUTPUT_WINDOW_DEFAULT
     output_mode: int = OUTPUT_BLOCK
     hardening: Hardening | None = None
-    """What the workload may do (SPEC §5); None changes nothing."""
+    """What the workload may do (docs/hardening.md); None changes nothing."""
 
 
 @dataclass(frozen=True)

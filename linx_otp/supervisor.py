@@ -1,4 +1,4 @@
-"""Supervisors: OTP's supervisor behaviour on linx_otp actors (SPEC §4).
+"""Supervisors: OTP's supervisor behaviour on linx_otp actors (README, "Supervision").
 
 A supervisor is an ``Actor`` that starts its children in order, monitors each from birth,
 restarts them by its strategy (``one_for_one``, ``one_for_all``, ``rest_for_one``) and their

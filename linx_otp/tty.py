@@ -1,4 +1,4 @@
-"""Attaching a real terminal to a pty session, like ``docker attach`` (SPEC §3, reference §6.1).
+"""Attaching a real terminal to a pty session, like ``docker attach`` (README, "Terminals: pty sessions and attach").
 
 ``attach(session)`` borrows the session's event stream with ``set_owner``, puts the caller's
 terminal in raw mode, and pumps keystrokes to the workload and its output to the terminal

@@ -51,7 +51,7 @@ struct request {
     uint32_t orphan_grace_ms;
     uint32_t output_window; /* bytes, OUTPUT_WINDOW_MIN..OUTPUT_WINDOW_MAX */
     uint8_t output_mode;    /* OUTPUT_BLOCK or OUTPUT_DROP */
-    /* hardening (SPEC §5, harden.c): each *_given false leaves that property unchanged */
+    /* hardening (docs/hardening.md, harden.c): each *_given false leaves that property unchanged */
     bool user_given;
     uint32_t user;
     bool group_given;

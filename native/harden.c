@@ -1,4 +1,4 @@
-/* The child hardens itself just before execve, in SPEC §5's order: extra groups, group, user
+/* The child hardens itself just before execve, in docs/hardening.md's order: extra groups, group, user
  * (capabilities kept across the uid change), rlimits, umask, capabilities, seccomp (last, so
  * the filter never has to allow these steps). Every kernel refusal is reported with its stage
  * and nothing is executed. It never leaves the workload able to outlive the agent: the kernel

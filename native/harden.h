@@ -1,4 +1,4 @@
-/* Hardening the child just before execve (SPEC §5): groups, ids, rlimits, umask,
+/* Hardening the child just before execve (docs/hardening.md): groups, ids, rlimits, umask,
  * capabilities, seccomp, in that order. */
 #ifndef LINX_HARDEN_H
 #define LINX_HARDEN_H

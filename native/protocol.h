@@ -52,7 +52,7 @@
 #define FIELD_OUTPUT_WINDOW 0x0b
 #define FIELD_OUTPUT_MODE 0x0c
 
-/* request fields: hardening (SPEC §5), applied by harden.c just before execve */
+/* request fields: hardening (docs/hardening.md), applied by harden.c just before execve */
 #define FIELD_USER 0x10
 #define FIELD_GROUP 0x11
 #define FIELD_EXTRA_GROUPS 0x12

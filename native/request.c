@@ -82,7 +82,7 @@ static int parse_u32_field(const struct field *field, uint32_t *out)
     return 0;
 }
 
-/* ---- hardening fields (SPEC §5) ---- */
+/* ---- hardening fields (docs/hardening.md) ---- */
 
 static uint64_t load_u64(const uint8_t *bytes)
 {

@@ -1,4 +1,4 @@
-"""cgroups for workloads (SPEC §3, reference §6.4): create one, put a parked workload in it by
+"""cgroups for workloads (README, "The checkpoint, composed"): create one, put a parked workload in it by
 host pid (so its first instruction already runs under the limits), set memory/pids/cpu
 limits, freeze, thaw, kill everything in it, destroy it.
 

@@ -1,4 +1,4 @@
-"""Mounts and hostnames inside a workload's namespaces (SPEC §3, reference §6.3).
+"""Mounts and hostnames inside a workload's namespaces (README, "The checkpoint, composed").
 
 Every verb takes ``in_pid=``: None acts in the caller's own mount namespace, a host pid acts
 in that process's (a parked child, usually). The work happens in a throwaway thread that

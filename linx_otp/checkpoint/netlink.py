@@ -1,4 +1,4 @@
-"""Network setup at the checkpoint, on pyroute2 (SPEC §3): open rtnetlink in the host's netns
+"""Network setup at the checkpoint, on pyroute2 (README, "The checkpoint, composed"): open rtnetlink in the host's netns
 or in a workload's, create links (a veth's peer directly inside the workload's netns: that
 costs under 1 ms where moving a link costs about 33 ms), addresses and routes.
 

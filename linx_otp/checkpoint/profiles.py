@@ -1,5 +1,5 @@
 """Ready-made hardening: ``container(rootfs=None)`` gives the spawn options a container engine
-would use for an untrusted workload run by root (SPEC §5).
+would use for an untrusted workload run by root (docs/hardening.md).
 
 What it promises, and against what: at most Docker's default capabilities minus ``mknod``; a
 seccomp allow list that is Docker's default profile (moby ``profiles/seccomp/default.json``, as
@@ -48,7 +48,7 @@ them is refused (Docker's rule for a workload without ``sys_admin``)."""
 
 
 def container(rootfs: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Spawn options for an untrusted workload (SPEC §5). ``setup`` is a ``linx_otp.Setup``,
+    """Spawn options for an untrusted workload (docs/hardening.md). ``setup`` is a ``linx_otp.Setup``,
     which the session runs at ``ready`` before it proceeds::
 
         session = P.spawn(argv=["/bin/sh"], **profiles.container("/srv/rootfs"))

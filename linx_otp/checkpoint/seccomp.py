@@ -1,4 +1,4 @@
-"""Seccomp filters for the ``seccomp=`` option (SPEC §5), compiled to classic BPF with libseccomp.
+"""Seccomp filters for the ``seccomp=`` option (docs/hardening.md), compiled to classic BPF with libseccomp.
 
 A ``Filter`` is a frozen value: a deny list (everything else allowed) or an allow list
 (everything else refused with ``errno``, or the process killed). A rule is a syscall name, or a
@@ -125,7 +125,7 @@ def _rules(items: Iterable[Any], what: str) -> tuple[Rule, ...]:
 
 @dataclass(frozen=True, init=False)
 class Filter:
-    """A seccomp filter (SPEC §5). ``deny`` alone: those calls fail with ``errno`` (or kill the
+    """A seccomp filter (docs/hardening.md). ``deny`` alone: those calls fail with ``errno`` (or kill the
     process with ``kill=True``), everything else is allowed. With ``allow``: only those calls
     are allowed, the rest fail (or kill); ``deny`` rules then say which calls fail differently
     (their own ``errno``). Unknown syscall names raise ``("bad_syscall", name)``.

@@ -1,4 +1,4 @@
-"""The one checkpoint set-up (SPEC §6): ``Setup``, a frozen value whose fields are the keys of a
+"""The one checkpoint set-up (docs/hardening.md, "One checkpoint set-up"): ``Setup``, a frozen value whose fields are the keys of a
 tree file's ``[child.setup]``, and its ``apply``, the only place a parked child is configured
 from the host. The daemon, ``linx-otp spawn`` and ``P.spawn(setup=)`` all run it.
 

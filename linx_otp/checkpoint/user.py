@@ -1,4 +1,4 @@
-"""User-namespace maps for a parked workload (SPEC §3, reference §6.2): plain procfs writes
+"""User-namespace maps for a parked workload (README, "The checkpoint, composed"): plain procfs writes
 against its host pid. The kernel accepts one write per map per namespace; unprivileged
 writers must deny setgroups before writing a gid map, and may map only their own ids.
 
