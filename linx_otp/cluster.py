@@ -53,6 +53,7 @@ import math
 import os
 import pickle
 import re
+import select
 import signal
 import sys
 import threading
@@ -331,6 +332,10 @@ class _HostInbox:
         self._host = host
 
     def tell(self, message: Any) -> None:
+        if self._host._raylet_ended():
+            # Ray ends a worker whose raylet died by killing its child processes first (our
+            # agents): what the local supervisor sees then is the node's loss, not a crash
+            self._host._fence("its node's raylet has ended")
         match message:
             case (S.EVENT_TAG, "exited", _, child_id, reason):
                 self._host._child_exited(child_id, reason)
@@ -354,6 +359,7 @@ class NodeHost:
         self._polls_open = 0
         self._last_contact = time.monotonic()
         self._stopping = threading.Event()
+        self._raylet = _open_raylet()
         self._supervisor = S.start(
             [], id=("linx_otp.cluster", tree, node_id), events=_HostInbox(self), max_restarts=LOCAL_RESTARTS_UNLIMITED
         )
@@ -476,10 +482,12 @@ class NodeHost:
 
     def _watch_lease(self) -> None:
         while not self._stopping.wait(LEASE_SECONDS / 4):
+            if self._raylet_ended():
+                self._fence("its node's raylet has ended")
             with self._changed:
                 quiet = self._polls_open == 0 and time.monotonic() - self._last_contact > LEASE_SECONDS
             if quiet and not self._still_the_trees():
-                self._fence()
+                self._fence("it is no longer the tree's")
                 return
 
     def _still_the_trees(self) -> bool:
@@ -500,12 +508,30 @@ class NodeHost:
                 self._last_contact = time.monotonic()
         return mine
 
-    def _fence(self) -> None:
-        """This node host is no longer the tree's: its process ends at once, and with it, by the
-        immediate orphan policy, every workload it hosts (no graceful stop: a replacement may
-        already run elsewhere)."""
-        log.error("node host %s of tree %r is no longer the tree's: ending its workloads", self._node_id, self._tree)
+    def _raylet_ended(self) -> bool:
+        """Whether this node's raylet has ended: the node is lost (Ray is ending this worker too)."""
+        if self._raylet is None:
+            return False
+        readable, _, _ = select.select([self._raylet], [], [], 0)
+        return bool(readable)
+
+    def _fence(self, why: str) -> None:
+        """This node host's node is lost or it is no longer the tree's (``why``): its process ends
+        at once, and with it, by the immediate orphan policy, every workload it hosts, without a
+        report or a local restart (no graceful stop: a replacement may already run elsewhere)."""
+        log.error("node host %s of tree %r: %s; ending its workloads", self._node_id, self._tree, why)
         os._exit(0)
+
+
+def _open_raylet() -> int | None:
+    """A pidfd on this node's raylet (Ray tells its workers the pid in ``RAY_RAYLET_PID``),
+    readable once the raylet has ended; None where Ray does not say (then only the poll and
+    the lease notice a lost node)."""
+    try:
+        return os.pidfd_open(int(os.environ["RAY_RAYLET_PID"]))
+    except (KeyError, ValueError, OSError) as error:
+        log.warning("node host: cannot watch the node's raylet: %r", error)
+        return None
 
 
 def _normal_priority() -> None:
