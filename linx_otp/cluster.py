@@ -26,6 +26,9 @@ Failure model (docs/cluster.md has the long form):
   OTP; so with the defaults a lost node with four children does not make the tree give up.
 - Sessions on a node host use an immediate orphan policy (``("kill", 0)``): when the node
   host's process goes, its workloads are killed at once.
+- A dying node is not a crash of its children: Ray ends a worker whose raylet died by killing
+  its child processes (the agents) first, so a node host whose raylet has ended ends at once,
+  without reporting those exits or restarting them there; each child exits once, ``node_down``.
 - Overlap of two incarnations after a node loss: none when the lost node's processes are gone
   (the orphan policy); at most ``OVERLAP_BOUND_SECONDS`` when the node host lives on but Ray
   declared its node dead (a stopped raylet, a partition through which the node host can still
