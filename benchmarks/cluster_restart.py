@@ -136,7 +136,9 @@ def main() -> None:
             started = time.perf_counter()
             cluster.remove_node(doomed, allow_graceful=False)
             removed_ms.append((time.perf_counter() - started) * 1000)
-            events.receive((S.EVENT_TAG, "exited"), timeout=60)
+            exited = events.receive((S.EVENT_TAG, "exited"), timeout=60)
+            if exited[4] != ("node_down", node_id):  # a local exit here would time the wrong thing
+                raise RuntimeError(f"expected the child to exit with its node's loss, not {exited!r}")
             detect_ms.append((time.perf_counter() - started) * 1000)
             placed_pid = cluster_runs.next_pid(60)
             moved_ms.append((time.perf_counter() - started) * 1000)

@@ -515,8 +515,9 @@ class NodeHost:
         """Whether this node's raylet has ended: the node is lost (Ray is ending this worker too)."""
         if self._raylet is None:
             return False
-        readable, _, _ = select.select([self._raylet], [], [], 0)
-        return bool(readable)
+        watch = select.poll()
+        watch.register(self._raylet, select.POLLIN)
+        return bool(watch.poll(0))
 
     def _fence(self, why: str) -> None:
         """This node host's node is lost or it is no longer the tree's (``why``): its process ends
