@@ -26,6 +26,9 @@ Failure model (docs/cluster.md has the long form):
   OTP; so with the defaults a lost node with four children does not make the tree give up.
 - Sessions on a node host use an immediate orphan policy (``("kill", 0)``): when the node
   host's process goes, its workloads are killed at once.
+- A dying node is not a crash of its children: Ray ends a worker whose raylet died by killing
+  its child processes (the agents) first, so a node host whose raylet has ended ends at once,
+  without reporting those exits or restarting them there; each child exits once, ``node_down``.
 - Overlap of two incarnations after a node loss: none when the lost node's processes are gone
   (the orphan policy); at most ``OVERLAP_BOUND_SECONDS`` when the node host lives on but Ray
   declared its node dead (a stopped raylet, a partition through which the node host can still
@@ -53,6 +56,7 @@ import math
 import os
 import pickle
 import re
+import select
 import signal
 import sys
 import threading
@@ -331,6 +335,10 @@ class _HostInbox:
         self._host = host
 
     def tell(self, message: Any) -> None:
+        if self._host._raylet_ended():
+            # Ray ends a worker whose raylet died by killing its child processes first (our
+            # agents): what the local supervisor sees then is the node's loss, not a crash
+            self._host._fence("its node's raylet has ended")
         match message:
             case (S.EVENT_TAG, "exited", _, child_id, reason):
                 self._host._child_exited(child_id, reason)
@@ -354,6 +362,7 @@ class NodeHost:
         self._polls_open = 0
         self._last_contact = time.monotonic()
         self._stopping = threading.Event()
+        self._raylet = _open_raylet()
         self._supervisor = S.start(
             [], id=("linx_otp.cluster", tree, node_id), events=_HostInbox(self), max_restarts=LOCAL_RESTARTS_UNLIMITED
         )
@@ -476,10 +485,12 @@ class NodeHost:
 
     def _watch_lease(self) -> None:
         while not self._stopping.wait(LEASE_SECONDS / 4):
+            if self._raylet_ended():
+                self._fence("its node's raylet has ended")
             with self._changed:
                 quiet = self._polls_open == 0 and time.monotonic() - self._last_contact > LEASE_SECONDS
             if quiet and not self._still_the_trees():
-                self._fence()
+                self._fence("it is no longer the tree's")
                 return
 
     def _still_the_trees(self) -> bool:
@@ -500,12 +511,31 @@ class NodeHost:
                 self._last_contact = time.monotonic()
         return mine
 
-    def _fence(self) -> None:
-        """This node host is no longer the tree's: its process ends at once, and with it, by the
-        immediate orphan policy, every workload it hosts (no graceful stop: a replacement may
-        already run elsewhere)."""
-        log.error("node host %s of tree %r is no longer the tree's: ending its workloads", self._node_id, self._tree)
+    def _raylet_ended(self) -> bool:
+        """Whether this node's raylet has ended: the node is lost (Ray is ending this worker too)."""
+        if self._raylet is None:
+            return False
+        watch = select.poll()
+        watch.register(self._raylet, select.POLLIN)
+        return bool(watch.poll(0))
+
+    def _fence(self, why: str) -> None:
+        """This node host's node is lost or it is no longer the tree's (``why``): its process ends
+        at once, and with it, by the immediate orphan policy, every workload it hosts, without a
+        report or a local restart (no graceful stop: a replacement may already run elsewhere)."""
+        log.error("node host %s of tree %r: %s; ending its workloads", self._node_id, self._tree, why)
         os._exit(0)
+
+
+def _open_raylet() -> int | None:
+    """A pidfd on this node's raylet (Ray tells its workers the pid in ``RAY_RAYLET_PID``),
+    readable once the raylet has ended; None where Ray does not say (then only the poll and
+    the lease notice a lost node)."""
+    try:
+        return os.pidfd_open(int(os.environ["RAY_RAYLET_PID"]))
+    except (KeyError, ValueError, OSError) as error:
+        log.warning("node host: cannot watch the node's raylet: %r", error)
+        return None
 
 
 def _normal_priority() -> None:

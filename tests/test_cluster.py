@@ -219,16 +219,22 @@ def ray_cluster():
 @pytest.fixture
 def cluster(ray_cluster: Cluster):
     """Three live nodes (nodes removed by an earlier test are replaced); afterwards, nothing of
-    ours is left: no named actor, no agent, no workload."""
+    ours is left: no named actor, no agent, no workload; and the nodes the test added (with
+    labels or resources of its own) are removed, also when it failed."""
     alive = ray_cluster.alive()
     for node in [node for node in ray_cluster.ray.worker_nodes if node.node_id not in alive]:
         ray_cluster.ray.remove_node(node, allow_graceful=False)  # left dead by a failed test
     missing = 3 - len(alive)
     if missing > 0:
         ray_cluster.add_nodes(missing)
+    plain = set(ray_cluster.ray.worker_nodes)
     yield ray_cluster
-    assert wait_until(lambda: not _our_actors(), 30), f"Ray actors left: {_our_actors()}"
-    assert wait_until(lambda: not _our_agents(), 30), f"agents left: {_our_agents()}"
+    try:
+        assert wait_until(lambda: not _our_actors(), 30), f"Ray actors left: {_our_actors()}"
+        assert wait_until(lambda: not _our_agents(), 30), f"agents left: {_our_agents()}"
+    finally:
+        for node in set(ray_cluster.ray.worker_nodes) - plain:
+            ray_cluster.ray.remove_node(node, allow_graceful=False)
 
 
 def sleeper(child_id: str, marker: str, **placement) -> C.ClusterChildSpec:
@@ -252,6 +258,13 @@ def receive_until(box: linx_otp.Mailbox, predicate, timeout: float) -> list[tupl
         seen.append(event)
         if predicate(event):
             return seen
+
+
+def receive_started(box: linx_otp.Mailbox, ids) -> None:
+    """Wait for the ``started`` report of each child (``C.start`` returns before the driver's
+    event pump has necessarily delivered them), so that later reports are read on their own."""
+    waiting = set(ids)
+    receive_until(box, lambda event: event[1] == "started" and waiting.discard(event[3]) is None and not waiting, 60)
 
 
 def all_running(tree: C.Tree) -> bool:
@@ -281,22 +294,23 @@ def test_a_lost_node_s_children_restart_elsewhere_and_the_others_stay(cluster: C
         before = pids_by_child(markers)
         assert all(len(pids) == 1 for pids in before.values()), before
         victim = next(node_id for node_id in per_node if node_id != cluster.head_id)
-        box.flush()
+        receive_started(box, ids)
 
         lost_at = time.monotonic()
         cluster.ray.remove_node(cluster.worker(victim), allow_graceful=False)
         restarted = set()
         events = receive_until(
-            box, lambda event: event[1] == "restarted" and restarted.add(event[3]) is None and len(restarted) == 2, 10
+            box, lambda event: event[1] == "restarted" and restarted.add(event[3]) is None and len(restarted) == 2, 30
         )
-        assert wait_until(lambda: all_running(tree), max(0.1, 10 - (time.monotonic() - lost_at)))
+        assert wait_until(lambda: all_running(tree), 30)
         took = time.monotonic() - lost_at
 
-        exits = {event[3]: event for event in events if event[1] == "exited"}
-        assert set(exits) == set(per_node[victim]) == restarted, events
-        assert all(event[4] == ("node_down", victim) and event[5] == victim for event in exits.values()), events
-        assert took < 10, took
+        lost = per_node[victim]  # in start order, as the tree reports them
         after = {child_id: node_id for child_id, node_id, _, _ in C.which_children(tree)}
+        assert [event[1:] for event in events] == [
+            ("exited", tree.name, child_id, ("node_down", victim), victim) for child_id in lost
+        ] + [("restarted", tree.name, child_id, 2, after[child_id]) for child_id in lost], events
+        assert took < 10, took
         assert all(after[child_id] not in (victim, None) for child_id in per_node[victim])
         old_pids = [pid for child_id in per_node[victim] for pid in before[child_id]]
         assert wait_until(lambda: not any(map(_alive, old_pids)), C.OVERLAP_BOUND_SECONDS), (
@@ -324,14 +338,14 @@ def test_a_crash_restarts_on_its_own_node(cluster: Cluster) -> None:
     try:
         assert wait_until(lambda: all_running(tree), 10)
         before = pids_by_child(markers)
-        box.flush()
+        receive_started(box, markers)
         os.kill(before["b"][0], signal.SIGKILL)
-        events = receive_until(box, lambda event: event[1] == "restarted", 10)
-        assert [event[1:] for event in events if event[1] == "exited"] == [
-            ("exited", tree.name, "b", ("signaled", 9), nodes[1])
-        ]
-        assert events[-1][3] == "b" and events[-1][5] == nodes[1]
-        assert wait_until(lambda: all_running(tree), 10)
+        events = receive_until(box, lambda event: event[1] == "restarted", 30)
+        assert [event[1:] for event in events] == [
+            ("exited", tree.name, "b", ("signaled", 9), nodes[1]),
+            ("restarted", tree.name, "b", 2, nodes[1]),
+        ], events
+        assert wait_until(lambda: all_running(tree), 30)
         assert [node_id for _, node_id, _, _ in C.which_children(tree)] == nodes
         now = pids_by_child(markers)
         assert now["a"] == before["a"] and now["c"] == before["c"]
@@ -350,17 +364,22 @@ def test_restart_intensity_across_nodes_gives_up_and_stops_everything(cluster: C
     children = [sleeper(child_id, markers[child_id], node=node) for child_id, node in zip(markers, nodes, strict=True)]
     tree = C.start(children, events=box, max_restarts=2, max_seconds=30.0)
     try:
+        receive_started(box, markers)
         for round_number, child_id in enumerate(["x", "y", "z"]):
-            assert wait_until(lambda child_id=child_id: len(_workload_pids(markers[child_id])) == 1, 10)
+            assert wait_until(lambda child_id=child_id: len(_workload_pids(markers[child_id])) == 1, 30)
             os.kill(_workload_pids(markers[child_id])[0], signal.SIGKILL)
-            expected = "gave_up" if round_number == 2 else "restarted"
-            events = receive_until(box, lambda event: event[1] in ("restarted", "gave_up"), 10)
-            assert events[-1][1] == expected, events
-        assert events[-1][4] == ("reached_max_restart_intensity", 2, 30.0)
-        stopped = receive_until(box, lambda event: event[1] == "stopped" and event[3] == "x", 10)
+            events = receive_until(box, lambda event: event[1] in ("restarted", "gave_up"), 30)
+            node_id = nodes[round_number]
+            exited = ("exited", tree.name, child_id, ("signaled", 9), node_id)
+            if round_number < 2:
+                assert [event[1:] for event in events] == [exited, ("restarted", tree.name, child_id, 2, node_id)]
+            else:
+                limit = ("reached_max_restart_intensity", 2, 30.0)
+                assert [event[1:] for event in events] == [exited, ("gave_up", tree.name, child_id, limit, node_id)]
+        stopped = receive_until(box, lambda event: event[1] == "stopped" and event[3] == "x", 30)
         # z's node host had restarted it already (one_for_one restarts on the node): it is stopped too
-        assert [event[3] for event in stopped if event[1] == "stopped"] == ["z", "y", "x"]
-        assert wait_until(lambda: not any(_workload_pids(marker) for marker in markers.values()), 10)
+        assert [event[1:4] for event in stopped] == [("stopped", tree.name, child_id) for child_id in "zyx"], stopped
+        assert wait_until(lambda: not any(_workload_pids(marker) for marker in markers.values()), 30)
         assert wait_until(lambda: not _our_actors(), 30), _our_actors()
         with pytest.raises(linx_otp.LinxError) as gone:
             C.which_children(tree)
@@ -380,22 +399,26 @@ def test_a_node_loss_with_four_children_counts_as_one_restart(cluster: Cluster) 
         [sleeper(child_id, marker, labels={"zone": "blue"}) for child_id, marker in markers.items()], events=box
     )
     try:
-        assert {node_id for _, node_id, _, _ in C.which_children(tree)} == {zone_node.node_id}
+        lost = zone_node.node_id
+        assert {node_id for _, node_id, _, _ in C.which_children(tree)} == {lost}
+        receive_started(box, markers)
         (spare,) = cluster.add_nodes(1, labels={"zone": "blue"})
-        box.flush()
         cluster.ray.remove_node(zone_node, allow_graceful=False)
         restarted = set()
         events = receive_until(
-            box, lambda event: event[1] == "restarted" and restarted.add(event[3]) is None and len(restarted) == 4, 15
+            box, lambda event: event[1] == "restarted" and restarted.add(event[3]) is None and len(restarted) == 4, 60
         )
-        assert not [event for event in events if event[1] == "gave_up"]
-        assert sorted(event[3] for event in events if event[1] == "exited") == sorted(markers)
-        assert wait_until(lambda: all_running(tree), 10)
+        # each child exits once, with its node's loss (not with its agent, which Ray's worker kills
+        # as it ends), and is restarted once on the spare node: no second exit, no gave_up
+        assert [event[1:] for event in events] == [
+            ("exited", tree.name, child_id, ("node_down", lost), lost) for child_id in markers
+        ] + [("restarted", tree.name, child_id, 2, spare.node_id) for child_id in markers], events
+        assert wait_until(lambda: all_running(tree), 30)
         assert {node_id for _, node_id, _, _ in C.which_children(tree)} == {spare.node_id}
         assert all(len(_workload_pids(marker)) == 1 for marker in markers.values())
+        assert not box.flush()  # nothing more happened
     finally:
         C.stop(tree)
-    cluster.ray.remove_node(spare)
 
 
 @scenario
@@ -444,16 +467,20 @@ def test_after_a_partition_the_old_incarnation_ends_within_the_bound(cluster: Cl
         child_id, victim = next((c, n) for c, n in placed.items() if n != cluster.head_id)
         (old_pid,) = _workload_pids(markers[child_id])
         raylet = cluster.worker(victim).all_processes["raylet"][0].process
-        box.flush()
+        receive_started(box, ids)
         raylet.send_signal(signal.SIGSTOP)
-        events = receive_until(box, lambda event: event[1] == "restarted", 20)
+        events = receive_until(box, lambda event: event[1] == "restarted", 60)
         replaced_at = time.monotonic()
-        assert [event[3:] for event in events if event[1] == "exited"] == [(child_id, ("node_down", victim), victim)]
-        assert wait_until(lambda: len(_workload_pids(markers[child_id])) == 2 or not _alive(old_pid), 10)
+        assert [event[1:4] for event in events] == [
+            ("exited", tree.name, child_id),
+            ("restarted", tree.name, child_id),
+        ], events
+        assert events[0][4:] == (("node_down", victim), victim), events
+        assert wait_until(lambda: len(_workload_pids(markers[child_id])) == 2 or not _alive(old_pid), 30)
         assert wait_until(lambda: not _alive(old_pid), C.OVERLAP_BOUND_SECONDS + 5)
         overlap = time.monotonic() - replaced_at
         assert overlap <= C.OVERLAP_BOUND_SECONDS, overlap
-        assert wait_until(lambda: all_running(tree), 10)
+        assert wait_until(lambda: all_running(tree), 30)
         assert all(len(_workload_pids(marker)) == 1 for marker in markers.values())
     finally:
         if raylet is not None:
@@ -549,7 +576,6 @@ def test_a_tree_file_runs_across_the_cluster(cluster: Cluster, tmp_path: Path) -
         stdout, stderr = runner.communicate(timeout=60)
     assert runner.returncode == 0, stderr[-2000:]
     assert not _workload_pids(first) and not _workload_pids(second)
-    cluster.ray.remove_node(labelled)
 
 
 @scenario
