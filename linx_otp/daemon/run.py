@@ -32,6 +32,7 @@ from .. import tty
 from .. import user as User
 from ..actor import monitor
 from ..errors import LinxError
+from ..flow import OutputEvent
 from ..mailbox import Mailbox
 from .control import ControlServer, Request
 from .instance import Instance
@@ -47,13 +48,22 @@ QUIET_SUPERVISOR_REPORTS = ("started", "exited", "stopped")
 
 
 class _ChildOwner:
-    """The owner of one child's sessions (every incarnation): tags events with the id."""
+    """The owner of one child's sessions (every incarnation). Output goes straight to the
+    writer, which gives its window back once it is written (so a console or log that can't
+    keep up slows the child, and the loop never holds output); every other event goes to the
+    loop's inbox, tagged with the child's id."""
 
-    def __init__(self, child_id: str, inbox: Mailbox) -> None:
-        self.child_id, self.inbox = child_id, inbox
+    output_credit = "explicit"
+    """``Output`` calls ``linx_otp.consumed(event)`` once it has written the event's data."""
+
+    def __init__(self, child_id: str, inbox: Mailbox, output: Output, log: str | None) -> None:
+        self.child_id, self.inbox, self.output, self.log = child_id, inbox, output, log
 
     def tell(self, message: Any) -> None:
-        self.inbox.tell(("child", self.child_id, message))
+        if type(message) is OutputEvent:
+            self.output.captured(self.child_id, message, self.log)
+        else:
+            self.inbox.tell(("child", self.child_id, message))
 
 
 class _WarningsAsEvents(logging.Handler):
@@ -153,13 +163,15 @@ class Daemon:
                 events=self.inbox,
                 **child.settings,
             )
-        return P.child_spec(owner=_ChildOwner(child.id, self.inbox), auto_proceed=not child.setup, **child.options)
+        owner = _ChildOwner(child.id, self.inbox, self.output, child.log)
+        return P.child_spec(owner=owner, auto_proceed=not child.setup, **child.options)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self.inbox.tell(("signal", signum))
 
     def stop_tree(self) -> None:
         self.stopping = True
+        self.output.hurry()  # a child's last output must not wait for a console nobody reads
         if self.root is not None:
             S.stop(self.root)
         while True:  # the terminal events of the stop, for the log and the cgroups
@@ -222,11 +234,14 @@ class Daemon:
             self.apply_setup(due)
 
     def child_event(self, child_id: str, kind: str, detail: list) -> None:
-        if kind in ("stdout", "stderr", "pty_out"):
-            self.output.captured(child_id, kind, detail[0], self.workloads[child_id].log)
-            return
-        if kind == "pty_in_dropped":
-            return
+        match kind, detail:
+            case "output_dropped", [stream, count]:
+                self.report(
+                    child_id, kind, f"{count} bytes of {stream}: output = 'drop' and the console or log was behind"
+                )
+                return
+            case "stdout" | "stderr" | "pty_out" | "pty_in_dropped", _:
+                return  # output reaches the writer directly; a dropped keystroke is the typist's to see
         due = self.state.child_event(child_id, kind, detail)
         self.report(child_id, kind, _describe_event(kind, detail))
         if due is not None and self.workloads[child_id].setup:

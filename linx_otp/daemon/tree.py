@@ -44,6 +44,8 @@ SESSION_OPTION_CHECKS: dict[str, Callable[[Any], Any]] = {
     "cwd": session_options.check_cwd,
     "no_new_privs": lambda value: session_options.check_bool("no_new_privs", value),
     "orphan_policy": session_options.check_orphan_policy,
+    "output": session_options.check_output,
+    "output_window": session_options.check_output_window,
 }
 WORKLOAD_KEYS = {"id", "type", "stdio", "restart", "shutdown", "log", "setup"} | set(SESSION_OPTION_CHECKS)
 NESTED_KEYS = {"id", "type", "restart", "shutdown", "child"} | SUPERVISOR_KEYS
