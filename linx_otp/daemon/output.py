@@ -46,6 +46,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..flow import consumed
+from .ring import Rings
+from .state import iso_time
+from .tree import LogFile
 
 LINE_CAPACITY_BYTES = 4 << 20
 """Lifecycle lines waiting for the console; past this, new lines are dropped and counted."""
@@ -74,7 +77,7 @@ class _Captured:
     child_id: str
     event: tuple
     """``("linx_process", stream, data)``: the session's ``OutputEvent``, holding its window."""
-    log: str | None
+    log: LogFile | None
 
 
 @dataclass(frozen=True)
@@ -110,27 +113,31 @@ def open_log(path: str) -> int:
 
 
 class _Log:
-    """One child's log file: opened lazily, reported once per failure, resumed when it works."""
+    """One child's log file: opened lazily, rotated by renaming once it would pass
+    ``max_bytes`` (``x.log`` → ``x.log.1`` → … → ``x.log.KEEP``, the oldest dropped), reported
+    once per failure, resumed when it works."""
 
-    def __init__(self, child_id: str, path: str, report: Report) -> None:
-        self.child_id, self.path, self.report = child_id, path, report
+    def __init__(self, child_id: str, spec: LogFile, report: Report) -> None:
+        self.child_id, self.spec, self.report = child_id, spec, report
+        self.path = spec.path
         self.fd = -1
+        self.size = 0
         self.failing = False
         self.lost_bytes = 0
         self.next_attempt = 0.0
 
     def write(self, data: bytes) -> None:
-        if self.fd < 0:
-            if time.monotonic() < self.next_attempt:
-                self.lost_bytes += len(data)
-                return
-            try:
-                self.fd = open_log(self.path)
-            except OSError as error:
-                self.fail(error, data)
-                return
         try:
+            if self.fd >= 0 and self.size and self.size + len(data) > self.spec.max_bytes:
+                self.rotate()
+            if self.fd < 0:
+                if time.monotonic() < self.next_attempt:
+                    self.lost_bytes += len(data)
+                    return
+                self.fd = open_log(self.path)
+                self.size = os.fstat(self.fd).st_size
             _write_all(self.fd, data)
+            self.size += len(data)
         except OSError as error:
             self.fail(error, data)
             return
@@ -138,6 +145,19 @@ class _Log:
             self.failing = False
             self.report(self.child_id, "log_resumed", f"{self.path}: {self.lost_bytes} bytes of output were lost")
             self.lost_bytes = 0
+
+    def rotate(self) -> None:
+        """Rename the files one place down, as logrotate does; the next write opens a new one."""
+        self.close()
+        if self.spec.keep == 0:
+            os.unlink(self.path)
+            return
+        for number in range(self.spec.keep - 1, 0, -1):
+            try:
+                os.rename(f"{self.path}.{number}", f"{self.path}.{number + 1}")
+            except FileNotFoundError:
+                pass
+        os.rename(self.path, f"{self.path}.1")
 
     def fail(self, error: OSError, data: bytes) -> None:
         self.lost_bytes += len(data)
@@ -174,8 +194,12 @@ class _ConsoleAbandoned(Exception):
 class Output:
     """Console and logs, written by the thread ``linx-otp-output``."""
 
-    def __init__(self, console_fd: int, report: Report, line_capacity: int = LINE_CAPACITY_BYTES) -> None:
+    def __init__(
+        self, console_fd: int, report: Report, line_capacity: int = LINE_CAPACITY_BYTES, rings: Rings | None = None
+    ) -> None:
         self.console_fd = console_fd
+        self.rings = rings if rings is not None else Rings()
+        """The last lines of each child's output, for ``logs``."""
         self.report = report
         self.line_capacity = line_capacity
         self.items: deque = deque()
@@ -190,6 +214,7 @@ class Output:
         self.console_given_up = False
         self.partial: dict[tuple[str, str], bytes] = {}
         self.logs: dict[str, _Log] = {}
+        self.log_of: dict[str, LogFile | None] = {}
         self.thread = threading.Thread(target=self._write_forever, name="linx-otp-output", daemon=True)
         self.thread.start()
 
@@ -208,7 +233,7 @@ class Output:
                 self._append(_Line(note), len(note) + 1)
             self._append(_Line(text), size)
 
-    def captured(self, child_id: str, event: tuple, log: str | None) -> None:
+    def captured(self, child_id: str, event: tuple, log: LogFile | None) -> None:
         """Output a child produced (its session's output event): to its log, or to the console
         with its id as prefix. The event's window is given back once it is written."""
         with self.condition:
@@ -285,35 +310,41 @@ class Output:
                     consumed(event)
             case _EndOf(child_id):
                 for stream in STREAMS:
-                    rest = self.partial.pop((child_id, stream), b"")
-                    if rest:
-                        self._print(child_id, stream, rest)
+                    rest = self.partial.pop((child_id, stream), None)
+                    if rest is not None:
+                        self._lines(child_id, stream, [rest], self.log_of.get(child_id))
 
-    def _write_captured(self, child_id: str, stream: str, data: bytes, log: str | None) -> None:
-        if log is not None:
-            self._log(child_id, log).write(data)
-            return
+    def _write_captured(self, child_id: str, stream: str, data: bytes, log: LogFile | None) -> None:
+        """Complete lines go out now; the rest waits for its newline (or the outcome)."""
+        self.log_of[child_id] = log
         key = (child_id, stream)
-        complete, _, rest = (self.partial.pop(key, b"") + data).rpartition(b"\n")
+        complete, newline, rest = (self.partial.pop(key, b"") + data).rpartition(b"\n")
         if len(rest) > LONGEST_LINE:  # a line that never ends is shown in pieces, not held without bound
-            complete, rest = (complete + b"\n" + rest) if complete else rest, b""
+            complete, newline, rest = complete + newline + rest, b"\n", b""
         if rest:
             self.partial[key] = rest
-        if complete or not rest:
-            self._print(child_id, stream, complete)
+        if newline:
+            self._lines(child_id, stream, complete.split(b"\n"), log)
 
-    def _log(self, child_id: str, path: str) -> _Log:
+    def _lines(self, child_id: str, stream: str, lines: list[bytes], log: LogFile | None) -> None:
+        """Each line with the time (ISO 8601, local) into the ring, and to the log or the console."""
+        stamp = iso_time(time.time())
+        marker = "!" if stream == "stderr" else "|"
+        texts = [line.decode(errors="replace").removesuffix("\r") for line in lines]
+        self.rings.add(child_id, stamp, stream, texts)
+        if log is not None:
+            prefix = f"{stamp} {marker} ".encode()
+            self._log(child_id, log).write(b"".join(prefix + line + b"\n" for line in lines))
+        else:
+            self._console("".join(f"{stamp} {child_id:>12} {marker} {text}\n" for text in texts))
+
+    def _log(self, child_id: str, spec: LogFile) -> _Log:
         log = self.logs.get(child_id)
-        if log is None or log.path != path:
+        if log is None or log.spec != spec:
             if log is not None:
                 log.close()
-            log = self.logs[child_id] = _Log(child_id, path, self.report)
+            log = self.logs[child_id] = _Log(child_id, spec, self.report)
         return log
-
-    def _print(self, child_id: str, stream: str, text: bytes) -> None:
-        marker = "!" if stream == "stderr" else "|"
-        lines = text.decode(errors="replace").replace("\r\n", "\n").split("\n")
-        self._console("".join(f"{child_id:>12} {marker} {line}\n" for line in lines))
 
     def _console(self, text: str) -> None:
         if self.console_lost:

@@ -14,11 +14,14 @@ This loop never writes to the console or a log itself, and never waits on a clie
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import json
 import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pykka
@@ -34,13 +37,17 @@ from ..actor import monitor
 from ..errors import LinxError
 from ..flow import OutputEvent
 from ..mailbox import Mailbox
+from .backoff import BackOff
 from .control import ControlServer, Request
 from .instance import Instance
 from .output import Output
-from .state import SetupDue, TreeState, describe_exit, signal_name
-from .tree import Group, Tree, Workload
+from .ring import Rings
+from .state import SetupDue, TreeState, describe_exit, iso_time, signal_name
+from .tree import Group, LogFile, Tree, Workload
 
 ROOT_ID = "root"
+LOOP_SECONDS = 0.5
+"""The longest the loop waits for a message before it looks at its timers again."""
 REFUSALS = ("link_taken", "address_taken")
 """Set-up failures that mean: another instance (or someone) owns what this child asks for."""
 QUIET_SUPERVISOR_REPORTS = ("started", "exited", "stopped")
@@ -56,7 +63,7 @@ class _ChildOwner:
     output_credit = "explicit"
     """``Output`` calls ``linx_otp.consumed(event)`` once it has written the event's data."""
 
-    def __init__(self, child_id: str, inbox: Mailbox, output: Output, log: str | None) -> None:
+    def __init__(self, child_id: str, inbox: Mailbox, output: Output, log: LogFile | None) -> None:
         self.child_id, self.inbox, self.output, self.log = child_id, inbox, output, log
 
     def tell(self, message: Any) -> None:
@@ -99,6 +106,19 @@ class Daemon:
         self.cgroups: dict[str, Cgroup.Cgroup] = {}
         self.root: pykka.ActorRef | None = None
         self.stopping = False
+        self.timers: list[tuple[float, int, Callable[[], None]]] = []
+        """``(monotonic deadline, order, action)``: what the loop does later (a heap)."""
+        self.timer_order = itertools.count()
+        self.backoffs = {
+            workload.id: BackOff(workload.restart_delay, workload.restart_backoff_max)
+            for workload in self.workloads.values()
+            if workload.restart_delay
+        }
+        self.running_since: dict[str, float] = {}
+        self.held_back: dict[str, tuple[Any, float]] = {}
+        """child id → (the restarted incarnation to hold at its checkpoint, for how long)."""
+        self.rings = Rings()
+        """Each child's last output, for ``logs``."""
         self.output: Output | None = None
         self.control: ControlServer | None = None
 
@@ -113,7 +133,7 @@ class Daemon:
         except LinxError:
             self.instance.release()
             raise
-        self.output = Output(self.console_fd, self.report_from_thread)
+        self.output = Output(self.console_fd, self.report_from_thread, rings=self.rings)
         self.control = ControlServer(listener, self.answer, self.report_from_thread)
         previous = {number: signal.signal(number, self._on_signal) for number in (signal.SIGINT, signal.SIGTERM)}
         warnings = _WarningsAsEvents(self.report_from_thread)
@@ -147,11 +167,29 @@ class Daemon:
         code = None
         while code is None:
             try:
-                message = self.inbox.receive(timeout=0.5)
+                message = self.inbox.receive(timeout=self.next_timeout())
             except TimeoutError:
+                self.run_timers()
                 continue
             code = self.handle(message)
+            self.run_timers()
         return code
+
+    # -- timers: what the loop does later ----------------------------------------------------------
+
+    def after(self, seconds: float, action: Callable[[], None]) -> None:
+        heapq.heappush(self.timers, (time.monotonic() + seconds, next(self.timer_order), action))
+
+    def next_timeout(self) -> float:
+        if not self.timers:
+            return LOOP_SECONDS
+        return min(LOOP_SECONDS, max(0.0, self.timers[0][0] - time.monotonic()))
+
+    def run_timers(self) -> None:
+        now = time.monotonic()
+        while self.timers and self.timers[0][0] <= now:
+            _, _, action = heapq.heappop(self.timers)
+            action()
 
     def _spec(self, child: Workload | Group) -> Any:
         if isinstance(child, Group):
@@ -164,7 +202,8 @@ class Daemon:
                 **child.settings,
             )
         owner = _ChildOwner(child.id, self.inbox, self.output, child.log)
-        return P.child_spec(owner=owner, auto_proceed=not child.setup, **child.options)
+        held = bool(child.setup) or child.restart_delay > 0  # the loop proceeds it
+        return P.child_spec(owner=owner, auto_proceed=not held, **child.options)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self.inbox.tell(("signal", signum))
@@ -230,8 +269,10 @@ class Daemon:
         if kind not in QUIET_SUPERVISOR_REPORTS or not worker:
             shown = "" if kind in ("started", "restarted") else describe_exit(detail)
             self.report(child_id, kind, shown)
+        if kind == "restarted" and child_id in self.backoffs:
+            self.hold_back(child_id, detail)
         if due is not None:
-            self.apply_setup(due)
+            self.release(due)
 
     def child_event(self, child_id: str, kind: str, detail: list) -> None:
         match kind, detail:
@@ -244,12 +285,47 @@ class Daemon:
                 return  # output reaches the writer directly; a dropped keystroke is the typist's to see
         due = self.state.child_event(child_id, kind, detail)
         self.report(child_id, kind, _describe_event(kind, detail))
-        if due is not None and self.workloads[child_id].setup:
-            self.apply_setup(due)
+        if kind == "running":
+            self.running_since[child_id] = time.monotonic()
+        if due is not None:
+            self.release(due)
         elif kind in P.TERMINAL_EVENTS:
             self.output.end_of(child_id)
             if child_id in self.cgroups:
                 self.release_cgroup(child_id)
+
+    # -- restart back-off: a restarted child waits at its checkpoint ----------------------------
+
+    def hold_back(self, child_id: str, incarnation: Any) -> None:
+        """A crash restarted ``child_id``: its new incarnation runs only after its back-off."""
+        since = self.running_since.pop(child_id, None)
+        ran = time.monotonic() - since if since is not None else 0.0
+        delay = self.backoffs[child_id].crashed(ran)
+        self.held_back[child_id] = (incarnation, delay)
+        self.report(child_id, "backoff", f"runs in {delay:g} s")
+
+    def release(self, due: SetupDue) -> None:
+        """A child parked at its checkpoint, its session known: set it up and proceed it, now or
+        (a restart held back) once its delay has passed."""
+        workload = self.workloads.get(due.child_id)
+        if workload is None or not (workload.setup or workload.restart_delay):
+            return  # it proceeds itself
+        incarnation, delay = self.held_back.pop(due.child_id, (None, 0.0))
+        if incarnation == due.session and delay > 0:
+            self.after(delay, lambda: self.proceed_held(due))
+        else:
+            self.proceed_held(due)
+
+    def proceed_held(self, due: SetupDue) -> None:
+        if self.stopping:
+            return
+        if self.workloads[due.child_id].setup:
+            self.apply_setup(due)
+            return
+        try:
+            P.proceed(due.session)
+        except LinxError:
+            pass  # it was stopped or restarted while it waited: nothing to let go
 
     # -- checkpoint set-up ---------------------------------------------------------------------
 
@@ -324,6 +400,10 @@ class Daemon:
             case "shutdown":
                 self.inbox.tell(("shutdown",))
                 return "stopping"
+            case "logs":
+                if child_id not in self.workloads:
+                    raise LinxError("not_found", f"no workload {child_id!r} in the tree (supervisors have no output)")
+                return self.rings.read(child_id, last=request.lines, after=request.after)
         supervisor, current = self.state.locate(child_id)
         match request.verb:
             case "stop":
@@ -360,7 +440,7 @@ class Daemon:
             line = json.dumps({"time": time.time(), "id": child_id, "event": kind, "detail": _jsonable(detail)})
         else:
             shown = f" {detail}" if detail not in ("", None) else ""
-            line = f"{time.strftime('%H:%M:%S')} {child_id:>12} | {kind}{shown}"
+            line = f"{iso_time(time.time())} {child_id:>12} | {kind}{shown}"
         self.output.line(line)
 
 

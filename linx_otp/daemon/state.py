@@ -30,12 +30,15 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from ..errors import LinxError
-from .tree import Group, Tree
+from .tree import Group, Tree, Workload
 
 TERMINAL_EVENTS = ("exited", "signaled", "aborted", "error")
+UP_STATES = ("running",)
+"""The states in which a child counts as up (and ready: it has started)."""
 
 
 @dataclass
@@ -55,6 +58,8 @@ class Record:
     """The current incarnation (a session or a supervisor), from the supervisor's reports."""
     parked_pid: int | None = None
     """The host pid of an incarnation at its checkpoint whose ``started`` report is still to come."""
+    log: str | None = None
+    """Where its captured output is appended, if it has a log file."""
 
 
 @dataclass(frozen=True)
@@ -72,7 +77,11 @@ class TreeState:
     def __init__(self, tree: Tree, clock: Callable[[], float] = time.time) -> None:
         parents = tree.parents()
         self.records = {
-            child.id: Record("supervisor" if isinstance(child, Group) else "worker", parents[child.id])
+            child.id: Record(
+                "supervisor" if isinstance(child, Group) else "worker",
+                parents[child.id],
+                log=child.log.path if isinstance(child, Workload) and child.log is not None else None,
+            )
             for child in tree.walk()
         }
         self.root: Any = None
@@ -142,22 +151,37 @@ class TreeState:
             return supervisor, record.ref
 
     def status(self) -> list[dict[str, Any]]:
+        """One row per child, in start order: the objects ``status --json`` prints (the README's
+        "status --json" section is their schema)."""
         now = self.clock()
         with self.lock:
-            return [
-                {
-                    "id": child_id,
-                    "kind": record.kind,
-                    "state": record.state,
-                    "host_pid": record.host_pid,
-                    "restarts": record.restarts,
-                    "uptime": round(now - record.started_at, 1)
-                    if record.started_at and record.state in ("running", "ready")
-                    else None,
-                    "last_exit": describe_exit(record.last_exit) if record.last_exit is not None else None,
-                }
-                for child_id, record in self.records.items()
-            ]
+            return [self._row(child_id, record, now) for child_id, record in self.records.items()]
+
+    @staticmethod
+    def _row(child_id: str, record: Record, now: float) -> dict[str, Any]:
+        up = record.started_at is not None and record.state in UP_STATES
+        return {
+            "id": child_id,
+            "kind": record.kind,
+            "parent": record.parent,
+            "state": record.state,
+            "ready": record.state in UP_STATES,
+            "host_pid": record.host_pid,
+            "restarts": record.restarts,
+            "started_at": iso_time(record.started_at) if up else None,
+            "uptime": round(now - record.started_at, 1) if up and record.started_at is not None else None,
+            "last_exit": describe_exit(record.last_exit) if record.last_exit is not None else None,
+            "log": record.log,
+        }
+
+
+def iso_time(seconds: float) -> str:
+    """A wall-clock time as ISO 8601 in local time with its offset, to the millisecond.
+
+    >>> len(iso_time(0.0)) == len("1970-01-01T00:00:00.000+00:00")
+    True
+    """
+    return datetime.fromtimestamp(seconds).astimezone().isoformat(timespec="milliseconds")
 
 
 def describe_errno(number: int) -> str:

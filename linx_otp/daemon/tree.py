@@ -47,7 +47,11 @@ SESSION_OPTION_CHECKS: dict[str, Callable[[Any], Any]] = {
     "output": session_options.check_output,
     "output_window": session_options.check_output_window,
 }
-WORKLOAD_KEYS = {"id", "type", "stdio", "restart", "shutdown", "log", "setup"} | set(SESSION_OPTION_CHECKS)
+BACKOFF_KEYS = ("restart_delay", "restart_backoff_max")
+BACKOFF_SECONDS_MAX = 86400.0
+WORKLOAD_KEYS = {"id", "type", "stdio", "restart", "shutdown", "log", "setup", *BACKOFF_KEYS} | set(
+    SESSION_OPTION_CHECKS
+)
 NESTED_KEYS = {"id", "type", "restart", "shutdown", "child"} | SUPERVISOR_KEYS
 SETUP_KEYS = {"hostname", "veth", "uid_map", "gid_map", "cgroup"}
 VETH_KEYS = {"host", "address", "prefixlen", "gateway", "host_address"}
@@ -57,6 +61,12 @@ HOSTNAME_MAX_BYTES = 64
 _HOSTNAME_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 _CHILD_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 DEFAULT_INSTANCE = "default"
+LOG_KEYS = {"path", "max_bytes", "keep"}
+LOG_MAX_BYTES = 50 << 20
+"""As supervisord's ``logfile_maxbytes``: a log is rotated once it would pass 50 MiB..."""
+LOG_KEEP = 10
+"""...and 10 rotated files are kept, as its ``logfile_backups``."""
+LOG_KEEP_MAX = 1000
 
 
 class TreeError(LinxValueError):
@@ -83,14 +93,29 @@ class Setup:
 
 
 @dataclass(frozen=True)
+class LogFile:
+    """Where a child's captured output is appended, and when it is rotated: once the file would
+    pass ``max_bytes`` it is renamed ``PATH.1`` (``PATH.1`` to ``PATH.2``, …, up to ``PATH.KEEP``;
+    the oldest goes)."""
+
+    path: str
+    max_bytes: int = LOG_MAX_BYTES
+    keep: int = LOG_KEEP
+
+
+@dataclass(frozen=True)
 class Workload:
     id: str
     options: dict[str, Any]
     """Keyword arguments for ``process.child_spec`` except owner and auto_proceed."""
     capture: tuple[str, ...] = ()
     """Streams ("stdout", "stderr") captured as events, which the daemon prefixes with the id."""
-    log: str | None = None
+    log: LogFile | None = None
     setup: Setup = field(default_factory=Setup)
+    restart_delay: float = 0.0
+    """Seconds a restarted child waits at its checkpoint (0: none, as in OTP)."""
+    restart_backoff_max: float = 0.0
+    """The delay doubles per consecutive crash up to this (at least ``restart_delay``)."""
 
 
 @dataclass(frozen=True)
@@ -283,14 +308,37 @@ class _Checker:
                 self.check(f"{where}.{key}", checker, value)
                 if key != "argv":
                     options[key] = value
-        log = table.get("log")
-        if log is not None and (not isinstance(log, str) or not log or "\0" in log or not capture):
-            self.note(f"{where}.log", 'log is a file path, and needs stdio capturing a stream (stdio = "capture")')
+        log = self.log(table.get("log"), f"{where}.log", capture)
         namespaces = table.get("namespaces", ())
         setup = self.setup(
             table.get("setup", {}), f"{where}.setup", set(namespaces if isinstance(namespaces, list) else ())
         )
-        return Workload(child_id, options, capture, log, setup)
+        delay, maximum = (
+            self.check(f"{where}.{key}", lambda v, k=key: check_seconds(k, v), table.get(key, 0.0))
+            for key in BACKOFF_KEYS
+        )
+        if delay is not None and maximum is not None and "restart_backoff_max" in table and maximum < delay:
+            self.note(f"{where}.restart_backoff_max", f"must be at least restart_delay ({delay:g}), not {maximum:g}")
+        return Workload(child_id, options, capture, log, setup, delay or 0.0, max(delay or 0.0, maximum or 0.0))
+
+    def log(self, log: Any, where: str, capture: tuple[str, ...]) -> LogFile | None:
+        """``log = "path"`` or ``log = { path = ..., max_bytes = ..., keep = ... }``."""
+        if log is None:
+            return None
+        if not capture:
+            self.note(where, 'a log needs stdio capturing a stream (stdio = "capture")')
+        table = {"path": log} if isinstance(log, str) else log
+        if not self.keys(table, LOG_KEYS, where):
+            return None
+        path, max_bytes, keep = table.get("path"), table.get("max_bytes", LOG_MAX_BYTES), table.get("keep", LOG_KEEP)
+        problems = len(self.problems)
+        if not isinstance(path, str) or not path or "\0" in path:
+            self.note(f"{where}.path" if isinstance(log, dict) else where, f"a log is a file path, not {path!r}")
+        if not _is_int(max_bytes) or max_bytes < 1:
+            self.note(f"{where}.max_bytes", f"max_bytes is a positive int number of bytes, not {max_bytes!r}")
+        if not _is_int(keep) or not 0 <= keep <= LOG_KEEP_MAX:
+            self.note(f"{where}.keep", f"keep is an int from 0 to {LOG_KEEP_MAX} (rotated files kept), not {keep!r}")
+        return LogFile(path, max_bytes, keep) if len(self.problems) == problems else None
 
     def restart_and_shutdown(self, table: dict, where: str, default_shutdown: Any) -> tuple[str, Any]:
         restart = self.check(f"{where}.restart", check_restart, table.get("restart", "permanent"))
@@ -365,6 +413,23 @@ def _id_map(entries: Any) -> list[tuple]:
     except LinxError as error:
         raise LinxValueError("bad_map", f"a map is a list of [inside, outside, length]: {error}") from None
     return mapped
+
+
+def check_seconds(name: str, value: Any) -> float:
+    """A duration in seconds: a finite number from 0 to a day.
+
+    >>> check_seconds("restart_delay", 0.5)
+    0.5
+    """
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= BACKOFF_SECONDS_MAX:
+        return float(value)
+    raise LinxValueError(
+        (f"bad_{name}", value), f"{name} is a number of seconds from 0 to {BACKOFF_SECONDS_MAX:g}, not {value!r}"
+    )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def check_hostname(name: Any) -> str:

@@ -1,0 +1,307 @@
+"""Operating the daemon as users of systemd, supervisord and docker expect (issue 14), through
+the real command line: the daemon as a subprocess, its control socket, short time-outs."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import threading
+from datetime import datetime
+from pathlib import Path
+
+import test_cli
+from support import wait_until
+from test_cli import COMMAND, STAMP, TIMEOUT, logged_text, write_tree
+
+running = test_cli.running  # the fixture, shared
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+TREE = """
+    [supervisor]
+    max_restarts = 10
+    max_seconds = 5.0
+
+    [[child]]
+    id = "sleeper"
+    argv = ["sleep", "600"]
+
+    [[child]]
+    id = "logged"
+    argv = ["sh", "-c", "echo into the log; exec sleep 600"]
+    stdio = "capture"
+    log = "{log}"
+
+    [[child]]
+    id = "group"
+    type = "supervisor"
+
+    [[child.child]]
+    id = "inner"
+    argv = ["sleep", "600"]
+"""
+
+
+def control(daemon: test_cli.Running, *arguments: str) -> tuple[int, dict]:
+    result = daemon.control_command(*arguments, "--json")
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1, result.stdout  # exactly one object, nothing else on stdout
+    return result.returncode, json.loads(lines[0])
+
+
+def readme_status_keys() -> list[str]:
+    section = README.read_text().split("### Machine-readable replies: `--json`", 1)[1].split("\n#", 1)[0]
+    return re.findall(r"^\| `(\w+)` \|", section, re.MULTILINE)
+
+
+def test_status_json_follows_the_readme_schema_and_every_verb_answers_json(tmp_path, running):
+    log = tmp_path / "logged.log"
+    daemon = running(write_tree(tmp_path, TREE.format(log=log)))
+    assert daemon.shows(r"tree \| up"), daemon.lines
+    assert wait_until(lambda: all(row["state"] == "running" for row in daemon.status().values()), TIMEOUT)
+    pid = daemon.status()["sleeper"]["host_pid"]
+    os.kill(pid, signal.SIGKILL)
+    assert wait_until(lambda: daemon.status()["sleeper"]["restarts"] == 1, TIMEOUT)
+    assert wait_until(lambda: daemon.status()["sleeper"]["state"] == "running", TIMEOUT)
+
+    code, reply = control(daemon, "status")
+    assert code == 0 and reply["ok"] is True
+    rows = {row["id"]: row for row in reply["result"]}
+    assert [row["id"] for row in reply["result"]] == ["sleeper", "logged", "group", "inner"]  # start order
+    keys = readme_status_keys()
+    assert keys and all(list(row) == keys for row in rows.values()), (keys, rows)
+    sleeper = rows["sleeper"]
+    assert sleeper["last_exit"] == "killed by SIGKILL" and sleeper["restarts"] == 1 and sleeper["ready"] is True
+    assert sleeper["host_pid"] != pid and isinstance(sleeper["uptime"], float) and 0 <= sleeper["uptime"] < TIMEOUT
+    started = datetime.fromisoformat(sleeper["started_at"])
+    assert started.tzinfo is not None and abs(datetime.now().astimezone() - started).total_seconds() < TIMEOUT
+    assert rows["logged"]["log"] == str(log) and rows["sleeper"]["log"] is None
+    assert (rows["group"]["kind"], rows["inner"]["parent"], rows["sleeper"]["parent"]) == ("supervisor", "group", None)
+
+    assert control(daemon, "stop", "sleeper") == (0, {"ok": True, "result": "stopped"})
+    stopped = daemon.status()["sleeper"]
+    assert (stopped["state"], stopped["ready"], stopped["uptime"], stopped["host_pid"]) == (
+        "stopped",
+        False,
+        None,
+        None,
+    )
+    assert control(daemon, "start", "sleeper") == (0, {"ok": True, "result": "started"})
+    assert control(daemon, "restart", "inner") == (0, {"ok": True, "result": "restarted"})
+    code, refused = control(daemon, "stop", "nosuch")
+    assert code == 2 and refused["ok"] is False and "no child 'nosuch'" in refused["error"]
+    code, refused = control(daemon, "start", "logged")
+    assert code == 2 and "already running" in refused["error"]
+
+    table = daemon.control_command("status").stdout.splitlines()
+    assert table[0].split() == [
+        "ID",
+        "KIND",
+        "STATE",
+        "READY",
+        "HOST",
+        "PID",
+        "RESTARTS",
+        "UPTIME",
+        "LAST",
+        "EXIT",
+        "LOG",
+    ]
+    logged_line = next(line for line in table if line.startswith("logged "))
+    assert logged_line.endswith(str(log)) and " yes " in logged_line
+
+    assert control(daemon, "shutdown") == (0, {"ok": True, "result": "stopping"})
+    assert daemon.process.wait(TIMEOUT) == 0
+
+
+def test_json_errors_without_a_daemon(tmp_path):
+    result = subprocess.run(
+        [*COMMAND, "status", "--json", "--control", str(tmp_path / "none.sock")],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert result.returncode == 2
+    reply = json.loads(result.stdout)
+    assert reply["ok"] is False and reply["reason"] == "no_daemon" and "no linx-otp daemon at" in reply["error"]
+
+
+# -- logs: the ring, -f, rotation, time stamps ------------------------------------------------------
+
+TALKER = """
+    [[child]]
+    id = "talker"
+    argv = ["sh", "-c", "for i in 1 2 3 4 5; do echo line $i; done; echo oops >&2; exec sleep 600"]
+    stdio = "capture"
+
+    [[child]]
+    id = "rotated"
+    argv = ["sh", "-c", "for i in $(seq 10 39); do echo rotated $i; sleep 0.01; done; exec sleep 600"]
+    stdio = "capture"
+    log = {{ path = "{log}", max_bytes = 200, keep = 2 }}
+"""
+
+
+def test_logs_shows_the_last_lines_and_follows_new_ones(tmp_path, running):
+    log = tmp_path / "rotated.log"
+    daemon = running(write_tree(tmp_path, TALKER.format(log=log)))
+    assert daemon.shows(r"talker ! oops"), daemon.lines
+    console = next(line for line in daemon.lines if line.endswith("talker | line 5"))
+    assert re.match(STAMP + r" +talker \| line 5$", console)  # the console's lines carry the time too
+
+    last = daemon.control_command("logs", "talker", "-n", "3")
+    assert last.returncode == 0, last.stderr
+    assert [re.sub("^" + STAMP + " ", "", line) for line in last.stdout.splitlines()] == [
+        "| line 4",
+        "| line 5",
+        "! oops",
+    ]
+    code, reply = control(daemon, "logs", "talker", "-n", "2")
+    assert code == 0 and [line["text"] for line in reply["result"]["lines"]] == ["line 5", "oops"]
+    assert reply["result"]["lines"][1]["stream"] == "stderr"
+
+    follower = subprocess.Popen(
+        [*COMMAND, "logs", "talker", "-f", "-n", "0", "--control", str(daemon.control)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        seen: list[str] = []
+        reader = threading.Thread(target=lambda: seen.extend(follower.stdout), daemon=True)
+        reader.start()
+        assert wait_until(lambda: daemon.status()["talker"]["host_pid"] is not None)
+        assert daemon.control_command("restart", "talker").returncode == 0  # it writes lines 1 to 5 again
+        assert wait_until(lambda: any(line.endswith("| line 5\n") for line in seen), TIMEOUT), seen
+        assert [line.split(" ", 1)[1] for line in seen[:5]] == [f"| line {n}\n" for n in range(1, 6)]
+        follower.send_signal(signal.SIGINT)
+        assert follower.wait(TIMEOUT) == 0
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+            follower.wait()
+
+    nosuch = daemon.control_command("logs", "nosuch")
+    assert nosuch.returncode == 2 and "no workload 'nosuch'" in nosuch.stderr
+
+
+def test_a_log_rotates_by_renaming_and_keeps_keep_files(tmp_path, running):
+    log = tmp_path / "rotated.log"
+    daemon = running(write_tree(tmp_path, TALKER.format(log=log)))
+    assert wait_until(lambda: log.exists() and logged_text(log).endswith("rotated 39\n"), TIMEOUT)
+    files = [Path(f"{log}.2"), Path(f"{log}.1"), log]
+    assert all(file.exists() for file in files) and not Path(f"{log}.3").exists()
+    assert all(0 < file.stat().st_size <= 200 for file in files)
+    text = "".join(logged_text(file) for file in files)  # oldest first: the newest lines, in order
+    numbers = [int(line.split()[1]) for line in text.splitlines()]
+    assert numbers == list(range(numbers[0], 40)) and numbers[0] > 10
+    assert all(re.match(STAMP + r" \| rotated \d+$", line) for line in log.read_text().splitlines())
+    assert daemon.status()["rotated"]["log"] == str(log)
+
+
+def test_a_bad_log_table_names_its_key_paths(tmp_path):
+    tree = write_tree(
+        tmp_path,
+        """
+        [[child]]
+        id = "a"
+        argv = ["true"]
+        stdio = "capture"
+        log = { path = "", max_bytes = 0, keep = -1, colour = "red" }
+        """,
+    )
+    result = subprocess.run([*COMMAND, "run", tree], capture_output=True, text=True, timeout=TIMEOUT)
+    assert result.returncode == 2
+    for where in ("child[0].log.colour", "child[0].log.path", "child[0].log.max_bytes", "child[0].log.keep"):
+        assert f"{where}: " in result.stderr, result.stderr
+
+
+# -- restart back-off ------------------------------------------------------------------------------
+
+BACKOFF = """
+    [supervisor]
+    max_restarts = 100
+    max_seconds = 10.0
+
+    [[child]]
+    id = "crasher"
+    argv = ["sh", "-c", "exit 3"]
+    restart_delay = 0.1
+    restart_backoff_max = 0.4
+
+    [[child]]
+    id = "steady"
+    argv = ["sleep", "600"]
+"""
+
+
+def events(daemon: test_cli.Running, child_id: str, kind: str) -> list[float]:
+    found = []
+    for line in list(daemon.lines):
+        event = json.loads(line)
+        if event["id"] == child_id and event["event"] == kind:
+            found.append(event["time"])
+    return found
+
+
+def test_restart_delays_double_up_to_the_maximum_measured_from_events(tmp_path, running):
+    daemon = running(write_tree(tmp_path, BACKOFF), "--json")
+    assert wait_until(lambda: len(events(daemon, "crasher", "exited")) >= 7, TIMEOUT)
+    exits, runs = events(daemon, "crasher", "exited"), events(daemon, "crasher", "running")
+    delays = [round(runs[n + 1] - exits[n], 3) for n in range(6)]
+    print("delays between an exit and the next run:", delays)
+    for measured, nominal in zip(delays, [0.1, 0.2, 0.4, 0.4, 0.4, 0.4], strict=True):
+        assert nominal <= measured < nominal + 0.15, delays
+    restarts = daemon.status()["crasher"]["restarts"]
+    assert restarts >= 6  # counted by the supervisor as they happen
+    waiting = [json.loads(line)["detail"] for line in daemon.lines if '"backoff"' in line]
+    assert waiting[:3] == ["runs in 0.1 s", "runs in 0.2 s", "runs in 0.4 s"]
+    steady = daemon.status()["steady"]
+    assert (steady["restarts"], steady["state"]) == (0, "running")
+    assert daemon.control_command("shutdown").returncode == 0  # a child held back stops at once
+    assert daemon.process.wait(TIMEOUT) == 0
+
+
+RECOVERING = """
+    [supervisor]
+    max_restarts = 100
+    max_seconds = 10.0
+
+    [[child]]
+    id = "slow_crasher"
+    argv = ["sh", "-c", "sleep 1.1; exit 1"]
+    restart_delay = 0.1
+    restart_backoff_max = 1.0
+"""
+
+
+def test_a_child_that_ran_ten_delays_starts_its_back_off_again(tmp_path, running):
+    daemon = running(write_tree(tmp_path, RECOVERING), "--json")
+    assert wait_until(lambda: len(events(daemon, "slow_crasher", "exited")) >= 3, TIMEOUT)
+    waiting = [json.loads(line)["detail"] for line in daemon.lines if '"backoff"' in line]
+    assert waiting[:2] == ["runs in 0.1 s", "runs in 0.1 s"]
+
+
+def test_bad_back_off_settings_name_their_key_paths(tmp_path):
+    tree = write_tree(
+        tmp_path,
+        """
+        [[child]]
+        id = "a"
+        argv = ["true"]
+        restart_delay = 2.0
+        restart_backoff_max = 1.0
+
+        [[child]]
+        id = "b"
+        argv = ["true"]
+        restart_delay = -1
+        """,
+    )
+    result = subprocess.run([*COMMAND, "run", tree], capture_output=True, text=True, timeout=TIMEOUT)
+    assert result.returncode == 2
+    assert "child[0].restart_backoff_max: must be at least restart_delay (2)" in result.stderr
+    assert "child[1].restart_delay: restart_delay is a number of seconds from 0 to 86400" in result.stderr
