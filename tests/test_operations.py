@@ -7,8 +7,10 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import threading
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -305,3 +307,65 @@ def test_bad_back_off_settings_name_their_key_paths(tmp_path):
     assert result.returncode == 2
     assert "child[0].restart_backoff_max: must be at least restart_delay (2)" in result.stderr
     assert "child[1].restart_delay: restart_delay is a number of seconds from 0 to 86400" in result.stderr
+
+
+# -- systemd's notify protocol, with a real datagram socket playing systemd -------------------------
+
+NOTIFIED = """
+    [[child]]
+    id = "one"
+    argv = ["sh", "-c", "echo notify=${NOTIFY_SOCKET:-unset} watchdog=${WATCHDOG_USEC:-unset}; exec sleep 600"]
+    stdio = "capture"
+
+    [[child]]
+    id = "two"
+    argv = ["sleep", "600"]
+"""
+
+
+def test_systemd_hears_ready_status_watchdog_pings_and_stopping_in_order(tmp_path):
+    address = tmp_path / "notify.sock"
+    systemd = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    systemd.bind(str(address))
+    systemd.settimeout(TIMEOUT)
+    environment = {**os.environ, "NOTIFY_SOCKET": str(address), "WATCHDOG_USEC": "400000"}
+    control = tmp_path / "c.sock"
+    daemon = subprocess.Popen(
+        [*COMMAND, "run", write_tree(tmp_path, NOTIFIED), "--control", str(control)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=environment,
+        text=True,
+    )
+    heard: list[tuple[float, str]] = []
+    try:
+
+        def hear() -> str:
+            message = systemd.recv(4096).decode()
+            heard.append((time.monotonic(), message))
+            return message
+
+        first = hear()
+        assert first.splitlines()[0] == "READY=1" and first.splitlines()[1].startswith("STATUS="), first
+        while not any("STATUS=2 of 2 workloads running" in message for _, message in heard):
+            hear()
+        while sum(message == "WATCHDOG=1" for _, message in heard) < 6:
+            hear()
+        pings = [when for when, message in heard if message == "WATCHDOG=1"]
+        gaps = [later - earlier for earlier, later in zip(pings, pings[1:], strict=False)]
+        print("watchdog gaps:", [round(gap, 3) for gap in gaps])
+        assert all(0.15 < gap < 0.35 for gap in gaps), gaps  # every half of WATCHDOG_USEC (0.2 s)
+        daemon.terminate()
+        while "STOPPING=1" not in hear().splitlines():
+            pass
+        assert daemon.wait(TIMEOUT) == 0
+        output = daemon.stdout.read()
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+        systemd.close()
+    assert "one | notify=unset watchdog=unset" in output  # a workload never talks to systemd in our name
+    messages = [message for _, message in heard]
+    assert messages[0].startswith("READY=1") and messages.index("STOPPING=1") > messages.index("WATCHDOG=1")
+    assert not any("READY=1" in message for message in messages[1:])

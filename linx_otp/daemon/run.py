@@ -18,6 +18,7 @@ import heapq
 import itertools
 import json
 import logging
+import os
 import signal
 import threading
 import time
@@ -40,6 +41,7 @@ from ..mailbox import Mailbox
 from .backoff import BackOff
 from .control import ControlServer, Request
 from .instance import Instance
+from .notify import Notifier
 from .output import Output
 from .ring import Rings
 from .state import SetupDue, TreeState, describe_exit, iso_time, signal_name
@@ -121,6 +123,9 @@ class Daemon:
         """Each child's last output, for ``logs``."""
         self.output: Output | None = None
         self.control: ControlServer | None = None
+        self.notifier: Notifier | None = None
+        """systemd's notify socket, when the daemon runs as a ``Type=notify`` service."""
+        self.status_sent = ""
 
     # -- start and stop ------------------------------------------------------------------------
 
@@ -134,6 +139,7 @@ class Daemon:
             self.instance.release()
             raise
         self.output = Output(self.console_fd, self.report_from_thread, rings=self.rings)
+        self.notifier = Notifier.from_environment(os.environ, self.report_from_thread)
         self.control = ControlServer(listener, self.answer, self.report_from_thread)
         previous = {number: signal.signal(number, self._on_signal) for number in (signal.SIGINT, signal.SIGTERM)}
         warnings = _WarningsAsEvents(self.report_from_thread)
@@ -164,6 +170,9 @@ class Daemon:
         self.state.root = self.root
         monitor(self.root, self.inbox)
         self.report("tree", "up", f"{len(self.workloads)} workloads; control socket {self.instance.control_path}")
+        self.notify("READY=1")
+        if self.notifier is not None and self.notifier.watchdog_seconds:
+            self.ping_watchdog(self.notifier.watchdog_seconds)
         code = None
         while code is None:
             try:
@@ -173,7 +182,28 @@ class Daemon:
                 continue
             code = self.handle(message)
             self.run_timers()
+            self.notify()
         return code
+
+    # -- systemd -------------------------------------------------------------------------------
+
+    def notify(self, *fields: str) -> None:
+        """Tell systemd ``fields``, with a ``STATUS=`` line whenever it has changed."""
+        if self.notifier is None:
+            return
+        rows = [row for row in self.state.status() if row["kind"] == "worker"]
+        status = f"STATUS={sum(row['state'] == 'running' for row in rows)} of {len(rows)} workloads running"
+        if status != self.status_sent:
+            self.status_sent = status
+            fields = (*fields, status)
+        if fields:
+            self.notifier.send(*fields)
+
+    def ping_watchdog(self, seconds: float) -> None:
+        """``WATCHDOG=1`` now and every ``seconds``, from the loop itself: a hung loop stops it."""
+        if self.notifier is not None and not self.stopping:
+            self.notifier.send("WATCHDOG=1")
+            self.after(seconds, lambda: self.ping_watchdog(seconds))
 
     # -- timers: what the loop does later ----------------------------------------------------------
 
@@ -210,6 +240,7 @@ class Daemon:
 
     def stop_tree(self) -> None:
         self.stopping = True
+        self.notify("STOPPING=1")
         self.output.hurry()  # a child's last output must not wait for a console nobody reads
         if self.root is not None:
             S.stop(self.root)
@@ -236,6 +267,8 @@ class Daemon:
             self.control.close()
         if self.output is not None:
             self.output.close()
+        if self.notifier is not None:
+            self.notifier.close()
         self.instance.release()
 
     # -- the loop ------------------------------------------------------------------------------
