@@ -2,7 +2,7 @@
 workload through the checkpoint.
 
     linx-otp [--name NAME] [--control PATH] run [TREE.toml] [--json]
-    linx-otp [--name NAME] [--control PATH] status | restart ID | stop ID | start ID | attach ID | shutdown [--json]
+    linx-otp [--name NAME] [--control PATH] status | restart ID | stop ID | start ID | attach ID | shutdown | reload [--json]
     linx-otp [--name NAME] [--control PATH] logs ID [-f] [-n N] [--json]
     linx-otp spawn [--ns net,pid,...] [--pty] [--hostname H] [--mount-proc] [-r] -- ARGV...
 
@@ -64,7 +64,11 @@ def _parser() -> argparse.ArgumentParser:
     as_json.add_argument(
         "--json", action="store_true", help='print the reply as one JSON object: {"ok": true, "result": ...}'
     )
-    for verb, text in [("status", "show every child"), ("shutdown", "stop the tree gracefully")]:
+    for verb, text in [
+        ("status", "show every child"),
+        ("shutdown", "stop the tree gracefully"),
+        ("reload", "re-read the tree file: start added children, stop removed ones, restart changed ones"),
+    ]:
         command = commands.add_parser(verb, help=text, parents=[instance, as_json])
         command.set_defaults(action=_control, verb=verb)
     for verb, text in [
@@ -178,6 +182,10 @@ def _control(arguments: argparse.Namespace) -> int:
         _print_status(result)
     elif arguments.verb == "attach":
         print(f"\r\nlinx-otp: {result}", file=sys.stderr)
+    elif arguments.verb == "reload":
+        from .daemon.run import describe_reload
+
+        print(describe_reload(result))
     else:
         print(result)
     return 0

@@ -9,13 +9,15 @@ import re
 import signal
 import socket
 import subprocess
+import textwrap
 import threading
 import time
 from datetime import datetime
 from pathlib import Path
 
+import pytest
 import test_cli
-from support import wait_until
+from support import process_alive, wait_until
 from test_cli import COMMAND, STAMP, TIMEOUT, logged_text, write_tree
 
 running = test_cli.running  # the fixture, shared
@@ -355,6 +357,12 @@ def test_systemd_hears_ready_status_watchdog_pings_and_stopping_in_order(tmp_pat
         gaps = [later - earlier for earlier, later in zip(pings, pings[1:], strict=False)]
         print("watchdog gaps:", [round(gap, 3) for gap in gaps])
         assert all(0.15 < gap < 0.35 for gap in gaps), gaps  # every half of WATCHDOG_USEC (0.2 s)
+        reload = subprocess.run([*COMMAND, "reload", "--control", str(control)], capture_output=True, timeout=TIMEOUT)
+        assert reload.returncode == 0, reload.stderr
+        while not hear().startswith("RELOADING=1\nMONOTONIC_USEC="):
+            pass
+        while not hear().startswith("READY=1"):
+            pass
         daemon.terminate()
         while "STOPPING=1" not in hear().splitlines():
             pass
@@ -368,4 +376,88 @@ def test_systemd_hears_ready_status_watchdog_pings_and_stopping_in_order(tmp_pat
     assert "one | notify=unset watchdog=unset" in output  # a workload never talks to systemd in our name
     messages = [message for _, message in heard]
     assert messages[0].startswith("READY=1") and messages.index("STOPPING=1") > messages.index("WATCHDOG=1")
-    assert not any("READY=1" in message for message in messages[1:])
+    assert sum("READY=1" in message for message in messages) == 2  # at the start, and after the reload
+
+
+# -- reload ------------------------------------------------------------------------------------------
+
+BEFORE = """
+    [supervisor]
+    max_restarts = 1
+    max_seconds = 60.0
+
+    [[child]]
+    id = "same"
+    argv = ["sleep", "600"]
+
+    [[child]]
+    id = "going"
+    argv = ["sleep", "601"]
+
+    [[child]]
+    id = "changing"
+    argv = ["sleep", "602"]
+"""
+
+AFTER = """
+    [supervisor]
+    max_restarts = 1
+    max_seconds = 60.0
+
+    [[child]]
+    id = "same"
+    argv = ["sleep", "600"]
+
+    [[child]]
+    id = "changing"
+    argv = ["sleep", "603"]
+
+    [[child]]
+    id = "coming"
+    argv = ["sleep", "604"]
+"""
+
+
+@pytest.mark.timeout(120)
+def test_reload_applies_the_difference_and_leaves_the_unchanged_alone(tmp_path, running):
+    tree = Path(write_tree(tmp_path, BEFORE))
+    daemon = running(str(tree))
+    assert daemon.shows(r"tree \| up")
+    assert wait_until(lambda: all(row["state"] == "running" for row in daemon.status().values()), TIMEOUT)
+    os.kill(daemon.status()["same"]["host_pid"], signal.SIGKILL)  # one restart of max_restarts = 1 spent
+    assert wait_until(lambda: daemon.status()["same"]["restarts"] == 1 and daemon.status()["same"]["host_pid"])
+    assert wait_until(lambda: daemon.status()["same"]["state"] == "running")
+    before = daemon.status()
+
+    tree.write_text(textwrap.dedent(AFTER).replace('"sleep", "604"', '"sleep", 604'))  # a bad file first
+    bad = daemon.control_command("reload")
+    assert bad.returncode == 2 and "nothing was changed" in bad.stderr and "child[2].argv" in bad.stderr
+    assert {row["id"]: row["host_pid"] for row in daemon.status().values()} == {
+        row["id"]: row["host_pid"] for row in before.values()
+    }
+
+    tree.write_text(textwrap.dedent(AFTER))
+    code, reply = control(daemon, "reload")
+    assert code == 0 and reply["result"] == {
+        "added": ["coming"],
+        "removed": ["going"],
+        "changed": ["changing"],
+        "unchanged": ["same"],
+    }
+    after = daemon.status()
+    assert (after["same"]["host_pid"], after["same"]["restarts"]) == (before["same"]["host_pid"], 1)
+    assert "going" not in after and not process_alive(before["going"]["host_pid"])
+    assert not process_alive(before["changing"]["host_pid"])
+    assert wait_until(lambda: daemon.status()["changing"]["state"] == daemon.status()["coming"]["state"] == "running")
+    assert Path(f"/proc/{daemon.status()['changing']['host_pid']}/cmdline").read_bytes() == b"sleep\x00603\x00"
+
+    tree.write_text(textwrap.dedent(BEFORE))  # back again by SIGHUP, twice at once with a command
+    daemon.process.send_signal(signal.SIGHUP)
+    again = daemon.control_command("reload")
+    assert again.returncode == 0, again.stderr
+    assert daemon.shows(r"tree \| reloaded"), daemon.lines
+    assert wait_until(lambda: sorted(daemon.status()) == ["changing", "going", "same"], TIMEOUT)
+    assert wait_until(lambda: all(row["state"] == "running" for row in daemon.status().values()), TIMEOUT)
+    assert daemon.status()["same"]["host_pid"] == before["same"]["host_pid"]
+    assert not any("gave_up" in line for line in daemon.lines)  # reload restarts spend no intensity
+    assert daemon.stop() == 0

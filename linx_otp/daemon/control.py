@@ -39,7 +39,7 @@ QUICK_VERBS = ("status", "shutdown", "logs")
 """Answered in the server's loop: they only read the daemon's state, or send it a message."""
 CHILD_VERBS = ("restart", "stop", "start", "attach", "logs")
 """They name a child by ``id``."""
-VERBS = tuple(dict.fromkeys(QUICK_VERBS + CHILD_VERBS))
+VERBS = tuple(dict.fromkeys((*QUICK_VERBS, *CHILD_VERBS, "reload")))
 COUNT_MAX = 1 << 62
 """``lines`` and ``after`` (of ``logs``) are ints from 0 to this."""
 MAX_REQUEST_BYTES = 65536

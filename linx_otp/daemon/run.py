@@ -45,7 +45,7 @@ from .notify import Notifier
 from .output import Output
 from .ring import Rings
 from .state import SetupDue, TreeState, describe_exit, iso_time, signal_name
-from .tree import Group, LogFile, Tree, Workload
+from .tree import Group, LogFile, Tree, TreeError, Workload, parse_file
 
 ROOT_ID = "root"
 LOOP_SECONDS = 0.5
@@ -123,6 +123,8 @@ class Daemon:
         """Each child's last output, for ``logs``."""
         self.output: Output | None = None
         self.control: ControlServer | None = None
+        self.reload_lock = threading.Lock()
+        """Reloads one at a time (the control socket's and SIGHUP's)."""
         self.notifier: Notifier | None = None
         """systemd's notify socket, when the daemon runs as a ``Type=notify`` service."""
         self.status_sent = ""
@@ -141,7 +143,9 @@ class Daemon:
         self.output = Output(self.console_fd, self.report_from_thread, rings=self.rings)
         self.notifier = Notifier.from_environment(os.environ, self.report_from_thread)
         self.control = ControlServer(listener, self.answer, self.report_from_thread)
-        previous = {number: signal.signal(number, self._on_signal) for number in (signal.SIGINT, signal.SIGTERM)}
+        previous = {
+            number: signal.signal(number, self._on_signal) for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        }
         warnings = _WarningsAsEvents(self.report_from_thread)
         logging.getLogger("linx_otp").addHandler(warnings)
         try:
@@ -275,6 +279,12 @@ class Daemon:
 
     def handle(self, message: Any) -> int | None:
         match message:
+            case ("signal", signal.SIGHUP):
+                threading.Thread(target=self.reload_on_signal, name="linx-otp-reload", daemon=True).start()
+            case ("learn", Tree() as fragment):
+                self.learn(fragment)
+            case ("forget", Tree() as fragment):
+                self.forget(fragment)
             case ("signal", signum):
                 self.report("tree", "stopping", f"signal {signal_name(signum)}")
                 self.stop_tree()
@@ -308,6 +318,8 @@ class Daemon:
             self.release(due)
 
     def child_event(self, child_id: str, kind: str, detail: list) -> None:
+        if child_id not in self.workloads:
+            return  # a reload removed it; this is what its last incarnation said on its way out
         match kind, detail:
             case "output_dropped", [stream, count]:
                 self.report(
@@ -326,6 +338,97 @@ class Daemon:
             self.output.end_of(child_id)
             if child_id in self.cgroups:
                 self.release_cgroup(child_id)
+
+    # -- reload: the tree file again, the difference applied (as supervisorctl update) ------------
+
+    def reload(self) -> dict[str, Any]:
+        """Re-read the tree file and apply the difference to the root's children: stop removed
+        ones, restart changed ones (stop the old, start the new), start added ones, and leave
+        the unchanged running. A file with errors changes nothing (raises ``LinxError``). Reloads
+        are serialized; the stops and starts are the supervisor's ``terminate_child``,
+        ``delete_child`` and ``start_child``, which OTP does not count as restarts."""
+        with self.reload_lock:
+            if self.stopping or self.root is None:
+                raise LinxError("not_running", "the tree is not running (starting or stopping): nothing to reload")
+            try:
+                new = parse_file(self.tree.file, instance=self.instance.name)
+            except TreeError as error:
+                raise LinxError(error.reason, f"the tree file has errors; nothing was changed:\n{error}") from None
+            old_children = {child.id: child for child in self.tree.children}
+            new_children = {child.id: child for child in new.children}
+            removed = [child_id for child_id in old_children if child_id not in new_children]
+            changed = [
+                child_id
+                for child_id in old_children
+                if child_id in new_children and old_children[child_id] != new_children[child_id]
+            ]
+            added = [child_id for child_id in new_children if child_id not in old_children]
+            unchanged = [child_id for child_id in old_children if child_id not in removed + changed]
+            self.notify_now("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+            failed = {}
+            try:
+                for child_id in reversed([c for c in old_children if c in removed + changed]):
+                    self.remove_child(old_children[child_id])
+                self.tree = Tree(self.tree.file, self.tree.settings, [old_children[c] for c in unchanged])
+                for child in new.children:
+                    if child.id in changed or child.id in added:
+                        try:
+                            self.add_child(child)
+                        except LinxError as error:
+                            failed[child.id] = str(error)
+                order = {child.id: index for index, child in enumerate(new.children)}
+                kept = [*self.tree.children, *(c for c in new.children if c.id in changed + added)]
+                self.tree = Tree(self.tree.file, self.tree.settings, sorted(kept, key=lambda c: order[c.id]))
+            finally:
+                self.notify_now("READY=1")
+            result: dict[str, Any] = {"added": added, "removed": removed, "changed": changed, "unchanged": unchanged}
+            if failed:
+                result["failed"] = failed
+            if new.settings != self.tree.settings:
+                result["not_applied"] = "the root supervisor's settings changed: they apply when the daemon restarts"
+            return result
+
+    def remove_child(self, child: Workload | Group) -> None:
+        try:
+            S.terminate_child(self.root, child.id)
+            S.delete_child(self.root, child.id)
+        except LinxError:
+            pass  # a temporary child is gone from its supervisor once stopped
+        self.inbox.tell(("forget", Tree(self.tree.file, {}, [child])))  # after its last events
+
+    def add_child(self, child: Workload | Group) -> None:
+        self.inbox.tell(("learn", Tree(self.tree.file, {}, [child])))  # before its first events
+        S.start_child(self.root, self._spec(child))
+
+    def learn(self, fragment: Tree) -> None:
+        self.state.learn(fragment)
+        for workload in fragment.workloads():
+            self.workloads[workload.id] = workload
+            if workload.restart_delay:
+                self.backoffs[workload.id] = BackOff(workload.restart_delay, workload.restart_backoff_max)
+
+    def forget(self, fragment: Tree) -> None:
+        ids = [child.id for child in fragment.walk()]
+        self.state.forget(ids)
+        for child_id in ids:
+            if self.workloads.pop(child_id, None) is not None:
+                self.output.end_of(child_id)
+            for table in (self.backoffs, self.held_back, self.running_since):
+                table.pop(child_id, None)
+            if child_id in self.cgroups:
+                self.release_cgroup(child_id)
+
+    def reload_on_signal(self) -> None:
+        try:
+            result = self.reload()
+        except LinxError as error:
+            self.report_from_thread("tree", "reload_failed", f"nothing was changed: {error}")
+            return
+        self.report_from_thread("tree", "reloaded", describe_reload(result))
+
+    def notify_now(self, *fields: str) -> None:
+        if self.notifier is not None:
+            self.notifier.send(*fields)
 
     # -- restart back-off: a restarted child waits at its checkpoint ----------------------------
 
@@ -433,6 +536,8 @@ class Daemon:
             case "shutdown":
                 self.inbox.tell(("shutdown",))
                 return "stopping"
+            case "reload":
+                return self.reload()
             case "logs":
                 if child_id not in self.workloads:
                     raise LinxError("not_found", f"no workload {child_id!r} in the tree (supervisors have no output)")
@@ -475,6 +580,20 @@ class Daemon:
             shown = f" {detail}" if detail not in ("", None) else ""
             line = f"{iso_time(time.time())} {child_id:>12} | {kind}{shown}"
         self.output.line(line)
+
+
+def describe_reload(result: dict[str, Any]) -> str:
+    """What a reload did, in words.
+
+    >>> describe_reload({"added": ["d"], "removed": ["b"], "changed": ["c"], "unchanged": ["a"]})
+    'added d; removed b; restarted c; unchanged a'
+    """
+    words = {"added": "added", "removed": "removed", "changed": "restarted", "unchanged": "unchanged"}
+    parts = [f"{word} {', '.join(result[key])}" for key, word in words.items() if result.get(key)]
+    parts += [f"{child_id} failed to start: {why}" for child_id, why in result.get("failed", {}).items()]
+    if "not_applied" in result:
+        parts.append(result["not_applied"])
+    return "; ".join(parts) or "nothing to do"
 
 
 def _describe_event(kind: str, detail: list) -> Any:

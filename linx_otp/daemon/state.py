@@ -75,18 +75,21 @@ class TreeState:
     """Every child's record. Mutated by the loop; read by the control thread (under ``lock``)."""
 
     def __init__(self, tree: Tree, clock: Callable[[], float] = time.time) -> None:
-        parents = tree.parents()
-        self.records = {
-            child.id: Record(
-                "supervisor" if isinstance(child, Group) else "worker",
-                parents[child.id],
-                log=child.log.path if isinstance(child, Workload) and child.log is not None else None,
-            )
-            for child in tree.walk()
-        }
+        self.records = _records(tree)
         self.root: Any = None
         self.clock = clock
         self.lock = threading.Lock()
+
+    def learn(self, fragment: Tree) -> None:
+        """A reload added (or changed) these children under the root: fresh records for them."""
+        with self.lock:
+            self.records.update(_records(fragment))
+
+    def forget(self, child_ids: list[str]) -> None:
+        """A reload removed these children (or the old version of a changed one)."""
+        with self.lock:
+            for child_id in child_ids:
+                self.records.pop(child_id, None)
 
     def has(self, child_id: Any) -> bool:
         return isinstance(child_id, str) and child_id in self.records
@@ -182,6 +185,18 @@ def iso_time(seconds: float) -> str:
     True
     """
     return datetime.fromtimestamp(seconds).astimezone().isoformat(timespec="milliseconds")
+
+
+def _records(tree: Tree) -> dict[str, Record]:
+    parents = tree.parents()
+    return {
+        child.id: Record(
+            "supervisor" if isinstance(child, Group) else "worker",
+            parents[child.id],
+            log=child.log.path if isinstance(child, Workload) and child.log is not None else None,
+        )
+        for child in tree.walk()
+    }
 
 
 def describe_errno(number: int) -> str:
