@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import socket
 import struct
 import sys
@@ -232,6 +233,7 @@ def _logs(arguments: argparse.Namespace) -> int:
     if arguments.json and not arguments.follow:
         print(json.dumps({"ok": True, "result": reply}))
         return 0
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C ends -f, even if started with SIGINT ignored
     try:
         while True:
             _show_lines(reply, arguments.json)

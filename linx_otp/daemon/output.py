@@ -24,7 +24,7 @@ This module never blocks its caller and never raises an I/O error to it.
 
 >>> import os
 >>> reader, writer = os.pipe()
->>> output = Output(writer, report=print)
+>>> output = Output(writer, report=print).start()
 >>> output.line("hello")
 >>> output.close()
 >>> os.read(reader, 100)
@@ -216,7 +216,11 @@ class Output:
         self.logs: dict[str, _Log] = {}
         self.log_of: dict[str, LogFile | None] = {}
         self.thread = threading.Thread(target=self._write_forever, name="linx-otp-output", daemon=True)
+
+    def start(self) -> Output:
+        """Start the writer thread; returns ``self``."""
         self.thread.start()
+        return self
 
     # -- the callers' side: never blocks ---------------------------------------------------------
 
@@ -262,7 +266,8 @@ class Output:
         with self.condition:
             self.closing = True
             self.condition.notify()
-        self.thread.join(timeout + POLL_SECONDS * 5)
+        if self.thread.is_alive():
+            self.thread.join(timeout + POLL_SECONDS * 5)
 
     def _append(self, item: object, line_size: int) -> None:
         self.items.append((item, line_size))

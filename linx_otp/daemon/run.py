@@ -121,7 +121,8 @@ class Daemon:
         """child id → (the restarted incarnation to hold at its checkpoint, for how long)."""
         self.rings = Rings()
         """Each child's last output, for ``logs``."""
-        self.output: Output | None = None
+        self.output = Output(console_fd, self.report_from_thread, rings=self.rings)
+        """The writer (its thread starts with ``run``)."""
         self.control: ControlServer | None = None
         self.reload_lock = threading.Lock()
         """Reloads one at a time (the control socket's and SIGHUP's)."""
@@ -140,30 +141,30 @@ class Daemon:
         except LinxError:
             self.instance.release()
             raise
-        self.output = Output(self.console_fd, self.report_from_thread, rings=self.rings)
+        self.output.start()
         self.notifier = Notifier.from_environment(os.environ, self.report_from_thread)
-        self.control = ControlServer(listener, self.answer, self.report_from_thread)
+        self.control = control = ControlServer(listener, self.answer, self.report_from_thread)
         previous = {
             number: signal.signal(number, self._on_signal) for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
         }
         warnings = _WarningsAsEvents(self.report_from_thread)
         logging.getLogger("linx_otp").addHandler(warnings)
         try:
-            return self._run()
+            return self._run(control)
         finally:
             self.cleanup()
             logging.getLogger("linx_otp").removeHandler(warnings)
             for number, handler in previous.items():
                 signal.signal(number, handler)
 
-    def _run(self) -> int:
+    def _run(self, control: ControlServer) -> int:
         self.report("tree", "starting", f"{self.tree.file} as instance {self.instance.name!r}")
         try:
             for leftover in self.instance.clean_leftovers():
                 self.report("daemon", "cleaned", f"a killed predecessor's {leftover}")
         except (LinxError, OSError) as error:
             self.report("daemon", "cleanup_failed", str(error))
-        self.control.start()
+        control.start()
         try:
             self.root = S.start(
                 [self._spec(child) for child in self.tree.children], id=ROOT_ID, events=self.inbox, **self.tree.settings
@@ -269,8 +270,7 @@ class Daemon:
             self.report("daemon", "cleanup_failed", str(error))
         if self.control is not None:
             self.control.close()
-        if self.output is not None:
-            self.output.close()
+        self.output.close()
         if self.notifier is not None:
             self.notifier.close()
         self.instance.release()
@@ -348,7 +348,8 @@ class Daemon:
         are serialized; the stops and starts are the supervisor's ``terminate_child``,
         ``delete_child`` and ``start_child``, which OTP does not count as restarts."""
         with self.reload_lock:
-            if self.stopping or self.root is None:
+            root = self.root
+            if self.stopping or root is None:
                 raise LinxError("not_running", "the tree is not running (starting or stopping): nothing to reload")
             try:
                 new = parse_file(self.tree.file, instance=self.instance.name)
@@ -368,12 +369,12 @@ class Daemon:
             failed = {}
             try:
                 for child_id in reversed([c for c in old_children if c in removed + changed]):
-                    self.remove_child(old_children[child_id])
+                    self.remove_child(root, old_children[child_id])
                 self.tree = Tree(self.tree.file, self.tree.settings, [old_children[c] for c in unchanged])
                 for child in new.children:
                     if child.id in changed or child.id in added:
                         try:
-                            self.add_child(child)
+                            self.add_child(root, child)
                         except LinxError as error:
                             failed[child.id] = str(error)
                 order = {child.id: index for index, child in enumerate(new.children)}
@@ -388,17 +389,17 @@ class Daemon:
                 result["not_applied"] = "the root supervisor's settings changed: they apply when the daemon restarts"
             return result
 
-    def remove_child(self, child: Workload | Group) -> None:
+    def remove_child(self, root: pykka.ActorRef, child: Workload | Group) -> None:
         try:
-            S.terminate_child(self.root, child.id)
-            S.delete_child(self.root, child.id)
+            S.terminate_child(root, child.id)
+            S.delete_child(root, child.id)
         except LinxError:
             pass  # a temporary child is gone from its supervisor once stopped
         self.inbox.tell(("forget", Tree(self.tree.file, {}, [child])))  # after its last events
 
-    def add_child(self, child: Workload | Group) -> None:
+    def add_child(self, root: pykka.ActorRef, child: Workload | Group) -> None:
         self.inbox.tell(("learn", Tree(self.tree.file, {}, [child])))  # before its first events
-        S.start_child(self.root, self._spec(child))
+        S.start_child(root, self._spec(child))
 
     def learn(self, fragment: Tree) -> None:
         self.state.learn(fragment)
@@ -542,6 +543,8 @@ class Daemon:
                 if child_id not in self.workloads:
                     raise LinxError("not_found", f"no workload {child_id!r} in the tree (supervisors have no output)")
                 return self.rings.read(child_id, last=request.lines, after=request.after)
+        if child_id is None:
+            raise LinxError(("bad_verb", request.verb), f"{request.verb} needs a child id")
         supervisor, current = self.state.locate(child_id)
         match request.verb:
             case "stop":

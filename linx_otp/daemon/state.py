@@ -162,7 +162,7 @@ class TreeState:
 
     @staticmethod
     def _row(child_id: str, record: Record, now: float) -> dict[str, Any]:
-        up = record.started_at is not None and record.state in UP_STATES
+        started = record.started_at if record.state in UP_STATES else None
         return {
             "id": child_id,
             "kind": record.kind,
@@ -171,8 +171,8 @@ class TreeState:
             "ready": record.state in UP_STATES,
             "host_pid": record.host_pid,
             "restarts": record.restarts,
-            "started_at": iso_time(record.started_at) if up else None,
-            "uptime": round(now - record.started_at, 1) if up and record.started_at is not None else None,
+            "started_at": iso_time(started) if started is not None else None,
+            "uptime": round(now - started, 1) if started is not None else None,
             "last_exit": describe_exit(record.last_exit) if record.last_exit is not None else None,
             "log": record.log,
         }

@@ -20,13 +20,14 @@ String values may name the instance that runs the tree: ``${instance}`` (its nam
 
 from __future__ import annotations
 
+import functools
 import re
 import tomllib
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from .. import options as session_options
 from .. import supervisor as S
@@ -225,7 +226,7 @@ class _Checker:
         """Record a problem and go on checking."""
         self.problems.append((where or "top level", what))
 
-    def skip(self, where: str, what: str) -> None:
+    def skip(self, where: str, what: str) -> NoReturn:
         """Record a problem that makes the rest of the table meaningless."""
         self.note(where, what)
         raise _SkipTable
@@ -254,7 +255,7 @@ class _Checker:
             return {}
         settings = {key: table[key] for key in sorted(SUPERVISOR_KEYS) if key in table}
         for key, value in settings.items():
-            self.check(f"{where}.{key}", lambda v, k=key: S.check_settings(**{k: v}), value)
+            self.check(f"{where}.{key}", functools.partial(_check_setting, key), value)
         return settings
 
     def children(self, tables: Any, where: str) -> list[Workload | Group]:
@@ -314,7 +315,7 @@ class _Checker:
             table.get("setup", {}), f"{where}.setup", set(namespaces if isinstance(namespaces, list) else ())
         )
         delay, maximum = (
-            self.check(f"{where}.{key}", lambda v, k=key: check_seconds(k, v), table.get(key, 0.0))
+            self.check(f"{where}.{key}", functools.partial(check_seconds, key), table.get(key, 0.0))
             for key in BACKOFF_KEYS
         )
         if delay is not None and maximum is not None and "restart_backoff_max" in table and maximum < delay:
@@ -327,7 +328,7 @@ class _Checker:
             return None
         if not capture:
             self.note(where, 'a log needs stdio capturing a stream (stdio = "capture")')
-        table = {"path": log} if isinstance(log, str) else log
+        table: Any = {"path": log} if isinstance(log, str) else log
         if not self.keys(table, LOG_KEYS, where):
             return None
         path, max_bytes, keep = table.get("path"), table.get("max_bytes", LOG_MAX_BYTES), table.get("keep", LOG_KEEP)
@@ -413,6 +414,10 @@ def _id_map(entries: Any) -> list[tuple]:
     except LinxError as error:
         raise LinxValueError("bad_map", f"a map is a list of [inside, outside, length]: {error}") from None
     return mapped
+
+
+def _check_setting(key: str, value: Any) -> Any:
+    return S.check_settings(**{key: value})
 
 
 def check_seconds(name: str, value: Any) -> float:
