@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import test_cli
-from support import process_alive, wait_until
+from support import needs_root, process_alive, run_scoped_name, wait_until
 from test_cli import COMMAND, STAMP, TIMEOUT, logged_text, write_tree
 
 running = test_cli.running  # the fixture, shared
@@ -460,4 +461,28 @@ def test_reload_applies_the_difference_and_leaves_the_unchanged_alone(tmp_path, 
     assert wait_until(lambda: all(row["state"] == "running" for row in daemon.status().values()), TIMEOUT)
     assert daemon.status()["same"]["host_pid"] == before["same"]["host_pid"]
     assert not any("gave_up" in line for line in daemon.lines)  # reload restarts spend no intensity
+    assert daemon.stop() == 0
+
+
+# -- the demo tree has a pty child to attach to ------------------------------------------------------
+
+
+@needs_root
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux: run scripts/system-deps.sh")
+def test_the_demo_trees_shell_can_be_attached_to(tmp_path, running):
+    daemon = running(None, "--name", run_scoped_name("demo")[:12])
+    assert daemon.shows(r"shell \| running"), daemon.lines
+    from test_tty_tmux import Tmux
+
+    attach = " ".join(f"'{part}'" for part in [*COMMAND, "attach", "shell", "--control", str(daemon.control)])
+    terminal = Tmux(tmp_path, ["sh", "-c", attach + "; echo attach-exit=$?"])
+    try:
+        assert terminal.shows("attached to shell"), terminal.screen()
+        terminal.type("echo on-$(hostname)-$((40+2))", "Enter")
+        assert terminal.shows("on-demo-shell-42\n"), terminal.screen()
+        terminal.type("C-p", "C-q")
+        assert terminal.shows("attach-exit=0"), terminal.screen()
+    finally:
+        terminal.close()
+    assert daemon.status()["shell"]["state"] == "running"
     assert daemon.stop() == 0
