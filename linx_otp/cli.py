@@ -1,7 +1,7 @@
 """The ``linx-otp`` command: run a declared tree as a daemon, control it, or spawn a one-off
 workload through the checkpoint.
 
-    linx-otp [--name NAME] [--control PATH] run [TREE.toml] [--json]
+    linx-otp [--name NAME] [--control PATH] run [TREE.toml] [--json] [--metrics HOST:PORT]
     linx-otp [--name NAME] [--control PATH] status | restart ID | stop ID | start ID | attach ID | shutdown | reload [--json]
     linx-otp [--name NAME] [--control PATH] logs ID [-f] [-n N] [--json]
     linx-otp spawn [--ns net,pid,...] [--pty] [--hostname H] [--mount-proc] [-r] -- ARGV...
@@ -59,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("tree", nargs="?", default=str(DEMO_TREE), help="the tree file (default: the demo tree)")
     run.add_argument("--json", action="store_true", help="one JSON object per event instead of readable lines")
+    run.add_argument(
+        "--metrics", metavar="HOST:PORT", help="serve Prometheus metrics at http://HOST:PORT/metrics (extra [metrics])"
+    )
     run.set_defaults(action=_run)
 
     as_json = argparse.ArgumentParser(add_help=False)
@@ -119,11 +122,13 @@ def _control_path(arguments: argparse.Namespace) -> str:
 
 def _run(arguments: argparse.Namespace) -> int:
     from .daemon import Daemon, Instance
+    from .daemon.metrics import parse_address
     from .daemon.tree import parse_file
 
     name = _instance_name(arguments)
     tree = parse_file(arguments.tree, instance=name)
-    return Daemon(tree, Instance(name, _control_path(arguments)), json_output=arguments.json).run()
+    metrics = parse_address(arguments.metrics) if arguments.metrics is not None else None
+    return Daemon(tree, Instance(name, _control_path(arguments)), json_output=arguments.json, metrics=metrics).run()
 
 
 _CREDENTIALS = struct.Struct("3i")

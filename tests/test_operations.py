@@ -3,6 +3,7 @@ the real command line: the daemon as a subprocess, its control socket, short tim
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -13,6 +14,7 @@ import subprocess
 import textwrap
 import threading
 import time
+import urllib.request
 from datetime import datetime
 from pathlib import Path
 
@@ -486,3 +488,53 @@ def test_the_demo_trees_shell_can_be_attached_to(tmp_path, running):
         terminal.close()
     assert daemon.status()["shell"]["state"] == "running"
     assert daemon.stop() == 0
+
+
+# -- metrics -----------------------------------------------------------------------------------------
+
+
+def scrape(url: str) -> dict[str, float]:
+    with urllib.request.urlopen(url, timeout=TIMEOUT) as response:
+        text = response.read().decode()
+    return {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("linx_otp_")
+    }
+
+
+@pytest.mark.skipif(importlib.util.find_spec("prometheus_client") is None, reason="needs the [metrics] extra")
+def test_metrics_are_scraped_over_http_after_a_restart(tmp_path, running):
+    daemon = running(write_tree(tmp_path, TREE.format(log=tmp_path / "l.log")), "--metrics", "127.0.0.1:0")
+    assert daemon.shows(r"daemon \| metrics http://127\.0\.0\.1:\d+/metrics"), daemon.lines
+    url = re.search(r"(http://\S+)", next(line for line in daemon.lines if "| metrics" in line)).group(1)
+    assert wait_until(lambda: all(row["state"] == "running" for row in daemon.status().values()), TIMEOUT)
+    before = daemon.status()["sleeper"]["host_pid"]
+    os.kill(before, signal.SIGKILL)
+    assert wait_until(lambda: daemon.status()["sleeper"]["restarts"] == 1, TIMEOUT)
+    assert wait_until(lambda: daemon.status()["sleeper"]["state"] == "running", TIMEOUT)
+    metrics = scrape(url)
+    assert metrics['linx_otp_child_up{id="sleeper",kind="worker"}'] == 1.0
+    assert metrics['linx_otp_child_up{id="group",kind="supervisor"}'] == 1.0
+    assert metrics['linx_otp_child_restarts_total{id="sleeper"}'] == 1.0
+    assert metrics['linx_otp_child_restarts_total{id="inner"}'] == 0.0
+    assert metrics['linx_otp_child_last_exit_info{id="sleeper",last_exit="killed by SIGKILL"}'] == 1.0
+    assert abs(metrics['linx_otp_child_start_time_seconds{id="sleeper"}'] - time.time()) < TIMEOUT
+    assert not any(key.startswith("linx_otp_supervisor_gave_up_total") for key in metrics)  # none gave up
+    daemon.control_command("stop", "sleeper")
+    assert scrape(url)['linx_otp_child_up{id="sleeper",kind="worker"}'] == 0.0
+    assert daemon.stop() == 0
+    with pytest.raises(OSError):
+        scrape(url)  # the server went with the daemon
+
+
+def test_a_bad_metrics_address_is_refused_before_anything_starts(tmp_path):
+    tree = write_tree(tmp_path, TREE.format(log=tmp_path / "l.log"))
+    result = subprocess.run(
+        [*COMMAND, "run", tree, "--metrics", "localhost", "--control", str(tmp_path / "c.sock")],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert result.returncode == 2 and "--metrics takes HOST:PORT, like 127.0.0.1:9100" in result.stderr
+    assert not (tmp_path / "c.sock").exists()

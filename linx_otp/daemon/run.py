@@ -38,6 +38,7 @@ from ..actor import monitor
 from ..errors import LinxError
 from ..flow import OutputEvent
 from ..mailbox import Mailbox
+from . import metrics
 from .backoff import BackOff
 from .control import ControlServer, Request
 from .instance import Instance
@@ -97,7 +98,15 @@ class Daemon:
     'starting'
     """
 
-    def __init__(self, tree: Tree, instance: Instance, *, json_output: bool = False, console_fd: int = 1) -> None:
+    def __init__(
+        self,
+        tree: Tree,
+        instance: Instance,
+        *,
+        json_output: bool = False,
+        console_fd: int = 1,
+        metrics: tuple[str, int] | None = None,
+    ) -> None:
         self.tree = tree
         self.instance = instance
         self.json_output = json_output
@@ -124,6 +133,10 @@ class Daemon:
         self.output = Output(console_fd, self.report_from_thread, rings=self.rings)
         """The writer (its thread starts with ``run``)."""
         self.control: ControlServer | None = None
+        self.metrics_address = metrics
+        self.metrics_server: Any = None
+        self.gave_up: dict[str, int] = {}
+        """Supervisor id → times it reached its restart intensity (for ``--metrics``)."""
         self.reload_lock = threading.Lock()
         """Reloads one at a time (the control socket's and SIGHUP's)."""
         self.notifier: Notifier | None = None
@@ -138,6 +151,8 @@ class Daemon:
         self.instance.claim()
         try:
             listener = self.instance.listen()
+            if self.metrics_address is not None:
+                self.metrics_server = metrics.serve(self.metrics_address, self.state.metric_rows, self.gave_up.copy)
         except LinxError:
             self.instance.release()
             raise
@@ -175,6 +190,9 @@ class Daemon:
         self.state.root = self.root
         monitor(self.root, self.inbox)
         self.report("tree", "up", f"{len(self.workloads)} workloads; control socket {self.instance.control_path}")
+        if self.metrics_server is not None:
+            host, port = self.metrics_server.server_address[:2]
+            self.report("daemon", "metrics", f"http://{host}:{port}/metrics")
         self.notify("READY=1")
         if self.notifier is not None and self.notifier.watchdog_seconds:
             self.ping_watchdog(self.notifier.watchdog_seconds)
@@ -273,6 +291,9 @@ class Daemon:
         self.output.close()
         if self.notifier is not None:
             self.notifier.close()
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
+            self.metrics_server.server_close()
         self.instance.release()
 
     # -- the loop ------------------------------------------------------------------------------
@@ -298,7 +319,9 @@ class Daemon:
                     return 0
                 self.report("tree", "gave_up", describe_exit(reason))
                 return 1
-            case ("linx_supervisor", kind, _, child_id, detail):
+            case ("linx_supervisor", kind, supervisor_id, child_id, detail):
+                if kind == "gave_up":
+                    self.gave_up[supervisor_id] = self.gave_up.get(supervisor_id, 0) + 1
                 self.supervisor_event(kind, child_id, detail)
             case ("child", child_id, ("linx_process", kind, *detail)):
                 self.child_event(child_id, kind, detail)

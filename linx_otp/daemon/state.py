@@ -160,6 +160,22 @@ class TreeState:
         with self.lock:
             return [self._row(child_id, record, now) for child_id, record in self.records.items()]
 
+    def metric_rows(self) -> list[dict[str, Any]]:
+        """What ``--metrics`` shows of each child: its id, kind, state, restarts, the unix time
+        its running incarnation started and its last exit in words."""
+        with self.lock:
+            return [
+                {
+                    "id": child_id,
+                    "kind": record.kind,
+                    "state": record.state,
+                    "restarts": record.restarts,
+                    "started_at_unix": record.started_at if record.state in UP_STATES else None,
+                    "last_exit": describe_exit(record.last_exit) if record.last_exit is not None else None,
+                }
+                for child_id, record in self.records.items()
+            ]
+
     @staticmethod
     def _row(child_id: str, record: Record, now: float) -> dict[str, Any]:
         started = record.started_at if record.state in UP_STATES else None
