@@ -187,7 +187,7 @@ def test_a_bad_output_setting_names_its_key_path(tmp_path):
 
 def test_lifecycle_lines_are_bounded_and_the_drop_is_counted():
     reader, writer = os.pipe()
-    output = Output(writer, report=lambda *event: None, line_capacity=4096)
+    output = Output(writer, report=lambda *event: None, line_capacity=4096).start()
     try:
         for number in range(20000):  # far more than the pipe (64 KiB) and the buffer (4 KiB) hold
             output.line(f"event {number:05d}")
@@ -218,7 +218,7 @@ def test_a_window_is_given_back_only_once_its_output_is_written():
     reader, writer = os.pipe()
     credit: list[int] = []
     window = OutputWindow(4096, send=lambda frame: credit.append(len(frame)) or True)
-    output = Output(writer, report=lambda *event: None)
+    output = Output(writer, report=lambda *event: None).start()
     try:
         chunk = b"y" * 1023 + b"\n"
         for _ in range(80):  # 80 KiB: more than the pipe holds, so the writer stalls
@@ -244,7 +244,7 @@ def test_a_window_is_given_back_only_once_its_output_is_written():
 def test_close_gives_up_on_a_console_nobody_reads_and_gives_every_window_back():
     reader, writer = os.pipe()
     window = OutputWindow(protocol.OUTPUT_WINDOW_MIN, send=lambda frame: True)
-    output = Output(writer, report=lambda *event: None)
+    output = Output(writer, report=lambda *event: None).start()
     try:
         for _ in range(200):
             output.captured("w", window.claim(("linx_process", "stdout", b"z" * 1023 + b"\n")), None)
