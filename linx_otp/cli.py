@@ -1,8 +1,9 @@
 """The ``linx-otp`` command: run a declared tree as a daemon, control it, or spawn a one-off
 workload through the checkpoint.
 
-    linx-otp [--name NAME] [--control PATH] run [TREE.toml] [--json]
-    linx-otp [--name NAME] [--control PATH] status | restart ID | stop ID | start ID | attach ID | shutdown
+    linx-otp [--name NAME] [--control PATH] run [TREE.toml] [--json] [--metrics HOST:PORT]
+    linx-otp [--name NAME] [--control PATH] status | restart ID | stop ID | start ID | attach ID | shutdown | reload [--json]
+    linx-otp [--name NAME] [--control PATH] logs ID [-f] [-n N] [--json]
     linx-otp spawn [--ns net,pid,...] [--pty] [--hostname H] [--mount-proc] [-r] [--rootfs DIR]
                    [--user U] [--group G] [--cap NAME...] [--profile container] -- ARGV...
 
@@ -18,9 +19,11 @@ import dataclasses
 import json
 import logging
 import os
+import signal
 import socket
 import struct
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -59,10 +62,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("tree", nargs="?", default=str(DEMO_TREE), help="the tree file (default: the demo tree)")
     run.add_argument("--json", action="store_true", help="one JSON object per event instead of readable lines")
+    run.add_argument(
+        "--metrics", metavar="HOST:PORT", help="serve Prometheus metrics at http://HOST:PORT/metrics (extra [metrics])"
+    )
     run.set_defaults(action=_run)
 
-    for verb, text in [("status", "show every child"), ("shutdown", "stop the tree gracefully")]:
-        command = commands.add_parser(verb, help=text, parents=[instance])
+    as_json = argparse.ArgumentParser(add_help=False)
+    as_json.add_argument(
+        "--json", action="store_true", help='print the reply as one JSON object: {"ok": true, "result": ...}'
+    )
+    for verb, text in [
+        ("status", "show every child"),
+        ("shutdown", "stop the tree gracefully"),
+        ("reload", "re-read the tree file: start added children, stop removed ones, restart changed ones"),
+    ]:
+        command = commands.add_parser(verb, help=text, parents=[instance, as_json])
         command.set_defaults(action=_control, verb=verb)
     for verb, text in [
         ("restart", "stop and start a child"),
@@ -70,9 +84,17 @@ def _parser() -> argparse.ArgumentParser:
         ("start", "start a stopped child"),
         ("attach", "attach this terminal to a pty child"),
     ]:
-        command = commands.add_parser(verb, help=text, parents=[instance])
+        command = commands.add_parser(verb, help=text, parents=[instance, as_json])
         command.add_argument("id")
         command.set_defaults(action=_control, verb=verb)
+
+    logs = commands.add_parser(
+        "logs", help="show a child's last output (-f: and follow it)", parents=[instance, as_json]
+    )
+    logs.add_argument("id")
+    logs.add_argument("-f", "--follow", action="store_true", help="go on showing new output until Ctrl-C")
+    logs.add_argument("-n", "--lines", type=_count, default=None, help="only the last N lines (default: all kept)")
+    logs.set_defaults(action=_logs)
 
     spawn = commands.add_parser("spawn", help="run one workload in fresh namespaces, like unshare")
     spawn.add_argument("--ns", default="", help="comma-separated namespaces: net,pid,mount,uts,ipc,user,cgroup,time")
@@ -117,11 +139,13 @@ def _control_path(arguments: argparse.Namespace) -> str:
 
 def _run(arguments: argparse.Namespace) -> int:
     from .daemon import Daemon, Instance
+    from .daemon.metrics import parse_address
     from .daemon.tree import parse_file
 
     name = _instance_name(arguments)
     tree = parse_file(arguments.tree, instance=name)
-    return Daemon(tree, Instance(name, _control_path(arguments)), json_output=arguments.json).run()
+    metrics = parse_address(arguments.metrics) if arguments.metrics is not None else None
+    return Daemon(tree, Instance(name, _control_path(arguments)), json_output=arguments.json, metrics=metrics).run()
 
 
 _CREDENTIALS = struct.Struct("3i")
@@ -166,40 +190,130 @@ def request(control: str, message: dict, fds: list[int] | None = None, on_note: 
 
 def _control(arguments: argparse.Namespace) -> int:
     message = {"verb": arguments.verb, "id": getattr(arguments, "id", None)}
-    if arguments.verb == "attach":
-        try:
-            terminal = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
-        except OSError:
-            raise LinxError("no_local_tty", "attach needs a terminal") from None
-
-        def announce(note: str) -> None:
-            print(f"{note} to {arguments.id}; Ctrl-P Ctrl-Q detaches\r", file=sys.stderr)
-
-        try:
-            result = request(_control_path(arguments), message, [terminal], on_note=announce)
-        finally:
-            os.close(terminal)
-        print(f"\r\nlinx-otp: {result}", file=sys.stderr)
-        return 0
-    result = request(_control_path(arguments), message)
-    if arguments.verb == "status":
+    try:
+        result = (
+            _attach(arguments, message) if arguments.verb == "attach" else request(_control_path(arguments), message)
+        )
+    except LinxError as error:
+        if not arguments.json:
+            raise
+        print(json.dumps({"ok": False, "error": str(error), "reason": _jsonable(error.reason)}))
+        return 2
+    if arguments.json:
+        print(json.dumps({"ok": True, "result": result}))
+    elif arguments.verb == "status":
         _print_status(result)
+    elif arguments.verb == "attach":
+        print(f"\r\nlinx-otp: {result}", file=sys.stderr)
+    elif arguments.verb == "reload":
+        from .daemon.run import describe_reload
+
+        print(describe_reload(result))
     else:
         print(result)
     return 0
 
 
+def _attach(arguments: argparse.Namespace, message: dict) -> Any:
+    try:
+        terminal = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError:
+        raise LinxError("no_local_tty", "attach needs a terminal") from None
+
+    def announce(note: str) -> None:
+        print(f"{note} to {arguments.id}; Ctrl-P Ctrl-Q detaches\r", file=sys.stderr)
+
+    try:
+        return request(_control_path(arguments), message, [terminal], on_note=announce)
+    finally:
+        os.close(terminal)
+
+
+FOLLOW_SECONDS = 0.2
+"""How often ``logs -f`` asks the daemon for what came after the last line it showed."""
+
+
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a number of lines (0 or more), not {text!r}")
+    return int(text)
+
+
+def _logs(arguments: argparse.Namespace) -> int:
+    """``logs ID [-f] [-n N]``: the child's last lines from the daemon's ring; with ``-f``, ask
+    again every ``FOLLOW_SECONDS`` for the lines after the last one shown, until Ctrl-C or the
+    daemon's end."""
+    control = _control_path(arguments)
+    message: dict[str, Any] = {"verb": "logs", "id": arguments.id, "lines": arguments.lines}
+    try:
+        reply = request(control, message)
+    except LinxError as error:
+        if not arguments.json:
+            raise
+        print(json.dumps({"ok": False, "error": str(error), "reason": _jsonable(error.reason)}))
+        return 2
+    if arguments.json and not arguments.follow:
+        print(json.dumps({"ok": True, "result": reply}))
+        return 0
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C ends -f, even if started with SIGINT ignored
+    try:
+        while True:
+            _show_lines(reply, arguments.json)
+            if not arguments.follow:
+                return 0
+            time.sleep(FOLLOW_SECONDS)
+            try:
+                reply = request(control, {"verb": "logs", "id": arguments.id, "after": reply["next"]})
+            except LinxError as error:
+                print(f"linx-otp: {error}", file=sys.stderr)
+                return 0  # the daemon has gone: nothing more will come, as docker logs -f ends
+    except KeyboardInterrupt:
+        return 0
+
+
+def _show_lines(reply: dict, as_json: bool) -> None:
+    if reply["missed"]:
+        print(f"linx-otp: {reply['missed']} lines were missed (the daemon keeps the last 1 MiB)", file=sys.stderr)
+    for line in reply["lines"]:
+        if as_json:
+            print(json.dumps(line))
+        else:
+            print(f"{line['time']} {'!' if line['stream'] == 'stderr' else '|'} {line['text']}")
+    sys.stdout.flush()
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (tuple, list)):
+        return [_jsonable(item) for item in value]
+    return value if isinstance(value, (str, int, float, bool, type(None))) else repr(value)
+
+
+def describe_seconds(seconds: float) -> str:
+    """An uptime for people.
+
+    >>> describe_seconds(5.4), describe_seconds(192), describe_seconds(3900), describe_seconds(200000)
+    ('5s', '3m12s', '1h05m', '2d07h')
+    """
+    whole = int(seconds)
+    for unit, size, smaller, smaller_size in (("d", 86400, "h", 3600), ("h", 3600, "m", 60), ("m", 60, "s", 1)):
+        if whole >= size:
+            return f"{whole // size}{unit}{whole % size // smaller_size:02d}{smaller}"
+    return f"{whole}s"
+
+
 def _print_status(rows: list[dict]) -> None:
-    header = ("ID", "KIND", "STATE", "HOST PID", "RESTARTS", "UPTIME", "LAST EXIT")
+    header = ("ID", "KIND", "STATE", "READY", "HOST PID", "RESTARTS", "UPTIME", "LAST EXIT", "LOG")
     table = [header] + [
         (
             row["id"],
             row["kind"],
             row["state"],
+            "yes" if row["ready"] else "no",
             str(row["host_pid"] or "-"),
             str(row["restarts"]),
-            f"{row['uptime']:.0f}s" if row["uptime"] is not None else "-",
+            describe_seconds(row["uptime"]) if row["uptime"] is not None else "-",
             str(row["last_exit"] or "-"),
+            row["log"] or "-",
         )
         for row in rows
     ]

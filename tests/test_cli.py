@@ -50,11 +50,11 @@ class Running:
             [*COMMAND, *arguments, "--control", str(self.control)], capture_output=True, text=True, timeout=TIMEOUT
         )
 
-    def status(self) -> dict[str, list[str]]:
-        result = self.control_command("status")
+    def status(self) -> dict[str, dict]:
+        """``status --json``'s rows by child id."""
+        result = self.control_command("status", "--json")
         assert result.returncode == 0, result.stderr
-        rows = [line.split() for line in result.stdout.splitlines()[1:]]
-        return {row[0]: row for row in rows}
+        return {row["id"]: row for row in json.loads(result.stdout)["result"]}
 
     def stop(self, signum: int = signal.SIGTERM) -> int:
         self.process.send_signal(signum)
@@ -89,6 +89,17 @@ def running(tmp_path):
         instance.kill()
 
 
+STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d"
+"""ISO 8601 local time with its offset, to the millisecond: how every log and console line begins."""
+_LOGGED = re.compile(rb"^" + STAMP.encode() + rb" [|!] ", re.MULTILINE)
+
+
+def logged_text(path: Path) -> str:
+    """A log file's text without the time stamp and stream marker each line starts with (a line
+    without them is left whole, so a comparison shows it)."""
+    return _LOGGED.sub(b"", path.read_bytes()).decode()
+
+
 def write_tree(tmp_path: Path, text: str) -> str:
     path = tmp_path / "tree.toml"
     path.write_text(textwrap.dedent(text))
@@ -121,9 +132,10 @@ def test_the_demo_tree_comes_up_and_sigterm_leaves_nothing(running):
     assert demo.shows(r"crasher \| exited 3") and demo.shows(r"crasher \| restarted")
     assert demo.shows(r"web ! 10\.78\.0\.1 .* \"GET / HTTP/1\.1\" 200")
     status = demo.status()
-    assert status["web"][2] == "running" and status["workers"][1] == "supervisor"
-    # crasher ends every two seconds by design: its pid may be gone by the time it is checked
-    pids = [int(row[3]) for child_id, row in status.items() if row[3].isdigit() and child_id != "crasher"]
+    assert status["web"]["state"] == "running" and status["workers"]["kind"] == "supervisor"
+    pids = [
+        row["host_pid"] for child, row in status.items() if row["host_pid"] and child != "crasher"
+    ]  # it ends on its own
     assert pids and all(process_alive(pid) for pid in pids)
     agents = agent_pids(demo.process.pid)  # the daemon's own, not those of any other linx-otp here
     assert agents
@@ -146,27 +158,31 @@ def test_a_child_killed_from_outside_is_logged_restarted_and_counted(tmp_path, r
     daemon = running(write_tree(tmp_path, SMALL_TREE))
     assert daemon.shows(r"sleeper \| running")
     assert daemon.shows(r"talker \| hello from talker") and daemon.shows(r"talker ! to stderr")
-    pid = int(daemon.status()["sleeper"][3])
+    pid = int(daemon.status()["sleeper"]["host_pid"])
     os.kill(pid, signal.SIGKILL)
     assert daemon.shows(r"sleeper \| signaled 9") and daemon.shows(r"sleeper \| restarted")
-    assert wait_until(lambda: daemon.status()["sleeper"][2:5:2] == ["running", "1"])
+    assert wait_until(
+        lambda: (daemon.status()["sleeper"]["state"], daemon.status()["sleeper"]["restarts"]) == ("running", 1)
+    )
     row = daemon.status()["sleeper"]
-    assert int(row[3]) != pid and " ".join(row[6:]) == "killed by SIGKILL"
+    assert row["host_pid"] != pid and row["last_exit"] == "killed by SIGKILL"
     assert daemon.stop() == 0
 
 
 def test_stop_start_and_restart_act(tmp_path, running):
     daemon = running(write_tree(tmp_path, SMALL_TREE))
     assert daemon.shows(r"sleeper \| running")
-    first = int(daemon.status()["sleeper"][3])
+    first = int(daemon.status()["sleeper"]["host_pid"])
     assert daemon.control_command("stop", "sleeper").stdout.strip() == "stopped"
-    assert not process_alive(first) and daemon.status()["sleeper"][2] == "stopped"
+    assert not process_alive(first) and daemon.status()["sleeper"]["state"] == "stopped"
     assert daemon.control_command("start", "sleeper").stdout.strip() == "started"
-    assert wait_until(lambda: daemon.status()["sleeper"][2] == "running")
-    second = int(daemon.status()["sleeper"][3])
+    assert wait_until(lambda: daemon.status()["sleeper"]["state"] == "running")
+    second = int(daemon.status()["sleeper"]["host_pid"])
     assert daemon.control_command("restart", "sleeper").stdout.strip() == "restarted"
     assert wait_until(
-        lambda: daemon.status()["sleeper"][2] == "running" and int(daemon.status()["sleeper"][3]) != second
+        lambda: (
+            daemon.status()["sleeper"]["state"] == "running" and int(daemon.status()["sleeper"]["host_pid"]) != second
+        )
     )
     assert not process_alive(second)
     unknown = daemon.control_command("stop", "nobody")
@@ -212,24 +228,26 @@ def test_control_words_for_people_and_global_options_on_either_side(tmp_path, ru
         "inner",
     ]
     row = next(line for line in before.stdout.splitlines() if line.startswith("missing"))
-    assert row.endswith("execve failed: ENOENT (No such file or directory)"), row
+    assert "  execve failed: ENOENT (No such file or directory)  " in row, row  # the LOG column follows
     started = daemon.control_command("start", "sleeper")
     assert (
         started.returncode == 2 and "sleeper is already running; to start it afresh: restart sleeper" in started.stderr
     )
     assert "terminate_child" not in started.stderr
     assert daemon.control_command("restart", "group").stdout.strip() == "restarted"
-    assert wait_until(lambda: daemon.status()["group"][2:5:2] == ["running", "1"]), daemon.status()
-    assert wait_until(lambda: daemon.status()["inner"][2] == "running")
-    os.kill(int(daemon.status()["sleeper"][3]), signal.SIGKILL)
-    assert wait_until(lambda: daemon.status()["sleeper"][6:] == ["killed", "by", "SIGKILL"]), daemon.status()
+    assert wait_until(
+        lambda: (daemon.status()["group"]["state"], daemon.status()["group"]["restarts"]) == ("running", 1)
+    ), daemon.status()
+    assert wait_until(lambda: daemon.status()["inner"]["state"] == "running")
+    os.kill(int(daemon.status()["sleeper"]["host_pid"]), signal.SIGKILL)
+    assert wait_until(lambda: daemon.status()["sleeper"]["last_exit"] == "killed by SIGKILL"), daemon.status()
     assert daemon.stop() == 0
 
 
 def test_json_output_is_one_object_per_line_and_sigint_stops_cleanly(tmp_path, running):
     daemon = running(write_tree(tmp_path, SMALL_TREE), "--json")
     assert daemon.shows(r'"id": "sleeper", "event": "running"')
-    pid = int(daemon.status()["sleeper"][3])
+    pid = int(daemon.status()["sleeper"]["host_pid"])
     assert daemon.stop(signal.SIGINT) == 0
     assert not process_alive(pid)
     events = [json.loads(line) for line in daemon.lines if line.startswith("{")]
@@ -267,7 +285,8 @@ def test_log_files_instead_of_prefixes(tmp_path, running):
     """,
     )
     daemon = running(tree)
-    assert wait_until(lambda: log.exists() and log.read_text() == "into the log\n", TIMEOUT)
+    assert wait_until(lambda: log.exists() and logged_text(log) == "into the log\n", TIMEOUT)
+    assert re.match(STAMP + r" \| into the log\n$", log.read_text())
     assert daemon.stop() == 0
     assert not any("into the log" in line for line in daemon.lines)
 
@@ -480,7 +499,7 @@ def test_attach_to_a_pty_child_of_the_daemon_through_tmux(tmp_path, running):
         assert terminal.shows("attach-exit=0"), terminal.screen()
     finally:
         terminal.close()
-    assert daemon.status()["shell"][2] == "running"
+    assert daemon.status()["shell"]["state"] == "running"
     assert daemon.stop() == 0
 
 
@@ -510,7 +529,7 @@ def test_an_exit_while_attached_reaches_the_daemon(tmp_path, running):
     finally:
         terminal.close()
     assert daemon.shows(r"shell \| exited 4"), "\n".join(daemon.lines)
-    assert wait_until(lambda: daemon.status()["shell"][6:] == ["exited", "4"]), daemon.status()
+    assert wait_until(lambda: daemon.status()["shell"]["last_exit"] == "exited 4"), daemon.status()
     assert daemon.stop() == 0
 
 
@@ -522,7 +541,7 @@ TREES = sorted((Path(__file__).resolve().parent.parent / "examples" / "superviso
 def test_every_bundled_tree_comes_up_cleanly_and_stops(tree, running):
     daemon = running(str(tree))
     assert daemon.shows(r"tree \| up"), "\n".join(daemon.lines)
-    workers = [name for name, row in daemon.status().items() if row[1] == "worker"]
+    workers = [name for name, row in daemon.status().items() if row["kind"] == "worker"]
     for name in workers:
         assert daemon.shows(rf"{re.escape(name)} \| running"), "\n".join(daemon.lines)
     assert not any(re.search(r"\| (setup_failed|start_failed|gave_up)", line) for line in daemon.lines), "\n".join(
@@ -553,7 +572,7 @@ def test_every_kind_of_checkpoint_setup_in_a_tree_is_in_place_at_exec(tmp_path, 
     )
     daemon = running(tree)
     assert daemon.shows(r"fenced \| uid=0 host=fenced 10\.79\.0\.2/30 [1-9]"), "\n".join(daemon.lines)
-    pid = int(daemon.status()["fenced"][3])
+    pid = int(daemon.status()["fenced"]["host_pid"])
     assert Path(f"/proc/{pid}/status").read_text().split("Uid:")[1].split()[0] == "100000"
     assert daemon.stop() == 0
     layout = Cgroup.detect()

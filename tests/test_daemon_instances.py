@@ -60,7 +60,7 @@ def test_two_named_demo_instances_run_side_by_side_and_stop_apart(tmp_path, runn
     marks = aliases()
     assert marks["lxd-alpha"] == "linx-otp:alpha:web" and marks["lxd-beta"] == "linx-otp:beta:web"
     assert cgroup_dir("alpha", "web").is_dir() and cgroup_dir("beta", "web").is_dir()
-    beta_pids = {name: int(beta.status()[name][3]) for name in ("web", "client", "ticker")}  # not the crasher
+    beta_pids = {name: int(beta.status()[name]["host_pid"]) for name in ("web", "client", "ticker")}  # not the crasher
     assert alpha.stop() == 0
     assert wait_until(lambda: "lxd-alpha" not in aliases())
     assert not cgroup_dir("alpha", "web").parent.exists()
@@ -77,7 +77,7 @@ def test_two_trees_with_the_same_child_ids_stop_without_touching_each_other(tmp_
     two = running(fenced_tree(tmp_path, "two", "lxtwo0", "10.81.2"), "--name", "two", control=tmp_path / "two.sock")
     for daemon in (one, two):
         assert daemon.shows(r"web \| running") and daemon.shows(r"bystander \| running"), "\n".join(daemon.lines)
-    two_pids = [int(two.status()[child][3]) for child in ("web", "bystander")]
+    two_pids = [int(two.status()[child]["host_pid"]) for child in ("web", "bystander")]
     assert str(two_pids[0]) in cgroup_dir("two", "web").joinpath("cgroup.procs").read_text()
     assert one.stop() == 0
     assert all(process_alive(pid) for pid in two_pids)
@@ -90,15 +90,15 @@ def test_two_trees_with_the_same_child_ids_stop_without_touching_each_other(tmp_
 def test_a_link_or_address_someone_else_owns_is_refused_naming_the_owner(tmp_path, running):
     owner = running(fenced_tree(tmp_path, "own", "lxowned0", "10.82.1"), "--name", "owner", control=tmp_path / "o.sock")
     assert owner.shows(r"web \| running")
-    owner_pid = int(owner.status()["web"][3])
+    owner_pid = int(owner.status()["web"]["host_pid"])
     taker = running(
         fenced_tree(tmp_path, "take", "lxowned0", "10.82.2"), "--name", "taker", control=tmp_path / "t.sock"
     )
     assert taker.shows(r"web \| setup_failed host link 'lxowned0' is owned by linx-otp instance 'owner'"), "\n".join(
         taker.lines
     )
-    assert wait_until(lambda: taker.status()["web"][2] == "stopped"), taker.status()
-    assert taker.status()["bystander"][2] == "running" and not any("gave_up" in line for line in taker.lines)
+    assert wait_until(lambda: taker.status()["web"]["state"] == "stopped"), taker.status()
+    assert taker.status()["bystander"]["state"] == "running" and not any("gave_up" in line for line in taker.lines)
     address_taker = running(
         fenced_tree(tmp_path, "addr", "lxaddr0", "10.82.1"), "--name", "addresses", control=tmp_path / "a.sock"
     )
@@ -106,7 +106,7 @@ def test_a_link_or_address_someone_else_owns_is_refused_naming_the_owner(tmp_pat
         address_taker.lines
     )
     assert aliases()["lxowned0"] == "linx-otp:owner:web" and process_alive(owner_pid)
-    assert owner.status()["web"][3] == str(owner_pid)
+    assert owner.status()["web"]["host_pid"] == owner_pid
     for daemon in (address_taker, taker, owner):
         assert daemon.stop() == 0
 
@@ -134,7 +134,7 @@ def test_a_restart_after_kill_9_cleans_exactly_its_own_leftovers(tmp_path, runni
     )
     for daemon in (victim, neighbour):
         assert daemon.shows(r"web \| running") and daemon.shows(r"bystander \| running")
-    neighbour_pids = [int(neighbour.status()[child][3]) for child in ("web", "bystander")]
+    neighbour_pids = [int(neighbour.status()[child]["host_pid"]) for child in ("web", "bystander")]
     os.kill(victim.process.pid, signal.SIGKILL)
     victim.process.wait()
     assert victim.control.exists() and cgroup_dir("victim", "web").is_dir(), "kill -9 leaves these behind"
@@ -143,10 +143,10 @@ def test_a_restart_after_kill_9_cleans_exactly_its_own_leftovers(tmp_path, runni
         successor.lines
     )
     assert successor.shows(r"web \| running"), "\n".join(successor.lines)
-    assert successor.status()["web"][2] == "running"
+    assert successor.status()["web"]["state"] == "running"
     assert all(process_alive(pid) for pid in neighbour_pids)
     assert cgroup_dir("neighbour", "web").is_dir() and aliases()["lxneigh0"] == "linx-otp:neighbour:web"
-    assert neighbour.status()["web"][3] == str(neighbour_pids[0])
+    assert neighbour.status()["web"]["host_pid"] == neighbour_pids[0]
     assert not any("cleaned" in line for line in neighbour.lines)
     for daemon in (successor, neighbour):
         assert daemon.stop() == 0

@@ -183,14 +183,14 @@ MALFORMED = [
 def test_every_malformed_request_gets_an_error_reply(tmp_path, running):
     daemon = running(write_tree(tmp_path, SMALL_TREE))
     assert daemon.shows(r"sleeper \| running")
-    pid = int(daemon.status()["sleeper"][3])
+    pid = int(daemon.status()["sleeper"]["host_pid"])
     for index in range(200):
         payload = MALFORMED[index % len(MALFORMED)]
         answer = ask(daemon.control, payload[:60000] + b"\n")
         assert answer["ok"] is False and isinstance(answer["error"], str), (payload[:40], answer)
     answer = ask(daemon.control, b'{"verb": "status"')  # no newline, and never finished
     assert answer == {"ok": False, "error": "no complete request within 5 s"}
-    assert daemon.status()["sleeper"][3] == str(pid) and process_alive(pid)
+    assert daemon.status()["sleeper"]["host_pid"] == pid and process_alive(pid)
     assert daemon.stop() == 0
     assert not any("Traceback" in line or "control_error" in line for line in daemon.lines), "\n".join(daemon.lines)
 
@@ -198,11 +198,11 @@ def test_every_malformed_request_gets_an_error_reply(tmp_path, running):
 def test_a_second_daemon_for_the_same_instance_starts_nothing_and_touches_nothing(tmp_path, running):
     first = running(write_tree(tmp_path, SMALL_TREE))
     assert first.shows(r"sleeper \| running")
-    pid = int(first.status()["sleeper"][3])
+    pid = int(first.status()["sleeper"]["host_pid"])
     result = refused_before_starting(tmp_path, write_tree(tmp_path, SMALL_TREE), "--control", str(first.control))
     assert result.returncode == 2, result.stderr
     assert f"already runs instance 'default' at {first.control}" in result.stderr
-    assert first.control.exists() and first.status()["sleeper"][3] == str(pid)
+    assert first.control.exists() and first.status()["sleeper"]["host_pid"] == pid
     assert first.stop() == 0
     assert not first.control.exists() and not Path(f"{first.control}.lock").exists()
 

@@ -17,7 +17,7 @@ import pytest
 import test_cli
 import test_user
 from support import needs_root, wait_until
-from test_cli import COMMAND, TIMEOUT, write_tree
+from test_cli import COMMAND, TIMEOUT, logged_text, write_tree
 from test_user import run_as
 
 from linx_otp.agent import AGENT_PATH_VARIABLE, BUNDLED_AGENT
@@ -199,10 +199,10 @@ def test_logs_never_follow_a_symlink_or_append_to_someone_elses_file(tmp_path, r
     assert daemon.shows(r"linked \| log_failed .*linked\.log: .*[Ll]oop|symbolic"), "\n".join(daemon.lines)
     assert daemon.shows(r"hard \| log_failed .*has 2 hard links"), "\n".join(daemon.lines)
     assert daemon.shows(rf"foreign \| log_failed .*belongs to uid {test_user.pw_uid}"), "\n".join(daemon.lines)
-    assert wait_until(lambda: (logs / "fresh.log").exists() and (logs / "fresh.log").read_text() == "output of fresh\n")
+    assert wait_until(lambda: (logs / "fresh.log").exists() and logged_text(logs / "fresh.log") == "output of fresh\n")
     assert stat.S_IMODE((logs / "fresh.log").stat().st_mode) == 0o640
     assert victim.read_text() == "precious\n" and (logs / "foreign.log").read_text() == "theirs\n"
-    assert daemon.status()["fresh"][2] == "running"
+    assert daemon.status()["fresh"]["state"] == "running"
     time.sleep(0.2)
     assert sum("log_failed" in line for line in daemon.lines) == 3, "each failure is reported once"
     assert daemon.stop() == 0

@@ -35,9 +35,13 @@ from typing import Any
 
 from ..errors import LinxError
 
-QUICK_VERBS = ("status", "shutdown")
-CHILD_VERBS = ("restart", "stop", "start", "attach")
-VERBS = QUICK_VERBS + CHILD_VERBS
+QUICK_VERBS = ("status", "shutdown", "logs")
+"""Answered in the server's loop: they only read the daemon's state, or send it a message."""
+CHILD_VERBS = ("restart", "stop", "start", "attach", "logs")
+"""They name a child by ``id``."""
+VERBS = tuple(dict.fromkeys((*QUICK_VERBS, *CHILD_VERBS, "reload")))
+COUNT_MAX = 1 << 62
+"""``lines`` and ``after`` (of ``logs``) are ints from 0 to this."""
 MAX_REQUEST_BYTES = 65536
 MAX_FDS = 4
 REQUEST_SECONDS = 5.0
@@ -54,6 +58,10 @@ class Request:
     verb: str
     child_id: str | None = None
     fds: tuple[int, ...] = ()
+    lines: int | None = None
+    """``logs``: how many of the last lines (None: all the daemon keeps)."""
+    after: int | None = None
+    """``logs``: only the lines after this sequence number (what ``logs -f`` has seen)."""
 
 
 Answer = Callable[[Request, Callable[[str], None]], Any]
@@ -85,11 +93,15 @@ def parse_request(data: bytes, fds: tuple[int, ...] = ()) -> Request:
     if not isinstance(verb, str) or verb not in VERBS:
         raise BadRequest(f"unknown verb {verb!r}; expected one of: {', '.join(VERBS)}")
     child_id = message.get("id")
-    if verb in CHILD_VERBS:
-        if not isinstance(child_id, str) or not child_id:
-            raise BadRequest(f"{verb} needs an 'id' naming a child (a string), not {child_id!r}")
-        return Request(verb, child_id, fds)
-    return Request(verb, None, fds)
+    if verb not in CHILD_VERBS:
+        return Request(verb, None, fds)
+    if not isinstance(child_id, str) or not child_id:
+        raise BadRequest(f"{verb} needs an 'id' naming a child (a string), not {child_id!r}")
+    counts = {key: message.get(key) for key in ("lines", "after")} if verb == "logs" else {}
+    for key, value in counts.items():
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= COUNT_MAX):
+            raise BadRequest(f"{verb}: {key!r} is an int from 0 to {COUNT_MAX}, not {value!r}")
+    return Request(verb, child_id, fds, **counts)
 
 
 def _json_type(value: Any) -> str:

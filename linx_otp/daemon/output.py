@@ -1,10 +1,18 @@
-"""The daemon's console and log writing, done by one writer thread behind a bounded buffer.
+"""The daemon's console and log writing, done by one writer thread off the event loop.
 
-The event loop hands over lifecycle lines and captured output and never waits: a stalled
-console (a pipe nobody reads, a terminal on Ctrl-S) fills the buffer, after which new items
-are dropped and counted, never queued without bound, and signals and control requests go on
-being served. Captured output is split into lines prefixed with the child's id (``|``
-stdout, ``!`` stderr), or appended to the child's log file.
+Captured output comes straight from each child's owner, as the session's ``OutputEvent``; the
+writer gives its window back (``linx_otp.consumed``) only once the chunk is written. So a
+console or log that can't keep up slows the child through its session's window (or makes it
+drop, in ``output = "drop"`` mode), and what waits here is bounded by the windows, never by
+the child's output. Lifecycle lines have a bounded buffer of their own: when it is full new
+lines are dropped and counted, and a line says how many once there is room. The event loop
+never waits on either: signals and control requests are served ahead of output.
+
+Captured output is split into lines prefixed with the child's id (``|`` stdout, ``!``
+stderr), or appended to the child's log file. The writer writes the console in pieces of at
+most ``PIPE_BUF`` once ``poll`` says there is room, so once the tree is stopping (``hurry``,
+``close``) it can give up on a console nobody reads instead of hanging in ``write(2)``: the
+children's last output then never holds up their stop.
 
 Every I/O error is handled here, where it happens, and reported once through ``report`` (an
 event for the loop): a console that is gone (EPIPE) is dropped for good; a log that fails
@@ -16,7 +24,7 @@ This module never blocks its caller and never raises an I/O error to it.
 
 >>> import os
 >>> reader, writer = os.pipe()
->>> output = Output(writer, report=print)
+>>> output = Output(writer, report=print).start()
 >>> output.line("hello")
 >>> output.close()
 >>> os.read(reader, 100)
@@ -29,6 +37,7 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import stat
 import threading
 import time
@@ -36,9 +45,22 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-CAPACITY_BYTES = 4 << 20
+from ..flow import consumed
+from .ring import Rings
+from .state import iso_time
+from .tree import LogFile
+
+LINE_CAPACITY_BYTES = 4 << 20
+"""Lifecycle lines waiting for the console; past this, new lines are dropped and counted."""
 LOG_MODE = 0o640
 LOG_RETRY_SECONDS = 2.0
+POLL_SECONDS = 0.1
+"""How often a writer waiting for room on the console looks whether ``close`` gave up on it."""
+CLOSE_SECONDS = 1.0
+HURRY_SECONDS = 0.3
+"""Once the tree is stopping, how long the writer waits for room on the console."""
+LONGEST_LINE = 64 << 10
+"""A console line longer than this is shown in pieces of this size."""
 STREAMS = ("stdout", "stderr", "pty_out")
 
 Report = Callable[[str, str, str], None]
@@ -53,9 +75,9 @@ class _Line:
 @dataclass(frozen=True)
 class _Captured:
     child_id: str
-    stream: str
-    data: bytes
-    log: str | None
+    event: tuple
+    """``("linx_process", stream, data)``: the session's ``OutputEvent``, holding its window."""
+    log: LogFile | None
 
 
 @dataclass(frozen=True)
@@ -91,27 +113,31 @@ def open_log(path: str) -> int:
 
 
 class _Log:
-    """One child's log file: opened lazily, reported once per failure, resumed when it works."""
+    """One child's log file: opened lazily, rotated by renaming once it would pass
+    ``max_bytes`` (``x.log`` → ``x.log.1`` → … → ``x.log.KEEP``, the oldest dropped), reported
+    once per failure, resumed when it works."""
 
-    def __init__(self, child_id: str, path: str, report: Report) -> None:
-        self.child_id, self.path, self.report = child_id, path, report
+    def __init__(self, child_id: str, spec: LogFile, report: Report) -> None:
+        self.child_id, self.spec, self.report = child_id, spec, report
+        self.path = spec.path
         self.fd = -1
+        self.size = 0
         self.failing = False
         self.lost_bytes = 0
         self.next_attempt = 0.0
 
     def write(self, data: bytes) -> None:
-        if self.fd < 0:
-            if time.monotonic() < self.next_attempt:
-                self.lost_bytes += len(data)
-                return
-            try:
-                self.fd = open_log(self.path)
-            except OSError as error:
-                self.fail(error, data)
-                return
         try:
+            if self.fd >= 0 and self.size and self.size + len(data) > self.spec.max_bytes:
+                self.rotate()
+            if self.fd < 0:
+                if time.monotonic() < self.next_attempt:
+                    self.lost_bytes += len(data)
+                    return
+                self.fd = open_log(self.path)
+                self.size = os.fstat(self.fd).st_size
             _write_all(self.fd, data)
+            self.size += len(data)
         except OSError as error:
             self.fail(error, data)
             return
@@ -119,6 +145,19 @@ class _Log:
             self.failing = False
             self.report(self.child_id, "log_resumed", f"{self.path}: {self.lost_bytes} bytes of output were lost")
             self.lost_bytes = 0
+
+    def rotate(self) -> None:
+        """Rename the files one place down, as logrotate does; the next write opens a new one."""
+        self.close()
+        if self.spec.keep == 0:
+            os.unlink(self.path)
+            return
+        for number in range(self.spec.keep - 1, 0, -1):
+            try:
+                os.rename(f"{self.path}.{number}", f"{self.path}.{number + 1}")
+            except FileNotFoundError:
+                pass
+        os.rename(self.path, f"{self.path}.1")
 
     def fail(self, error: OSError, data: bytes) -> None:
         self.lost_bytes += len(data)
@@ -148,75 +187,92 @@ def _write_all(fd: int, data: bytes) -> None:
             continue
 
 
+class _ConsoleAbandoned(Exception):
+    """Past the deadline (``hurry``, ``close``), the console had no room: this is not written."""
+
+
 class Output:
     """Console and logs, written by the thread ``linx-otp-output``."""
 
-    def __init__(self, console_fd: int, report: Report, capacity: int = CAPACITY_BYTES) -> None:
+    def __init__(
+        self, console_fd: int, report: Report, line_capacity: int = LINE_CAPACITY_BYTES, rings: Rings | None = None
+    ) -> None:
         self.console_fd = console_fd
+        self.rings = rings if rings is not None else Rings()
+        """The last lines of each child's output, for ``logs``."""
         self.report = report
-        self.capacity = capacity
+        self.line_capacity = line_capacity
         self.items: deque = deque()
-        self.queued_bytes = 0
+        self.line_bytes = 0
+        """Bytes of lifecycle lines queued (captured output is bounded by the sessions' windows)."""
         self.dropped_lines = 0
-        self.dropped_output: dict[str, int] = {}
         self.condition = threading.Condition()
         self.closing = False
+        self.deadline = float("inf")
         self.console_lost = False
         self.console_failing = False
+        self.console_given_up = False
         self.partial: dict[tuple[str, str], bytes] = {}
         self.logs: dict[str, _Log] = {}
+        self.log_of: dict[str, LogFile | None] = {}
         self.thread = threading.Thread(target=self._write_forever, name="linx-otp-output", daemon=True)
-        self.thread.start()
 
-    # -- the caller's side: never blocks ---------------------------------------------------------
+    def start(self) -> Output:
+        """Start the writer thread; returns ``self``."""
+        self.thread.start()
+        return self
+
+    # -- the callers' side: never blocks ---------------------------------------------------------
 
     def line(self, text: str) -> None:
-        """A lifecycle line for the console; dropped (and counted) if the buffer is full."""
-        if not self._put(_Line(text), len(text) + 1):
-            self.dropped_lines += 1
+        """A lifecycle line for the console; dropped (and counted) if the line buffer is full."""
+        size = len(text) + 1
+        with self.condition:
+            if self.closing or self.line_bytes + size > self.line_capacity:
+                self.dropped_lines += 1
+                return
+            if self.dropped_lines:
+                note = f"linx-otp: {self.dropped_lines} event lines dropped: the console was not keeping up"
+                self.dropped_lines = 0
+                self._append(_Line(note), len(note) + 1)
+            self._append(_Line(text), size)
 
-    def captured(self, child_id: str, stream: str, data: bytes, log: str | None) -> None:
-        """Output a child produced: to its log, or to the console with its id as prefix."""
-        if not self._put(_Captured(child_id, stream, data, log), len(data)):
-            self.dropped_output[child_id] = self.dropped_output.get(child_id, 0) + len(data)
+    def captured(self, child_id: str, event: tuple, log: LogFile | None) -> None:
+        """Output a child produced (its session's output event): to its log, or to the console
+        with its id as prefix. The event's window is given back once it is written."""
+        with self.condition:
+            if not self.closing:
+                self._append(_Captured(child_id, event, log), 0)
+                return
+        consumed(event)  # the daemon is going: nobody will write it
 
     def end_of(self, child_id: str) -> None:
         """At an incarnation's outcome: print what it left without a final newline."""
-        self._put(_EndOf(child_id), 0, always=True)
+        with self.condition:
+            if not self.closing:
+                self._append(_EndOf(child_id), 0)
 
-    def close(self, timeout: float = 5.0) -> None:
-        """Write what is queued (for at most ``timeout`` seconds), then stop the writer."""
+    def hurry(self, seconds: float = HURRY_SECONDS) -> None:
+        """The tree is stopping: from ``seconds`` from now, a console without room is not waited
+        for; its output is dropped, and the windows it held are given back, so a child's last
+        output never holds up its stop."""
+        with self.condition:
+            self.deadline = min(self.deadline, time.monotonic() + seconds)
+
+    def close(self, timeout: float = CLOSE_SECONDS) -> None:
+        """Write what is queued for at most ``timeout`` seconds (a console nobody reads is given
+        up on then), then stop the writer."""
+        self.hurry(timeout)
         with self.condition:
             self.closing = True
             self.condition.notify()
-        self.thread.join(timeout)
+        if self.thread.is_alive():
+            self.thread.join(timeout + POLL_SECONDS * 5)
 
-    def _put(self, item: object, size: int, always: bool = False) -> bool:
-        with self.condition:
-            if self.closing or (not always and self.queued_bytes + size > self.capacity):
-                return False
-            notes = self._drop_notes()
-            for note in notes:
-                self.items.append(note)
-            self.items.append((item, size))
-            self.queued_bytes += size
-            self.condition.notify()
-        return True
-
-    def _drop_notes(self) -> list[tuple[_Line, int]]:
-        """Once there is room again, a line saying what was dropped while there was none."""
-        notes = []
-        if self.dropped_lines:
-            notes.append(
-                (_Line(f"linx-otp: {self.dropped_lines} event lines dropped: the console was not keeping up"), 0)
-            )
-            self.dropped_lines = 0
-        for child_id, count in self.dropped_output.items():
-            notes.append(
-                (_Line(f"linx-otp: {count} bytes of {child_id}'s output dropped: the console was not keeping up"), 0)
-            )
-        self.dropped_output.clear()
-        return notes
+    def _append(self, item: object, line_size: int) -> None:
+        self.items.append((item, line_size))
+        self.line_bytes += line_size
+        self.condition.notify()
 
     # -- the writer thread -------------------------------------------------------------------------
 
@@ -227,50 +283,83 @@ class Output:
                     self.condition.wait()
                 if not self.items:
                     break
-                item, size = self.items.popleft()
-            self._write(item)
-            with self.condition:
-                self.queued_bytes -= size
+                item, line_size = self.items.popleft()
+            try:
+                self._write(item)
+            finally:
+                with self.condition:
+                    self.line_bytes -= line_size
         for log in self.logs.values():
             log.close()
+
+    def _give_up_on_console(self) -> None:
+        """Past the deadline with no room: drop the captured output still queued, giving every
+        window back (the children must not wait on a daemon that is going)."""
+        self.console_given_up = True
+        with self.condition:
+            for_console = [entry for entry in self.items if isinstance(entry[0], _Captured) and entry[0].log is None]
+            left = [entry for entry in self.items if entry not in for_console]
+            dropped = [entry[0] for entry in for_console]
+            self.items = deque(left)
+        for item in dropped:
+            consumed(item.event)
 
     def _write(self, item: object) -> None:
         match item:
             case _Line(text):
                 self._console(text + "\n")
-            case _Captured(child_id, stream, data, log) if log is not None:
-                self._log(child_id, log).write(data)
-            case _Captured(child_id, stream, data, None):
-                key = (child_id, stream)
-                complete, _, rest = (self.partial.pop(key, b"") + data).rpartition(b"\n")
-                if rest:
-                    self.partial[key] = rest
-                if complete or data.endswith(b"\n"):
-                    self._print(child_id, stream, complete)
+            case _Captured(child_id, event, log):
+                try:
+                    self._write_captured(child_id, event[1], event[-1], log)
+                finally:
+                    consumed(event)
             case _EndOf(child_id):
                 for stream in STREAMS:
-                    rest = self.partial.pop((child_id, stream), b"")
-                    if rest:
-                        self._print(child_id, stream, rest)
+                    rest = self.partial.pop((child_id, stream), None)
+                    if rest is not None:
+                        self._lines(child_id, stream, [rest], self.log_of.get(child_id))
 
-    def _log(self, child_id: str, path: str) -> _Log:
+    def _write_captured(self, child_id: str, stream: str, data: bytes, log: LogFile | None) -> None:
+        """Complete lines go out now; the rest waits for its newline (or the outcome)."""
+        self.log_of[child_id] = log
+        key = (child_id, stream)
+        complete, newline, rest = (self.partial.pop(key, b"") + data).rpartition(b"\n")
+        if len(rest) > LONGEST_LINE:  # a line that never ends is shown in pieces, not held without bound
+            complete, newline, rest = complete + newline + rest, b"\n", b""
+        if rest:
+            self.partial[key] = rest
+        if newline:
+            self._lines(child_id, stream, complete.split(b"\n"), log)
+
+    def _lines(self, child_id: str, stream: str, lines: list[bytes], log: LogFile | None) -> None:
+        """Each line with the time (ISO 8601, local) into the ring, and to the log or the console."""
+        stamp = iso_time(time.time())
+        marker = "!" if stream == "stderr" else "|"
+        texts = [line.decode(errors="replace").removesuffix("\r") for line in lines]
+        self.rings.add(child_id, stamp, stream, texts)
+        if log is not None:
+            prefix = f"{stamp} {marker} ".encode()
+            self._log(child_id, log).write(b"".join(prefix + line + b"\n" for line in lines))
+        else:
+            self._console("".join(f"{stamp} {child_id:>12} {marker} {text}\n" for text in texts))
+
+    def _log(self, child_id: str, spec: LogFile) -> _Log:
         log = self.logs.get(child_id)
-        if log is None or log.path != path:
+        if log is None or log.spec != spec:
             if log is not None:
                 log.close()
-            log = self.logs[child_id] = _Log(child_id, path, self.report)
+            log = self.logs[child_id] = _Log(child_id, spec, self.report)
         return log
-
-    def _print(self, child_id: str, stream: str, text: bytes) -> None:
-        marker = "!" if stream == "stderr" else "|"
-        lines = text.decode(errors="replace").replace("\r\n", "\n").split("\n")
-        self._console("".join(f"{child_id:>12} {marker} {line}\n" for line in lines))
 
     def _console(self, text: str) -> None:
         if self.console_lost:
             return
         try:
-            _write_all(self.console_fd, text.encode(errors="replace"))
+            self._write_console(text.encode(errors="replace"))
+        except _ConsoleAbandoned:
+            if not self.console_given_up:
+                self._give_up_on_console()
+            return
         except OSError as error:
             if error.errno in (errno.EPIPE, errno.EBADF):
                 self.console_lost = True
@@ -280,3 +369,19 @@ class Output:
                 self.report("daemon", "console_failed", f"{error.strerror}: console output is dropped while it lasts")
             return
         self.console_failing = False
+
+    def _write_console(self, data: bytes) -> None:
+        """All of ``data``, in pieces the console has room for; raises ``_ConsoleAbandoned``
+        if ``close`` gives up first."""
+        waiter = select.poll()
+        waiter.register(self.console_fd, select.POLLOUT)
+        view = memoryview(data)
+        while view:
+            if not waiter.poll(0 if self.console_given_up else POLL_SECONDS * 1000):
+                if self.console_given_up or time.monotonic() > self.deadline:
+                    raise _ConsoleAbandoned
+                continue
+            try:
+                view = view[os.write(self.console_fd, view[: select.PIPE_BUF]) :]
+            except InterruptedError:
+                continue

@@ -15,11 +15,15 @@ This loop never writes to the console or a log itself, and never waits on a clie
 from __future__ import annotations
 
 import functools
+import heapq
+import itertools
 import json
 import logging
+import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pykka
@@ -31,14 +35,21 @@ from ..actor import monitor
 from ..checkpoint import netlink as Netlink
 from ..checkpoint.setup import Release
 from ..errors import LinxError
+from ..flow import OutputEvent
 from ..mailbox import Mailbox
+from . import metrics
+from .backoff import BackOff
 from .control import ControlServer, Request
 from .instance import Instance
+from .notify import Notifier
 from .output import Output
-from .state import TreeState, describe_exit, signal_name
-from .tree import Group, Tree, Workload
+from .ring import Rings
+from .state import SetupDue, TreeState, describe_exit, iso_time, signal_name
+from .tree import Group, LogFile, Tree, TreeError, Workload, parse_file
 
 ROOT_ID = "root"
+LOOP_SECONDS = 0.5
+"""The longest the loop waits for a message before it looks at its timers again."""
 REFUSALS = ("link_taken", "address_taken")
 """Set-up failures that mean: another instance (or someone) owns what this child asks for."""
 QUIET_SUPERVISOR_REPORTS = ("started", "exited", "stopped")
@@ -46,13 +57,22 @@ QUIET_SUPERVISOR_REPORTS = ("started", "exited", "stopped")
 
 
 class _ChildOwner:
-    """The owner of one child's sessions (every incarnation): tags events with the id."""
+    """The owner of one child's sessions (every incarnation). Output goes straight to the
+    writer, which gives its window back once it is written (so a console or log that can't
+    keep up slows the child, and the loop never holds output); every other event goes to the
+    loop's inbox, tagged with the child's id."""
 
-    def __init__(self, child_id: str, inbox: Mailbox) -> None:
-        self.child_id, self.inbox = child_id, inbox
+    output_credit = "explicit"
+    """``Output`` calls ``linx_otp.consumed(event)`` once it has written the event's data."""
+
+    def __init__(self, child_id: str, inbox: Mailbox, output: Output, log: LogFile | None) -> None:
+        self.child_id, self.inbox, self.output, self.log = child_id, inbox, output, log
 
     def tell(self, message: Any) -> None:
-        self.inbox.tell(("child", self.child_id, message))
+        if type(message) is OutputEvent:
+            self.output.captured(self.child_id, message, self.log)
+        else:
+            self.inbox.tell(("child", self.child_id, message))
 
 
 class _WarningsAsEvents(logging.Handler):
@@ -77,7 +97,15 @@ class Daemon:
     'starting'
     """
 
-    def __init__(self, tree: Tree, instance: Instance, *, json_output: bool = False, console_fd: int = 1) -> None:
+    def __init__(
+        self,
+        tree: Tree,
+        instance: Instance,
+        *,
+        json_output: bool = False,
+        console_fd: int = 1,
+        metrics: tuple[str, int] | None = None,
+    ) -> None:
         self.tree = tree
         self.instance = instance
         self.json_output = json_output
@@ -87,8 +115,34 @@ class Daemon:
         self.state = TreeState(tree)
         self.root: pykka.ActorRef | None = None
         self.stopping = False
-        self.output: Output | None = None
+        self.timers: list[tuple[float, int, Callable[[], None]]] = []
+        """``(monotonic deadline, order, action)``: what the loop does later (a heap)."""
+        self.timer_order = itertools.count()
+        self.backoffs = {
+            workload.id: BackOff(workload.restart_delay, workload.restart_backoff_max)
+            for workload in self.workloads.values()
+            if workload.restart_delay
+        }
+        self.running_since: dict[str, float] = {}
+        self.held_back: dict[str, tuple[Any, float]] = {}
+        """child id → (the restarted incarnation to hold at its checkpoint, for how long)."""
+        self.gates: dict[str, threading.Event] = {}
+        """child id → the gate its parked incarnation waits at (a back-off; see ``prepare_child``)."""
+        self.gates_lock = threading.Lock()
+        self.rings = Rings()
+        """Each child's last output, for ``logs``."""
+        self.output = Output(console_fd, self.report_from_thread, rings=self.rings)
+        """The writer (its thread starts with ``run``)."""
         self.control: ControlServer | None = None
+        self.metrics_address = metrics
+        self.metrics_server: Any = None
+        self.gave_up: dict[str, int] = {}
+        """Supervisor id → times it reached its restart intensity (for ``--metrics``)."""
+        self.reload_lock = threading.Lock()
+        """Reloads one at a time (the control socket's and SIGHUP's)."""
+        self.notifier: Notifier | None = None
+        """systemd's notify socket, when the daemon runs as a ``Type=notify`` service."""
+        self.status_sent = ""
 
     # -- start and stop ------------------------------------------------------------------------
 
@@ -98,30 +152,35 @@ class Daemon:
         self.instance.claim()
         try:
             listener = self.instance.listen()
+            if self.metrics_address is not None:
+                self.metrics_server = metrics.serve(self.metrics_address, self.state.metric_rows, self.gave_up.copy)
         except LinxError:
             self.instance.release()
             raise
-        self.output = Output(self.console_fd, self.report_from_thread)
-        self.control = ControlServer(listener, self.answer, self.report_from_thread)
-        previous = {number: signal.signal(number, self._on_signal) for number in (signal.SIGINT, signal.SIGTERM)}
+        self.output.start()
+        self.notifier = Notifier.from_environment(os.environ, self.report_from_thread)
+        self.control = control = ControlServer(listener, self.answer, self.report_from_thread)
+        previous = {
+            number: signal.signal(number, self._on_signal) for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        }
         warnings = _WarningsAsEvents(self.report_from_thread)
         logging.getLogger("linx_otp").addHandler(warnings)
         try:
-            return self._run()
+            return self._run(control)
         finally:
             self.cleanup()
             logging.getLogger("linx_otp").removeHandler(warnings)
             for number, handler in previous.items():
                 signal.signal(number, handler)
 
-    def _run(self) -> int:
+    def _run(self, control: ControlServer) -> int:
         self.report("tree", "starting", f"{self.tree.file} as instance {self.instance.name!r}")
         try:
             for leftover in self.instance.clean_leftovers():
                 self.report("daemon", "cleaned", f"a killed predecessor's {leftover}")
         except (LinxError, OSError) as error:
             self.report("daemon", "cleanup_failed", str(error))
-        self.control.start()
+        control.start()
         try:
             self.root = S.start(
                 [self._spec(child) for child in self.tree.children], id=ROOT_ID, events=self.inbox, **self.tree.settings
@@ -132,14 +191,59 @@ class Daemon:
         self.state.root = self.root
         monitor(self.root, self.inbox)
         self.report("tree", "up", f"{len(self.workloads)} workloads; control socket {self.instance.control_path}")
+        if self.metrics_server is not None:
+            host, port = self.metrics_server.server_address[:2]
+            self.report("daemon", "metrics", f"http://{host}:{port}/metrics")
+        self.notify("READY=1")
+        if self.notifier is not None and self.notifier.watchdog_seconds:
+            self.ping_watchdog(self.notifier.watchdog_seconds)
         code = None
         while code is None:
             try:
-                message = self.inbox.receive(timeout=0.5)
+                message = self.inbox.receive(timeout=self.next_timeout())
             except TimeoutError:
+                self.run_timers()
                 continue
             code = self.handle(message)
+            self.run_timers()
+            self.notify()
         return code
+
+    # -- systemd -------------------------------------------------------------------------------
+
+    def notify(self, *fields: str) -> None:
+        """Tell systemd ``fields``, with a ``STATUS=`` line whenever it has changed."""
+        if self.notifier is None:
+            return
+        rows = [row for row in self.state.status() if row["kind"] == "worker"]
+        status = f"STATUS={sum(row['state'] == 'running' for row in rows)} of {len(rows)} workloads running"
+        if status != self.status_sent:
+            self.status_sent = status
+            fields = (*fields, status)
+        if fields:
+            self.notifier.send(*fields)
+
+    def ping_watchdog(self, seconds: float) -> None:
+        """``WATCHDOG=1`` now and every ``seconds``, from the loop itself: a hung loop stops it."""
+        if self.notifier is not None and not self.stopping:
+            self.notifier.send("WATCHDOG=1")
+            self.after(seconds, lambda: self.ping_watchdog(seconds))
+
+    # -- timers: what the loop does later ----------------------------------------------------------
+
+    def after(self, seconds: float, action: Callable[[], None]) -> None:
+        heapq.heappush(self.timers, (time.monotonic() + seconds, next(self.timer_order), action))
+
+    def next_timeout(self) -> float:
+        if not self.timers:
+            return LOOP_SECONDS
+        return min(LOOP_SECONDS, max(0.0, self.timers[0][0] - time.monotonic()))
+
+    def run_timers(self) -> None:
+        now = time.monotonic()
+        while self.timers and self.timers[0][0] <= now:
+            _, _, action = heapq.heappop(self.timers)
+            action()
 
     def _spec(self, child: Workload | Group) -> Any:
         if isinstance(child, Group):
@@ -151,14 +255,22 @@ class Daemon:
                 events=self.inbox,
                 **child.settings,
             )
-        setup = functools.partial(self.apply_setup, child.id) if child.setup else None
-        return P.child_spec(owner=_ChildOwner(child.id, self.inbox), auto_proceed=True, setup=setup, **child.options)
+        owner = _ChildOwner(child.id, self.inbox, self.output, child.log)
+        # The session runs the set-up at ready and then proceeds by itself; a child with a restart
+        # back-off also waits there, on a gate the loop opens once its delay has passed.
+        prepare = child.setup or child.restart_delay > 0
+        setup = functools.partial(self.prepare_child, child.id) if prepare else None
+        return P.child_spec(owner=owner, auto_proceed=True, setup=setup, **child.options)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self.inbox.tell(("signal", signum))
 
     def stop_tree(self) -> None:
         self.stopping = True
+        for child_id in list(self.backoffs):
+            self.open_gate(child_id)  # a child waiting out its back-off must not hold up the stop
+        self.notify("STOPPING=1")
+        self.output.hurry()  # a child's last output must not wait for a console nobody reads
         if self.root is not None:
             S.stop(self.root)
         while True:  # the terminal events of the stop, for the log and the cgroups
@@ -180,14 +292,24 @@ class Daemon:
             self.report("daemon", "cleanup_failed", str(error))
         if self.control is not None:
             self.control.close()
-        if self.output is not None:
-            self.output.close()
+        self.output.close()
+        if self.notifier is not None:
+            self.notifier.close()
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
+            self.metrics_server.server_close()
         self.instance.release()
 
     # -- the loop ------------------------------------------------------------------------------
 
     def handle(self, message: Any) -> int | None:
         match message:
+            case ("signal", signal.SIGHUP):
+                threading.Thread(target=self.reload_on_signal, name="linx-otp-reload", daemon=True).start()
+            case ("learn", Tree() as fragment):
+                self.learn(fragment)
+            case ("forget", Tree() as fragment):
+                self.forget(fragment)
             case ("signal", signum):
                 self.report("tree", "stopping", f"signal {signal_name(signum)}")
                 self.stop_tree()
@@ -201,7 +323,9 @@ class Daemon:
                     return 0
                 self.report("tree", "gave_up", describe_exit(reason))
                 return 1
-            case ("linx_supervisor", kind, _, child_id, detail):
+            case ("linx_supervisor", kind, supervisor_id, child_id, detail):
+                if kind == "gave_up":
+                    self.gave_up[supervisor_id] = self.gave_up.get(supervisor_id, 0) + 1
                 self.supervisor_event(kind, child_id, detail)
             case ("child", child_id, ("linx_process", kind, *detail)):
                 self.child_event(child_id, kind, detail)
@@ -210,22 +334,172 @@ class Daemon:
         return None
 
     def supervisor_event(self, kind: str, child_id: str, detail: Any) -> None:
-        self.state.supervisor_report(kind, child_id, detail)
+        due = self.state.supervisor_report(kind, child_id, detail)
         worker = child_id in self.workloads
         if kind not in QUIET_SUPERVISOR_REPORTS or not worker:
             shown = "" if kind in ("started", "restarted") else describe_exit(detail)
             self.report(child_id, kind, shown)
+        if kind == "restarted" and child_id in self.backoffs:
+            self.hold_back(child_id, detail)
+        if due is not None:
+            self.release(due)
 
     def child_event(self, child_id: str, kind: str, detail: list) -> None:
-        if kind in ("stdout", "stderr", "pty_out"):
-            self.output.captured(child_id, kind, detail[0], self.workloads[child_id].log)
-            return
-        if kind == "pty_in_dropped":
-            return
-        self.state.child_event(child_id, kind, detail)
+        if child_id not in self.workloads:
+            return  # a reload removed it; this is what its last incarnation said on its way out
+        match kind, detail:
+            case "output_dropped", [stream, count]:
+                self.report(
+                    child_id, kind, f"{count} bytes of {stream}: output = 'drop' and the console or log was behind"
+                )
+                return
+            case "stdout" | "stderr" | "pty_out" | "pty_in_dropped", _:
+                return  # output reaches the writer directly; a dropped keystroke is the typist's to see
+        due = self.state.child_event(child_id, kind, detail)
         self.report(child_id, kind, _describe_event(kind, detail))
-        if kind in P.TERMINAL_EVENTS:
+        if kind == "running":
+            self.running_since[child_id] = time.monotonic()
+        if due is not None:
+            self.release(due)
+        elif kind in P.TERMINAL_EVENTS:
             self.output.end_of(child_id)
+
+    # -- reload: the tree file again, the difference applied (as supervisorctl update) ------------
+
+    def reload(self) -> dict[str, Any]:
+        """Re-read the tree file and apply the difference to the root's children: stop removed
+        ones, restart changed ones (stop the old, start the new), start added ones, and leave
+        the unchanged running. A file with errors changes nothing (raises ``LinxError``). Reloads
+        are serialized; the stops and starts are the supervisor's ``terminate_child``,
+        ``delete_child`` and ``start_child``, which OTP does not count as restarts."""
+        with self.reload_lock:
+            root = self.root
+            if self.stopping or root is None:
+                raise LinxError("not_running", "the tree is not running (starting or stopping): nothing to reload")
+            try:
+                new = parse_file(self.tree.file, instance=self.instance.name)
+            except TreeError as error:
+                raise LinxError(error.reason, f"the tree file has errors; nothing was changed:\n{error}") from None
+            old_children = {child.id: child for child in self.tree.children}
+            new_children = {child.id: child for child in new.children}
+            removed = [child_id for child_id in old_children if child_id not in new_children]
+            changed = [
+                child_id
+                for child_id in old_children
+                if child_id in new_children and old_children[child_id] != new_children[child_id]
+            ]
+            added = [child_id for child_id in new_children if child_id not in old_children]
+            unchanged = [child_id for child_id in old_children if child_id not in removed + changed]
+            self.notify_now("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+            failed = {}
+            try:
+                for child_id in reversed([c for c in old_children if c in removed + changed]):
+                    self.remove_child(root, old_children[child_id])
+                self.tree = Tree(self.tree.file, self.tree.settings, [old_children[c] for c in unchanged])
+                for child in new.children:
+                    if child.id in changed or child.id in added:
+                        try:
+                            self.add_child(root, child)
+                        except LinxError as error:
+                            failed[child.id] = str(error)
+                order = {child.id: index for index, child in enumerate(new.children)}
+                kept = [*self.tree.children, *(c for c in new.children if c.id in changed + added)]
+                self.tree = Tree(self.tree.file, self.tree.settings, sorted(kept, key=lambda c: order[c.id]))
+            finally:
+                self.notify_now("READY=1")
+            result: dict[str, Any] = {"added": added, "removed": removed, "changed": changed, "unchanged": unchanged}
+            if failed:
+                result["failed"] = failed
+            if new.settings != self.tree.settings:
+                result["not_applied"] = "the root supervisor's settings changed: they apply when the daemon restarts"
+            return result
+
+    def remove_child(self, root: pykka.ActorRef, child: Workload | Group) -> None:
+        try:
+            S.terminate_child(root, child.id)
+            S.delete_child(root, child.id)
+        except LinxError:
+            pass  # a temporary child is gone from its supervisor once stopped
+        self.inbox.tell(("forget", Tree(self.tree.file, {}, [child])))  # after its last events
+
+    def add_child(self, root: pykka.ActorRef, child: Workload | Group) -> None:
+        self.inbox.tell(("learn", Tree(self.tree.file, {}, [child])))  # before its first events
+        S.start_child(root, self._spec(child))
+
+    def learn(self, fragment: Tree) -> None:
+        self.state.learn(fragment)
+        for workload in fragment.workloads():
+            self.workloads[workload.id] = workload
+            if workload.restart_delay:
+                self.backoffs[workload.id] = BackOff(workload.restart_delay, workload.restart_backoff_max)
+
+    def forget(self, fragment: Tree) -> None:
+        ids = [child.id for child in fragment.walk()]
+        self.state.forget(ids)
+        for child_id in ids:
+            if self.workloads.pop(child_id, None) is not None:
+                self.output.end_of(child_id)
+            for table in (self.backoffs, self.held_back, self.running_since):
+                table.pop(child_id, None)
+            self.open_gate(child_id)
+
+    def reload_on_signal(self) -> None:
+        try:
+            result = self.reload()
+        except LinxError as error:
+            self.report_from_thread("tree", "reload_failed", f"nothing was changed: {error}")
+            return
+        self.report_from_thread("tree", "reloaded", describe_reload(result))
+
+    def notify_now(self, *fields: str) -> None:
+        if self.notifier is not None:
+            self.notifier.send(*fields)
+
+    # -- restart back-off: a restarted child waits at its checkpoint ----------------------------
+
+    def hold_back(self, child_id: str, incarnation: Any) -> None:
+        """A crash restarted ``child_id``: its new incarnation runs only after its back-off."""
+        since = self.running_since.pop(child_id, None)
+        ran = time.monotonic() - since if since is not None else 0.0
+        delay = self.backoffs[child_id].crashed(ran)
+        self.held_back[child_id] = (incarnation, delay)
+        self.report(child_id, "backoff", f"runs in {delay:g} s")
+
+    def release(self, due: SetupDue) -> None:
+        """A child with a back-off is parked at its checkpoint, its session known: open its gate
+        now or (a restart held back) once its delay has passed."""
+        workload = self.workloads.get(due.child_id)
+        if workload is None or not workload.restart_delay:
+            return  # it sets itself up and proceeds
+        incarnation, delay = self.held_back.pop(due.child_id, (None, 0.0))
+        if incarnation == due.session and delay > 0:
+            self.after(delay, lambda: self.open_gate(due.child_id))
+        else:
+            self.open_gate(due.child_id)
+
+    def gate(self, child_id: str) -> threading.Event:
+        """The gate a child with a back-off waits at, at its checkpoint (one per incarnation:
+        whoever comes first, the loop opening it or the session waiting, makes it)."""
+        with self.gates_lock:
+            return self.gates.setdefault(child_id, threading.Event())
+
+    def open_gate(self, child_id: str) -> None:
+        self.gate(child_id).set()
+
+    def prepare_child(self, child_id: str, host_pid: int) -> Release | None:
+        """A child's session runs this at ``ready``: the back-off's wait (if the child has one),
+        then its set-up; the session proceeds it afterwards. A stop of the tree opens every
+        gate; a child stopped while it waits is set up and let go only to be stopped."""
+        workload = self.workloads.get(child_id)
+        if workload is None:
+            raise LinxError("not_found", f"{child_id} was removed from the tree")
+        if workload.restart_delay:
+            self.gate(child_id).wait()
+            with self.gates_lock:
+                self.gates.pop(child_id, None)
+            if self.stopping:
+                raise LinxError("stopping", "the tree is stopping: the child is not let go")
+        return self.apply_setup(child_id, host_pid) if workload.setup else None
 
     # -- checkpoint set-up ---------------------------------------------------------------------
 
@@ -271,6 +545,14 @@ class Daemon:
             case "shutdown":
                 self.inbox.tell(("shutdown",))
                 return "stopping"
+            case "reload":
+                return self.reload()
+            case "logs":
+                if child_id not in self.workloads:
+                    raise LinxError("not_found", f"no workload {child_id!r} in the tree (supervisors have no output)")
+                return self.rings.read(child_id, last=request.lines, after=request.after)
+        if child_id is None:
+            raise LinxError(("bad_verb", request.verb), f"{request.verb} needs a child id")
         supervisor, current = self.state.locate(child_id)
         match request.verb:
             case "stop":
@@ -307,8 +589,22 @@ class Daemon:
             line = json.dumps({"time": time.time(), "id": child_id, "event": kind, "detail": _jsonable(detail)})
         else:
             shown = f" {detail}" if detail not in ("", None) else ""
-            line = f"{time.strftime('%H:%M:%S')} {child_id:>12} | {kind}{shown}"
+            line = f"{iso_time(time.time())} {child_id:>12} | {kind}{shown}"
         self.output.line(line)
+
+
+def describe_reload(result: dict[str, Any]) -> str:
+    """What a reload did, in words.
+
+    >>> describe_reload({"added": ["d"], "removed": ["b"], "changed": ["c"], "unchanged": ["a"]})
+    'added d; removed b; restarted c; unchanged a'
+    """
+    words = {"added": "added", "removed": "removed", "changed": "restarted", "unchanged": "unchanged"}
+    parts = [f"{word} {', '.join(result[key])}" for key, word in words.items() if result.get(key)]
+    parts += [f"{child_id} failed to start: {why}" for child_id, why in result.get("failed", {}).items()]
+    if "not_applied" in result:
+        parts.append(result["not_applied"])
+    return "; ".join(parts) or "nothing to do"
 
 
 def _describe_event(kind: str, detail: list) -> Any:

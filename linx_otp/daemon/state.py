@@ -30,12 +30,15 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from ..errors import LinxError
-from .tree import Group, Tree
+from .tree import Group, Tree, Workload
 
 TERMINAL_EVENTS = ("exited", "signaled", "aborted", "error")
+UP_STATES = ("running",)
+"""The states in which a child counts as up (and ready: it has started)."""
 
 
 @dataclass
@@ -55,6 +58,8 @@ class Record:
     """The current incarnation (a session or a supervisor), from the supervisor's reports."""
     parked_pid: int | None = None
     """The host pid of an incarnation at its checkpoint whose ``started`` report is still to come."""
+    log: str | None = None
+    """Where its captured output is appended, if it has a log file."""
 
 
 @dataclass(frozen=True)
@@ -70,14 +75,21 @@ class TreeState:
     """Every child's record. Mutated by the loop; read by the control thread (under ``lock``)."""
 
     def __init__(self, tree: Tree, clock: Callable[[], float] = time.time) -> None:
-        parents = tree.parents()
-        self.records = {
-            child.id: Record("supervisor" if isinstance(child, Group) else "worker", parents[child.id])
-            for child in tree.walk()
-        }
+        self.records = _records(tree)
         self.root: Any = None
         self.clock = clock
         self.lock = threading.Lock()
+
+    def learn(self, fragment: Tree) -> None:
+        """A reload added (or changed) these children under the root: fresh records for them."""
+        with self.lock:
+            self.records.update(_records(fragment))
+
+    def forget(self, child_ids: list[str]) -> None:
+        """A reload removed these children (or the old version of a changed one)."""
+        with self.lock:
+            for child_id in child_ids:
+                self.records.pop(child_id, None)
 
     def has(self, child_id: Any) -> bool:
         return isinstance(child_id, str) and child_id in self.records
@@ -142,22 +154,65 @@ class TreeState:
             return supervisor, record.ref
 
     def status(self) -> list[dict[str, Any]]:
+        """One row per child, in start order: the objects ``status --json`` prints (the README's
+        "status --json" section is their schema)."""
         now = self.clock()
+        with self.lock:
+            return [self._row(child_id, record, now) for child_id, record in self.records.items()]
+
+    def metric_rows(self) -> list[dict[str, Any]]:
+        """What ``--metrics`` shows of each child: its id, kind, state, restarts, the unix time
+        its running incarnation started and its last exit in words."""
         with self.lock:
             return [
                 {
                     "id": child_id,
                     "kind": record.kind,
                     "state": record.state,
-                    "host_pid": record.host_pid,
                     "restarts": record.restarts,
-                    "uptime": round(now - record.started_at, 1)
-                    if record.started_at and record.state in ("running", "ready")
-                    else None,
+                    "started_at_unix": record.started_at if record.state in UP_STATES else None,
                     "last_exit": describe_exit(record.last_exit) if record.last_exit is not None else None,
                 }
                 for child_id, record in self.records.items()
             ]
+
+    @staticmethod
+    def _row(child_id: str, record: Record, now: float) -> dict[str, Any]:
+        started = record.started_at if record.state in UP_STATES else None
+        return {
+            "id": child_id,
+            "kind": record.kind,
+            "parent": record.parent,
+            "state": record.state,
+            "ready": record.state in UP_STATES,
+            "host_pid": record.host_pid,
+            "restarts": record.restarts,
+            "started_at": iso_time(started) if started is not None else None,
+            "uptime": round(now - started, 1) if started is not None else None,
+            "last_exit": describe_exit(record.last_exit) if record.last_exit is not None else None,
+            "log": record.log,
+        }
+
+
+def iso_time(seconds: float) -> str:
+    """A wall-clock time as ISO 8601 in local time with its offset, to the millisecond.
+
+    >>> len(iso_time(0.0)) == len("1970-01-01T00:00:00.000+00:00")
+    True
+    """
+    return datetime.fromtimestamp(seconds).astimezone().isoformat(timespec="milliseconds")
+
+
+def _records(tree: Tree) -> dict[str, Record]:
+    parents = tree.parents()
+    return {
+        child.id: Record(
+            "supervisor" if isinstance(child, Group) else "worker",
+            parents[child.id],
+            log=child.log.path if isinstance(child, Workload) and child.log is not None else None,
+        )
+        for child in tree.walk()
+    }
 
 
 def describe_errno(number: int) -> str:

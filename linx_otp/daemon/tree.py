@@ -30,7 +30,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from .. import options as session_options
 from .. import supervisor as S
@@ -67,13 +67,19 @@ SESSION_OPTION_CHECKS: dict[str, Callable[[Any], Any]] = {
     "rlimits": lambda value: session_options.check_rlimits(_rlimits(value)),
     "capabilities": session_options.check_capabilities,
     "seccomp": lambda value: _seccomp(value),
+    "output": session_options.check_output,
+    "output_window": session_options.check_output_window,
 }
+BACKOFF_KEYS = ("restart_delay", "restart_backoff_max")
+BACKOFF_SECONDS_MAX = 86400.0
 PROFILES = ("container",)
 """``profile = "container"``: ``linx_otp.profiles.container()`` merged into the child (its
 namespaces added to the child's, its capabilities unless the child names its own, its seccomp
 filter, no_new_privs, and a fresh masked /proc and read-only /sys in the child's set-up)."""
 SECCOMP_KEYS = {"deny", "errno"}
-WORKLOAD_KEYS = {"id", "type", "stdio", "restart", "shutdown", "log", "setup", "profile"} | set(SESSION_OPTION_CHECKS)
+WORKLOAD_KEYS = {"id", "type", "stdio", "restart", "shutdown", "log", "setup", "profile", *BACKOFF_KEYS} | set(
+    SESSION_OPTION_CHECKS
+)
 NESTED_KEYS = {"id", "type", "restart", "shutdown", "child"} | SUPERVISOR_KEYS
 SETUP_KEYS = {field.name for field in fields(Setup)}
 SETUP_NAMESPACES = {
@@ -93,6 +99,12 @@ CGROUP_LIMITS = {"memory_max": "memory", "pids_max": "pids", "cpu_max": "cpu"}
 CAPTURE = "capture"
 _CHILD_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 DEFAULT_INSTANCE = "default"
+LOG_KEYS = {"path", "max_bytes", "keep"}
+LOG_MAX_BYTES = 50 << 20
+"""As supervisord's ``logfile_maxbytes``: a log is rotated once it would pass 50 MiB..."""
+LOG_KEEP = 10
+"""...and 10 rotated files are kept, as its ``logfile_backups``."""
+LOG_KEEP_MAX = 1000
 
 
 class TreeError(LinxValueError):
@@ -105,14 +117,29 @@ class TreeError(LinxValueError):
 
 
 @dataclass(frozen=True)
+class LogFile:
+    """Where a child's captured output is appended, and when it is rotated: once the file would
+    pass ``max_bytes`` it is renamed ``PATH.1`` (``PATH.1`` to ``PATH.2``, …, up to ``PATH.KEEP``;
+    the oldest goes)."""
+
+    path: str
+    max_bytes: int = LOG_MAX_BYTES
+    keep: int = LOG_KEEP
+
+
+@dataclass(frozen=True)
 class Workload:
     id: str
     options: dict[str, Any]
     """Keyword arguments for ``process.child_spec`` except owner and auto_proceed."""
     capture: tuple[str, ...] = ()
     """Streams ("stdout", "stderr") captured as events, which the daemon prefixes with the id."""
-    log: str | None = None
+    log: LogFile | None = None
     setup: Setup = field(default_factory=Setup)
+    restart_delay: float = 0.0
+    """Seconds a restarted child waits at its checkpoint (0: none, as in OTP)."""
+    restart_backoff_max: float = 0.0
+    """The delay doubles per consecutive crash up to this (at least ``restart_delay``)."""
 
 
 @dataclass(frozen=True)
@@ -222,7 +249,7 @@ class _Checker:
         """Record a problem and go on checking."""
         self.problems.append((where or "top level", what))
 
-    def skip(self, where: str, what: str) -> None:
+    def skip(self, where: str, what: str) -> NoReturn:
         """Record a problem that makes the rest of the table meaningless."""
         self.note(where, what)
         raise _SkipTable
@@ -251,7 +278,7 @@ class _Checker:
             return {}
         settings = {key: table[key] for key in sorted(SUPERVISOR_KEYS) if key in table}
         for key, value in settings.items():
-            self.check(f"{where}.{key}", lambda v, k=key: S.check_settings(**{k: v}), value)
+            self.check(f"{where}.{key}", functools.partial(_check_setting, key), value)
         return settings
 
     def children(self, tables: Any, where: str) -> list[Workload | Group]:
@@ -308,9 +335,7 @@ class _Checker:
                     value = _rlimits(value) if key == "rlimits" else checked
                 if key != "argv":
                     options[key] = value
-        log = table.get("log")
-        if log is not None and (not isinstance(log, str) or not log or "\0" in log or not capture):
-            self.note(f"{where}.log", 'log is a file path, and needs stdio capturing a stream (stdio = "capture")')
+        log = self.log(table.get("log"), f"{where}.log", capture)
         profile = self.profile(table, options, where)
         namespaces = options.get("namespaces", ())
         setup = self.setup(
@@ -321,7 +346,32 @@ class _Checker:
         if len(self.problems) == problems_before:  # each key is right: now how they go together
             session = {key: value for key, value in options.items() if key not in ("id", "restart", "shutdown")}
             self.check(where, lambda v: session_options.plan_session(mode=MODE_SPAWN, target=None, **v), session)
-        return Workload(child_id, options, capture, log, setup)
+        delay, maximum = (
+            self.check(f"{where}.{key}", functools.partial(check_seconds, key), table.get(key, 0.0))
+            for key in BACKOFF_KEYS
+        )
+        if delay is not None and maximum is not None and "restart_backoff_max" in table and maximum < delay:
+            self.note(f"{where}.restart_backoff_max", f"must be at least restart_delay ({delay:g}), not {maximum:g}")
+        return Workload(child_id, options, capture, log, setup, delay or 0.0, max(delay or 0.0, maximum or 0.0))
+
+    def log(self, log: Any, where: str, capture: tuple[str, ...]) -> LogFile | None:
+        """``log = "path"`` or ``log = { path = ..., max_bytes = ..., keep = ... }``."""
+        if log is None:
+            return None
+        if not capture:
+            self.note(where, 'a log needs stdio capturing a stream (stdio = "capture")')
+        table: Any = {"path": log} if isinstance(log, str) else log
+        if not self.keys(table, LOG_KEYS, where):
+            return None
+        path, max_bytes, keep = table.get("path"), table.get("max_bytes", LOG_MAX_BYTES), table.get("keep", LOG_KEEP)
+        problems = len(self.problems)
+        if not isinstance(path, str) or not path or "\0" in path:
+            self.note(f"{where}.path" if isinstance(log, dict) else where, f"a log is a file path, not {path!r}")
+        if not _is_int(max_bytes) or max_bytes < 1:
+            self.note(f"{where}.max_bytes", f"max_bytes is a positive int number of bytes, not {max_bytes!r}")
+        if not _is_int(keep) or not 0 <= keep <= LOG_KEEP_MAX:
+            self.note(f"{where}.keep", f"keep is an int from 0 to {LOG_KEEP_MAX} (rotated files kept), not {keep!r}")
+        return LogFile(path, max_bytes, keep) if len(self.problems) == problems else None
 
     def profile(self, table: dict, options: dict[str, Any], where: str) -> Setup | None:
         """Merge ``profile = "container"`` into ``options``; returns the profile's set-up."""
@@ -446,6 +496,27 @@ def _rlimits(table: Any) -> Any:
         return resource.RLIM_INFINITY if value == "infinity" else value
 
     return {name: tuple(map(limit, v)) if isinstance(v, list) else limit(v) for name, v in table.items()}
+
+
+def _check_setting(key: str, value: Any) -> Any:
+    return S.check_settings(**{key: value})
+
+
+def check_seconds(name: str, value: Any) -> float:
+    """A duration in seconds: a finite number from 0 to a day.
+
+    >>> check_seconds("restart_delay", 0.5)
+    0.5
+    """
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= BACKOFF_SECONDS_MAX:
+        return float(value)
+    raise LinxValueError(
+        (f"bad_{name}", value), f"{name} is a number of seconds from 0 to {BACKOFF_SECONDS_MAX:g}, not {value!r}"
+    )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _seccomp(table: Any) -> Filter:
