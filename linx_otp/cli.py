@@ -2,6 +2,7 @@
 workload through the checkpoint.
 
     linx-otp [--name NAME] [--control PATH] run [TREE.toml] [--json] [--metrics HOST:PORT]
+    linx-otp [--name NAME] run --ray ADDRESS TREE.toml;  linx-otp status --ray ADDRESS --name NAME
     linx-otp [--name NAME] [--control PATH] status | restart ID | stop ID | start ID | attach ID | shutdown | reload [--json]
     linx-otp [--name NAME] [--control PATH] logs ID [-f] [-n N] [--json]
     linx-otp spawn [--ns net,pid,...] [--pty] [--hostname H] [--mount-proc] [-r] [--rootfs DIR]
@@ -65,6 +66,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--metrics", metavar="HOST:PORT", help="serve Prometheus metrics at http://HOST:PORT/metrics (extra [metrics])"
     )
+    run.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="run the tree across a Ray cluster (extra [ray]; placement by each child's node = {...})",
+    )
     run.set_defaults(action=_run)
 
     as_json = argparse.ArgumentParser(add_help=False)
@@ -78,6 +84,10 @@ def _parser() -> argparse.ArgumentParser:
     ]:
         command = commands.add_parser(verb, help=text, parents=[instance, as_json])
         command.set_defaults(action=_control, verb=verb)
+        if verb == "status":
+            command.add_argument(
+                "--ray", metavar="ADDRESS", help="a tree run with --ray: its children and their nodes (NAME: --name)"
+            )
     for verb, text in [
         ("restart", "stop and start a child"),
         ("stop", "stop a child"),
@@ -138,6 +148,10 @@ def _control_path(arguments: argparse.Namespace) -> str:
 
 
 def _run(arguments: argparse.Namespace) -> int:
+    if arguments.ray is not None:
+        from . import cluster
+
+        return cluster.run_tree(arguments.ray, arguments.tree, name=getattr(arguments, "name", None))
     from .daemon import Daemon, Instance
     from .daemon.metrics import parse_address
     from .daemon.tree import parse_file
@@ -189,6 +203,10 @@ def request(control: str, message: dict, fds: list[int] | None = None, on_note: 
 
 
 def _control(arguments: argparse.Namespace) -> int:
+    if getattr(arguments, "ray", None) is not None:
+        from . import cluster
+
+        return cluster.status(arguments.ray, _instance_name(arguments))
     message = {"verb": arguments.verb, "id": getattr(arguments, "id", None)}
     try:
         result = (

@@ -1,7 +1,7 @@
 """Validation of ``spawn``/``enter`` options into a ``SessionPlan``.
 
 Runs entirely in the caller's thread before anything is started: a bad option raises
-``LinxValueError`` with the SPEC's ``.reason`` and leaves no process, thread or fd behind.
+``LinxValueError`` with its documented ``.reason`` and leaves no process, thread or fd behind.
 The checks run in the original's order (argv, namespaces, env, stdio, cwd, no_new_privs,
 orphan_policy), then output and output_window, the hardening options (docs/hardening.md), owner, linger and
 auto_proceed. This module never starts anything; all it asks the host are user and group names

@@ -1,4 +1,4 @@
-"""Trees across a real Ray cluster (linx_otp.cluster, SPEC §8), on this machine.
+"""Trees across a real Ray cluster (linx_otp.cluster, docs/cluster.md), on this machine.
 
 A head and two more nodes (real raylets, ``ray.cluster_utils.Cluster``) run inside a network
 namespace of their own holding only ``lo``, so every address Ray uses is 127.0.0.1 and no Ray
@@ -525,7 +525,7 @@ def test_the_tree_outlives_the_driver_that_started_it(cluster: Cluster) -> None:
 
 @scenario
 def test_a_tree_file_runs_across_the_cluster(cluster: Cluster, tmp_path: Path) -> None:
-    """`run_tree` (what `linx-otp run --ray ADDRESS TREE` calls) places children by label and
+    """`linx-otp run --ray ADDRESS TREE` (``cluster.run_tree``) places children by label and
     resources, prints each child's node, and stops everything on SIGTERM."""
     (labelled,) = cluster.add_nodes(1, labels={"disk": "ssd"}, resources={"licence": 2})
     first, second = new_markers(2)
@@ -549,8 +549,7 @@ def test_a_tree_file_runs_across_the_cluster(cluster: Cluster, tmp_path: Path) -
         )
     )
     runner = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from linx_otp import cluster; sys.exit(cluster.run_tree(*sys.argv[1:]))"]
-        + [cluster.ray.address, str(tree_file)],
+        [sys.executable, "-m", "linx_otp", "run", "--ray", cluster.ray.address, str(tree_file)],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -561,8 +560,7 @@ def test_a_tree_file_runs_across_the_cluster(cluster: Cluster, tmp_path: Path) -
         assert [(row[0], row[3]) for row in rows] == [("fast", labelled.node_id), ("licensed", labelled.node_id)]
         assert [row[2] for row in rows] == ["running", "running"]
         status = subprocess.run(
-            [sys.executable, "-c", "import sys; from linx_otp import cluster; sys.exit(cluster.status(*sys.argv[1:]))"]
-            + [cluster.ray.address, "spread"],
+            [sys.executable, "-m", "linx_otp", "status", "--ray", cluster.ray.address, "--name", "spread"],
             cwd=ROOT,
             capture_output=True,
             text=True,

@@ -1,4 +1,4 @@
-"""SPEC §7 Instances: named daemons side by side never touch each other's workloads, cgroups
+"""README, "The linx-otp command" Instances: named daemons side by side never touch each other's workloads, cgroups
 or links; a host resource someone else owns is refused and left alone; a killed instance's
 leftovers are cleaned by its successor of the same name, and nothing else is."""
 

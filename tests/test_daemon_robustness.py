@@ -1,4 +1,4 @@
-"""SPEC §7 Robustness: no I/O error stops the tree or the control plane. A console that goes
+"""README, "The linx-otp command" Robustness: no I/O error stops the tree or the control plane. A console that goes
 away, a full disk under a log, a missing log directory, fd exhaustion, idle and malformed
 control connections, and a second daemon for the same instance: each is reported once and
 the daemon goes on answering."""

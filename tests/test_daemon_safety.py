@@ -1,4 +1,4 @@
-"""SPEC §7 Safety: nothing another user made is trusted. The socket's directory, the socket
+"""README, "The linx-otp command" Safety: nothing another user made is trusted. The socket's directory, the socket
 path itself, the server a client talks to, and log files, each probed by a real second user
 (made with useradd) where it matters."""
 

@@ -1,4 +1,4 @@
-"""Flow control (SPEC §2.2, issue 11): at most a window of output is in flight to an owner. A
+"""Flow control (README, "Using it", issue 11): at most a window of output is in flight to an owner. A
 workload that outpaces its owner blocks in write(2) and resumes, losing nothing, when the owner
 takes output; drop mode discards past the window and says exactly how much."""
 

@@ -1,4 +1,4 @@
-"""Hardening options (SPEC §5) against the real kernel: users, groups, rlimits, umask and
+"""Hardening options (docs/hardening.md) against the real kernel: users, groups, rlimits, umask and
 capabilities as the workload sees them, each kernel refusal with its stage, bad options refused
 before anything starts, and a hardened workload that still dies with its agent."""
 

@@ -313,7 +313,7 @@ def test_block_mode_never_has_more_than_the_window_in_flight():
     assert outcome == ("exited", 0) and received == size
 
 
-# -- hardening fields (SPEC §5; PROTOCOL.md's second request table) ---------------------------
+# -- hardening fields (docs/hardening.md; PROTOCOL.md's second request table) ---------------------------
 
 
 def test_every_hardening_stage_the_child_names_is_documented():

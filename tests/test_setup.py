@@ -1,4 +1,4 @@
-"""``linx_otp.Setup`` (SPEC §6): one checkpoint set-up for the daemon, ``linx-otp spawn`` and
+"""``linx_otp.Setup`` (docs/hardening.md, "One checkpoint set-up"): one checkpoint set-up for the daemon, ``linx-otp spawn`` and
 ``P.spawn(setup=)``; and the checkpoint package's old import paths."""
 
 from __future__ import annotations

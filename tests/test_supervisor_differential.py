@@ -10,7 +10,7 @@ starts and ends in order, ``which_children``, ``count_children``, or the supervi
 reason. The lines must be equal. Observation is synchronous: no sleeps, a window of an hour.
 
 The one difference kept on purpose (README): OTP's ``which_children`` lists the newest child
-first (its internal termination order); SPEC §4 says start order. ``linx_order`` turns OTP's
+first (its internal termination order); README, "Supervision" says start order. ``linx_order`` turns OTP's
 line into start order, and a test below shows the raw difference.
 
 Long run: ``LINX_OTP_DIFFERENTIAL_SCENARIOS=10000 python -m pytest -s tests/test_supervisor_differential.py``
@@ -293,7 +293,7 @@ class Oracle:
 
 def linx_order(otp_line: str) -> str:
     """The documented difference: OTP's ``which_children`` lists the newest child first;
-    linx_otp lists children in start order (SPEC §4). Everything else is compared as is."""
+    linx_otp lists children in start order (README, "Supervision"). Everything else is compared as is."""
     fields = otp_line.split(" | ")
     if len(fields) == 4:
         fields[2] = " ".join(reversed(fields[2].split()))

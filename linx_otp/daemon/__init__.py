@@ -1,4 +1,4 @@
-"""``linx-otp run``: a declared tree as a long-running daemon (SPEC §7).
+"""``linx-otp run``: a declared tree as a long-running daemon (README, "The linx-otp command").
 
 ``tree`` reads and checks tree files, ``instance`` owns a name and what it creates on the host,
 ``state`` is the tree's state as data, ``run`` the event loop, ``control`` the control socket,

@@ -1,4 +1,4 @@
-"""One named daemon instance and what it owns on the host (SPEC §7, Instances and Safety).
+"""One named daemon instance and what it owns on the host (README, "The linx-otp command", Instances and Safety).
 
 An instance's name scopes everything it creates: its control socket (``NAME.sock`` in a
 directory only its uid can write), a lock file beside it (held with ``flock`` for the
