@@ -174,7 +174,8 @@ def _check_attachable(session: pykka.ActorRef) -> None:
         raise LinxError(("not_running", info.stage), f"attach: the workload is not running yet (stage {info.stage})")
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to ``fd``, blocking or not (a non-blocking fd is waited on)."""
     view = memoryview(data)
     while view:
         try:
@@ -218,7 +219,7 @@ class _Pump:
         while self.owner.events:
             match event := self.owner.events.popleft():
                 case ("linx_process", "pty_out", data):
-                    _write_all(self.fd, data)
+                    write_all(self.fd, data)
                     consumed(event)
                 case ("linx_process", kind, *details) if kind in P.TERMINAL_EVENTS:
                     return (kind, *details)

@@ -46,6 +46,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..flow import consumed
+from ..tty import write_all
 from .ring import Rings
 from .state import iso_time
 from .tree import LogFile
@@ -136,7 +137,7 @@ class _Log:
                     return
                 self.fd = open_log(self.path)
                 self.size = os.fstat(self.fd).st_size
-            _write_all(self.fd, data)
+            write_all(self.fd, data)
             self.size += len(data)
         except OSError as error:
             self.fail(error, data)
@@ -176,15 +177,6 @@ class _Log:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        try:
-            view = view[os.write(fd, view) :]
-        except InterruptedError:
-            continue
 
 
 class _ConsoleAbandoned(Exception):
