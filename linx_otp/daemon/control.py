@@ -77,7 +77,7 @@ def parse_request(data: bytes, fds: tuple[int, ...] = ()) -> Request:
     string ``id``. Raises ``BadRequest`` with a message for people.
 
     >>> parse_request(b'{"verb": "stop", "id": "web"}')
-    Request(verb='stop', child_id='web', fds=())
+    Request(verb='stop', child_id='web', fds=(), lines=None, after=None)
     >>> parse_request(b'[]')
     Traceback (most recent call last):
     ...
