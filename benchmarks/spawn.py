@@ -52,6 +52,24 @@ def linx_true(namespaces: list[str], box: linx_otp.Mailbox):
     return run, clean
 
 
+def linx_cycle(namespaces: list[str], linger: bool, box: linx_otp.Mailbox):
+    """The whole cycle a caller pays: spawn, the outcome received, the session gone (``stop()``
+    with ``linger=True``; with ``linger=False`` the session ends itself at its outcome)."""
+
+    def run():
+        session = P.spawn(argv=["/bin/true"], namespaces=namespaces, auto_proceed=True, linger=linger, owner=box)
+        box.receive(("linx_process", "exited"), timeout=10)
+        if linger:
+            session.stop()
+        elif not session.actor_stopped.wait(10):
+            raise RuntimeError("a linger=False session outlived its outcome by 10 s")
+
+    def clean():
+        box.flush()
+
+    return run, clean
+
+
 def compare(runs: int, baseline, candidate, clean) -> tuple[list[float], list[float]]:
     base, ours = [], []
     for _ in range(runs):
@@ -124,10 +142,27 @@ def scale(count: int) -> list[str]:
     ]
 
 
+def full_cycle_rows(runs: int, box: linx_otp.Mailbox) -> list[str]:
+    """The round trip issue 15 sets targets for: spawn → outcome received → session gone."""
+    true = lambda: subprocess.run(["/bin/true"])  # noqa: E731
+    rows = []
+    for linger, name in [(True, "full cycle, `linger=True` + `stop()`"), (False, "full cycle, `linger=False`")]:
+        run, clean = linx_cycle([], linger, box)
+        base, ours = compare(runs, true, run, clean)
+        rows.append(row(name, "`subprocess.run(['/bin/true'])`", base, ours, 2.0))
+    if os.geteuid() == 0 and shutil.which("unshare"):
+        run, clean = linx_cycle(NAMESPACES, True, box)
+        base, ours = compare(runs, lambda: subprocess.run(UNSHARE), run, clean)
+        rows.append(
+            row(f"full cycle, `stop()`, namespaces {','.join(NAMESPACES)}", "`unshare` (as above)", base, ours, 1.0)
+        )
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=300)
-    parser.add_argument("--sessions", type=int, default=1000)
+    parser.add_argument("--sessions", type=int, default=1000, help="0 skips the scale rows")
     arguments = parser.parse_args()
 
     box = linx_otp.Mailbox()
@@ -155,7 +190,11 @@ def main() -> None:
         )
     else:
         print("| namespaces row skipped: needs root and unshare | | | | | |")
+    for row_text in full_cycle_rows(arguments.runs, box):
+        print(row_text)
 
+    if arguments.sessions <= 0:
+        return
     print("\n| at scale | measured | target | met |")
     print("|---|---|---|---|")
     for line in scale(arguments.sessions):
