@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
-from . import protocol
+from . import protocol, spawn_server
 from .agent_image import sealed_executable
 from .errors import LinxError, errno_name
 from .reactor import reactor
@@ -63,6 +63,43 @@ def spawn_failed(error: OSError, step: str) -> LinxError:
     ``LinxError(("spawn_failed", errno_name))``."""
     reason = errno_name(error.errno) if error.errno else "unknown"
     return LinxError(("spawn_failed", reason), f"starting the linx agent failed at {step}: {error.strerror or error}")
+
+
+def _start_agent_process(path: str, request_frame: bytes) -> tuple[socket.socket, int, bytes]:
+    """Start an agent on a new socket pair: our end, its pid, and what of ``request_frame`` is
+    still to be sent. Forked by the spawn server when it can serve this thread, posix_spawned
+    otherwise. As much of the request as the socket takes is in it before the agent starts, so
+    the agent reads it at once instead of sleeping until this thread gets round to sending it."""
+    try:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    except OSError as error:
+        raise spawn_failed(error, "socketpair") from error
+    try:
+        theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+        try:
+            sent = ours.send(request_frame, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            sent = 0
+        pid = spawn_server.start_agent(theirs, path)
+        if pid is None:
+            pid = os.posix_spawn(
+                sealed_executable(path),  # never the file itself (agent_image: CVE-2019-5736)
+                [path],
+                {},
+                file_actions=[(os.POSIX_SPAWN_DUP2, theirs.fileno(), 3)],
+                setsigmask=(),
+                # Its own process group: a Ctrl-C at the terminal goes to Python, which stops
+                # sessions gracefully, instead of killing every agent at once.
+                setpgroup=0,
+            )
+    except BaseException as error:
+        ours.close()
+        if isinstance(error, OSError):
+            raise spawn_failed(error, "posix_spawn") from error
+        raise
+    finally:
+        theirs.close()
+    return ours, pid, request_frame[sent:]
 
 
 def exit_status(result: os.waitid_result) -> int:
@@ -108,36 +145,20 @@ class AgentConnection:
         except OSError as error:
             raise spawn_failed(error, "epoll") from error
         try:
-            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        except OSError as error:
-            raise spawn_failed(error, "socketpair") from error
-        try:
-            theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
-            pid = os.posix_spawn(
-                sealed_executable(path),  # never the file itself (agent_image: CVE-2019-5736)
-                [path],
-                {},
-                file_actions=[(os.POSIX_SPAWN_DUP2, theirs.fileno(), 3)],
-                setsigmask=(),
-                # Its own process group: a Ctrl-C at the terminal goes to Python, which stops
-                # sessions gracefully, instead of killing every agent at once.
-                setpgroup=0,
-            )
-        except BaseException as error:
-            ours.close()
-            if isinstance(error, OSError):
-                raise spawn_failed(error, "posix_spawn") from error
-            raise
-        finally:
-            theirs.close()
+            ours, pid, unsent = _start_agent_process(path, request_frame)
+        except spawn_server.ServerLost:  # its request may sit in a half-made agent: a fresh pair
+            ours, pid, unsent = _start_agent_process(path, request_frame)
         try:
             pidfd = os.pidfd_open(pid)
         except OSError as error:
-            ours.close()  # the agent reads end-of-file before any request and exits at once
+            # The agent reads end-of-file, before or in place of a proceed, and exits: a child
+            # it may have made never runs (the orphan policy before running).
+            ours.close()
             os.waitpid(pid, 0)  # unregistered yet, so only this thread reaps it
             raise spawn_failed(error, "pidfd_open") from error
         connection = cls(ours, pid, pidfd, proceed_on_ready)
-        connection.send(request_frame)
+        if unsent:
+            connection.send(unsent)
         try:
             io.register(ours.fileno(), connection._on_socket_readable)
             io.register(pidfd, connection._on_agent_exited)
