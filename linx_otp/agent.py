@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
-from . import protocol, spawn_server
+from . import protocol
 from .agent_image import sealed_executable
 from .errors import LinxError, errno_name
 from .reactor import reactor
@@ -65,41 +65,12 @@ def spawn_failed(error: OSError, step: str) -> LinxError:
     return LinxError(("spawn_failed", reason), f"starting the linx agent failed at {step}: {error.strerror or error}")
 
 
-def _start_agent_process(path: str, request_frame: bytes) -> tuple[socket.socket, int, bytes]:
-    """Start an agent on a new socket pair: our end, its pid, and what of ``request_frame`` is
-    still to be sent. Forked by the spawn server when it can serve this thread, posix_spawned
-    otherwise. As much of the request as the socket takes is in it before the agent starts, so
-    the agent reads it at once instead of sleeping until this thread gets round to sending it."""
+def _send_now(sock: socket.socket, data: bytes) -> int:
+    """Sends what the socket takes without waiting; the bytes sent."""
     try:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    except OSError as error:
-        raise spawn_failed(error, "socketpair") from error
-    try:
-        theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
-        try:
-            sent = ours.send(request_frame, socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            sent = 0
-        pid = spawn_server.start_agent(theirs, path)
-        if pid is None:
-            pid = os.posix_spawn(
-                sealed_executable(path),  # never the file itself (agent_image: CVE-2019-5736)
-                [path],
-                {},
-                file_actions=[(os.POSIX_SPAWN_DUP2, theirs.fileno(), 3)],
-                setsigmask=(),
-                # Its own process group: a Ctrl-C at the terminal goes to Python, which stops
-                # sessions gracefully, instead of killing every agent at once.
-                setpgroup=0,
-            )
-    except BaseException as error:
-        ours.close()
-        if isinstance(error, OSError):
-            raise spawn_failed(error, "posix_spawn") from error
-        raise
-    finally:
-        theirs.close()
-    return ours, pid, request_frame[sent:]
+        return sock.send(data, socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return 0
 
 
 def exit_status(result: os.waitid_result) -> int:
@@ -145,14 +116,37 @@ class AgentConnection:
         except OSError as error:
             raise spawn_failed(error, "epoll") from error
         try:
-            ours, pid, unsent = _start_agent_process(path, request_frame)
-        except spawn_server.ServerLost:  # its request may sit in a half-made agent: a fresh pair
-            ours, pid, unsent = _start_agent_process(path, request_frame)
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        except OSError as error:
+            raise spawn_failed(error, "socketpair") from error
+        try:
+            theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+            # As much of the request as the socket takes goes in before the agent starts: it
+            # reads it at once instead of sleeping until this thread has sent it (a wake-up
+            # less on every spawn's path; benchmarks/spawn.py).
+            unsent = request_frame[_send_now(ours, request_frame) :]
+            pid = os.posix_spawn(
+                sealed_executable(path),  # never the file itself (agent_image: CVE-2019-5736)
+                [path],
+                {},
+                file_actions=[(os.POSIX_SPAWN_DUP2, theirs.fileno(), 3)],
+                setsigmask=(),
+                # Its own process group: a Ctrl-C at the terminal goes to Python, which stops
+                # sessions gracefully, instead of killing every agent at once.
+                setpgroup=0,
+            )
+        except BaseException as error:
+            ours.close()
+            if isinstance(error, OSError):
+                raise spawn_failed(error, "posix_spawn") from error
+            raise
+        finally:
+            theirs.close()
         try:
             pidfd = os.pidfd_open(pid)
         except OSError as error:
-            # The agent reads end-of-file, before or in place of a proceed, and exits: a child
-            # it may have made never runs (the orphan policy before running).
+            # The agent reads end-of-file (before or instead of a proceed) and exits; a child it
+            # may have made never runs.
             ours.close()
             os.waitpid(pid, 0)  # unregistered yet, so only this thread reaps it
             raise spawn_failed(error, "pidfd_open") from error

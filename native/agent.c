@@ -9,7 +9,6 @@
 #include "protocol.h"
 #include "reaper.h"
 #include "request.h"
-#include "server.h"
 #include "wire.h"
 
 #include <errno.h>
@@ -976,10 +975,8 @@ static void supervise(void)
     }
 }
 
-int main(int argc, char **argv)
+int main(void)
 {
-    if (argc == 2 && strcmp(argv[1], SERVER_ARGUMENT) == 0)
-        serve_spawn_requests(); /* returns in each agent it forks */
     prepare_process();
     read_request();
     prepare_stdio();
