@@ -149,11 +149,10 @@ def scale(count: int) -> list[str]:
 
 def full_cycle_rows(runs: int, box: linx_otp.Mailbox) -> list[str]:
     """The round trip issue 15 sets targets for: spawn → outcome received → session gone."""
-    true = lambda: subprocess.run(["/bin/true"])  # noqa: E731
     rows = []
     for linger, name in [(True, "full cycle, `linger=True` + `stop()`"), (False, "full cycle, `linger=False`")]:
         run, clean = linx_cycle([], linger, box)
-        base, ours = compare(runs, true, run, clean)
+        base, ours = compare(runs, lambda: subprocess.run(["/bin/true"]), run, clean)
         rows.append(row(name, "`subprocess.run(['/bin/true'])`", base, ours, 2.0))
     if os.geteuid() == 0 and shutil.which("unshare"):
         run, clean = linx_cycle(NAMESPACES, True, box)

@@ -122,8 +122,8 @@ class AgentConnection:
         try:
             theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
             # As much of the request as the socket takes goes in before the agent starts: it
-            # reads it at once instead of sleeping until this thread has sent it (a wake-up
-            # less on every spawn's path; benchmarks/spawn.py).
+            # reads it at once instead of sleeping until this thread has sent it (README,
+            # "The full cycle, and a spawn server that did not pay").
             unsent = request_frame[_send_now(ours, request_frame) :]
             pid = os.posix_spawn(
                 sealed_executable(path),  # never the file itself (agent_image: CVE-2019-5736)
