@@ -213,7 +213,7 @@ class Readiness:
         try:
             return P.info(session)
         except LinxError:
-            raise self._failure("never passed: its session is gone") from None
+            raise self._failure("never passed: it ended first") from None
 
     def _until_running(self, session: pykka.ActorRef) -> int:
         while True:

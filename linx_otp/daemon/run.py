@@ -31,7 +31,7 @@ import pykka
 from .. import process as P
 from .. import supervisor as S
 from .. import tty
-from ..actor import monitor
+from ..actor import monitor, request_shutdown
 from ..checkpoint import netlink as Netlink
 from ..checkpoint.setup import Release
 from ..errors import LinxError
@@ -54,6 +54,9 @@ REFUSALS = ("link_taken", "address_taken")
 """Set-up failures that mean: another instance (or someone) owns what this child asks for."""
 QUIET_SUPERVISOR_REPORTS = ("started", "exited", "stopped")
 """A worker's own events already say these; a nested supervisor's are shown."""
+EVENT_NAMES = {"ready": "checkpoint"}
+"""Session events logged under another name: a session's ``ready`` (parked at its checkpoint,
+with its host pid) is ``checkpoint``, since ``ready`` is a readiness check that passed."""
 
 
 class _ChildOwner:
@@ -84,8 +87,12 @@ class _WarningsAsEvents(logging.Handler):
         self.report = report
 
     def emit(self, record: logging.LogRecord) -> None:
+        """One line each: the message and the exception's own words (no traceback)."""
         if record.name != S.__name__:
-            self.report("daemon", logging.getLevelName(record.levelno).lower(), self.format(record))
+            text = record.getMessage()
+            if record.exc_info and record.exc_info[1] is not None:
+                text = f"{text}: {record.exc_info[1]}"
+            self.report("daemon", logging.getLevelName(record.levelno).lower(), text)
 
 
 class Daemon:
@@ -181,20 +188,10 @@ class Daemon:
         except (LinxError, OSError) as error:
             self.report("daemon", "cleanup_failed", str(error))
         control.start()
-        try:
-            self.root = S.start(
-                [self._spec(child) for child in self.tree.children], id=ROOT_ID, events=self.inbox, **self.tree.settings
-            )
-        except LinxError as error:
-            self.report("tree", "failed_to_start", str(error))
-            return 1
-        self.state.root = self.root
-        monitor(self.root, self.inbox)
-        self.report("tree", "up", f"{len(self.workloads)} workloads; control socket {self.instance.control_path}")
         if self.metrics_server is not None:
             host, port = self.metrics_server.server_address[:2]
             self.report("daemon", "metrics", f"http://{host}:{port}/metrics")
-        self.notify("READY=1")
+        threading.Thread(target=self.start_tree, name="linx-otp-start", daemon=True).start()
         if self.notifier is not None and self.notifier.watchdog_seconds:
             self.ping_watchdog(self.notifier.watchdog_seconds)
         code = None
@@ -209,11 +206,35 @@ class Daemon:
             self.notify()
         return code
 
+    def start_tree(self) -> None:
+        """Start the root supervisor and, in order, every child: on a thread of its own, so that
+        the loop goes on meanwhile (events, status, a stop) while children wait for their
+        readiness checks. The loop hears ``("tree_started", root)`` or ``("tree_failed", why)``."""
+        try:
+            root = S.start(
+                [self._spec(child) for child in self.tree.children], id=ROOT_ID, events=self.inbox, **self.tree.settings
+            )
+        except LinxError as error:
+            self.inbox.tell(("tree_failed", error))
+            return
+        self.inbox.tell(("tree_started", root))
+
+    def tree_started(self, root: pykka.ActorRef) -> int | None:
+        """Every child has started and is ready: the tree is up (and systemd hears ``READY=1``)."""
+        self.root = self.state.root = root
+        monitor(root, self.inbox)
+        if self.stopping:  # a stop came while it started
+            return self.finish_stop()
+        self.report("tree", "up", f"{len(self.workloads)} workloads; control socket {self.instance.control_path}")
+        self.notify("READY=1")
+        return None
+
     # -- systemd -------------------------------------------------------------------------------
 
     def notify(self, *fields: str) -> None:
-        """Tell systemd ``fields``, with a ``STATUS=`` line whenever it has changed."""
-        if self.notifier is None:
+        """Tell systemd ``fields``, with a ``STATUS=`` line whenever it has changed (from the
+        ``READY=1`` on: the tree is up once every child is ready)."""
+        if self.notifier is None or (self.root is None and not fields):
             return
         rows = [row for row in self.state.status() if row["kind"] == "worker"]
         status = f"STATUS={sum(row['state'] == 'running' for row in rows)} of {len(rows)} workloads running"
@@ -260,27 +281,52 @@ class Daemon:
         # back-off also waits there, on a gate the loop opens once its delay has passed.
         prepare = child.setup or child.restart_delay > 0
         setup = functools.partial(self.prepare_child, child.id) if prepare else None
-        return P.child_spec(owner=owner, auto_proceed=True, setup=setup, **child.options)
+        return P.child_spec(owner=owner, auto_proceed=True, setup=setup, ready=child.ready, **child.options)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self.inbox.tell(("signal", signum))
 
-    def stop_tree(self) -> None:
+    def stop_tree(self, why: str) -> int | None:
+        """Stop the tree; returns the exit code, or None while its start is still under way (a
+        child waiting for its readiness check is stopped, which ends the start: then
+        ``tree_started`` or ``tree_failed`` finishes the stop)."""
+        self.report("tree", "stopping", why)
         self.stopping = True
         for child_id in list(self.backoffs):
             self.open_gate(child_id)  # a child waiting out its back-off must not hold up the stop
         self.notify("STOPPING=1")
         self.output.hurry()  # a child's last output must not wait for a console nobody reads
-        if self.root is not None:
-            S.stop(self.root)
-        while True:  # the terminal events of the stop, for the log and the cgroups
+        self.shut_down_unready()
+        return None if self.root is None else self.finish_stop()
+
+    def finish_stop(self) -> int:
+        """Stop the root, taking the stop's events as they come (the log, the cgroups, and a
+        child that starts meanwhile, to cut its readiness wait short) until the root is down."""
+        root = self.root
+        assert root is not None
+        root.stop(block=False)  # queued before any retry of a start the stop ends
+        self.shut_down_unready()
+        down = False
+        while True:
             try:
-                message = self.inbox.receive(timeout=0)
+                message = self.inbox.receive(timeout=0 if down else LOOP_SECONDS)
             except TimeoutError:
-                break
-            if message[0] in ("child", "linx_supervisor", "report"):
-                self.handle(message)
+                if down:
+                    break
+                continue
+            match message:
+                case ("DOWN", ref, _) if ref == root:
+                    down = True
+                case ("child" | "linx_supervisor" | "report", *_):
+                    self.handle(message)
         self.report("tree", "stopped", "")
+        return 0
+
+    def shut_down_unready(self) -> None:
+        """Stopping: a child still waiting for its readiness check is asked to stop now (its
+        supervisor, busy waiting, would stop it only once the check's time-out is over)."""
+        for session in self.state.unready():
+            request_shutdown(session)
 
     def cleanup(self) -> None:
         try:
@@ -311,13 +357,17 @@ class Daemon:
             case ("forget", Tree() as fragment):
                 self.forget(fragment)
             case ("signal", signum):
-                self.report("tree", "stopping", f"signal {signal_name(signum)}")
-                self.stop_tree()
-                return 0
+                return self.stop_tree(f"signal {signal_name(signum)}")
             case ("shutdown",):
-                self.report("tree", "stopping", "shutdown requested over the control socket")
-                self.stop_tree()
-                return 0
+                return self.stop_tree("shutdown requested over the control socket")
+            case ("tree_started", root):
+                return self.tree_started(root)
+            case ("tree_failed", error):
+                if self.stopping:  # the stop ended the start
+                    self.report("tree", "stopped", "")
+                    return 0
+                self.report("tree", "failed_to_start", str(error))
+                return 1
             case ("DOWN", ref, reason) if ref == self.root:
                 if self.stopping:
                     return 0
@@ -343,6 +393,8 @@ class Daemon:
             self.hold_back(child_id, detail)
         if due is not None:
             self.release(due)
+        if self.stopping and kind in ("started", "restarted"):
+            self.shut_down_unready()
 
     def child_event(self, child_id: str, kind: str, detail: list) -> None:
         if child_id not in self.workloads:
@@ -356,7 +408,7 @@ class Daemon:
             case "stdout" | "stderr" | "pty_out" | "pty_in_dropped", _:
                 return  # output reaches the writer directly; a dropped keystroke is the typist's to see
         due = self.state.child_event(child_id, kind, detail)
-        self.report(child_id, kind, _describe_event(kind, detail))
+        self.report(child_id, EVENT_NAMES.get(kind, kind), _describe_event(kind, detail))
         if kind == "running":
             self.running_since[child_id] = time.monotonic()
         if due is not None:
