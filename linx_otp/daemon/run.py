@@ -192,8 +192,6 @@ class Daemon:
             host, port = self.metrics_server.server_address[:2]
             self.report("daemon", "metrics", f"http://{host}:{port}/metrics")
         threading.Thread(target=self.start_tree, name="linx-otp-start", daemon=True).start()
-        if self.notifier is not None and self.notifier.watchdog_seconds:
-            self.ping_watchdog(self.notifier.watchdog_seconds)
         code = None
         while code is None:
             try:
@@ -227,6 +225,8 @@ class Daemon:
             return self.finish_stop()
         self.report("tree", "up", f"{len(self.workloads)} workloads; control socket {self.instance.control_path}")
         self.notify("READY=1")
+        if self.notifier is not None and self.notifier.watchdog_seconds:  # systemd watches from READY=1 on
+            self.ping_watchdog(self.notifier.watchdog_seconds)
         return None
 
     # -- systemd -------------------------------------------------------------------------------
