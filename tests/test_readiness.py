@@ -252,6 +252,28 @@ def test_a_restart_that_is_not_ready_in_time_is_a_failed_restart(tmp_path, runni
     assert "did not pass within 0.5 s (last try: no such file)" in first(daemon, "flaky", "start_failed")["detail"]
 
 
+def test_restart_over_the_control_socket_answers_once_ready_or_says_why_not(tmp_path, running):
+    mark, ready_file = tmp_path / "ran-once", tmp_path / "ready"
+    script = f"rm -f {ready_file}; if [ ! -e {mark} ]; then touch {mark} {ready_file}; fi; exec sleep 600"
+    tree = f"""
+        [[child]]
+        id = "flaky"
+        argv = ["sh", "-c", "{script}"]
+        ready = {{ file = "{ready_file}", timeout = 0.5, interval = 0.05 }}
+    """
+    daemon = running(write_tree(tmp_path, tree))
+    assert daemon.shows(r"tree \| up"), daemon.lines
+    restart = daemon.control_command("restart", "flaky")  # the new incarnation never makes the file
+    assert restart.returncode == 2
+    assert (
+        "not ready: file " in restart.stderr and "did not pass within 0.5 s (last try: no such file)" in restart.stderr
+    )
+    flaky = daemon.status()["flaky"]
+    assert (flaky["state"], flaky["ready"], flaky["host_pid"]) == ("stopped", False, None)
+    assert flaky["last_exit"].startswith("not ready: file ")
+    assert daemon.stop() == 0
+
+
 # -- a stop while a child waits for its check is prompt -------------------------------------------------
 
 

@@ -2,7 +2,9 @@
 
 Order of a start, so that a refused start changes nothing: claim the instance (its lock; a
 second daemon for the name stops here), bind the control socket, remove a killed
-predecessor's leftovers, and only then start the tree's supervisors. Supervisor reports and
+predecessor's leftovers, and only then start the tree's supervisors, on a thread of their own
+(a child with a readiness check holds up the next one, and the loop goes on meanwhile); the
+tree is up, and systemd hears ``READY=1``, once every child is ready. Supervisor reports and
 session events land in one mailbox that this loop works through: it keeps the ``TreeState``
 and hands lines and captured output to ``Output``, which writes them on its own thread. SIGINT or
 SIGTERM stops the tree gracefully and exits 0; a tree that gives up exits 1. Each child's
