@@ -483,3 +483,16 @@ def test_a_python_child_that_is_not_ready_fails_to_start():
     assert failure.value.reason[2][:2] == ("not_ready", "command false")
     assert "last try: exited with status 1" in str(failure.value)
     linx_otp.flush()
+
+
+def test_a_command_probe_still_running_at_the_time_out_is_stopped_with_nothing_left():
+    before = descendant_pids()
+    spec = P.child_spec(
+        id="stuck", argv=["sleep", "60"], auto_proceed=True, ready={"command": ["sleep", "61"], "timeout": 0.5}
+    )
+    began = time.monotonic()
+    with pytest.raises(LinxError, match=r"did not pass within 0\.5 s \(last try: no answer before the time-out\)"):
+        S.start([spec])
+    assert time.monotonic() - began < 5.0
+    linx_otp.flush()
+    assert wait_until(lambda: descendant_pids() <= before, TIMEOUT), descendant_pids() - before  # probe and child gone
