@@ -274,6 +274,31 @@ def test_restart_over_the_control_socket_answers_once_ready_or_says_why_not(tmp_
     assert daemon.stop() == 0
 
 
+def test_stop_of_a_child_that_waits_for_its_check_after_a_restart_is_prompt(tmp_path, running):
+    mark, ready_file = tmp_path / "ran-once", tmp_path / "ready"
+    script = f"rm -f {ready_file}; if [ ! -e {mark} ]; then touch {mark} {ready_file}; fi; exec sleep 600"
+    tree = f"""
+        [[child]]
+        id = "flaky"
+        argv = ["sh", "-c", "{script}"]
+        ready = {{ file = "{ready_file}", timeout = 60 }}
+    """
+    daemon = running(write_tree(tmp_path, tree), "--json")
+    assert wait_until(lambda: first(daemon, "tree", "up") is not None, TIMEOUT), daemon.lines
+    os.kill(daemon.status()["flaky"]["host_pid"], 9)  # restarted, and now waits for a file that never comes
+    assert wait_until(lambda: len([e for e in events(daemon) if e["event"] == "checkpoint"]) == 2, TIMEOUT)
+    waiting = daemon.status()["flaky"]
+    assert (waiting["state"], waiting["ready"]) == ("starting", False)
+    began = time.monotonic()
+    stop = daemon.control_command("stop", "flaky")
+    print(f"stop answered in {time.monotonic() - began:.2f} s")
+    assert stop.returncode == 0 and stop.stdout.strip() == "stopped", stop.stderr
+    assert time.monotonic() - began < 10.0  # not the check's 60 s
+    stopped = daemon.status()["flaky"]
+    assert (stopped["state"], stopped["host_pid"]) == ("stopped", None) and not process_alive(waiting["host_pid"])
+    assert daemon.stop() == 0
+
+
 # -- a stop while a child waits for its check is prompt -------------------------------------------------
 
 
@@ -496,3 +521,30 @@ def test_a_command_probe_still_running_at_the_time_out_is_stopped_with_nothing_l
     assert time.monotonic() - began < 5.0
     linx_otp.flush()
     assert wait_until(lambda: descendant_pids() <= before, TIMEOUT), descendant_pids() - before  # probe and child gone
+
+
+def test_a_restarted_child_that_runs_before_its_restarted_report_still_waits_for_its_check():
+    from linx_otp.daemon.state import TreeState
+
+    tree = parse_text('[[child]]\nid = "a"\nargv = ["true"]\nready = { file = "/r" }\n', "t.toml")
+    state = TreeState(tree, clock=lambda: 100.0)
+
+    def shown() -> tuple[str, bool, str | None]:
+        row = state.status()[0]
+        return row["state"], row["ready"], row["readiness"]
+
+    state.supervisor_report("started", "a", "session-1")
+    state.child_event("a", "ready", [11])
+    assert shown() == ("starting", False, "file /r")  # parked at its checkpoint
+    state.child_event("a", "running", [])
+    assert shown() == ("starting", False, "file /r")
+    state.supervisor_report("ready", "a", "file /r passed 0.10 s after it ran")
+    assert shown() == ("running", True, "file /r")
+    state.child_event("a", "signaled", [9])
+    state.supervisor_report("exited", "a", ("signaled", 9))
+    state.child_event("a", "ready", [12])  # the next incarnation's events overtake its restarted report
+    state.child_event("a", "running", [])
+    assert shown() == ("starting", False, "file /r")
+    state.supervisor_report("restarted", "a", "session-2")
+    state.supervisor_report("ready", "a", "file /r passed 0.10 s after it ran")
+    assert shown() == ("running", True, "file /r")

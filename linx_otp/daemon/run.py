@@ -152,6 +152,9 @@ class Daemon:
         self.notifier: Notifier | None = None
         """systemd's notify socket, when the daemon runs as a ``Type=notify`` service."""
         self.status_sent = ""
+        self.cutting_short: set[str] = set()
+        """Children a ``stop`` or ``restart`` is stopping: an incarnation that starts meanwhile is
+        not waited for (guarded by the state's lock: the control threads and the loop share it)."""
 
     # -- start and stop ------------------------------------------------------------------------
 
@@ -324,10 +327,15 @@ class Daemon:
         self.report("tree", "stopped", "")
         return 0
 
-    def shut_down_unready(self) -> None:
-        """Stopping: a child still waiting for its readiness check is asked to stop now (its
-        supervisor, busy waiting, would stop it only once the check's time-out is over)."""
-        for session in self.state.unready():
+    def is_cut_short(self, child_id: str) -> bool:
+        with self.state.lock:
+            return child_id in self.cutting_short
+
+    def shut_down_unready(self, child_ids: list[str] | None = None) -> None:
+        """Stopping (the tree, or ``child_ids``): a child still waiting for its readiness check is
+        asked to stop now (its supervisor, busy waiting, would stop it only once the check's
+        time-out is over)."""
+        for session in self.state.unready(child_ids):
             request_shutdown(session)
 
     def cleanup(self) -> None:
@@ -395,8 +403,8 @@ class Daemon:
             self.hold_back(child_id, detail)
         if due is not None:
             self.release(due)
-        if self.stopping and kind in ("started", "restarted"):
-            self.shut_down_unready()
+        if kind in ("started", "restarted") and (self.stopping or self.is_cut_short(child_id)):
+            self.shut_down_unready([child_id])
 
     def child_event(self, child_id: str, kind: str, detail: list) -> None:
         if child_id not in self.workloads:
@@ -610,7 +618,7 @@ class Daemon:
         supervisor, current = self.state.locate(child_id)
         match request.verb:
             case "stop":
-                S.terminate_child(supervisor, child_id)
+                self.terminate(supervisor, child_id)
                 return "stopped"
             case "start":
                 if current is not None:
@@ -618,7 +626,7 @@ class Daemon:
                 S.restart_child(supervisor, child_id)
                 return "started"
             case "restart":
-                S.terminate_child(supervisor, child_id)
+                self.terminate(supervisor, child_id)
                 S.restart_child(supervisor, child_id)
                 self.state.count_restart(child_id)
                 return "restarted"
@@ -631,6 +639,18 @@ class Daemon:
                     return describe_exit(outcome)
                 return outcome
         raise LinxError(("bad_verb", request.verb), f"unknown verb {request.verb!r}")
+
+    def terminate(self, supervisor: pykka.ActorRef, child_id: str) -> None:
+        """``terminate_child``, and a child waiting for its readiness check (its supervisor busy
+        with it) is stopped at once, as is an incarnation its supervisor starts meanwhile."""
+        with self.state.lock:
+            self.cutting_short.add(child_id)
+        try:
+            self.shut_down_unready([child_id])
+            S.terminate_child(supervisor, child_id)
+        finally:
+            with self.state.lock:
+                self.cutting_short.discard(child_id)
 
     # -- reporting -------------------------------------------------------------------------------
 

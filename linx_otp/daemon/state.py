@@ -64,7 +64,8 @@ class Record:
     readiness: str | None = None
     """Its readiness check in words (``tcp 10.78.0.2:8080``), if it has one."""
     passed: bool = False
-    """The current incarnation has passed its readiness check (the supervisor said ``ready``)."""
+    """The current incarnation has passed its readiness check (the supervisor said ``ready``);
+    False again once it has ended."""
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,7 @@ class TreeState:
                 record.state = "stopped" if kind == "stopped" else "exited"
                 record.last_exit = detail
                 record.host_pid = record.ref = record.parked_pid = None
+                record.passed = False
             elif kind == "ready":
                 record.passed = True
                 if record.state == "starting" and record.host_pid is not None:  # it runs (and has not ended)
@@ -140,8 +142,9 @@ class TreeState:
                     record.parked_pid = detail[0]
                     return None
                 return SetupDue(child_id, record.ref, detail[0])
-            if kind in TERMINAL_EVENTS:
+            if kind in TERMINAL_EVENTS:  # the next incarnation's events may come before its started report
                 record.ref = record.parked_pid = None
+                record.passed = False
         return None
 
     def count_restart(self, child_id: str) -> None:
@@ -163,13 +166,17 @@ class TreeState:
                 raise LinxError("not_running", f"{child_id}'s supervisor {record.parent!r} is not running")
             return supervisor, record.ref
 
-    def unready(self) -> list[Any]:
-        """The sessions that run (or are about to) but have not passed their readiness check yet."""
+    def unready(self, child_ids: list[str] | None = None) -> list[Any]:
+        """The sessions that run (or are about to) but have not passed their readiness check yet
+        (of ``child_ids``, or of every child)."""
         with self.lock:
             return [
                 record.ref
-                for record in self.records.values()
-                if record.readiness is not None and record.ref is not None and not record.passed
+                for child_id, record in self.records.items()
+                if record.readiness is not None
+                and record.ref is not None
+                and not record.passed
+                and (child_ids is None or child_id in child_ids)
             ]
 
     def status(self) -> list[dict[str, Any]]:
