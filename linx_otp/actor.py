@@ -440,7 +440,9 @@ class ChildSpec:
     ``start`` creates the child actor and returns its ref; ``restart`` is ``"permanent"``,
     ``"transient"`` or ``"temporary"``; ``shutdown`` is seconds (ask, wait, then stop
     outright), ``"brutal_kill"`` or ``None`` (wait forever); ``type`` is ``"worker"`` or
-    ``"supervisor"``.
+    ``"supervisor"``. ``ready``, if given, is called with each new incarnation's ref and
+    returns (a description) once it is ready, or raises ``LinxError``: the supervisor counts
+    the child as started only then (``readiness.Readiness.waiter`` makes one).
     """
 
     id: Any
@@ -448,6 +450,7 @@ class ChildSpec:
     restart: str = "permanent"
     shutdown: float | str | None = 5.0
     type: str = "worker"
+    ready: Callable[[pykka.ActorRef], Any] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         try:
@@ -460,3 +463,7 @@ class ChildSpec:
         object.__setattr__(self, "shutdown", check_shutdown(self.shutdown))
         if self.type not in CHILD_TYPES:
             raise LinxValueError(("bad_type", self.type), f"type must be one of {CHILD_TYPES}, not {self.type!r}")
+        if self.ready is not None and not callable(self.ready):
+            raise LinxValueError(
+                ("bad_ready", self.ready), f"ready must be None or a callable f(ref), not {self.ready!r}"
+            )

@@ -320,13 +320,14 @@ def describe_seconds(seconds: float) -> str:
 
 
 def _print_status(rows: list[dict]) -> None:
-    header = ("ID", "KIND", "STATE", "READY", "HOST PID", "RESTARTS", "UPTIME", "LAST EXIT", "LOG")
+    header = ("ID", "KIND", "STATE", "READY", "READINESS", "HOST PID", "RESTARTS", "UPTIME", "LAST EXIT", "LOG")
     table = [header] + [
         (
             row["id"],
             row["kind"],
             row["state"],
             "yes" if row["ready"] else "no",
+            row["readiness"] or "-",
             str(row["host_pid"] or "-"),
             str(row["restarts"]),
             describe_seconds(row["uptime"]) if row["uptime"] is not None else "-",

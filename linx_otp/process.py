@@ -50,6 +50,7 @@ from .flow import OutputWindow, consumed
 from .mailbox import Mailbox, flush, mailbox, receive
 from .options import SessionOptions, SessionPlan, check_owner, check_target, credit_on_tell, plan_session
 from .reactor import reactor
+from .readiness import Readiness, check_readiness
 
 log = logging.getLogger(__name__)
 
@@ -646,6 +647,7 @@ def child_spec(
     id: Any = "linx_process",
     restart: str = "permanent",
     shutdown: float | str | None = 5.0,
+    ready: Readiness | Mapping[str, Any] | None = None,
     **options: Unpack[SessionOptions],
 ) -> ChildSpec:
     """A child spec for a supervisor: a session with ``options`` (``spawn``'s) and
@@ -653,18 +655,25 @@ def child_spec(
     checked now, and the owner is fixed now (default: the calling thread's mailbox); every
     restart spawns a new session with the same options and owner. A supervised session needs
     ``auto_proceed=True`` or a ``setup`` (run again for every incarnation) unless something
-    else proceeds it.
+    else proceeds it. ``ready`` (a ``readiness.Readiness`` or a mapping of its keys, as a tree
+    file's ``ready`` table) makes the supervisor count each incarnation as started only once it
+    passes that check (README, "Readiness").
 
     >>> spec = child_spec(id="sleeper", argv=["sleep", "60"], auto_proceed=True)
     >>> spec.id, spec.restart, spec.shutdown, spec.type
     ('sleeper', 'permanent', 5.0, 'worker')
+    >>> web = child_spec(id="web", argv=["python3", "-m", "http.server", "8000"], ready={"tcp": "127.0.0.1:8000"})
+    >>> web.ready is not None
+    True
     """
     if options.get("linger", False) is not False:
         raise LinxValueError(
             ("bad_linger", options["linger"]), "a supervised session has linger=False (its outcome is its exit reason)"
         )
     plan = plan_session(mode=protocol.MODE_SPAWN, target=None, **{**options, "linger": False})
-    return ChildSpec(id=id, start=lambda: _start(plan), restart=restart, shutdown=shutdown)
+    readiness = check_readiness(ready)
+    waiter = readiness.waiter(options) if readiness is not None else None
+    return ChildSpec(id=id, start=lambda: _start(plan), restart=restart, shutdown=shutdown, ready=waiter)
 
 
 def _ask(session: SessionRef, message: Any) -> Any:

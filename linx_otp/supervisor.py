@@ -7,7 +7,9 @@ restart type (``permanent``, ``transient``, ``temporary``), and gives up when re
 ``"shutdown"``, which its own supervisor sees like any child's exit. Children are sessions
 (``process.child_spec``), supervisors (``child_spec`` here) or any ``Actor``
 (``MyActor.child_spec(...)``). Reports go to ``logging`` and, when asked, to an ``events``
-owner as ``("linx_supervisor", kind, supervisor_id, child_id, detail)`` tuples.
+owner as ``("linx_supervisor", kind, supervisor_id, child_id, detail)`` tuples. A child whose
+spec has a readiness check (``process.child_spec(ready=...)``) is reported ``started`` when its
+session starts and ``ready`` when the check passes; only then is the next child started.
 
 Erlang/OTP's ``supervisor`` is the reference: tests/test_supervisor_differential.py runs the
 same random scenarios on both and requires equal results, step by step. The one difference
@@ -29,7 +31,7 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -222,7 +224,27 @@ class Supervisor(Actor):
             raise LinxError(("exception", error), f"starting {child.spec.id!r} raised {error!r}") from error
         child.ref, child.watch, child.restarting = ref, watch, False
         self._report(report, child.spec.id, ref)
+        if child.spec.ready is not None:
+            self._await_ready(child, child.spec.ready, ref)
         return ref
+
+    def _await_ready(self, child: _Child, ready: Callable[[pykka.ActorRef], Any], ref: pykka.ActorRef) -> None:
+        """A child with a readiness check has started only once it passes, and this supervisor
+        starts nothing else meanwhile (OTP's start order as a dependency order, as systemd's
+        ``After=`` with ``Type=notify``). Passed: reported ``ready``. Not passed: the child is
+        stopped by its shutdown spec and it is a failed start (reported, and raised)."""
+        try:
+            detail = ready(ref)
+        except LinxError as error:
+            failure = error
+        except Exception as error:
+            failure = LinxError(("exception", error), f"the readiness check of {child.spec.id!r} raised {error!r}")
+        else:
+            self._report("ready", child.spec.id, detail)
+            return
+        self._stop_child(child)
+        self._report("start_failed", child.spec.id, failure.reason, logging.ERROR)
+        raise failure
 
     def _stop_children(self, children: Iterable[_Child]) -> None:
         for child in reversed(list(children)):
@@ -453,7 +475,8 @@ def start(
     events: Any = None,
     id: Any = "supervisor",
 ) -> pykka.ActorRef:
-    """Start a supervisor and its children in order; returns once every child has started.
+    """Start a supervisor and its children in order; returns once every child has started
+    (and passed its readiness check, if it has one).
     If a child fails to start, the ones already started are stopped and this raises
     ``LinxError(("failed_to_start_child", id, reason))``. ``events`` (a ref or ``Mailbox``)
     receives ``("linx_supervisor", kind, supervisor_id, child_id, detail)`` reports."""

@@ -109,6 +109,7 @@ def test_status_json_follows_the_readme_schema_and_every_verb_answers_json(tmp_p
         "KIND",
         "STATE",
         "READY",
+        "READINESS",
         "HOST",
         "PID",
         "RESTARTS",

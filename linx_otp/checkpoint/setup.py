@@ -450,15 +450,20 @@ def open_in_root(root: str, path: str) -> int:
     ``/proc/*/fd`` style magic links are refused. Raises ``LinxOSError``."""
     directory = os.open(root or "/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW)
     try:
-        how = _OPEN_HOW.pack(os.O_PATH | os.O_CLOEXEC, 0, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
-        result = _libc.syscall(
-            SYS_OPENAT2, ctypes.c_int(directory), os.fsencode(path.lstrip("/") or "."), how, ctypes.c_size_t(len(how))
-        )
-        if result < 0:
-            raise LinxOSError("openat2", ctypes.get_errno(), f"{root}{path}")
-        return result
+        return open_beneath(directory, path, f"{root}{path}")
     finally:
         os.close(directory)
+
+
+def open_beneath(directory: int, path: str, shown: str) -> int:
+    """``open_in_root`` for a root given as a descriptor (``shown`` names the path in errors)."""
+    how = _OPEN_HOW.pack(os.O_PATH | os.O_CLOEXEC, 0, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
+    result = _libc.syscall(
+        SYS_OPENAT2, ctypes.c_int(directory), os.fsencode(path.lstrip("/") or "."), how, ctypes.c_size_t(len(how))
+    )
+    if result < 0:
+        raise LinxOSError("openat2", ctypes.get_errno(), shown)
+    return result
 
 
 @contextmanager
@@ -563,4 +568,14 @@ def _thermal_throttle(cpus: str) -> list[str]:
     return [f"/sys/devices/system/cpu/{cpu.name}/thermal_throttle" for cpu in sorted(Path(cpus).glob("cpu[0-9]*"))]
 
 
-__all__ = ["Limits", "MountEntry", "Release", "Setup", "Veth", "check_hostname", "check_id_map", "open_in_root"]
+__all__ = [
+    "Limits",
+    "MountEntry",
+    "Release",
+    "Setup",
+    "Veth",
+    "check_hostname",
+    "check_id_map",
+    "open_beneath",
+    "open_in_root",
+]

@@ -2,7 +2,9 @@
 
 Order of a start, so that a refused start changes nothing: claim the instance (its lock; a
 second daemon for the name stops here), bind the control socket, remove a killed
-predecessor's leftovers, and only then start the tree's supervisors. Supervisor reports and
+predecessor's leftovers, and only then start the tree's supervisors, on a thread of their own
+(a child with a readiness check holds up the next one, and the loop goes on meanwhile); the
+tree is up, and systemd hears ``READY=1``, once every child is ready. Supervisor reports and
 session events land in one mailbox that this loop works through: it keeps the ``TreeState``
 and hands lines and captured output to ``Output``, which writes them on its own thread. SIGINT or
 SIGTERM stops the tree gracefully and exits 0; a tree that gives up exits 1. Each child's
@@ -31,7 +33,7 @@ import pykka
 from .. import process as P
 from .. import supervisor as S
 from .. import tty
-from ..actor import monitor
+from ..actor import monitor, request_shutdown
 from ..checkpoint import netlink as Netlink
 from ..checkpoint.setup import Release
 from ..errors import LinxError
@@ -54,6 +56,9 @@ REFUSALS = ("link_taken", "address_taken")
 """Set-up failures that mean: another instance (or someone) owns what this child asks for."""
 QUIET_SUPERVISOR_REPORTS = ("started", "exited", "stopped")
 """A worker's own events already say these; a nested supervisor's are shown."""
+EVENT_NAMES = {"ready": "checkpoint"}
+"""Session events logged under another name: a session's ``ready`` (parked at its checkpoint,
+with its host pid) is ``checkpoint``, since ``ready`` is a readiness check that passed."""
 
 
 class _ChildOwner:
@@ -84,8 +89,12 @@ class _WarningsAsEvents(logging.Handler):
         self.report = report
 
     def emit(self, record: logging.LogRecord) -> None:
+        """One line each: the message and the exception's own words (no traceback)."""
         if record.name != S.__name__:
-            self.report("daemon", logging.getLevelName(record.levelno).lower(), self.format(record))
+            text = record.getMessage()
+            if record.exc_info and record.exc_info[1] is not None:
+                text = f"{text}: {record.exc_info[1]}"
+            self.report("daemon", logging.getLevelName(record.levelno).lower(), text)
 
 
 class Daemon:
@@ -143,6 +152,9 @@ class Daemon:
         self.notifier: Notifier | None = None
         """systemd's notify socket, when the daemon runs as a ``Type=notify`` service."""
         self.status_sent = ""
+        self.cutting_short: set[str] = set()
+        """Children a ``stop`` or ``restart`` is stopping: an incarnation that starts meanwhile is
+        not waited for (guarded by the state's lock: the control threads and the loop share it)."""
 
     # -- start and stop ------------------------------------------------------------------------
 
@@ -181,22 +193,10 @@ class Daemon:
         except (LinxError, OSError) as error:
             self.report("daemon", "cleanup_failed", str(error))
         control.start()
-        try:
-            self.root = S.start(
-                [self._spec(child) for child in self.tree.children], id=ROOT_ID, events=self.inbox, **self.tree.settings
-            )
-        except LinxError as error:
-            self.report("tree", "failed_to_start", str(error))
-            return 1
-        self.state.root = self.root
-        monitor(self.root, self.inbox)
-        self.report("tree", "up", f"{len(self.workloads)} workloads; control socket {self.instance.control_path}")
         if self.metrics_server is not None:
             host, port = self.metrics_server.server_address[:2]
             self.report("daemon", "metrics", f"http://{host}:{port}/metrics")
-        self.notify("READY=1")
-        if self.notifier is not None and self.notifier.watchdog_seconds:
-            self.ping_watchdog(self.notifier.watchdog_seconds)
+        threading.Thread(target=self.start_tree, name="linx-otp-start", daemon=True).start()
         code = None
         while code is None:
             try:
@@ -209,11 +209,37 @@ class Daemon:
             self.notify()
         return code
 
+    def start_tree(self) -> None:
+        """Start the root supervisor and, in order, every child: on a thread of its own, so that
+        the loop goes on meanwhile (events, status, a stop) while children wait for their
+        readiness checks. The loop hears ``("tree_started", root)`` or ``("tree_failed", why)``."""
+        try:
+            root = S.start(
+                [self._spec(child) for child in self.tree.children], id=ROOT_ID, events=self.inbox, **self.tree.settings
+            )
+        except LinxError as error:
+            self.inbox.tell(("tree_failed", error))
+            return
+        self.inbox.tell(("tree_started", root))
+
+    def tree_started(self, root: pykka.ActorRef) -> int | None:
+        """Every child has started and is ready: the tree is up (and systemd hears ``READY=1``)."""
+        self.root = self.state.root = root
+        monitor(root, self.inbox)
+        if self.stopping:  # a stop came while it started
+            return self.finish_stop()
+        self.report("tree", "up", f"{len(self.workloads)} workloads; control socket {self.instance.control_path}")
+        self.notify("READY=1")
+        if self.notifier is not None and self.notifier.watchdog_seconds:  # systemd watches from READY=1 on
+            self.ping_watchdog(self.notifier.watchdog_seconds)
+        return None
+
     # -- systemd -------------------------------------------------------------------------------
 
     def notify(self, *fields: str) -> None:
-        """Tell systemd ``fields``, with a ``STATUS=`` line whenever it has changed."""
-        if self.notifier is None:
+        """Tell systemd ``fields``, with a ``STATUS=`` line whenever it has changed (from the
+        ``READY=1`` on: the tree is up once every child is ready)."""
+        if self.notifier is None or (self.root is None and not fields):
             return
         rows = [row for row in self.state.status() if row["kind"] == "worker"]
         status = f"STATUS={sum(row['state'] == 'running' for row in rows)} of {len(rows)} workloads running"
@@ -260,27 +286,57 @@ class Daemon:
         # back-off also waits there, on a gate the loop opens once its delay has passed.
         prepare = child.setup or child.restart_delay > 0
         setup = functools.partial(self.prepare_child, child.id) if prepare else None
-        return P.child_spec(owner=owner, auto_proceed=True, setup=setup, **child.options)
+        return P.child_spec(owner=owner, auto_proceed=True, setup=setup, ready=child.ready, **child.options)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self.inbox.tell(("signal", signum))
 
-    def stop_tree(self) -> None:
+    def stop_tree(self, why: str) -> int | None:
+        """Stop the tree; returns the exit code, or None while its start is still under way (a
+        child waiting for its readiness check is stopped, which ends the start: then
+        ``tree_started`` or ``tree_failed`` finishes the stop)."""
+        self.report("tree", "stopping", why)
         self.stopping = True
         for child_id in list(self.backoffs):
             self.open_gate(child_id)  # a child waiting out its back-off must not hold up the stop
         self.notify("STOPPING=1")
         self.output.hurry()  # a child's last output must not wait for a console nobody reads
-        if self.root is not None:
-            S.stop(self.root)
-        while True:  # the terminal events of the stop, for the log and the cgroups
+        self.shut_down_unready()
+        return None if self.root is None else self.finish_stop()
+
+    def finish_stop(self) -> int:
+        """Stop the root, taking the stop's events as they come (the log, the cgroups, and a
+        child that starts meanwhile, to cut its readiness wait short) until the root is down."""
+        root = self.root
+        assert root is not None
+        root.stop(block=False)  # queued before any retry of a start the stop ends
+        self.shut_down_unready()
+        down = False
+        while True:
             try:
-                message = self.inbox.receive(timeout=0)
+                message = self.inbox.receive(timeout=0 if down else LOOP_SECONDS)
             except TimeoutError:
-                break
-            if message[0] in ("child", "linx_supervisor", "report"):
-                self.handle(message)
+                if down:
+                    break
+                continue
+            match message:
+                case ("DOWN", ref, _) if ref == root:
+                    down = True
+                case ("child" | "linx_supervisor" | "report", *_):
+                    self.handle(message)
         self.report("tree", "stopped", "")
+        return 0
+
+    def is_cut_short(self, child_id: str) -> bool:
+        with self.state.lock:
+            return child_id in self.cutting_short
+
+    def shut_down_unready(self, child_ids: list[str] | None = None) -> None:
+        """Stopping (the tree, or ``child_ids``): a child still waiting for its readiness check is
+        asked to stop now (its supervisor, busy waiting, would stop it only once the check's
+        time-out is over)."""
+        for session in self.state.unready(child_ids):
+            request_shutdown(session)
 
     def cleanup(self) -> None:
         try:
@@ -311,13 +367,17 @@ class Daemon:
             case ("forget", Tree() as fragment):
                 self.forget(fragment)
             case ("signal", signum):
-                self.report("tree", "stopping", f"signal {signal_name(signum)}")
-                self.stop_tree()
-                return 0
+                return self.stop_tree(f"signal {signal_name(signum)}")
             case ("shutdown",):
-                self.report("tree", "stopping", "shutdown requested over the control socket")
-                self.stop_tree()
-                return 0
+                return self.stop_tree("shutdown requested over the control socket")
+            case ("tree_started", root):
+                return self.tree_started(root)
+            case ("tree_failed", error):
+                if self.stopping:  # the stop ended the start
+                    self.report("tree", "stopped", "")
+                    return 0
+                self.report("tree", "failed_to_start", str(error))
+                return 1
             case ("DOWN", ref, reason) if ref == self.root:
                 if self.stopping:
                     return 0
@@ -343,6 +403,8 @@ class Daemon:
             self.hold_back(child_id, detail)
         if due is not None:
             self.release(due)
+        if kind in ("started", "restarted") and (self.stopping or self.is_cut_short(child_id)):
+            self.shut_down_unready([child_id])
 
     def child_event(self, child_id: str, kind: str, detail: list) -> None:
         if child_id not in self.workloads:
@@ -356,7 +418,7 @@ class Daemon:
             case "stdout" | "stderr" | "pty_out" | "pty_in_dropped", _:
                 return  # output reaches the writer directly; a dropped keystroke is the typist's to see
         due = self.state.child_event(child_id, kind, detail)
-        self.report(child_id, kind, _describe_event(kind, detail))
+        self.report(child_id, EVENT_NAMES.get(kind, kind), _describe_event(kind, detail))
         if kind == "running":
             self.running_since[child_id] = time.monotonic()
         if due is not None:
@@ -556,7 +618,7 @@ class Daemon:
         supervisor, current = self.state.locate(child_id)
         match request.verb:
             case "stop":
-                S.terminate_child(supervisor, child_id)
+                self.terminate(supervisor, child_id)
                 return "stopped"
             case "start":
                 if current is not None:
@@ -564,7 +626,7 @@ class Daemon:
                 S.restart_child(supervisor, child_id)
                 return "started"
             case "restart":
-                S.terminate_child(supervisor, child_id)
+                self.terminate(supervisor, child_id)
                 S.restart_child(supervisor, child_id)
                 self.state.count_restart(child_id)
                 return "restarted"
@@ -577,6 +639,18 @@ class Daemon:
                     return describe_exit(outcome)
                 return outcome
         raise LinxError(("bad_verb", request.verb), f"unknown verb {request.verb!r}")
+
+    def terminate(self, supervisor: pykka.ActorRef, child_id: str) -> None:
+        """``terminate_child``, and a child waiting for its readiness check (its supervisor busy
+        with it) is stopped at once, as is an incarnation its supervisor starts meanwhile."""
+        with self.state.lock:
+            self.cutting_short.add(child_id)
+        try:
+            self.shut_down_unready([child_id])
+            S.terminate_child(supervisor, child_id)
+        finally:
+            with self.state.lock:
+                self.cutting_short.discard(child_id)
 
     # -- reporting -------------------------------------------------------------------------------
 

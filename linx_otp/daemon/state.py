@@ -38,7 +38,8 @@ from .tree import Group, Tree, Workload
 
 TERMINAL_EVENTS = ("exited", "signaled", "aborted", "error")
 UP_STATES = ("running",)
-"""The states in which a child counts as up (and ready: it has started)."""
+"""The states in which a child counts as up (and ready: it has started, and passed its
+readiness check if it has one)."""
 
 
 @dataclass
@@ -60,6 +61,11 @@ class Record:
     """The host pid of an incarnation at its checkpoint whose ``started`` report is still to come."""
     log: str | None = None
     """Where its captured output is appended, if it has a log file."""
+    readiness: str | None = None
+    """Its readiness check in words (``tcp 10.78.0.2:8080``), if it has one."""
+    passed: bool = False
+    """The current incarnation has passed its readiness check (the supervisor said ``ready``);
+    False again once it has ended."""
 
 
 @dataclass(frozen=True)
@@ -106,6 +112,7 @@ class TreeState:
                 record.ref = detail
                 record.started_at = self.clock()
                 record.restarts += kind == "restarted"
+                record.passed = False
                 if record.kind == "supervisor":
                     record.state = "running"
                 if record.parked_pid is not None:
@@ -115,6 +122,11 @@ class TreeState:
                 record.state = "stopped" if kind == "stopped" else "exited"
                 record.last_exit = detail
                 record.host_pid = record.ref = record.parked_pid = None
+                record.passed = False
+            elif kind == "ready":
+                record.passed = True
+                if record.state == "starting" and record.host_pid is not None:  # it runs (and has not ended)
+                    record.state = "running"
             elif kind in ("gave_up", "start_failed"):
                 record.last_exit = detail
         return None
@@ -123,15 +135,16 @@ class TreeState:
         """A session's ``("linx_process", kind, *detail)`` event (output excepted)."""
         with self.lock:
             record = self.records[child_id]
-            record.state = kind
+            record.state = _state_after(kind, record)
             if kind == "ready":
                 record.host_pid = detail[0]
                 if record.ref is None:
                     record.parked_pid = detail[0]
                     return None
                 return SetupDue(child_id, record.ref, detail[0])
-            if kind in TERMINAL_EVENTS:
+            if kind in TERMINAL_EVENTS:  # the next incarnation's events may come before its started report
                 record.ref = record.parked_pid = None
+                record.passed = False
         return None
 
     def count_restart(self, child_id: str) -> None:
@@ -152,6 +165,19 @@ class TreeState:
             if supervisor is None:
                 raise LinxError("not_running", f"{child_id}'s supervisor {record.parent!r} is not running")
             return supervisor, record.ref
+
+    def unready(self, child_ids: list[str] | None = None) -> list[Any]:
+        """The sessions that run (or are about to) but have not passed their readiness check yet
+        (of ``child_ids``, or of every child)."""
+        with self.lock:
+            return [
+                record.ref
+                for child_id, record in self.records.items()
+                if record.readiness is not None
+                and record.ref is not None
+                and not record.passed
+                and (child_ids is None or child_id in child_ids)
+            ]
 
     def status(self) -> list[dict[str, Any]]:
         """One row per child, in start order: the objects ``status --json`` prints (the README's
@@ -185,6 +211,7 @@ class TreeState:
             "parent": record.parent,
             "state": record.state,
             "ready": record.state in UP_STATES,
+            "readiness": record.readiness,
             "host_pid": record.host_pid,
             "restarts": record.restarts,
             "started_at": iso_time(started) if started is not None else None,
@@ -203,6 +230,14 @@ def iso_time(seconds: float) -> str:
     return datetime.fromtimestamp(seconds).astimezone().isoformat(timespec="milliseconds")
 
 
+def _state_after(kind: str, record: Record) -> str:
+    """A child's state after its session's event ``kind``: parked at its checkpoint it is still
+    ``starting``, and so it is once it runs until its readiness check (if any) has passed."""
+    if kind == "ready" or (kind == "running" and record.readiness is not None and not record.passed):
+        return "starting"
+    return kind
+
+
 def _records(tree: Tree) -> dict[str, Record]:
     parents = tree.parents()
     return {
@@ -210,6 +245,7 @@ def _records(tree: Tree) -> dict[str, Record]:
             "supervisor" if isinstance(child, Group) else "worker",
             parents[child.id],
             log=child.log.path if isinstance(child, Workload) and child.log is not None else None,
+            readiness=child.ready.describe() if isinstance(child, Workload) and child.ready is not None else None,
         )
         for child in tree.walk()
     }
@@ -254,4 +290,8 @@ def describe_exit(reason: Any) -> str:
             return f"shut down ({describe_exit(inner)})"
         case ("reached_max_restart_intensity", restarts, seconds):
             return f"more than {restarts} restarts in {seconds:g} s"
+        case ("not_ready", check, why):
+            return f"not ready: {check} {why}"
+        case ("failed_to_start_child", child_id, inner):
+            return f"{child_id} failed to start: {describe_exit(inner)}"
     return str(reason)

@@ -1,8 +1,8 @@
 """Supervision trees declared in TOML: parsing and checking them, and building the plan.
 
 A tree file has a ``[supervisor]`` table (strategy, max_restarts, max_seconds) and
-``[[child]]`` tables: workloads (every spawn option, ``restart``, ``shutdown``, ``log`` and a
-``[child.setup]`` table applied at the checkpoint) or nested supervisors (``type =
+``[[child]]`` tables: workloads (every spawn option, ``restart``, ``shutdown``, ``log``, a
+``ready`` check and a ``[child.setup]`` table applied at the checkpoint) or nested supervisors (``type =
 "supervisor"`` with their own ``[[child.child]]``). Every value is checked here, at load:
 addresses with ``ipaddress``, interface names (at most 15 bytes), host names (RFC 1123),
 finite durations, sizes (an int or ``"max"``). Every mistake is collected and reported at
@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from .. import options as session_options
+from .. import readiness
 from .. import supervisor as S
 from ..actor import check_restart, check_shutdown
 from ..checkpoint import profiles
@@ -51,6 +52,7 @@ from ..checkpoint.setup import (
 )
 from ..errors import LinxValueError
 from ..protocol import MODE_SPAWN
+from ..readiness import Readiness
 
 SUPERVISOR_KEYS = {"strategy", "max_restarts", "max_seconds"}
 SESSION_OPTION_CHECKS: dict[str, Callable[[Any], Any]] = {
@@ -77,7 +79,7 @@ PROFILES = ("container",)
 namespaces added to the child's, its capabilities unless the child names its own, its seccomp
 filter, no_new_privs, and a fresh masked /proc and read-only /sys in the child's set-up)."""
 SECCOMP_KEYS = {"deny", "errno"}
-WORKLOAD_KEYS = {"id", "type", "stdio", "restart", "shutdown", "log", "setup", "profile", *BACKOFF_KEYS} | set(
+WORKLOAD_KEYS = {"id", "type", "stdio", "restart", "shutdown", "log", "setup", "profile", "ready", *BACKOFF_KEYS} | set(
     SESSION_OPTION_CHECKS
 )
 NESTED_KEYS = {"id", "type", "restart", "shutdown", "child"} | SUPERVISOR_KEYS
@@ -140,6 +142,8 @@ class Workload:
     """Seconds a restarted child waits at its checkpoint (0: none, as in OTP)."""
     restart_backoff_max: float = 0.0
     """The delay doubles per consecutive crash up to this (at least ``restart_delay``)."""
+    ready: Readiness | None = None
+    """When it counts as started: its readiness check (``ready = { tcp = ... }``), if any."""
 
 
 @dataclass(frozen=True)
@@ -352,7 +356,22 @@ class _Checker:
         )
         if delay is not None and maximum is not None and "restart_backoff_max" in table and maximum < delay:
             self.note(f"{where}.restart_backoff_max", f"must be at least restart_delay ({delay:g}), not {maximum:g}")
-        return Workload(child_id, options, capture, log, setup, delay or 0.0, max(delay or 0.0, maximum or 0.0))
+        ready = self.ready(table["ready"], f"{where}.ready") if "ready" in table else None
+        return Workload(child_id, options, capture, log, setup, delay or 0.0, max(delay or 0.0, maximum or 0.0), ready)
+
+    def ready(self, table: Any, where: str) -> Readiness | None:
+        """``ready = { tcp = "HOST:PORT" | file = "/PATH" | command = [...], timeout = S, interval = S }``:
+        each key checked at its key path, then how they go together."""
+        if not self.keys(table, set(readiness.KEYS), where):
+            return None
+        checked = {
+            key: self.check(f"{where}.{key}", readiness.CHECKS[key], value)
+            for key, value in table.items()
+            if key in readiness.CHECKS
+        }
+        if None in checked.values() or len(checked) != len(table):
+            return None  # the problems are noted already
+        return self.check(where, lambda values: Readiness(**values), checked)
 
     def log(self, log: Any, where: str, capture: tuple[str, ...]) -> LogFile | None:
         """``log = "path"`` or ``log = { path = ..., max_bytes = ..., keep = ... }``."""
