@@ -35,6 +35,7 @@ from typing import Any, cast
 
 import pykka
 
+from . import futex_hash
 from .errors import LinxError, LinxValueError
 from .flow import consumed
 from .mailbox import mailbox
@@ -217,6 +218,7 @@ class Actor(pykka.ThreadingActor):
     def _start_actor_loop(self) -> None:
         # pykka-internal: _start_actor_loop/_actor_loop are how a ThreadingActor gets its thread;
         # overridden to adopt a spare thread (see _SpareThread).
+        futex_hash.fit(threading.active_count())  # every actor is a thread asleep on its inbox
         if not (
             self.use_daemon_thread
             and _spare.run(f"{self.__class__.__name__}-{next(_thread_numbers)}", self._actor_loop)
