@@ -28,7 +28,6 @@ import signal
 import socket
 import stat
 import threading
-from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
@@ -102,7 +101,7 @@ class AgentConnection:
         """Open only between the socket's end-of-file and the agent's reaping, if those differ."""
         self._send_lock = threading.Lock()
         self._decoder = protocol.EventDecoder()
-        self._events: deque[tuple] = deque()
+        self._events: list[tuple] = []
         self._events_lock = threading.Lock()
         self._listener: Callable[[], None] | None = None
         self._deliver: Callable[[tuple], bool] | None = None
@@ -191,8 +190,7 @@ class AgentConnection:
         """Every queued event, oldest first. Call it until it answers empty: only that re-arms the
         nudge, so events that arrive while the listener is still taking cost no nudge."""
         with self._events_lock:
-            events = list(self._events)
-            self._events.clear()
+            events, self._events = self._events, []
             if not events:
                 self._listener_nudged = False
         return events
