@@ -371,7 +371,10 @@ class Session(Actor):
         live session straight to its owner (see ``takes_output_in_io_thread``), sparing a
         wake-up of this actor per batch. False for anything else, which then queues for this
         actor, in order. It sends nothing to the agent (the I/O thread must not block): an
-        owner found gone is left to this actor to deal with (``_CheckOwner``)."""
+        owner found gone is left to this actor to deal with (``_CheckOwner``). The agent's exit
+        after the outcome needs nothing of this actor either, and wakes it for nothing."""
+        if event[0] == "agent_exit" and self._result is not None:
+            return True  # what _handle_event does with it: nothing
         if event[0] not in protocol.OUTPUT_EVENTS or self._result is not None or self._stopping:
             return False
         with self._owner_lock:

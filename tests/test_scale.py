@@ -7,12 +7,23 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
 import sys
+import threading
 
-from support import child_pids, wait_until
+import pytest
+from support import (
+    IS_ROOT,
+    PID_MAX,
+    child_pids,
+    orphaned_agent_pids,
+    pid_max_at_least,
+    threads_added_since,
+    wait_until,
+)
 
 import linx_otp
 from linx_otp import process as P
@@ -131,3 +142,58 @@ def test_an_exiting_agent_is_reaped_even_with_no_fd_free_for_a_pidfd():
         "finished": True,
         "events": [["agent_exit", 128 + signal.SIGKILL]],
     }
+
+
+SESSIONS = 10_000
+TASKS_PER_SESSION = 3
+"""An actor thread, an agent and a workload."""
+PID_ROOM = 32768 + (TASKS_PER_SESSION + 1) * SESSIONS
+"""``kernel.pid_max`` for the test: this machine's default for everybody else, and room for ours."""
+FDS_NEEDED = SESSIONS + 1000
+"""One fd per session, and room for the test process's own."""
+
+
+@pytest.fixture
+def room_for_ten_thousand_sessions():
+    """The fd soft limit at least ``FDS_NEEDED`` (raised up to the hard limit if lower: any
+    process may) and ``kernel.pid_max`` at least ``PID_ROOM`` (raised as root), both put back."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < FDS_NEEDED:
+        pytest.skip(f"{SESSIONS} sessions need {FDS_NEEDED} fds; the hard fd limit here is {hard}")
+    if int(PID_MAX.read_text()) < PID_ROOM and not IS_ROOT:
+        pytest.skip(f"{SESSIONS} sessions need kernel.pid_max >= {PID_ROOM}; raising it needs root")
+    if soft != resource.RLIM_INFINITY and soft < FDS_NEEDED:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (FDS_NEEDED, hard))
+    try:
+        with pid_max_at_least(PID_ROOM):
+            yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@pytest.mark.scale
+@pytest.mark.timeout(300)
+def test_ten_thousand_sessions_all_run_and_all_end_with_nothing_left(room_for_ten_thousand_sessions, box):
+    """Issue 15: 10,000 live sessions in one Python process, within the default fd limits."""
+    warm = P.spawn(argv=["/bin/true"], auto_proceed=True, owner=box)
+    P.wait(warm, TIMEOUT)
+    warm.stop()
+    box.flush()
+    fds_before, threads_before = open_fds(), set(threading.enumerate())
+    sessions = []
+    try:
+        for _ in range(SESSIONS):
+            sessions.append(P.spawn(argv=["/bin/sleep", "600"], auto_proceed=True, owner=box))
+        receive_all(box, "running", SESSIONS)
+        assert len(open_fds() - fds_before) <= SESSIONS
+        assert len(child_pids()) == SESSIONS, "one agent per session"
+        for session in sessions:
+            P.signal(session, signal.SIGTERM)
+        receive_all(box, "signaled", SESSIONS)
+    finally:
+        stops = [session.stop(block=False) for session in sessions]
+        assert all(stop.get(timeout=TIMEOUT) for stop in stops)
+    assert wait_until(lambda: not child_pids(), 30), f"{len(child_pids())} agents left"
+    assert wait_until(lambda: not orphaned_agent_pids(), 10)
+    assert wait_until(lambda: open_fds() <= fds_before, 10), f"{len(open_fds() - fds_before)} fds left"
+    assert wait_until(lambda: not threads_added_since(threads_before), 30), "session threads left"
