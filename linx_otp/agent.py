@@ -113,6 +113,8 @@ class AgentConnection:
         self._proceed_on_ready = proceed_on_ready
         """auto_proceed: the I/O thread sends ``proceed`` the moment ``ready`` is decoded."""
         self._proceed_sent = False
+        self.auto_proceeded = False
+        """The I/O thread sent ``proceed`` at ``ready`` (so nothing else can: not an abort either)."""
         self._proceed_lock = threading.Lock()
         self.finished = threading.Event()
         """Set once the agent has exited and everything it sent has been queued."""
@@ -293,6 +295,7 @@ class AgentConnection:
                 return
             self._proceed_on_ready = False
             self._proceed_sent = True
+            self.auto_proceeded = True
         self.send(protocol.encode_command(protocol.CMD_PROCEED))
 
     def _reap(self) -> None:
