@@ -26,7 +26,9 @@ from support import (
 )
 
 import linx_otp
+from linx_otp import futex_hash
 from linx_otp import process as P
+from linx_otp.actor import Actor
 from linx_otp.agent import AgentConnection
 
 TIMEOUT = 30
@@ -197,3 +199,26 @@ def test_ten_thousand_sessions_all_run_and_all_end_with_nothing_left(room_for_te
     assert wait_until(lambda: not orphaned_agent_pids(), 10)
     assert wait_until(lambda: open_fds() <= fds_before, 10), f"{len(open_fds() - fds_before)} fds left"
     assert wait_until(lambda: not threads_added_since(threads_before), 30), "session threads left"
+
+
+def test_the_futex_hash_grows_to_a_bucket_per_actor_thread():
+    """Linux 6.16+ sizes a process's private futex hash by its CPUs; with thousands of actor
+    threads asleep on their inboxes every wake-up would walk a long bucket (futex_hash.py)."""
+
+    class Idle(Actor):
+        pass
+
+    actors = [Idle.start() for _ in range(2 * futex_hash.FIRST_GROWTH)]
+    try:
+        try:
+            slots = futex_hash.slots()
+        except OSError:
+            pytest.skip("this kernel has no PR_FUTEX_HASH (private futex hashes came in Linux 6.16)")
+        if slots == 0:
+            pytest.skip("this process uses the global futex hash, which fit() leaves alone")
+        threads = threading.active_count()
+        assert slots * futex_hash.WAITERS_PER_SLOT >= threads, f"{slots} futex buckets for {threads} threads"
+        assert slots > 16, "the kernel's own size for 2 to 4 CPUs"
+    finally:
+        for actor in actors:
+            actor.stop()
