@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import json
 import os
 import resource
 import shutil
@@ -23,7 +25,6 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from common import median_and_p99, ratio
@@ -94,7 +95,7 @@ session stopped; and each per-session cost at the largest size against the small
 TASKS_PER_SESSION = 3  # an actor thread, an agent, a workload
 
 
-@dataclass
+@dataclasses.dataclass
 class ScaleRun:
     sessions: int
     running_s: float
@@ -185,16 +186,30 @@ def room_for(count: int) -> contextlib.ExitStack:
     return stack
 
 
+def scale_run_alone(count: int) -> ScaleRun:
+    """``scale_run(count)`` in a fresh Python process (this script, ``--scale-run``), so that
+    no run inherits another's memory, threads or allocator state."""
+    done = subprocess.run(
+        [sys.executable, __file__, "--scale-run", str(count)], capture_output=True, text=True, check=True
+    )
+    return ScaleRun(**json.loads(done.stdout))
+
+
+def print_scale_run(count: int) -> None:
+    warm = P.spawn(argv=["/bin/true"], auto_proceed=True, owner=linx_otp.Mailbox())
+    P.wait(warm)
+    warm.stop()
+    print(json.dumps(dataclasses.asdict(scale_run(count))))
+
+
 def scaling(sizes: list[int], rounds: int) -> list[str]:
-    """The sizes alternate within each round, so machine noise hits all alike; medians of the rounds."""
+    """The sizes alternate within each round, so machine noise hits all alike; medians of the
+    rounds. Each run is a process of its own."""
     runs: dict[int, list[ScaleRun]] = {size: [] for size in sizes}
     with room_for(max(sizes)):
-        warm = P.spawn(argv=["/bin/true"], auto_proceed=True, owner=linx_otp.Mailbox())
-        P.wait(warm)
-        warm.stop()
         for _ in range(rounds):
             for size in sizes:
-                runs[size].append(scale_run(size))
+                runs[size].append(scale_run_alone(size))
 
     def median(size: int, figure) -> float:
         return statistics.median(figure(run) for run in runs[size])
@@ -250,7 +265,11 @@ def main() -> None:
     parser.add_argument("--scale-sizes", type=sizes_argument, default=[1000, 10000])
     parser.add_argument("--scale-rounds", type=int, default=3)
     parser.add_argument("--scale-only", action="store_true", help="print only the scaling rows")
+    parser.add_argument("--scale-run", type=int, help=argparse.SUPPRESS)  # one run, as JSON (scale_run_alone)
     arguments = parser.parse_args()
+    if arguments.scale_run:
+        print_scale_run(arguments.scale_run)
+        return
     if arguments.scale_only:
         print_scaling(arguments.scale_sizes, arguments.scale_rounds)
         return
