@@ -1,16 +1,23 @@
 """Spawn cost and scale, measured side by side with the tools people would otherwise use.
 
-    sudo python benchmarks/spawn.py [--runs 300] [--sessions 1000]
+    sudo python benchmarks/spawn.py [--runs 300] [--scale-sizes 1000,10000] [--scale-rounds 3] [--scale-only]
 
-Prints a Markdown table. Each spawn figure is the median (and p99) of --runs iterations; the
+Prints Markdown tables. Each spawn figure is the median (and p99) of --runs iterations; the
 baseline and linx_otp alternate within one loop, so machine noise hits both alike and the
-ratio is what to read. Needs root for the namespace rows.
+ratio is what to read. Needs root for the namespace rows. The scaling rows hold each size's
+sessions alive at once (the sizes alternate in each round; medians of the rounds) and, as
+root, raise ``kernel.pid_max`` for them (put back afterwards); their wall times need an
+otherwise idle machine, and the CPU per session shows the cost whatever the load.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
+import json
 import os
+import resource
 import shutil
 import signal
 import statistics
@@ -21,6 +28,9 @@ import time
 from pathlib import Path
 
 from common import median_and_p99, ratio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from support import pid_max_at_least  # noqa: E402 (the one implementation, shared with tests/test_scale.py)
 
 import linx_otp
 from linx_otp import process as P
@@ -100,51 +110,176 @@ def rss_kib() -> int:
     raise RuntimeError("no VmRSS")
 
 
-def private_kib(pid: int) -> int:
-    total = 0
-    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-        if line.startswith(("Private_Clean:", "Private_Dirty:")):
-            total += int(line.split()[1])
-    return total
+# -- scaling: many live sessions in one process (issue 15) -------------------------------------------
+
+SCALE_TARGETS = {"running_s": 8.0, "rss_mib": 300.0, "signal_s": 2.0, "stop_s": 3.0, "per_session_ratio": 1.25}
+"""At the largest size: all `running`, Python RSS growth, SIGTERM to every `signaled`, every
+session stopped; and each per-session cost at the largest size against the smallest."""
+TASKS_PER_SESSION = 3  # an actor thread, an agent, a workload
 
 
-def agent_pid_of(workload: int) -> int:
-    return int(Path(f"/proc/{workload}/stat").read_text().rsplit(")", 1)[1].split()[1])
+@dataclasses.dataclass
+class ScaleRun:
+    sessions: int
+    running_s: float
+    """From the first spawn to the last `running` event taken (events taken in order)."""
+    rss_mib: float
+    threads: int
+    fds: int
+    signal_s: float
+    """From the first SIGTERM sent to the last `signaled` event taken."""
+    stop_s: float
+    start_cpu_ms: float
+    """This process's CPU (user + system, all threads) per session, spawn to all `running`."""
+    signal_cpu_ms: float
+
+    def per_session_ms(self, seconds: float) -> float:
+        return seconds / self.sessions * 1000
 
 
-def scale(count: int) -> list[str]:
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def take_until(box: linx_otp.Mailbox, kind: str, count: int) -> None:
+    seen = 0
+    while seen < count:
+        if box.receive(timeout=120)[1] == kind:
+            seen += 1
+
+
+def scale_run(count: int) -> ScaleRun:
+    """``count`` `/bin/sleep` sessions: spawn all, every `running`, SIGTERM to all, every
+    `signaled`, stop all."""
     box = linx_otp.Mailbox()
-    rss_before, threads_before = rss_kib(), threading.active_count()
-    started = time.perf_counter()
+    rss_before, threads_before, fds_before = rss_kib(), threading.active_count(), len(os.listdir("/proc/self/fd"))
+    cpu_before, started = cpu_seconds(), time.perf_counter()
     sessions = [P.spawn(argv=["/bin/sleep", "600"], auto_proceed=True, owner=box) for _ in range(count)]
-    running = 0
-    deadline = time.monotonic() + 60
-    while running < count and time.monotonic() < deadline:
-        box.receive(("linx_process", "running"), timeout=60)
-        running += 1
-    reached = time.perf_counter() - started
-    rss_growth = (rss_kib() - rss_before) / 1024
-    thread_growth = threading.active_count() - threads_before
-    agents = [agent_pid_of(P.host_pid(s)) for s in sessions[:50]]
-    agent_private = statistics.median(private_kib(pid) for pid in agents)
-
+    take_until(box, "running", count)
+    running_s, cpu_running = time.perf_counter() - started, cpu_seconds()
+    rss_mib = (rss_kib() - rss_before) / 1024
+    threads = threading.active_count() - threads_before
+    fds = len(os.listdir("/proc/self/fd")) - fds_before
     signalled_at = time.perf_counter()
     for session in sessions:
         P.signal(session, signal.SIGTERM)
-    delivered = 0
-    while delivered < count:
-        box.receive(("linx_process", "signaled"), timeout=30)
-        delivered += 1
-    signal_seconds = time.perf_counter() - signalled_at
-    for session in sessions:
-        session.stop()
-    return [
-        f"| {count} sessions reach `running` | {running}/{count} in {reached:.2f} s | all | {'yes' if running == count else 'NO'} |",
-        f"| Python process growth | {rss_growth:.1f} MiB, {thread_growth} threads | ≤ 100 MiB, ≤ 1010 threads | "
-        f"{'yes' if rss_growth <= 100 and thread_growth <= 1010 else 'NO'} |",
-        f"| SIGTERM to all, every `signaled` event in | {signal_seconds:.2f} s | ≤ 5 s | {'yes' if signal_seconds <= 5 else 'NO'} |",
-        f"| private memory of one agent | {agent_private:.0f} KiB | (report) | |",
+    take_until(box, "signaled", count)
+    signal_s, cpu_signaled = time.perf_counter() - signalled_at, cpu_seconds()
+    stopping_at = time.perf_counter()
+    for stopping in [session.stop(block=False) for session in sessions]:
+        stopping.get(timeout=60)
+    stop_s = time.perf_counter() - stopping_at
+    box.flush()
+    return ScaleRun(
+        sessions=count,
+        running_s=running_s,
+        rss_mib=rss_mib,
+        threads=threads,
+        fds=fds,
+        signal_s=signal_s,
+        stop_s=stop_s,
+        start_cpu_ms=(cpu_running - cpu_before) / count * 1000,
+        signal_cpu_ms=(cpu_signaled - cpu_running) / count * 1000,
+    )
+
+
+def sizes_argument(text: str) -> list[int]:
+    sizes = [int(size) for size in text.split(",")]
+    if len(sizes) < 2 or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"two or more session counts, comma-separated, not {text!r}")
+    return sizes
+
+
+def print_scaling(sizes: list[int], rounds: int) -> None:
+    print(f"\nScaling: {rounds} rounds, sizes alternating in each; medians\n", flush=True)
+    for line in scaling(sizes, rounds):
+        print(line)
+
+
+def room_for(count: int) -> contextlib.ExitStack:
+    """The fd soft limit raised to the hard one if ``count`` sessions need it, and
+    ``kernel.pid_max`` raised for them as root; both put back when the stack closes."""
+    stack = contextlib.ExitStack()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < count + 1000:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        stack.callback(resource.setrlimit, resource.RLIMIT_NOFILE, (soft, hard))
+    stack.enter_context(pid_max_at_least(32768 + (TASKS_PER_SESSION + 1) * count))
+    return stack
+
+
+def scale_run_alone(count: int) -> ScaleRun:
+    """``scale_run(count)`` in a fresh Python process (this script, ``--scale-run``), so that
+    no run inherits another's memory, threads or allocator state."""
+    done = subprocess.run(
+        [sys.executable, __file__, "--scale-run", str(count)], capture_output=True, text=True, check=True
+    )
+    return ScaleRun(**json.loads(done.stdout))
+
+
+def print_scale_run(count: int) -> None:
+    warm = P.spawn(argv=["/bin/true"], auto_proceed=True, owner=linx_otp.Mailbox())
+    P.wait(warm)
+    warm.stop()
+    print(json.dumps(dataclasses.asdict(scale_run(count))))
+
+
+def scaling(sizes: list[int], rounds: int) -> list[str]:
+    """The sizes alternate within each round, so machine noise hits all alike; medians of the
+    rounds. Each run is a process of its own."""
+    runs: dict[int, list[ScaleRun]] = {size: [] for size in sizes}
+    with room_for(max(sizes)):
+        for _ in range(rounds):
+            for size in sizes:
+                runs[size].append(scale_run_alone(size))
+
+    def median(size: int, figure) -> float:
+        return statistics.median(figure(run) for run in runs[size])
+
+    lines = [
+        "| live sessions | all `running` | per session | Python RSS growth | threads | fds "
+        "| SIGTERM → all `signaled` | per session | stop all | CPU per session: start / signal |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    for size in sizes:
+        lines.append(
+            f"| {size:,} | {median(size, lambda r: r.running_s):.2f} s "
+            f"| {median(size, lambda r: r.per_session_ms(r.running_s)):.3f} ms "
+            f"| {median(size, lambda r: r.rss_mib):.0f} MiB | +{median(size, lambda r: r.threads):.0f} "
+            f"| +{median(size, lambda r: r.fds):.0f} | {median(size, lambda r: r.signal_s):.2f} s "
+            f"| {median(size, lambda r: r.per_session_ms(r.signal_s)):.3f} ms "
+            f"| {median(size, lambda r: r.stop_s):.2f} s "
+            f"| {median(size, lambda r: r.start_cpu_ms):.2f} / {median(size, lambda r: r.signal_cpu_ms):.2f} ms |"
+        )
+    small, large = min(sizes), max(sizes)
+
+    def per_session_ratio(figure) -> float:
+        return median(large, figure) / median(small, figure)
+
+    def verdict(measured: float, limit: float) -> str:
+        return "yes" if measured <= limit else "NO"
+
+    start_ratio = per_session_ratio(lambda r: r.per_session_ms(r.running_s))
+    signal_ratio = per_session_ratio(lambda r: r.per_session_ms(r.signal_s))
+    targets = [
+        (f"all `running` at {large:,}", median(large, lambda r: r.running_s), "s", "running_s"),
+        (f"Python RSS growth at {large:,}", median(large, lambda r: r.rss_mib), "MiB", "rss_mib"),
+        (f"SIGTERM → all `signaled` at {large:,}", median(large, lambda r: r.signal_s), "s", "signal_s"),
+        (f"stop all at {large:,}", median(large, lambda r: r.stop_s), "s", "stop_s"),
+        (f"start, per session {large:,} / {small:,}", start_ratio, "×", "per_session_ratio"),
+        (f"signalling, per session {large:,} / {small:,}", signal_ratio, "×", "per_session_ratio"),
+    ]
+    lines += ["", "| scaling target | measured | target | met |", "|---|---|---|---|"]
+    for name, measured, unit, key in targets:
+        limit = SCALE_TARGETS[key]
+        lines.append(f"| {name} | {measured:.2f} {unit} | ≤ {limit} {unit} | {verdict(measured, limit)} |")
+    cpu_start = per_session_ratio(lambda r: r.start_cpu_ms)
+    cpu_signal = per_session_ratio(lambda r: r.signal_cpu_ms)
+    lines.append(
+        f"| (CPU per session {large:,} / {small:,}: start, signal) | {cpu_start:.2f} ×, {cpu_signal:.2f} × | | |"
+    )
+    return lines
 
 
 def full_cycle_rows(runs: int, box: linx_otp.Mailbox) -> list[str]:
@@ -166,8 +301,18 @@ def full_cycle_rows(runs: int, box: linx_otp.Mailbox) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=300)
-    parser.add_argument("--sessions", type=int, default=1000, help="0 skips the scale rows")
+    parser.add_argument("--scale-sizes", type=sizes_argument, default=[1000, 10000])
+    parser.add_argument("--scale-rounds", type=int, default=3)
+    parser.add_argument("--scale-only", action="store_true", help="print only the scaling rows")
+    parser.add_argument("--scale-run", type=int, help=argparse.SUPPRESS)  # one run, as JSON (scale_run_alone)
+    parser.add_argument("--no-scale", action="store_true", help="skip the scaling rows")
     arguments = parser.parse_args()
+    if arguments.scale_run:
+        print_scale_run(arguments.scale_run)
+        return
+    if arguments.scale_only:
+        print_scaling(arguments.scale_sizes, arguments.scale_rounds)
+        return
 
     box = linx_otp.Mailbox()
     print(
@@ -197,12 +342,8 @@ def main() -> None:
     for row_text in full_cycle_rows(arguments.runs, box):
         print(row_text)
 
-    if arguments.sessions <= 0:
-        return
-    print("\n| at scale | measured | target | met |")
-    print("|---|---|---|---|")
-    for line in scale(arguments.sessions):
-        print(line)
+    if not arguments.no_scale:
+        print_scaling(arguments.scale_sizes, arguments.scale_rounds)
 
 
 if __name__ == "__main__":

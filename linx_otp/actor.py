@@ -35,6 +35,7 @@ from typing import Any, cast
 
 import pykka
 
+from . import futex_hash
 from .errors import LinxError, LinxValueError
 from .flow import consumed
 from .mailbox import mailbox
@@ -173,11 +174,11 @@ class Actor(pykka.ThreadingActor):
         accepts, oldest first; everything else stays queued, in order. For ``terminate``: a
         told message that expects an answer by other means (a future it carries) would never
         get one from pykka's teardown, which only answers asks."""
-        # pykka-internal: pykka's ActorInbox protocol has no non-blocking get; a ThreadingActor's
-        # inbox is a queue.Queue of envelopes (message, reply_to). Only this thread takes from
-        # it, and once the actor has stopped tell refuses new messages, so emptying it and
-        # putting back what stays keeps the order.
-        inbox = cast("queue.Queue[Any]", self.actor_inbox)
+        # pykka-internal: pykka's ActorInbox protocol has no non-blocking get; this actor's
+        # inbox is a queue.SimpleQueue of envelopes (message, reply_to) (_create_actor_inbox).
+        # Only this thread takes from it, and once the actor has stopped tell refuses new
+        # messages, so emptying it and putting back what stays keeps the order.
+        inbox = cast("queue.SimpleQueue[Any]", self.actor_inbox)
         taken, kept = [], []
         while not inbox.empty():
             envelope = inbox.get_nowait()
@@ -214,9 +215,18 @@ class Actor(pykka.ThreadingActor):
 
     # -- pykka hooks: private methods of pykka 4.5 (the range pinned in pyproject.toml) ---------
 
+    @staticmethod
+    def _create_actor_inbox() -> queue.SimpleQueue[Any]:
+        # pykka-internal: the inbox factory (pykka's ActorInbox protocol: put, get, empty). A
+        # SimpleQueue (C, one lock) instead of pykka's queue.Queue (three Conditions in Python):
+        # telling and taking a message cost less, and an idle actor holds 2 KiB less, which
+        # counts with 10,000 sessions (benchmarks/spawn.py, the scaling rows).
+        return queue.SimpleQueue()
+
     def _start_actor_loop(self) -> None:
         # pykka-internal: _start_actor_loop/_actor_loop are how a ThreadingActor gets its thread;
         # overridden to adopt a spare thread (see _SpareThread).
+        futex_hash.fit(threading.active_count())  # every actor is a thread asleep on its inbox
         if not (
             self.use_daemon_thread
             and _spare.run(f"{self.__class__.__name__}-{next(_thread_numbers)}", self._actor_loop)

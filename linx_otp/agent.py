@@ -2,10 +2,18 @@
 
 ``AgentConnection.start`` posix_spawns the native agent (never a fork of this multi-threaded
 process) with one end of a socketpair as its fd 3, sends the request, and registers the socket
-and a pidfd with the reactor. Decoded events queue up in the connection; its listener (the
-session) is nudged and takes them. When the agent has exited and its socket is drained, a last
+with the reactor. Decoded events queue up in the connection; its listener (the session) is
+nudged and takes them. When the agent has exited and its socket is drained, a last
 ``("agent_exit", status)`` event follows, so the session can tell a silent death from a
 reported end. This module knows the wire, not the session's rules.
+
+A live session holds one fd here, its socket: every fd this process holds is copied into and
+closed again by each later ``posix_spawn`` (the kernel duplicates the fd table for the child),
+so a second fd per session would make every spawn cost more the more sessions are alive. The
+agent holds its end until it exits and no other process keeps it (its workload closes it
+before anything else), so the socket's end-of-file is the agent's exit: then it is reaped
+(``_reap``), waiting for the last moments of its exit through a pidfd held only for those.
+Until it is reaped, its pid cannot be reused, so ``kill`` signals it by pid, never after.
 
 The fast path: while no event waits for the listener (it has taken and handled everything), the
 I/O thread offers each new event to the listener's ``deliver`` callback, which may hand it on
@@ -20,7 +28,6 @@ import signal
 import socket
 import stat
 import threading
-from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
@@ -65,6 +72,10 @@ def spawn_failed(error: OSError, step: str) -> LinxError:
     return LinxError(("spawn_failed", reason), f"starting the linx agent failed at {step}: {error.strerror or error}")
 
 
+EXIT_STATUS_UNKNOWN = 255
+"""The ``agent_exit`` status of an agent whose status another ``wait()`` in this process took."""
+
+
 def _send_now(sock: socket.socket, data: bytes) -> int:
     """Sends what the socket takes without waiting; the bytes sent."""
     try:
@@ -80,17 +91,25 @@ def exit_status(result: os.waitid_result) -> int:
     return 128 + result.si_status
 
 
-class AgentConnection:
-    """One agent process: its socket, its pidfd, and the events read from it."""
+REAP_RETRY_SECONDS = 0.01
+"""How often an agent past its socket's end-of-file is looked at again when no pidfd could be
+opened to wait for it (out of fds)."""
 
-    def __init__(self, sock: socket.socket, pid: int, pidfd: int, proceed_on_ready: bool = False) -> None:
+
+class AgentConnection:
+    """One agent process: its socket, its pid until it is reaped, and the events read from it."""
+
+    def __init__(self, sock: socket.socket, pid: int, proceed_on_ready: bool = False) -> None:
         self.pid = pid
         self._socket = sock
-        self._pidfd = pidfd
-        self._pidfd_lock = threading.Lock()
+        self._reaped = False
+        self._reap_lock = threading.Lock()
+        """Held to signal the agent by pid and to reap it, so no signal can reach a reused pid."""
+        self._exit_pidfd = -1
+        """Open only between the socket's end-of-file and the agent's reaping, if those differ."""
         self._send_lock = threading.Lock()
         self._decoder = protocol.EventDecoder()
-        self._events: deque[tuple] = deque()
+        self._events: list[tuple] = []
         self._events_lock = threading.Lock()
         self._listener: Callable[[], None] | None = None
         self._deliver: Callable[[tuple], bool] | None = None
@@ -102,6 +121,8 @@ class AgentConnection:
         self._proceed_on_ready = proceed_on_ready
         """auto_proceed: the I/O thread sends ``proceed`` the moment ``ready`` is decoded."""
         self._proceed_sent = False
+        self.auto_proceeded = False
+        """The I/O thread sent ``proceed`` at ``ready`` (so nothing else can: not an abort either)."""
         self._proceed_lock = threading.Lock()
         self.finished = threading.Event()
         """Set once the agent has exited and everything it sent has been queued."""
@@ -112,7 +133,7 @@ class AgentConnection:
         the I/O thread proceeds at ``ready`` itself, sparing a detour through the session."""
         path = agent_path()
         try:
-            io = reactor()  # its first use makes its epoll fd and thread: before any agent exists
+            reactor()  # its first use makes its epoll fd and thread: before any agent exists
         except OSError as error:
             raise spawn_failed(error, "epoll") from error
         try:
@@ -142,24 +163,20 @@ class AgentConnection:
             raise
         finally:
             theirs.close()
-        try:
-            pidfd = os.pidfd_open(pid)
-        except OSError as error:
-            # The agent reads end-of-file (before or instead of a proceed) and exits; a child it
-            # may have made never runs.
-            ours.close()
-            os.waitpid(pid, 0)  # unregistered yet, so only this thread reaps it
-            raise spawn_failed(error, "pidfd_open") from error
-        connection = cls(ours, pid, pidfd, proceed_on_ready)
+        connection = cls(ours, pid, proceed_on_ready)
         if unsent:
             connection.send(unsent)
         try:
-            io.register(ours.fileno(), connection._on_socket_readable)
-            io.register(pidfd, connection._on_agent_exited)
+            connection.watch()
         except OSError as error:  # epoll_ctl: out of memory or of watches
             connection._abandon()
             raise spawn_failed(error, "epoll_ctl") from error
         return connection
+
+    def watch(self) -> None:
+        """Have the I/O thread read the socket from now on (``start`` does it); raises
+        ``OSError`` if the reactor cannot watch it."""
+        reactor().register(self._socket.fileno(), self._on_socket_readable)
 
     # -- the session's side --------------------------------------------------------------
 
@@ -188,8 +205,7 @@ class AgentConnection:
         """Every queued event, oldest first. Call it until it answers empty: only that re-arms the
         nudge, so events that arrive while the listener is still taking cost no nudge."""
         with self._events_lock:
-            events = list(self._events)
-            self._events.clear()
+            events, self._events = self._events, []
             if not events:
                 self._listener_nudged = False
         return events
@@ -207,23 +223,21 @@ class AgentConnection:
 
     def kill(self) -> None:
         """SIGKILL the agent (its workload dies with it, by its parent-death signal)."""
-        with self._pidfd_lock:
-            if self._pidfd < 0:
+        with self._reap_lock:
+            if self._reaped:
                 return
             try:
-                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+                os.kill(self.pid, signal.SIGKILL)  # our unreaped child: the pid is still its own
             except OSError:
                 pass
 
     def _abandon(self) -> None:
         """Undo a start that could not be watched: kill and reap the agent, close everything."""
-        io = reactor()
-        io.unregister(self._socket.fileno())  # a no-op for an fd never registered
-        io.unregister(self._pidfd)
+        reactor().unregister(self._socket.fileno())  # a no-op for an fd never registered
         self.kill()
-        os.waitid(os.P_PIDFD, self._pidfd, os.WEXITED)
-        os.close(self._pidfd)
-        self._pidfd = -1
+        with self._reap_lock:
+            self._reaped = True
+            os.waitpid(self.pid, 0)  # never registered, so only this thread reaps it
         self._socket.close()
 
     # -- the I/O thread's side -----------------------------------------------------------
@@ -286,7 +300,7 @@ class AgentConnection:
         with self._send_lock:
             self._socket.close()
         self._socket_drained = True
-        self._finish_if_done()
+        self._reap()
 
     def _auto_proceed(self) -> None:
         with self._proceed_lock:
@@ -294,18 +308,42 @@ class AgentConnection:
                 return
             self._proceed_on_ready = False
             self._proceed_sent = True
+            self.auto_proceeded = True
         self.send(protocol.encode_command(protocol.CMD_PROCEED))
 
-    def _on_agent_exited(self) -> None:
-        result = os.waitid(os.P_PIDFD, self._pidfd, os.WEXITED | os.WNOHANG)
-        if result is None:
-            return
-        reactor().unregister(self._pidfd)
-        with self._pidfd_lock:
-            os.close(self._pidfd)
-            self._pidfd = -1
-        self._status = exit_status(result)
-        self._finish_if_done()
+    def _reap(self) -> None:
+        """Reap the agent, whose socket has reached end-of-file; if it has not quite exited yet,
+        wait for it through a pidfd (or, with none to be had, by looking again shortly)."""
+        with self._reap_lock:
+            try:
+                result = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG)
+            except ChildProcessError:  # reaped by someone else's wait(): its status is lost
+                self._reaped = True
+                self._status = EXIT_STATUS_UNKNOWN
+            else:
+                if result is not None:
+                    self._reaped = True
+                    self._status = exit_status(result)
+        if self._reaped:
+            self._close_exit_pidfd()
+            self._finish_if_done()
+        elif self._exit_pidfd < 0:
+            self._wait_for_exit()
+
+    def _wait_for_exit(self) -> None:
+        io = reactor()
+        try:
+            self._exit_pidfd = os.pidfd_open(self.pid)
+            io.register(self._exit_pidfd, self._reap)
+        except OSError:
+            self._close_exit_pidfd()
+            io.call_later(REAP_RETRY_SECONDS, self._reap)
+
+    def _close_exit_pidfd(self) -> None:
+        if self._exit_pidfd >= 0:
+            reactor().unregister(self._exit_pidfd)
+            os.close(self._exit_pidfd)
+            self._exit_pidfd = -1
 
     def _finish_if_done(self) -> None:
         if self._socket_drained and self._status is not None and not self.finished.is_set():

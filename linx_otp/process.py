@@ -230,11 +230,12 @@ class Session(Actor):
         self._dropping_for_stopped_owner = False
         self._owner_check_pending = False
         self._owner_lock = threading.Lock()
-        """Held while an output event is told to the owner (by this actor or the I/O thread) and
-        while the owner is swapped. The I/O thread never waits for it behind a send to the agent:
-        ``set_owner`` and ``_check_owner`` send only after releasing it, and this actor tells
-        output (and may send an on-tell owner's credit) only while it handles queued events,
-        when the I/O thread delivers nothing itself."""
+        """Held while an output event, or ``ready`` or ``running`` (``_take_start_directly``),
+        is told to the owner (by this actor or the I/O thread), while the owner is swapped, and
+        while ``_signal`` decides between sending and buffering. The I/O thread never waits for
+        it behind a send to the agent: ``set_owner``, ``_check_owner`` and ``_signal`` send only
+        after releasing it, and this actor tells output (and may send an on-tell owner's credit)
+        only while it handles queued events, when the I/O thread delivers nothing itself."""
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -372,9 +373,14 @@ class Session(Actor):
         live session straight to its owner (see ``takes_output_in_io_thread``), sparing a
         wake-up of this actor per batch. False for anything else, which then queues for this
         actor, in order. It sends nothing to the agent (the I/O thread must not block): an
-        owner found gone is left to this actor to deal with (``_CheckOwner``)."""
-        if event[0] not in protocol.OUTPUT_EVENTS or self._result is not None or self._stopping:
+        owner found gone is left to this actor to deal with (``_CheckOwner``). The agent's exit
+        after the outcome needs nothing of this actor either, and wakes it for nothing."""
+        if event[0] == "agent_exit" and self._result is not None:
+            return True  # what _handle_event does with it: nothing
+        if self._result is not None or self._stopping:
             return False
+        if event[0] not in protocol.OUTPUT_EVENTS:
+            return self._take_start_directly(event)
         with self._owner_lock:
             if not self._owner_takes_output_in_io_thread:
                 return False
@@ -382,6 +388,33 @@ class Session(Actor):
         if gone is not None:
             tell_quietly(self.actor_ref, _CheckOwner(gone))
         return True
+
+    def _take_start_directly(self, event: tuple) -> bool:
+        """The I/O thread's fast path for the start (``_deliver_directly``): ``spawned``, and
+        ``ready`` and ``running`` of a session the I/O thread proceeded itself (auto_proceed,
+        so no abort or set-up can follow ``ready``) with no signal waiting for ``running``,
+        need nothing of this actor but a record and a tell; taking them here spares three
+        wake-ups of its thread per session (benchmarks/spawn.py, the scaling rows). Anything
+        else goes to this actor, in order."""
+        match event:
+            case ("spawned", host_pid):
+                self._host_pid = host_pid
+                return True
+            case ("ready", child_pid) if self._connection.auto_proceeded:
+                with self._owner_lock:
+                    if not self._owner_takes_output_in_io_thread:
+                        return False
+                    self._child_pid = child_pid
+                    self._emit("ready", self._host_pid)
+                return True
+            case ("running",):
+                with self._owner_lock:  # against _signal's look at _running
+                    if not self._owner_takes_output_in_io_thread or self._pending_signals:
+                        return False
+                    self._running = True
+                    self._emit("running")
+                return True
+        return False
 
     def _emit_output(self, event: tuple) -> Any:
         """Output goes to the owner holding a claim on the window; the owner gives it back.
@@ -509,10 +542,12 @@ class Session(Actor):
 
     def _signal(self, signum: int) -> None:
         self._require_live("signal")
-        if self._running:
+        with self._owner_lock:  # the I/O thread may be taking running (_take_start_directly)
+            running = self._running
+            if not running:
+                self._pending_signals.append(signum)
+        if running:
             self._send(protocol.encode_signal(signum))
-        else:
-            self._pending_signals.append(signum)
 
     def _add_waiter(self, waiter: concurrent.futures.Future) -> None:
         if self._result is not None:

@@ -1,4 +1,4 @@
-"""The one I/O thread: an epoll loop over every agent's socket and pidfd, and a few timers.
+"""The one I/O thread: an epoll loop over every agent's socket (and an exiting agent's pidfd), and a few timers.
 
 Handlers and timer callbacks run in this thread and must be quick and never block: they read
 what is ready and hand decoded events on (``agent.py``), or check a condition and tell an

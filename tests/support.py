@@ -7,6 +7,7 @@ second test run on the same machine, is never mistaken for a leak, and never hid
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import socket
@@ -15,6 +16,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -318,3 +320,26 @@ def left_since(before: dict[str, set[str]], pytest_tmp: Path | None = None) -> d
     """The run's objects that are on the host now and were not in ``before``, by kind."""
     after = run_objects(pytest_tmp)
     return {kind: sorted(after[kind] - before[kind]) for kind in after if after[kind] - before[kind]}
+
+
+# -- the host's process limit, for many sessions at once ------------------------------------------
+
+PID_MAX = Path("/proc/sys/kernel/pid_max")
+
+
+@contextlib.contextmanager
+def pid_max_at_least(needed: int) -> Iterator[int]:
+    """``kernel.pid_max`` at least ``needed`` for the block: raised if lower (root only), and put
+    back afterwards even if the block fails, unless something else changed it meanwhile (then
+    its value stays). Yields the value in force; raises ``PermissionError`` if it is too low and
+    this process may not raise it. Shared with ``benchmarks/spawn.py``."""
+    before = int(PID_MAX.read_text())
+    if before >= needed:
+        yield before
+        return
+    PID_MAX.write_text(str(needed))
+    try:
+        yield needed
+    finally:
+        if int(PID_MAX.read_text()) == needed:
+            PID_MAX.write_text(str(before))
