@@ -35,6 +35,7 @@ from typing import Any, cast
 
 import pykka
 
+from .backoff import check_backoff
 from .errors import LinxError, LinxValueError
 from .flow import consumed
 from .mailbox import mailbox
@@ -201,15 +202,20 @@ class Actor(pykka.ThreadingActor):
         id: Any = None,
         restart: str = "permanent",
         shutdown: float | str | None = 5.0,
+        restart_delay: float = 0.0,
+        restart_backoff_max: float | None = None,
         **kwargs: Any,
     ) -> ChildSpec:
         """A child spec that starts ``cls(*args, **kwargs)`` (``id`` defaults to the class
-        name); ``id``, ``restart`` and ``shutdown`` are the supervisor's, not the actor's."""
+        name); ``id``, ``restart``, ``shutdown`` and the back-off are the supervisor's, not the
+        actor's."""
         return ChildSpec(
             id=cls.__name__ if id is None else id,
             start=lambda: cls.start(*args, **kwargs),
             restart=restart,
             shutdown=shutdown,
+            restart_delay=restart_delay,
+            restart_backoff_max=restart_backoff_max,
         )
 
     # -- pykka hooks: private methods of pykka 4.5 (the range pinned in pyproject.toml) ---------
@@ -440,7 +446,9 @@ class ChildSpec:
     ``start`` creates the child actor and returns its ref; ``restart`` is ``"permanent"``,
     ``"transient"`` or ``"temporary"``; ``shutdown`` is seconds (ask, wait, then stop
     outright), ``"brutal_kill"`` or ``None`` (wait forever); ``type`` is ``"worker"`` or
-    ``"supervisor"``.
+    ``"supervisor"``. Beyond OTP, ``restart_delay`` seconds pass before a crashed child is
+    restarted, doubling per consecutive crash up to ``restart_backoff_max`` (``None``: no
+    doubling); see ``linx_otp.backoff``.
     """
 
     id: Any
@@ -448,6 +456,8 @@ class ChildSpec:
     restart: str = "permanent"
     shutdown: float | str | None = 5.0
     type: str = "worker"
+    restart_delay: float = 0.0
+    restart_backoff_max: float | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -460,3 +470,6 @@ class ChildSpec:
         object.__setattr__(self, "shutdown", check_shutdown(self.shutdown))
         if self.type not in CHILD_TYPES:
             raise LinxValueError(("bad_type", self.type), f"type must be one of {CHILD_TYPES}, not {self.type!r}")
+        delay, maximum = check_backoff(self.restart_delay, self.restart_backoff_max)
+        object.__setattr__(self, "restart_delay", delay)
+        object.__setattr__(self, "restart_backoff_max", maximum)

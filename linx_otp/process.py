@@ -646,6 +646,8 @@ def child_spec(
     id: Any = "linx_process",
     restart: str = "permanent",
     shutdown: float | str | None = 5.0,
+    restart_delay: float = 0.0,
+    restart_backoff_max: float | None = None,
     **options: Unpack[SessionOptions],
 ) -> ChildSpec:
     """A child spec for a supervisor: a session with ``options`` (``spawn``'s) and
@@ -653,7 +655,8 @@ def child_spec(
     checked now, and the owner is fixed now (default: the calling thread's mailbox); every
     restart spawns a new session with the same options and owner. A supervised session needs
     ``auto_proceed=True`` or a ``setup`` (run again for every incarnation) unless something
-    else proceeds it.
+    else proceeds it. ``restart_delay`` and ``restart_backoff_max`` are the supervisor's restart
+    back-off (``ChildSpec``).
 
     >>> spec = child_spec(id="sleeper", argv=["sleep", "60"], auto_proceed=True)
     >>> spec.id, spec.restart, spec.shutdown, spec.type
@@ -664,7 +667,14 @@ def child_spec(
             ("bad_linger", options["linger"]), "a supervised session has linger=False (its outcome is its exit reason)"
         )
     plan = plan_session(mode=protocol.MODE_SPAWN, target=None, **{**options, "linger": False})
-    return ChildSpec(id=id, start=lambda: _start(plan), restart=restart, shutdown=shutdown)
+    return ChildSpec(
+        id=id,
+        start=lambda: _start(plan),
+        restart=restart,
+        shutdown=shutdown,
+        restart_delay=restart_delay,
+        restart_backoff_max=restart_backoff_max,
+    )
 
 
 def _ask(session: SessionRef, message: Any) -> Any:

@@ -317,7 +317,7 @@ def test_bad_back_off_settings_name_their_key_paths(tmp_path):
     )
     result = subprocess.run([*COMMAND, "run", tree], capture_output=True, text=True, timeout=TIMEOUT)
     assert result.returncode == 2
-    assert "child[0].restart_backoff_max: must be at least restart_delay (2)" in result.stderr
+    assert "child[0].restart_backoff_max: restart_backoff_max must be at least restart_delay (2), not 1" in result.stderr
     assert "child[1].restart_delay: restart_delay is a number of seconds from 0 to 86400" in result.stderr
 
 

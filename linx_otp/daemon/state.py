@@ -80,10 +80,17 @@ class TreeState:
         self.clock = clock
         self.lock = threading.Lock()
 
-    def learn(self, fragment: Tree) -> None:
-        """A reload added (or changed) these children under the root: fresh records for them."""
+    def learn(self, fragment: Tree, parent: str | None = None) -> None:
+        """A reload added (or changed) these children under ``parent`` (None: the root): fresh
+        records for them."""
         with self.lock:
-            self.records.update(_records(fragment))
+            self.records.update(_records(fragment, parent))
+
+    def arrange(self, tree: Tree) -> None:
+        """After a reload: the records in the tree's start order (as ``status`` lists them)."""
+        with self.lock:
+            order = [child.id for child in tree.walk() if child.id in self.records]
+            self.records = {child_id: self.records[child_id] for child_id in order} | self.records
 
     def forget(self, child_ids: list[str]) -> None:
         """A reload removed these children (or the old version of a changed one)."""
@@ -117,6 +124,10 @@ class TreeState:
                 record.host_pid = record.ref = record.parked_pid = None
             elif kind in ("gave_up", "start_failed"):
                 record.last_exit = detail
+            elif kind == "backoff":
+                record.state = "backoff"
+            elif kind == "backoff_cancelled":
+                record.state = "stopped"
         return None
 
     def child_event(self, child_id: str, kind: str, detail: list) -> SetupDue | None:
@@ -203,12 +214,12 @@ def iso_time(seconds: float) -> str:
     return datetime.fromtimestamp(seconds).astimezone().isoformat(timespec="milliseconds")
 
 
-def _records(tree: Tree) -> dict[str, Record]:
+def _records(tree: Tree, parent: str | None = None) -> dict[str, Record]:
     parents = tree.parents()
     return {
         child.id: Record(
             "supervisor" if isinstance(child, Group) else "worker",
-            parents[child.id],
+            parents[child.id] or parent,
             log=child.log.path if isinstance(child, Workload) and child.log is not None else None,
         )
         for child in tree.walk()
