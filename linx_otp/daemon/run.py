@@ -170,8 +170,8 @@ class Daemon:
                 self.report("daemon", "cleaned", f"a killed predecessor's {leftover}")
         except (LinxError, OSError) as error:
             self.report("daemon", "cleanup_failed", str(error))
-        control.start()
         with self.reload_lock:  # a reload asked for during the start-up waits for the tree to be up
+            control.start()
             try:
                 self.root = S.start(
                     [self._spec(child) for child in self.tree.children],
