@@ -2,10 +2,8 @@
 
 One ``Record`` per child of the tree file (workloads and nested supervisors), kept from the
 reports themselves: each child's current ref comes from its supervisor's ``started`` and
-``restarted`` reports, so finding a child's session or supervisor never walks the tree. A
-child that reaches its checkpoint before its ``started`` report has arrived is held until it
-has (``SetupDue`` says when its checkpoint set-up can run). Exit reasons are kept as data and
-put into words for people by ``describe_exit``.
+``restarted`` reports, so finding a child's session or supervisor never walks the tree. Exit
+reasons are kept as data and put into words for people by ``describe_exit``.
 
 This module starts, stops and signals nothing; the loop reads it, the control thread reads it
 under its lock.
@@ -14,7 +12,6 @@ under its lock.
 >>> state = TreeState(parse_text('[[child]]\\nid = "a"\\nargv = ["true"]\\n', "t.toml"), clock=lambda: 100.0)
 >>> state.supervisor_report("started", "a", "ref-1")
 >>> state.child_event("a", "ready", [4242])
-SetupDue(child_id='a', session='ref-1', host_pid=4242)
 >>> state.child_event("a", "exited", [3])
 >>> state.supervisor_report("exited", "a", ("exited", 3))
 >>> [(row["id"], row["state"], row["last_exit"]) for row in state.status()]
@@ -56,19 +53,8 @@ class Record:
     last_exit: Any = None
     ref: Any = None
     """The current incarnation (a session or a supervisor), from the supervisor's reports."""
-    parked_pid: int | None = None
-    """The host pid of an incarnation at its checkpoint whose ``started`` report is still to come."""
     log: str | None = None
     """Where its captured output is appended, if it has a log file."""
-
-
-@dataclass(frozen=True)
-class SetupDue:
-    """A child is parked at its checkpoint and its session is known: set it up, proceed it."""
-
-    child_id: str
-    session: Any
-    host_pid: int
 
 
 class TreeState:
@@ -103,47 +89,38 @@ class TreeState:
 
     # -- events in ---------------------------------------------------------------------------------
 
-    def supervisor_report(self, kind: str, child_id: Any, detail: Any) -> SetupDue | None:
+    def supervisor_report(self, kind: str, child_id: Any, detail: Any) -> None:
         """A ``("linx_supervisor", kind, _, child_id, detail)`` report."""
         with self.lock:
             record = self.records.get(child_id)
             if record is None:
-                return None
+                return
             if kind in ("started", "restarted"):
                 record.ref = detail
                 record.started_at = self.clock()
                 record.restarts += kind == "restarted"
                 if record.kind == "supervisor":
                     record.state = "running"
-                if record.parked_pid is not None:
-                    pid, record.parked_pid = record.parked_pid, None
-                    return SetupDue(child_id, detail, pid)
             elif kind in ("exited", "stopped"):
                 record.state = "stopped" if kind == "stopped" else "exited"
                 record.last_exit = detail
-                record.host_pid = record.ref = record.parked_pid = None
+                record.host_pid = record.ref = None
             elif kind in ("gave_up", "start_failed"):
                 record.last_exit = detail
             elif kind == "backoff":
                 record.state = "backoff"
             elif kind == "backoff_cancelled":
                 record.state = "stopped"
-        return None
 
-    def child_event(self, child_id: str, kind: str, detail: list) -> SetupDue | None:
+    def child_event(self, child_id: str, kind: str, detail: list) -> None:
         """A session's ``("linx_process", kind, *detail)`` event (output excepted)."""
         with self.lock:
             record = self.records[child_id]
             record.state = kind
             if kind == "ready":
                 record.host_pid = detail[0]
-                if record.ref is None:
-                    record.parked_pid = detail[0]
-                    return None
-                return SetupDue(child_id, record.ref, detail[0])
-            if kind in TERMINAL_EVENTS:
-                record.ref = record.parked_pid = None
-        return None
+            elif kind in TERMINAL_EVENTS:
+                record.ref = None
 
     def count_restart(self, child_id: str) -> None:
         """A restart asked for over the control socket (its report says ``started``)."""
