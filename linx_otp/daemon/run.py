@@ -488,7 +488,8 @@ class Daemon:
         outcome: ReloadOutcome,
     ) -> bool:
         """Start ``child`` under ``supervisor`` before its sibling ``before`` (None: last);
-        whether it started (why not is in ``outcome``)."""
+        whether it started (why not is in ``outcome``). Raises ``LinxError("no_process")`` if
+        ``supervisor`` has ended meanwhile (a nested one is then started afresh by the caller)."""
         fragment = Tree(self.tree.file, {}, [child])
         for workload in fragment.workloads():
             self.workloads[workload.id] = workload  # its set-up may be due before the loop learns it
@@ -497,8 +498,10 @@ class Daemon:
         try:
             S.start_child(supervisor, self._spec(child), **place)
         except LinxError as error:
-            outcome.failed[child.id] = str(error)
             self.inbox.tell(("forget", fragment))
+            if error.reason == "no_process":
+                raise
+            outcome.failed[child.id] = str(error)
             return False
         return True
 
