@@ -137,7 +137,7 @@ class Workload:
     log: LogFile | None = None
     setup: Setup = field(default_factory=Setup)
     restart_delay: float = 0.0
-    """Seconds a restarted child waits at its checkpoint (0: none, as in OTP)."""
+    """Seconds its supervisor waits before restarting it after a crash (0: none, as in OTP)."""
     restart_backoff_max: float = 0.0
     """The delay doubles per consecutive crash up to this (at least ``restart_delay``)."""
 
