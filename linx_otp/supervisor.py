@@ -598,7 +598,16 @@ def change_settings(
 ) -> None:
     """Give a running supervisor new restart settings (``start``'s keywords and defaults), as
     OTP's ``code_change`` does: no child is stopped or started; the restarts already counted
-    stay counted and are measured against the new intensity from the next restart on."""
+    stay counted and are measured against the new intensity from the next restart on.
+
+    >>> from linx_otp import process as P
+    >>> tree = start([P.child_spec(id="b", argv=["sleep", "60"], auto_proceed=True)])
+    >>> change_settings(tree, strategy="rest_for_one", max_restarts=10)
+    >>> _ = start_child(tree, P.child_spec(id="a", argv=["sleep", "60"], auto_proceed=True), before="b")
+    >>> [child_id for child_id, _, _ in which_children(tree)]
+    ['a', 'b']
+    >>> stop(tree)
+    """
     settings = check_settings(strategy=strategy, max_restarts=max_restarts, max_seconds=max_seconds)
     _call(supervisor, _ChangeSettings(settings.strategy, settings.max_restarts, settings.max_seconds))
 
