@@ -278,6 +278,9 @@ def test_stop_during_a_back_off_acts_at_once_and_the_child_stays_stopped(tmp_pat
     assert status(daemon)["steady"]["restarts"] == 0
     assert daemon.control_command("start", "crasher").returncode == 0  # and it can be started again
     assert wait_until(lambda: len(events(daemon, "crasher", "exited")) == 2, TIMEOUT)
+    assert wait_until(lambda: len(events(daemon, "crasher", "backoff")) == 2, TIMEOUT)  # waiting again
+    assert request(str(daemon.control), {"verb": "start", "id": "crasher"}) == "started"  # during the wait: now
+    assert wait_until(lambda: len(events(daemon, "crasher", "ready")) == 3, 2.0)  # well before its 3 s
     assert daemon.stop() == 0
 
 

@@ -598,7 +598,13 @@ class Daemon:
             case "start":
                 if current is not None:
                     raise LinxError("running", f"{child_id} is already running; to start it afresh: restart {child_id}")
-                S.restart_child(supervisor, child_id)
+                try:
+                    S.restart_child(supervisor, child_id)
+                except LinxError as error:
+                    if error.reason != "restarting":
+                        raise
+                    S.terminate_child(supervisor, child_id)  # waiting out a back-off: now, as systemctl start
+                    S.restart_child(supervisor, child_id)
                 return "started"
             case "restart":
                 S.terminate_child(supervisor, child_id)
