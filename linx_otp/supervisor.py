@@ -163,8 +163,13 @@ class _Child:
         self.restarting = False
         self.restarts = 0
         self.started_at = 0.0
-        self.backoff = BackOff(spec.restart_delay, spec.restart_backoff_max or 0.0) if spec.restart_delay else None
+        self.backoff = _backoff(spec)
         self.backoff_wait: object | None = None
+
+
+def _backoff(spec: ChildSpec) -> BackOff | None:
+    """The back-off a spec asks for (None: restarts at once, as in OTP)."""
+    return BackOff(spec.restart_delay, spec.restart_backoff_max or 0.0) if spec.restart_delay else None
 
 
 @dataclass(frozen=True)
@@ -227,7 +232,7 @@ class Supervisor(Actor):
                 )
             case _ReplaceChildSpec(spec):
                 child = self._require(spec.id)
-                child.spec, child.backoff = spec, _Child(spec).backoff
+                child.spec, child.backoff = spec, _backoff(spec)
             case _TerminateChild(child_id):
                 self._terminate_child(self._require(child_id))
             case _RestartChild(child_id):
