@@ -36,6 +36,7 @@ from typing import Any, cast
 import pykka
 
 from . import futex_hash
+from .backoff import check_backoff
 from .errors import LinxError, LinxValueError
 from .flow import consumed
 from .mailbox import mailbox
@@ -202,15 +203,20 @@ class Actor(pykka.ThreadingActor):
         id: Any = None,
         restart: str = "permanent",
         shutdown: float | str | None = 5.0,
+        restart_delay: float = 0.0,
+        restart_backoff_max: float | None = None,
         **kwargs: Any,
     ) -> ChildSpec:
         """A child spec that starts ``cls(*args, **kwargs)`` (``id`` defaults to the class
-        name); ``id``, ``restart`` and ``shutdown`` are the supervisor's, not the actor's."""
+        name); ``id``, ``restart``, ``shutdown`` and the back-off are the supervisor's, not the
+        actor's."""
         return ChildSpec(
             id=cls.__name__ if id is None else id,
             start=lambda: cls.start(*args, **kwargs),
             restart=restart,
             shutdown=shutdown,
+            restart_delay=restart_delay,
+            restart_backoff_max=restart_backoff_max,
         )
 
     # -- pykka hooks: private methods of pykka 4.5 (the range pinned in pyproject.toml) ---------
@@ -452,7 +458,10 @@ class ChildSpec:
     outright), ``"brutal_kill"`` or ``None`` (wait forever); ``type`` is ``"worker"`` or
     ``"supervisor"``. ``ready``, if given, is called with each new incarnation's ref and
     returns (a description) once it is ready, or raises ``LinxError``: the supervisor counts
-    the child as started only then (``readiness.Readiness.waiter`` makes one).
+    the child as started only then (``readiness.Readiness.waiter`` makes one). Beyond OTP,
+    ``restart_delay`` seconds pass before a crashed child is restarted, doubling per
+    consecutive crash up to ``restart_backoff_max`` (``None``: no doubling); see
+    ``linx_otp.backoff``.
     """
 
     id: Any
@@ -461,6 +470,8 @@ class ChildSpec:
     shutdown: float | str | None = 5.0
     type: str = "worker"
     ready: Callable[[pykka.ActorRef], Any] | None = field(default=None, repr=False)
+    restart_delay: float = 0.0
+    restart_backoff_max: float | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -477,3 +488,6 @@ class ChildSpec:
             raise LinxValueError(
                 ("bad_ready", self.ready), f"ready must be None or a callable f(ref), not {self.ready!r}"
             )
+        delay, maximum = check_backoff(self.restart_delay, self.restart_backoff_max)
+        object.__setattr__(self, "restart_delay", delay)
+        object.__setattr__(self, "restart_backoff_max", maximum)

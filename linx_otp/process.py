@@ -683,6 +683,8 @@ def child_spec(
     restart: str = "permanent",
     shutdown: float | str | None = 5.0,
     ready: Readiness | Mapping[str, Any] | None = None,
+    restart_delay: float = 0.0,
+    restart_backoff_max: float | None = None,
     **options: Unpack[SessionOptions],
 ) -> ChildSpec:
     """A child spec for a supervisor: a session with ``options`` (``spawn``'s) and
@@ -692,7 +694,8 @@ def child_spec(
     ``auto_proceed=True`` or a ``setup`` (run again for every incarnation) unless something
     else proceeds it. ``ready`` (a ``readiness.Readiness`` or a mapping of its keys, as a tree
     file's ``ready`` table) makes the supervisor count each incarnation as started only once it
-    passes that check (README, "Readiness").
+    passes that check (README, "Readiness"). ``restart_delay`` and ``restart_backoff_max`` are
+    the supervisor's restart back-off (``ChildSpec``).
 
     >>> spec = child_spec(id="sleeper", argv=["sleep", "60"], auto_proceed=True)
     >>> spec.id, spec.restart, spec.shutdown, spec.type
@@ -708,7 +711,15 @@ def child_spec(
     plan = plan_session(mode=protocol.MODE_SPAWN, target=None, **{**options, "linger": False})
     readiness = check_readiness(ready)
     waiter = readiness.waiter(options) if readiness is not None else None
-    return ChildSpec(id=id, start=lambda: _start(plan), restart=restart, shutdown=shutdown, ready=waiter)
+    return ChildSpec(
+        id=id,
+        start=lambda: _start(plan),
+        restart=restart,
+        shutdown=shutdown,
+        ready=waiter,
+        restart_delay=restart_delay,
+        restart_backoff_max=restart_backoff_max,
+    )
 
 
 def _ask(session: SessionRef, message: Any) -> Any:

@@ -4,7 +4,9 @@ A supervisor is an ``Actor`` that starts its children in order, monitors each fr
 restarts them by its strategy (``one_for_one``, ``one_for_all``, ``rest_for_one``) and their
 restart type (``permanent``, ``transient``, ``temporary``), and gives up when restarts exceed
 ``max_restarts`` in ``max_seconds``: it then stops every child in reverse start order and exits
-``"shutdown"``, which its own supervisor sees like any child's exit. Children are sessions
+``"shutdown"``, which its own supervisor sees like any child's exit. A child whose spec has a
+``restart_delay`` is restarted only after its back-off (``linx_otp.backoff``), counted then.
+Children are sessions
 (``process.child_spec``), supervisors (``child_spec`` here) or any ``Actor``
 (``MyActor.child_spec(...)``). Reports go to ``logging`` and, when asked, to an ``events``
 owner as ``("linx_supervisor", kind, supervisor_id, child_id, detail)`` tuples. A child whose
@@ -13,7 +15,10 @@ session starts and ``ready`` when the check passes; only then is the next child 
 
 Erlang/OTP's ``supervisor`` is the reference: tests/test_supervisor_differential.py runs the
 same random scenarios on both and requires equal results, step by step. The one difference
-kept: ``which_children`` lists children in start order (OTP lists the newest first).
+kept: ``which_children`` lists children in start order (OTP lists the newest first). Beyond
+OTP's verbs, ``start_child(..., before=ID)`` puts a child in its place in the start order, and
+``change_settings`` and ``replace_child_spec`` do what OTP's ``code_change`` does to a running
+supervisor (new intensity, strategy or child specs; the running children are left alone).
 
 This module never touches an OS process itself: stopping a session is the session's job.
 
@@ -26,6 +31,7 @@ This module never touches an OS process itself: stopping a session is the sessio
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import threading
@@ -38,7 +44,9 @@ from typing import Any
 import pykka
 
 from .actor import Actor, ChildSpec, call, exit_actor, request_shutdown, start_actor, tell_quietly
+from .backoff import BackOff
 from .errors import LinxError, LinxValueError
+from .reactor import reactor
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +96,29 @@ class _TryAgainRestart:
 
 
 @dataclass(frozen=True)
+class _BackOffOver:
+    """A crashed child's back-off has passed: restart it (if that wait is still the current one)."""
+
+    child_id: Any
+    wait: object
+
+
+@dataclass(frozen=True)
 class _StartChild:
+    spec: ChildSpec
+    before: tuple[Any, ...] = ()
+    """``(child_id,)``: start it in the start order before that child; ``()``: last."""
+
+
+@dataclass(frozen=True)
+class _ChangeSettings:
+    strategy: str
+    max_restarts: int
+    max_seconds: float
+
+
+@dataclass(frozen=True)
+class _ReplaceChildSpec:
     spec: ChildSpec
 
 
@@ -125,7 +155,8 @@ class _RestartCounts:
 class _Child:
     """One child spec and its current incarnation. ``ref`` is None when it is not running;
     ``restarting`` is True while a failed restart waits for its retry (OTP's
-    ``{restarting, Pid}``)."""
+    ``{restarting, Pid}``) or a crashed child waits out its back-off (``backoff_wait`` then
+    names that wait)."""
 
     def __init__(self, spec: ChildSpec) -> None:
         self.spec = spec
@@ -133,6 +164,14 @@ class _Child:
         self.watch: _Watch | None = None
         self.restarting = False
         self.restarts = 0
+        self.started_at = 0.0
+        self.backoff = _backoff(spec)
+        self.backoff_wait: object | None = None
+
+
+def _backoff(spec: ChildSpec) -> BackOff | None:
+    """The back-off a spec asks for (None: restarts at once, as in OTP)."""
+    return BackOff(spec.restart_delay, spec.restart_backoff_max or 0.0) if spec.restart_delay else None
 
 
 @dataclass(frozen=True)
@@ -181,10 +220,21 @@ class Supervisor(Actor):
                 self._child_exited(watch)
             case _TryAgainRestart(child_id):
                 child = self._find(child_id)
-                if child is not None and child.restarting:
+                if child is not None and child.restarting and child.backoff_wait is None:
                     self._restart(child)
-            case _StartChild(spec):
-                return self._start_new_child(spec)
+            case _BackOffOver(child_id, wait):
+                child = self._find(child_id)
+                if child is not None and child.backoff_wait is wait:
+                    self._restart(child)
+            case _StartChild(spec, before):
+                return self._start_new_child(spec, before)
+            case _ChangeSettings(strategy, max_restarts, max_seconds):
+                self._settings = dataclasses.replace(
+                    self._settings, strategy=strategy, max_restarts=max_restarts, max_seconds=max_seconds
+                )
+            case _ReplaceChildSpec(spec):
+                child = self._require(spec.id)
+                child.spec, child.backoff = spec, _backoff(spec)
             case _TerminateChild(child_id):
                 self._terminate_child(self._require(child_id))
             case _RestartChild(child_id):
@@ -222,7 +272,8 @@ class Supervisor(Actor):
         except Exception as error:
             self._report("start_failed", child.spec.id, ("exception", error), logging.ERROR)
             raise LinxError(("exception", error), f"starting {child.spec.id!r} raised {error!r}") from error
-        child.ref, child.watch, child.restarting = ref, watch, False
+        child.ref, child.watch, child.restarting, child.backoff_wait = ref, watch, False, None
+        child.started_at = time.monotonic()
         self._report(report, child.spec.id, ref)
         if child.spec.ready is not None:
             self._await_ready(child, child.spec.ready, ref)
@@ -277,7 +328,9 @@ class Supervisor(Actor):
     def _mark_down(self, child: _Child) -> None:
         """OTP's ``del_child``: a temporary child leaves the children, any other is kept as
         not running."""
-        child.ref = child.watch = None
+        if child.backoff_wait is not None:
+            self._report("backoff_cancelled", child.spec.id, "stopped before its restart")
+        child.ref = child.watch = child.backoff_wait = None
         child.restarting = False
         if child.spec.restart == "temporary":
             self._children.remove(child)
@@ -297,10 +350,23 @@ class Supervisor(Actor):
         normal = is_normal_exit(reason)
         self._report("exited", child.spec.id, reason, logging.INFO if normal else logging.WARNING)
         restart = child.spec.restart
-        if restart == "permanent" or (restart == "transient" and not normal):
-            self._restart(child)
-        else:
+        if not (restart == "permanent" or (restart == "transient" and not normal)):
             self._mark_down(child)
+        elif child.backoff is not None:
+            self._back_off(child)
+        else:
+            self._restart(child)
+
+    def _back_off(self, child: _Child) -> None:
+        """Beyond OTP: the restart waits out the child's back-off (as ``restarting``: a stop
+        cancels it, and a restart of its group in the meantime takes its place)."""
+        assert child.backoff is not None
+        delay = child.backoff.crashed(ran=time.monotonic() - child.started_at)
+        wait = object()
+        child.restarting, child.backoff_wait = True, wait
+        self._report("backoff", child.spec.id, delay)
+        over = _BackOffOver(child.spec.id, wait)
+        reactor().call_later(delay, lambda: tell_quietly(self.actor_ref, over))
 
     def _record_restart(self) -> bool:
         """OTP's ``add_restart``: count one restart now, forget those older than
@@ -315,7 +381,7 @@ class Supervisor(Actor):
         """OTP's ``restart/2``: count the restart, then restart by the strategy; past the
         intensity, report ``gave_up`` and exit ``"shutdown"`` at once (``terminate`` stops
         the children; exits still queued are dropped with the inbox, never counted again)."""
-        failed.ref = failed.watch = None
+        failed.ref = failed.watch = failed.backoff_wait = None
         failed.restarting = False
         if not self._record_restart():
             limit = ("reached_max_restart_intensity", self._settings.max_restarts, self._settings.max_seconds)
@@ -368,7 +434,9 @@ class Supervisor(Actor):
             raise LinxError("running", f"child {child_id!r} is running; terminate_child it first")
         return child
 
-    def _start_new_child(self, spec: ChildSpec) -> pykka.ActorRef:
+    def _start_new_child(self, spec: ChildSpec, before: tuple[Any, ...]) -> pykka.ActorRef:
+        """OTP's ``start_child``, and beyond it ``before``: the place in the start order."""
+        position = self._children.index(self._require(before[0])) if before else len(self._children)
         existing = self._find(spec.id)
         if existing is not None:
             if existing.ref is not None:
@@ -381,7 +449,7 @@ class Supervisor(Actor):
             raise LinxError("max_children", f"supervisor {self._settings.id!r} already runs max_children={limit}")
         child = _Child(spec)
         ref = self._start_child(child)
-        self._children.append(child)
+        self._children.insert(position, child)
         return ref
 
     def _terminate_child(self, child: _Child) -> None:
@@ -508,9 +576,12 @@ def child_spec(
     max_seconds: float = 5.0,
     max_children: int | None = None,
     events: Any = None,
+    restart_delay: float = 0.0,
+    restart_backoff_max: float | None = None,
 ) -> ChildSpec:
     """A child spec for a nested supervisor (type ``"supervisor"``, shutdown ``None``: it is
-    given all the time its own children's shutdowns need)."""
+    given all the time its own children's shutdowns need; ``restart_delay`` and
+    ``restart_backoff_max``: its restart back-off, as for any child)."""
     specs = check_children(children)
     settings = check_settings(
         id=id,
@@ -520,19 +591,62 @@ def child_spec(
         max_children=max_children,
         events=events,
     )
-    return ChildSpec(id=id, start=_starter(specs, settings), restart=restart, shutdown=shutdown, type="supervisor")
+    return ChildSpec(
+        id=id,
+        start=_starter(specs, settings),
+        restart=restart,
+        shutdown=shutdown,
+        type="supervisor",
+        restart_delay=restart_delay,
+        restart_backoff_max=restart_backoff_max,
+    )
+
+
+_LAST = object()
+"""``start_child``'s default place: after every other child."""
 
 
 def _call(supervisor: pykka.ActorRef, message: Any) -> Any:
     return call(supervisor, message, "the supervisor")
 
 
-def start_child(supervisor: pykka.ActorRef, spec: ChildSpec) -> pykka.ActorRef:
-    """Start and supervise one more child; returns its ref. Raises ``("already_started",
-    ref)``, ``"already_present"``, ``"max_children"`` or the failed start's reason."""
+def start_child(supervisor: pykka.ActorRef, spec: ChildSpec, *, before: Any = _LAST) -> pykka.ActorRef:
+    """Start and supervise one more child; returns its ref. It goes last in the start order
+    (as in OTP), or with ``before=ID`` just before that child, so that a restart of the group
+    (and the shutdown, in reverse) treats it as if it had been declared there. Raises
+    ``("already_started", ref)``, ``"already_present"``, ``"max_children"``, ``"not_found"``
+    (no child ``before``) or the failed start's reason."""
     if not isinstance(spec, ChildSpec):
         raise LinxValueError(("bad_child_spec", spec), f"start_child takes a ChildSpec, not {spec!r}")
-    return _call(supervisor, _StartChild(spec))
+    return _call(supervisor, _StartChild(spec, () if before is _LAST else (before,)))
+
+
+def change_settings(
+    supervisor: pykka.ActorRef, *, strategy: str = "one_for_one", max_restarts: int = 3, max_seconds: float = 5.0
+) -> None:
+    """Give a running supervisor new restart settings (``start``'s keywords and defaults), as
+    OTP's ``code_change`` does: no child is stopped or started; the restarts already counted
+    stay counted and are measured against the new intensity from the next restart on.
+
+    >>> from linx_otp import process as P
+    >>> tree = start([P.child_spec(id="b", argv=["sleep", "60"], auto_proceed=True)])
+    >>> change_settings(tree, strategy="rest_for_one", max_restarts=10)
+    >>> _ = start_child(tree, P.child_spec(id="a", argv=["sleep", "60"], auto_proceed=True), before="b")
+    >>> [child_id for child_id, _, _ in which_children(tree)]
+    ['a', 'b']
+    >>> stop(tree)
+    """
+    settings = check_settings(strategy=strategy, max_restarts=max_restarts, max_seconds=max_seconds)
+    _call(supervisor, _ChangeSettings(settings.strategy, settings.max_restarts, settings.max_seconds))
+
+
+def replace_child_spec(supervisor: pykka.ActorRef, spec: ChildSpec) -> None:
+    """Replace the spec of the child ``spec.id`` and leave its incarnation running, as OTP's
+    ``code_change`` does with a changed child spec: the new restart type, shutdown and back-off
+    apply from now on, the new ``start`` at its next start. Raises ``"not_found"``."""
+    if not isinstance(spec, ChildSpec):
+        raise LinxValueError(("bad_child_spec", spec), f"replace_child_spec takes a ChildSpec, not {spec!r}")
+    _call(supervisor, _ReplaceChildSpec(spec))
 
 
 def terminate_child(supervisor: pykka.ActorRef, child_id: Any) -> None:
@@ -577,12 +691,14 @@ __all__ = [
     "STRATEGIES",
     "Supervisor",
     "check_children",
+    "change_settings",
     "check_settings",
     "child_spec",
     "count_children",
     "delete_child",
     "is_normal_exit",
     "restart_child",
+    "replace_child_spec",
     "restart_counts",
     "start",
     "start_child",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from linx_otp import LinxError
-from linx_otp.daemon.state import SetupDue, TreeState, describe_exit
+from linx_otp.daemon.state import TreeState, describe_exit
 from linx_otp.daemon.tree import parse_text
 
 TREE = """
@@ -49,13 +49,37 @@ def test_refs_come_from_the_supervisor_reports_and_locate_uses_them(state):
         state.locate(["a", "list"])
 
 
-def test_a_ready_that_overtakes_its_started_report_waits_for_it(state):
-    assert state.child_event("web", "ready", [4321]) is None
-    assert state.supervisor_report("started", "web", "web-session") == SetupDue("web", "web-session", 4321)
-    state.child_event("web", "exited", [0])
-    state.supervisor_report("exited", "web", "normal")
-    assert state.supervisor_report("restarted", "web", "web-session-2") is None  # no ready yet: nothing due
-    assert state.child_event("web", "ready", [4400]) == SetupDue("web", "web-session-2", 4400)
+def test_a_back_off_shows_in_the_state_until_the_restart_or_a_stop(state):
+    state.supervisor_report("started", "web", "s1")
+    state.child_event("web", "exited", [3])
+    state.supervisor_report("exited", "web", ("exited", 3))
+    state.supervisor_report("backoff", "web", 0.4)
+    assert state.status()[0]["state"] == "backoff"
+    state.supervisor_report("backoff_cancelled", "web", "stopped before its restart")
+    row = state.status()[0]
+    assert (row["state"], row["last_exit"], row["restarts"]) == ("stopped", "exited 3", 0)
+
+
+def test_a_reload_learns_children_under_their_parent_and_arranges_the_start_order(state):
+    added = parse_text('[[child]]\nid = "early"\nargv = ["true"]\n', "t.toml")
+    state.learn(added, "workers")
+    assert [row["id"] for row in state.status()] == ["web", "workers", "crasher", "early"]
+    state.arrange(
+        parse_text(
+            TREE.replace(
+                '[[child.child]]\nid = "crasher"',
+                '[[child.child]]\nid = "early"\nargv = ["true"]\n[[child.child]]\nid = "crasher"',
+            ),
+            "t.toml",
+        )
+    )
+    rows = state.status()
+    assert [(row["id"], row["parent"]) for row in rows] == [
+        ("web", None),
+        ("workers", None),
+        ("early", "workers"),
+        ("crasher", "workers"),
+    ]
 
 
 def test_status_counts_restarts_and_says_exits_in_words(state):

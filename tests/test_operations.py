@@ -269,7 +269,9 @@ def test_restart_delays_double_up_to_the_maximum_measured_from_events(tmp_path, 
     delays = [round(runs[n + 1] - exits[n], 3) for n in range(6)]
     print("delays between an exit and the next run:", delays)
     for measured, nominal in zip(delays, [0.1, 0.2, 0.4, 0.4, 0.4, 0.4], strict=True):
-        assert nominal <= measured < nominal + 0.15, delays
+        # Each event is stamped when the daemon's loop writes it, so the exit's stamp can lag
+        # the supervisor's own clock by a loaded loop's turn: a little slack below as well.
+        assert nominal - 0.025 <= measured < nominal + 0.15, delays
     restarts = daemon.status()["crasher"]["restarts"]
     assert restarts >= 6  # counted by the supervisor as they happen
     waiting = [json.loads(line)["detail"] for line in daemon.lines if '"backoff"' in line]
@@ -318,7 +320,8 @@ def test_bad_back_off_settings_name_their_key_paths(tmp_path):
     )
     result = subprocess.run([*COMMAND, "run", tree], capture_output=True, text=True, timeout=TIMEOUT)
     assert result.returncode == 2
-    assert "child[0].restart_backoff_max: must be at least restart_delay (2)" in result.stderr
+    expected = "child[0].restart_backoff_max: restart_backoff_max must be at least restart_delay (2), not 1"
+    assert expected in result.stderr
     assert "child[1].restart_delay: restart_delay is a number of seconds from 0 to 86400" in result.stderr
 
 
@@ -368,12 +371,18 @@ def test_systemd_hears_ready_status_watchdog_pings_and_stopping_in_order(tmp_pat
         gaps = [later - earlier for earlier, later in zip(pings, pings[1:], strict=False)]
         print("watchdog gaps:", [round(gap, 3) for gap in gaps])
         assert all(0.15 < gap < 0.35 for gap in gaps), gaps  # every half of WATCHDOG_USEC (0.2 s)
-        reload = subprocess.run([*COMMAND, "reload", "--control", str(control)], capture_output=True, timeout=TIMEOUT)
-        assert reload.returncode == 0, reload.stderr
+        # The command runs beside the listening: a socket nobody reads fills up (10 datagrams)
+        # and the daemon, which never blocks on systemd, drops what comes next.
+        reloads: list[subprocess.CompletedProcess] = []
+        command = [*COMMAND, "reload", "--control", str(control)]
+        client = threading.Thread(target=lambda: reloads.append(subprocess.run(command, capture_output=True)))
+        client.start()
         while not hear().startswith("RELOADING=1\nMONOTONIC_USEC="):
             pass
         while not hear().startswith("READY=1"):
             pass
+        client.join(TIMEOUT)
+        assert reloads and reloads[0].returncode == 0, reloads
         daemon.terminate()
         while "STOPPING=1" not in hear().splitlines():
             pass

@@ -16,6 +16,7 @@ This loop never writes to the console or a log itself, and never waits on a clie
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import heapq
 import itertools
@@ -26,6 +27,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import pykka
@@ -40,13 +42,12 @@ from ..errors import LinxError
 from ..flow import OutputEvent
 from ..mailbox import Mailbox
 from . import metrics
-from .backoff import BackOff
 from .control import ControlServer, Request
 from .instance import Instance
 from .notify import Notifier
 from .output import Output
 from .ring import Rings
-from .state import SetupDue, TreeState, describe_exit, iso_time, signal_name
+from .state import TreeState, describe_exit, iso_time, signal_name
 from .tree import Group, LogFile, Tree, TreeError, Workload, parse_file
 
 ROOT_ID = "root"
@@ -127,17 +128,6 @@ class Daemon:
         self.timers: list[tuple[float, int, Callable[[], None]]] = []
         """``(monotonic deadline, order, action)``: what the loop does later (a heap)."""
         self.timer_order = itertools.count()
-        self.backoffs = {
-            workload.id: BackOff(workload.restart_delay, workload.restart_backoff_max)
-            for workload in self.workloads.values()
-            if workload.restart_delay
-        }
-        self.running_since: dict[str, float] = {}
-        self.held_back: dict[str, tuple[Any, float]] = {}
-        """child id → (the restarted incarnation to hold at its checkpoint, for how long)."""
-        self.gates: dict[str, threading.Event] = {}
-        """child id → the gate its parked incarnation waits at (a back-off; see ``prepare_child``)."""
-        self.gates_lock = threading.Lock()
         self.rings = Rings()
         """Each child's last output, for ``logs``."""
         self.output = Output(console_fd, self.report_from_thread, rings=self.rings)
@@ -148,7 +138,7 @@ class Daemon:
         self.gave_up: dict[str, int] = {}
         """Supervisor id → times it reached its restart intensity (for ``--metrics``)."""
         self.reload_lock = threading.Lock()
-        """Reloads one at a time (the control socket's and SIGHUP's)."""
+        """Reloads one at a time (the control socket's and SIGHUP's), and none during the start-up."""
         self.notifier: Notifier | None = None
         """systemd's notify socket, when the daemon runs as a ``Type=notify`` service."""
         self.status_sent = ""
@@ -192,6 +182,9 @@ class Daemon:
                 self.report("daemon", "cleaned", f"a killed predecessor's {leftover}")
         except (LinxError, OSError) as error:
             self.report("daemon", "cleanup_failed", str(error))
+        # The start-up holds the reload lock from before the control socket serves until the loop
+        # hears how the start ended (``start_ended``): a reload asked for meanwhile waits for it.
+        self.reload_lock.acquire()
         control.start()
         if self.metrics_server is not None:
             host, port = self.metrics_server.server_address[:2]
@@ -222,9 +215,12 @@ class Daemon:
             return
         self.inbox.tell(("tree_started", root))
 
+    def start_ended(self) -> None:
+        """The start-up is over (the tree is up, or failed): reloads may go ahead."""
+        self.reload_lock.release()
+
     def tree_started(self, root: pykka.ActorRef) -> int | None:
         """Every child has started and is ready: the tree is up (and systemd hears ``READY=1``)."""
-        self.root = self.state.root = root
         monitor(root, self.inbox)
         if self.stopping:  # a stop came while it started
             return self.finish_stop()
@@ -282,11 +278,17 @@ class Daemon:
                 **child.settings,
             )
         owner = _ChildOwner(child.id, self.inbox, self.output, child.log)
-        # The session runs the set-up at ready and then proceeds by itself; a child with a restart
-        # back-off also waits there, on a gate the loop opens once its delay has passed.
-        prepare = child.setup or child.restart_delay > 0
-        setup = functools.partial(self.prepare_child, child.id) if prepare else None
-        return P.child_spec(owner=owner, auto_proceed=True, setup=setup, ready=child.ready, **child.options)
+        # The session runs the set-up at ready and then proceeds by itself.
+        setup = functools.partial(self.prepare_child, child.id) if child.setup else None
+        return P.child_spec(
+            owner=owner,
+            auto_proceed=True,
+            setup=setup,
+            ready=child.ready,
+            restart_delay=child.restart_delay,
+            restart_backoff_max=child.restart_backoff_max,
+            **child.options,
+        )
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self.inbox.tell(("signal", signum))
@@ -297,8 +299,6 @@ class Daemon:
         ``tree_started`` or ``tree_failed`` finishes the stop)."""
         self.report("tree", "stopping", why)
         self.stopping = True
-        for child_id in list(self.backoffs):
-            self.open_gate(child_id)  # a child waiting out its back-off must not hold up the stop
         self.notify("STOPPING=1")
         self.output.hurry()  # a child's last output must not wait for a console nobody reads
         self.shut_down_unready()
@@ -362,8 +362,10 @@ class Daemon:
         match message:
             case ("signal", signal.SIGHUP):
                 threading.Thread(target=self.reload_on_signal, name="linx-otp-reload", daemon=True).start()
-            case ("learn", Tree() as fragment):
-                self.learn(fragment)
+            case ("learn", Tree() as fragment, parent):
+                self.learn(fragment, parent)
+            case ("arrange", Tree() as tree):
+                self.state.arrange(tree)
             case ("forget", Tree() as fragment):
                 self.forget(fragment)
             case ("signal", signum):
@@ -371,8 +373,11 @@ class Daemon:
             case ("shutdown",):
                 return self.stop_tree("shutdown requested over the control socket")
             case ("tree_started", root):
+                self.root = self.state.root = root
+                self.start_ended()
                 return self.tree_started(root)
             case ("tree_failed", error):
+                self.start_ended()
                 if self.stopping:  # the stop ended the start
                     self.report("tree", "stopped", "")
                     return 0
@@ -394,15 +399,17 @@ class Daemon:
         return None
 
     def supervisor_event(self, kind: str, child_id: str, detail: Any) -> None:
-        due = self.state.supervisor_report(kind, child_id, detail)
+        self.state.supervisor_report(kind, child_id, detail)
         worker = child_id in self.workloads
         if kind not in QUIET_SUPERVISOR_REPORTS or not worker:
-            shown = "" if kind in ("started", "restarted") else describe_exit(detail)
+            match kind:
+                case "started" | "restarted":
+                    shown = ""
+                case "backoff":
+                    shown = f"runs in {detail:g} s"
+                case _:
+                    shown = describe_exit(detail)
             self.report(child_id, kind, shown)
-        if kind == "restarted" and child_id in self.backoffs:
-            self.hold_back(child_id, detail)
-        if due is not None:
-            self.release(due)
         if kind in ("started", "restarted") and (self.stopping or self.is_cut_short(child_id)):
             self.shut_down_unready([child_id])
 
@@ -417,93 +424,169 @@ class Daemon:
                 return
             case "stdout" | "stderr" | "pty_out" | "pty_in_dropped", _:
                 return  # output reaches the writer directly; a dropped keystroke is the typist's to see
-        due = self.state.child_event(child_id, kind, detail)
+        self.state.child_event(child_id, kind, detail)
         self.report(child_id, EVENT_NAMES.get(kind, kind), _describe_event(kind, detail))
-        if kind == "running":
-            self.running_since[child_id] = time.monotonic()
-        if due is not None:
-            self.release(due)
-        elif kind in P.TERMINAL_EVENTS:
+        if kind in P.TERMINAL_EVENTS:
             self.output.end_of(child_id)
 
     # -- reload: the tree file again, the difference applied (as supervisorctl update) ------------
 
     def reload(self) -> dict[str, Any]:
-        """Re-read the tree file and apply the difference to the root's children: stop removed
-        ones, restart changed ones (stop the old, start the new), start added ones, and leave
-        the unchanged running. A file with errors changes nothing (raises ``LinxError``). Reloads
-        are serialized; the stops and starts are the supervisor's ``terminate_child``,
+        """Re-read the tree file and apply the difference, supervisor by supervisor: stop removed
+        children, restart changed ones in their place (stop the old, start the new), start added
+        ones in their place in the start order, leave the unchanged running, and compare a
+        nested supervisor present in both child by child, its new settings applied in place
+        (OTP's ``code_change``). The root's new settings apply in place too. A file with errors
+        changes nothing (raises ``LinxError``). Reloads are serialized with each other and with
+        the start-up; the stops and starts are the supervisors' ``terminate_child``,
         ``delete_child`` and ``start_child``, which OTP does not count as restarts."""
         with self.reload_lock:
             root = self.root
             if self.stopping or root is None:
-                raise LinxError("not_running", "the tree is not running (starting or stopping): nothing to reload")
+                raise LinxError("not_running", "the tree is not running (it failed to start or is stopping)")
             try:
                 new = parse_file(self.tree.file, instance=self.instance.name)
             except TreeError as error:
                 raise LinxError(error.reason, f"the tree file has errors; nothing was changed:\n{error}") from None
-            old_children = {child.id: child for child in self.tree.children}
-            new_children = {child.id: child for child in new.children}
-            removed = [child_id for child_id in old_children if child_id not in new_children]
-            changed = [
-                child_id
-                for child_id in old_children
-                if child_id in new_children and old_children[child_id] != new_children[child_id]
-            ]
-            added = [child_id for child_id in new_children if child_id not in old_children]
-            unchanged = [child_id for child_id in old_children if child_id not in removed + changed]
             self.notify_now("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
-            failed = {}
+            outcome = ReloadOutcome()
             try:
-                for child_id in reversed([c for c in old_children if c in removed + changed]):
-                    self.remove_child(root, old_children[child_id])
-                self.tree = Tree(self.tree.file, self.tree.settings, [old_children[c] for c in unchanged])
-                for child in new.children:
-                    if child.id in changed or child.id in added:
-                        try:
-                            self.add_child(root, child)
-                        except LinxError as error:
-                            failed[child.id] = str(error)
-                order = {child.id: index for index, child in enumerate(new.children)}
-                kept = [*self.tree.children, *(c for c in new.children if c.id in changed + added)]
-                self.tree = Tree(self.tree.file, self.tree.settings, sorted(kept, key=lambda c: order[c.id]))
+                children = self.reload_children(root, None, self.tree.children, new.children, outcome)
+                if new.settings != self.tree.settings:
+                    S.change_settings(root, **new.settings)
+                    outcome.reconfigured.append(ROOT_ID)
+                self.tree = Tree(self.tree.file, new.settings, children)
+                self.inbox.tell(("arrange", self.tree))
             finally:
                 self.notify_now("READY=1")
-            result: dict[str, Any] = {"added": added, "removed": removed, "changed": changed, "unchanged": unchanged}
-            if failed:
-                result["failed"] = failed
-            if new.settings != self.tree.settings:
-                result["not_applied"] = "the root supervisor's settings changed: they apply when the daemon restarts"
-            return result
+            return outcome.result()
 
-    def remove_child(self, root: pykka.ActorRef, child: Workload | Group) -> None:
+    def reload_children(
+        self,
+        supervisor: pykka.ActorRef,
+        parent: str | None,
+        old_children: list[Workload | Group],
+        new_children: list[Workload | Group],
+        outcome: ReloadOutcome,
+    ) -> list[Workload | Group]:
+        """Apply one supervisor's difference (``parent`` its id, None for the root); returns its
+        children as they now are (a child that failed to start is left out, so that the next
+        reload tries it again)."""
+        old = {child.id: child for child in old_children}
+        new_ids = {child.id for child in new_children}
+        compared = {
+            child.id for child in new_children if isinstance(child, Group) and isinstance(old.get(child.id), Group)
+        }
+        replaced = {child.id for child in new_children if child.id in old and child.id not in compared} - {
+            child.id for child in new_children if old.get(child.id) == child
+        }
+        for child in reversed(old_children):  # stopped in reverse start order, as a supervisor stops
+            if child.id not in new_ids or child.id in replaced:
+                self.remove_child(supervisor, child)
+                if child.id not in new_ids:
+                    outcome.removed.append(child.id)
+        staying = {child.id for child in new_children if child.id in old and child.id not in replaced}
+        now: list[Workload | Group] = []
+        for index, child in enumerate(new_children):
+            before = next((later.id for later in new_children[index + 1 :] if later.id in staying), None)
+            previous = old.get(child.id)
+            if previous == child:
+                outcome.unchanged.append(child.id)
+                now.append(child)
+            elif isinstance(previous, Group) and isinstance(child, Group):
+                now.extend(self.reload_group(supervisor, parent, previous, child, before, outcome))
+            elif self.start_in_place(supervisor, parent, child, before, outcome):
+                (outcome.changed if previous is not None else outcome.added).append(child.id)
+                now.append(child)
+        return now
+
+    def reload_group(
+        self,
+        supervisor: pykka.ActorRef,
+        parent: str | None,
+        old: Group,
+        new: Group,
+        before: str | None,
+        outcome: ReloadOutcome,
+    ) -> list[Workload | Group]:
+        """A nested supervisor in both files: its children compared one by one, its settings
+        (strategy, intensity), restart and shutdown changed in place, and its spec replaced so
+        that its next start is the new one. If it ended meanwhile (it gave up, say), it is
+        started afresh from the new file. Returns it as it now is (or nothing, if that fails)."""
         try:
-            S.terminate_child(root, child.id)
-            S.delete_child(root, child.id)
+            running = {child_id: ref for child_id, ref, _ in S.which_children(supervisor)}
+            if new.id not in running:
+                raise LinxError("not_found", f"{new.id} is no longer a child of its supervisor")
+            group = running[new.id]
+            if group is None:  # not running: the new spec applies when it starts
+                self.inbox.tell(("forget", Tree(self.tree.file, {}, old.children)))
+                self.inbox.tell(("learn", Tree(self.tree.file, {}, new.children), new.id))
+                children = new.children
+            else:
+                children = self.reload_children(group, new.id, old.children, new.children, outcome)
+                if new.settings != old.settings:
+                    S.change_settings(group, **new.settings)
+            updated = Group(new.id, new.settings, children, new.restart, new.shutdown)
+            S.replace_child_spec(supervisor, self._spec(updated))
+        except LinxError as error:
+            self.report_from_thread(new.id, "reload", f"restarting it whole: {error}")
+            self.remove_child(supervisor, old)
+            if not self.start_in_place(supervisor, parent, new, before, outcome):
+                return []
+            outcome.changed.append(new.id)
+            return [new]
+        if group is None or (new.settings, new.restart, new.shutdown) != (old.settings, old.restart, old.shutdown):
+            outcome.reconfigured.append(new.id)
+        return [updated]
+
+    def remove_child(self, supervisor: pykka.ActorRef, child: Workload | Group) -> None:
+        try:
+            S.terminate_child(supervisor, child.id)
+            S.delete_child(supervisor, child.id)
         except LinxError:
             pass  # a temporary child is gone from its supervisor once stopped
         self.inbox.tell(("forget", Tree(self.tree.file, {}, [child])))  # after its last events
 
-    def add_child(self, root: pykka.ActorRef, child: Workload | Group) -> None:
-        self.inbox.tell(("learn", Tree(self.tree.file, {}, [child])))  # before its first events
-        S.start_child(root, self._spec(child))
+    def start_in_place(
+        self,
+        supervisor: pykka.ActorRef,
+        parent: str | None,
+        child: Workload | Group,
+        before: str | None,
+        outcome: ReloadOutcome,
+    ) -> bool:
+        """Start ``child`` under ``supervisor`` before its sibling ``before`` (None: last);
+        whether it started (why not is in ``outcome``). Raises ``LinxError("no_process")`` if
+        ``supervisor`` has ended meanwhile (a nested one is then started afresh by the caller)."""
+        fragment = Tree(self.tree.file, {}, [child])
+        for workload in fragment.workloads():
+            self.workloads[workload.id] = workload  # its set-up may be due before the loop learns it
+        self.inbox.tell(("learn", fragment, parent))  # before its first events
+        place = {} if before is None else {"before": before}
+        try:
+            S.start_child(supervisor, self._spec(child), **place)
+        except LinxError as error:
+            self.inbox.tell(("forget", fragment))
+            if error.reason == "no_process":
+                raise
+            outcome.failed[child.id] = str(error)
+            return False
+        return True
 
-    def learn(self, fragment: Tree) -> None:
-        self.state.learn(fragment)
+    def learn(self, fragment: Tree, parent: str | None) -> None:
+        self.state.learn(fragment, parent)
         for workload in fragment.workloads():
             self.workloads[workload.id] = workload
-            if workload.restart_delay:
-                self.backoffs[workload.id] = BackOff(workload.restart_delay, workload.restart_backoff_max)
 
     def forget(self, fragment: Tree) -> None:
-        ids = [child.id for child in fragment.walk()]
-        self.state.forget(ids)
-        for child_id in ids:
-            if self.workloads.pop(child_id, None) is not None:
-                self.output.end_of(child_id)
-            for table in (self.backoffs, self.held_back, self.running_since):
-                table.pop(child_id, None)
-            self.open_gate(child_id)
+        """Drop what a reload removed (or replaced: a workload the reload has put in its place
+        meanwhile stays)."""
+        for child in fragment.walk():
+            if self.workloads.get(child.id, child) is not child:
+                continue
+            self.state.forget([child.id])
+            if self.workloads.pop(child.id, None) is not None:
+                self.output.end_of(child.id)
 
     def reload_on_signal(self) -> None:
         try:
@@ -517,51 +600,11 @@ class Daemon:
         if self.notifier is not None:
             self.notifier.send(*fields)
 
-    # -- restart back-off: a restarted child waits at its checkpoint ----------------------------
-
-    def hold_back(self, child_id: str, incarnation: Any) -> None:
-        """A crash restarted ``child_id``: its new incarnation runs only after its back-off."""
-        since = self.running_since.pop(child_id, None)
-        ran = time.monotonic() - since if since is not None else 0.0
-        delay = self.backoffs[child_id].crashed(ran)
-        self.held_back[child_id] = (incarnation, delay)
-        self.report(child_id, "backoff", f"runs in {delay:g} s")
-
-    def release(self, due: SetupDue) -> None:
-        """A child with a back-off is parked at its checkpoint, its session known: open its gate
-        now or (a restart held back) once its delay has passed."""
-        workload = self.workloads.get(due.child_id)
-        if workload is None or not workload.restart_delay:
-            return  # it sets itself up and proceeds
-        incarnation, delay = self.held_back.pop(due.child_id, (None, 0.0))
-        if incarnation == due.session and delay > 0:
-            self.after(delay, lambda: self.open_gate(due.child_id))
-        else:
-            self.open_gate(due.child_id)
-
-    def gate(self, child_id: str) -> threading.Event:
-        """The gate a child with a back-off waits at, at its checkpoint (one per incarnation:
-        whoever comes first, the loop opening it or the session waiting, makes it)."""
-        with self.gates_lock:
-            return self.gates.setdefault(child_id, threading.Event())
-
-    def open_gate(self, child_id: str) -> None:
-        self.gate(child_id).set()
-
-    def prepare_child(self, child_id: str, host_pid: int) -> Release | None:
-        """A child's session runs this at ``ready``: the back-off's wait (if the child has one),
-        then its set-up; the session proceeds it afterwards. A stop of the tree opens every
-        gate; a child stopped while it waits is set up and let go only to be stopped."""
-        workload = self.workloads.get(child_id)
-        if workload is None:
+    def prepare_child(self, child_id: str, host_pid: int) -> Release:
+        """A child's session runs this at ``ready``: its set-up; the session proceeds it afterwards."""
+        if child_id not in self.workloads:
             raise LinxError("not_found", f"{child_id} was removed from the tree")
-        if workload.restart_delay:
-            self.gate(child_id).wait()
-            with self.gates_lock:
-                self.gates.pop(child_id, None)
-            if self.stopping:
-                raise LinxError("stopping", "the tree is stopping: the child is not let go")
-        return self.apply_setup(child_id, host_pid) if workload.setup else None
+        return self.apply_setup(child_id, host_pid)
 
     # -- checkpoint set-up ---------------------------------------------------------------------
 
@@ -623,7 +666,13 @@ class Daemon:
             case "start":
                 if current is not None:
                     raise LinxError("running", f"{child_id} is already running; to start it afresh: restart {child_id}")
-                S.restart_child(supervisor, child_id)
+                try:
+                    S.restart_child(supervisor, child_id)
+                except LinxError as error:
+                    if error.reason != "restarting":
+                        raise
+                    S.terminate_child(supervisor, child_id)  # waiting out a back-off: now, as systemctl start
+                    S.restart_child(supervisor, child_id)
                 return "started"
             case "restart":
                 self.terminate(supervisor, child_id)
@@ -667,17 +716,45 @@ class Daemon:
         self.output.line(line)
 
 
+@dataclass
+class ReloadOutcome:
+    """What a reload did, gathered supervisor by supervisor (ids of the whole tree)."""
+
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    """Restarted from their new table."""
+    unchanged: list[str] = field(default_factory=list)
+    reconfigured: list[str] = field(default_factory=list)
+    """Supervisors given new settings (or restart, shutdown) in place, their children left running."""
+    failed: dict[str, str] = field(default_factory=dict)
+    """Children that were to start and did not: why."""
+
+    def result(self) -> dict[str, Any]:
+        """The reply: the four lists always, ``reconfigured`` and ``failed`` when not empty."""
+        return {key: value for key, value in dataclasses.asdict(self).items() if value or key in RELOAD_LISTS}
+
+
+RELOAD_LISTS = ("added", "removed", "changed", "unchanged")
+
+
 def describe_reload(result: dict[str, Any]) -> str:
     """What a reload did, in words.
 
     >>> describe_reload({"added": ["d"], "removed": ["b"], "changed": ["c"], "unchanged": ["a"]})
     'added d; removed b; restarted c; unchanged a'
+    >>> describe_reload({**ReloadOutcome(reconfigured=["root"]).result()})
+    'new settings for root'
     """
-    words = {"added": "added", "removed": "removed", "changed": "restarted", "unchanged": "unchanged"}
+    words = {
+        "added": "added",
+        "removed": "removed",
+        "changed": "restarted",
+        "unchanged": "unchanged",
+        "reconfigured": "new settings for",
+    }
     parts = [f"{word} {', '.join(result[key])}" for key, word in words.items() if result.get(key)]
     parts += [f"{child_id} failed to start: {why}" for child_id, why in result.get("failed", {}).items()]
-    if "not_applied" in result:
-        parts.append(result["not_applied"])
     return "; ".join(parts) or "nothing to do"
 
 

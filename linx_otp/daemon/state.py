@@ -2,10 +2,8 @@
 
 One ``Record`` per child of the tree file (workloads and nested supervisors), kept from the
 reports themselves: each child's current ref comes from its supervisor's ``started`` and
-``restarted`` reports, so finding a child's session or supervisor never walks the tree. A
-child that reaches its checkpoint before its ``started`` report has arrived is held until it
-has (``SetupDue`` says when its checkpoint set-up can run). Exit reasons are kept as data and
-put into words for people by ``describe_exit``.
+``restarted`` reports, so finding a child's session or supervisor never walks the tree. Exit
+reasons are kept as data and put into words for people by ``describe_exit``.
 
 This module starts, stops and signals nothing; the loop reads it, the control thread reads it
 under its lock.
@@ -14,7 +12,6 @@ under its lock.
 >>> state = TreeState(parse_text('[[child]]\\nid = "a"\\nargv = ["true"]\\n', "t.toml"), clock=lambda: 100.0)
 >>> state.supervisor_report("started", "a", "ref-1")
 >>> state.child_event("a", "ready", [4242])
-SetupDue(child_id='a', session='ref-1', host_pid=4242)
 >>> state.child_event("a", "exited", [3])
 >>> state.supervisor_report("exited", "a", ("exited", 3))
 >>> [(row["id"], row["state"], row["last_exit"]) for row in state.status()]
@@ -57,8 +54,6 @@ class Record:
     last_exit: Any = None
     ref: Any = None
     """The current incarnation (a session or a supervisor), from the supervisor's reports."""
-    parked_pid: int | None = None
-    """The host pid of an incarnation at its checkpoint whose ``started`` report is still to come."""
     log: str | None = None
     """Where its captured output is appended, if it has a log file."""
     readiness: str | None = None
@@ -66,15 +61,6 @@ class Record:
     passed: bool = False
     """The current incarnation has passed its readiness check (the supervisor said ``ready``);
     False again once it has ended."""
-
-
-@dataclass(frozen=True)
-class SetupDue:
-    """A child is parked at its checkpoint and its session is known: set it up, proceed it."""
-
-    child_id: str
-    session: Any
-    host_pid: int
 
 
 class TreeState:
@@ -86,10 +72,17 @@ class TreeState:
         self.clock = clock
         self.lock = threading.Lock()
 
-    def learn(self, fragment: Tree) -> None:
-        """A reload added (or changed) these children under the root: fresh records for them."""
+    def learn(self, fragment: Tree, parent: str | None = None) -> None:
+        """A reload added (or changed) these children under ``parent`` (None: the root): fresh
+        records for them."""
         with self.lock:
-            self.records.update(_records(fragment))
+            self.records.update(_records(fragment, parent))
+
+    def arrange(self, tree: Tree) -> None:
+        """After a reload: the records in the tree's start order (as ``status`` lists them)."""
+        with self.lock:
+            order = [child.id for child in tree.walk() if child.id in self.records]
+            self.records = {child_id: self.records[child_id] for child_id in order} | self.records
 
     def forget(self, child_ids: list[str]) -> None:
         """A reload removed these children (or the old version of a changed one)."""
@@ -102,12 +95,12 @@ class TreeState:
 
     # -- events in ---------------------------------------------------------------------------------
 
-    def supervisor_report(self, kind: str, child_id: Any, detail: Any) -> SetupDue | None:
+    def supervisor_report(self, kind: str, child_id: Any, detail: Any) -> None:
         """A ``("linx_supervisor", kind, _, child_id, detail)`` report."""
         with self.lock:
             record = self.records.get(child_id)
             if record is None:
-                return None
+                return
             if kind in ("started", "restarted"):
                 record.ref = detail
                 record.started_at = self.clock()
@@ -115,13 +108,10 @@ class TreeState:
                 record.passed = False
                 if record.kind == "supervisor":
                     record.state = "running"
-                if record.parked_pid is not None:
-                    pid, record.parked_pid = record.parked_pid, None
-                    return SetupDue(child_id, detail, pid)
             elif kind in ("exited", "stopped"):
                 record.state = "stopped" if kind == "stopped" else "exited"
                 record.last_exit = detail
-                record.host_pid = record.ref = record.parked_pid = None
+                record.host_pid = record.ref = None
                 record.passed = False
             elif kind == "ready":
                 record.passed = True
@@ -129,23 +119,21 @@ class TreeState:
                     record.state = "running"
             elif kind in ("gave_up", "start_failed"):
                 record.last_exit = detail
-        return None
+            elif kind == "backoff":
+                record.state = "backoff"
+            elif kind == "backoff_cancelled":
+                record.state = "stopped"
 
-    def child_event(self, child_id: str, kind: str, detail: list) -> SetupDue | None:
+    def child_event(self, child_id: str, kind: str, detail: list) -> None:
         """A session's ``("linx_process", kind, *detail)`` event (output excepted)."""
         with self.lock:
             record = self.records[child_id]
             record.state = _state_after(kind, record)
             if kind == "ready":
                 record.host_pid = detail[0]
-                if record.ref is None:
-                    record.parked_pid = detail[0]
-                    return None
-                return SetupDue(child_id, record.ref, detail[0])
-            if kind in TERMINAL_EVENTS:  # the next incarnation's events may come before its started report
-                record.ref = record.parked_pid = None
+            elif kind in TERMINAL_EVENTS:  # the next incarnation's events may come before its started report
+                record.ref = None
                 record.passed = False
-        return None
 
     def count_restart(self, child_id: str) -> None:
         """A restart asked for over the control socket (its report says ``started``)."""
@@ -238,12 +226,12 @@ def _state_after(kind: str, record: Record) -> str:
     return kind
 
 
-def _records(tree: Tree) -> dict[str, Record]:
+def _records(tree: Tree, parent: str | None = None) -> dict[str, Record]:
     parents = tree.parents()
     return {
         child.id: Record(
             "supervisor" if isinstance(child, Group) else "worker",
-            parents[child.id],
+            parents[child.id] or parent,
             log=child.log.path if isinstance(child, Workload) and child.log is not None else None,
             readiness=child.ready.describe() if isinstance(child, Workload) and child.ready is not None else None,
         )

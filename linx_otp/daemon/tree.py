@@ -36,6 +36,7 @@ from .. import options as session_options
 from .. import readiness
 from .. import supervisor as S
 from ..actor import check_restart, check_shutdown
+from ..backoff import check_backoff
 from ..checkpoint import profiles
 from ..checkpoint.cgroup import check_limit
 from ..checkpoint.netlink import check_interface_name, check_ipv4_address, check_ipv4_prefixlen
@@ -73,7 +74,6 @@ SESSION_OPTION_CHECKS: dict[str, Callable[[Any], Any]] = {
     "output_window": session_options.check_output_window,
 }
 BACKOFF_KEYS = ("restart_delay", "restart_backoff_max")
-BACKOFF_SECONDS_MAX = 86400.0
 PROFILES = ("container",)
 """``profile = "container"``: ``linx_otp.profiles.container()`` merged into the child (its
 namespaces added to the child's, its capabilities unless the child names its own, its seccomp
@@ -139,7 +139,7 @@ class Workload:
     log: LogFile | None = None
     setup: Setup = field(default_factory=Setup)
     restart_delay: float = 0.0
-    """Seconds a restarted child waits at its checkpoint (0: none, as in OTP)."""
+    """Seconds its supervisor waits before restarting it after a crash (0: none, as in OTP)."""
     restart_backoff_max: float = 0.0
     """The delay doubles per consecutive crash up to this (at least ``restart_delay``)."""
     ready: Readiness | None = None
@@ -350,14 +350,18 @@ class _Checker:
         if len(self.problems) == problems_before:  # each key is right: now how they go together
             session = {key: value for key, value in options.items() if key not in ("id", "restart", "shutdown")}
             self.check(where, lambda v: session_options.plan_session(mode=MODE_SPAWN, target=None, **v), session)
-        delay, maximum = (
-            self.check(f"{where}.{key}", functools.partial(check_seconds, key), table.get(key, 0.0))
-            for key in BACKOFF_KEYS
-        )
-        if delay is not None and maximum is not None and "restart_backoff_max" in table and maximum < delay:
-            self.note(f"{where}.restart_backoff_max", f"must be at least restart_delay ({delay:g}), not {maximum:g}")
+        delay, maximum = self.backoff(table, where)
         ready = self.ready(table["ready"], f"{where}.ready") if "ready" in table else None
-        return Workload(child_id, options, capture, log, setup, delay or 0.0, max(delay or 0.0, maximum or 0.0), ready)
+        return Workload(child_id, options, capture, log, setup, delay, maximum, ready)
+
+    def backoff(self, table: dict, where: str) -> tuple[float, float]:
+        """``restart_delay`` and ``restart_backoff_max``, by the rule child specs use."""
+        try:
+            return check_backoff(table.get("restart_delay", 0.0), table.get("restart_backoff_max"))
+        except LinxValueError as error:
+            key = error.reason[0].removeprefix("bad_")
+            self.note(f"{where}.{key}", str(error))
+            return 0.0, 0.0
 
     def ready(self, table: Any, where: str) -> Readiness | None:
         """``ready = { tcp = "HOST:PORT" | file = "/PATH" | command = [...], timeout = S, interval = S }``:
@@ -519,19 +523,6 @@ def _rlimits(table: Any) -> Any:
 
 def _check_setting(key: str, value: Any) -> Any:
     return S.check_settings(**{key: value})
-
-
-def check_seconds(name: str, value: Any) -> float:
-    """A duration in seconds: a finite number from 0 to a day.
-
-    >>> check_seconds("restart_delay", 0.5)
-    0.5
-    """
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= BACKOFF_SECONDS_MAX:
-        return float(value)
-    raise LinxValueError(
-        (f"bad_{name}", value), f"{name} is a number of seconds from 0 to {BACKOFF_SECONDS_MAX:g}, not {value!r}"
-    )
 
 
 def _is_int(value: Any) -> bool:
