@@ -263,6 +263,7 @@ def test_restart_over_the_control_socket_answers_once_ready_or_says_why_not(tmp_
     """
     daemon = running(write_tree(tmp_path, tree))
     assert daemon.shows(r"tree \| up"), daemon.lines
+    ready_file.unlink()  # (its own rm -f could come after the new incarnation's first look)
     restart = daemon.control_command("restart", "flaky")  # the new incarnation never makes the file
     assert restart.returncode == 2
     assert (
@@ -285,6 +286,7 @@ def test_stop_of_a_child_that_waits_for_its_check_after_a_restart_is_prompt(tmp_
     """
     daemon = running(write_tree(tmp_path, tree), "--json")
     assert wait_until(lambda: first(daemon, "tree", "up") is not None, TIMEOUT), daemon.lines
+    ready_file.unlink()  # (its own rm -f could come after the new incarnation's first look)
     os.kill(daemon.status()["flaky"]["host_pid"], 9)  # restarted, and now waits for a file that never comes
     assert wait_until(lambda: len([e for e in events(daemon) if e["event"] == "checkpoint"]) == 2, TIMEOUT)
     waiting = daemon.status()["flaky"]

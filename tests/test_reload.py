@@ -274,13 +274,13 @@ def test_stop_during_a_back_off_acts_at_once_and_the_child_stays_stopped(tmp_pat
     assert status(daemon)["crasher"]["state"] == "stopped"
     assert daemon.shows(r'"id": "crasher", "event": "backoff_cancelled"')
     time.sleep(3.3)  # past the delay: the cancelled restart never comes
-    assert len(events(daemon, "crasher", "ready")) == 1 and status(daemon)["crasher"]["state"] == "stopped"
+    assert len(events(daemon, "crasher", "checkpoint")) == 1 and status(daemon)["crasher"]["state"] == "stopped"
     assert status(daemon)["steady"]["restarts"] == 0
     assert daemon.control_command("start", "crasher").returncode == 0  # and it can be started again
     assert wait_until(lambda: len(events(daemon, "crasher", "exited")) == 2, TIMEOUT)
     assert wait_until(lambda: len(events(daemon, "crasher", "backoff")) == 2, TIMEOUT)  # waiting again
     assert request(str(daemon.control), {"verb": "start", "id": "crasher"}) == "started"  # during the wait: now
-    assert wait_until(lambda: len(events(daemon, "crasher", "ready")) == 3, 2.0)  # well before its 3 s
+    assert wait_until(lambda: len(events(daemon, "crasher", "checkpoint")) == 3, 2.0)  # well before its 3 s
     assert daemon.stop() == 0
 
 
@@ -409,7 +409,7 @@ def test_two_reloads_and_a_sighup_at_once_apply_the_file_once(tmp_path, running)
     added = [result["added"] for result in results] + [["coming"] if detail.startswith("added coming") else []]
     assert sorted(added) == [[], [], ["coming"]]  # one of the three started it; the others found nothing to do
     assert wait_until(lambda: all_running(daemon), TIMEOUT)
-    assert len(events(daemon, "coming", "ready")) == 1 and pids(daemon)["same"] == same
+    assert len(events(daemon, "coming", "checkpoint")) == 1 and pids(daemon)["same"] == same
     assert daemon.stop() == 0
 
 
