@@ -64,6 +64,7 @@ def readme_status_keys() -> list[str]:
     return re.findall(r"^\| `(\w+)` \|", section, re.MULTILINE)
 
 
+@pytest.mark.timeout(240)  # fifteen commands, each a Python start-up: 2-6 s apiece on a loaded 2-core machine
 def test_status_json_follows_the_readme_schema_and_every_verb_answers_json(tmp_path, running):
     log = tmp_path / "logged.log"
     daemon = running(write_tree(tmp_path, TREE.format(log=log)))
