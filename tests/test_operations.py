@@ -90,7 +90,7 @@ def test_status_json_follows_the_readme_schema_and_every_verb_answers_json(tmp_p
     assert 0 <= sleeper["uptime"] <= time.monotonic() - killed_at + 0.1, sleeper
     started = datetime.fromisoformat(sleeper["started_at"])
     assert started.tzinfo is not None
-    assert killed_at_wall - timedelta(milliseconds=1) <= started <= datetime.now().astimezone(), (killed_at_wall, started)
+    assert killed_at_wall - timedelta(milliseconds=1) <= started <= datetime.now().astimezone(), killed_at_wall
     assert rows["logged"]["log"] == str(log) and rows["sleeper"]["log"] is None
     assert (rows["group"]["kind"], rows["inner"]["parent"], rows["sleeper"]["parent"]) == ("supervisor", "group", None)
 
