@@ -20,6 +20,7 @@ from support import agent_pids, needs_root, process_alive, run_scoped_name, wait
 from linx_otp import cgroup as Cgroup
 from linx_otp import netlink as Netlink
 from linx_otp.agent import AGENT_PATH_VARIABLE, BUNDLED_AGENT
+from linx_otp.daemon.tree import instance_values
 
 COMMAND = [sys.executable, "-m", "linx_otp"]
 TIMEOUT = 20
@@ -127,10 +128,14 @@ SMALL_TREE = """
 
 @needs_root
 def test_the_demo_tree_comes_up_and_sigterm_leaves_nothing(running):
-    demo = running(None)
+    # An instance of this run's own: two runs on one machine (CI's neighbours, other helpers) both running
+    # the demo as "default" would share its link, addresses and cgroups, and each would clean up the other's.
+    instance = run_scoped_name("demo")
+    names = instance_values(instance)
+    demo = running(None, "--name", instance)
     assert demo.shows(r"client \| web answered: hello from web"), "\n".join(demo.lines)
     assert demo.shows(r"crasher \| exited 3") and demo.shows(r"crasher \| restarted")
-    assert demo.shows(r"web ! 10\.78\.0\.1 .* \"GET / HTTP/1\.1\" 200")
+    assert demo.shows(rf"web ! {re.escape(names['instance_net'])}\.1 .* \"GET / HTTP/1\.1\" 200")
     status = demo.status()
     assert status["web"]["state"] == "running" and status["workers"]["kind"] == "supervisor"
     pids = [
@@ -144,10 +149,10 @@ def test_the_demo_tree_comes_up_and_sigterm_leaves_nothing(running):
     assert not any(process_alive(pid) for pid in pids)
     assert wait_until(lambda: not any(process_alive(pid) for pid in agents))
     with Netlink.open() as host:
-        assert wait_until(lambda: "lxd-default" not in Netlink.link_names(host))
+        assert wait_until(lambda: f"lxd-{names['instance_tag']}" not in Netlink.link_names(host))
     layout = Cgroup.detect()
-    assert not Path(layout.v2_root, "linx-otp/default").exists()
-    assert not any(Path(root, "linx-otp/default").exists() for root in layout.v1_roots.values())
+    assert not Path(layout.v2_root, f"linx-otp/{instance}").exists()
+    assert not any(Path(root, f"linx-otp/{instance}").exists() for root in layout.v1_roots.values())
     assert not demo.control.exists()
 
 
@@ -539,7 +544,7 @@ TREES = sorted((Path(__file__).resolve().parent.parent / "examples" / "superviso
 @needs_root
 @pytest.mark.parametrize("tree", TREES, ids=[tree.name for tree in TREES])
 def test_every_bundled_tree_comes_up_cleanly_and_stops(tree, running):
-    daemon = running(str(tree))
+    daemon = running(str(tree), "--name", run_scoped_name("tree"))  # not "default": see the demo test
     assert daemon.shows(r"tree \| up"), "\n".join(daemon.lines)
     workers = [name for name, row in daemon.status().items() if row["kind"] == "worker"]
     for name in workers:
