@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import test_cli
-from support import needs_root, process_alive, run_scoped_name, wait_until
+from support import blocked_in, needs_root, process_alive, run_scoped_name, wait_until
 from test_cli import COMMAND, STAMP, TIMEOUT, logged_text, write_tree
 
 running = test_cli.running  # the fixture, shared
@@ -158,6 +158,7 @@ TALKER = """
 """
 
 
+@pytest.mark.timeout(240)  # a dozen commands, each a Python start-up: 2-6 s apiece on a loaded 2-core machine
 def test_logs_shows_the_last_lines_and_follows_new_ones(tmp_path, running):
     log = tmp_path / "rotated.log"
     daemon = running(write_tree(tmp_path, TALKER.format(log=log)))
@@ -187,6 +188,9 @@ def test_logs_shows_the_last_lines_and_follows_new_ones(tmp_path, running):
         reader = threading.Thread(target=lambda: seen.extend(follower.stdout), daemon=True)
         reader.start()
         assert wait_until(lambda: daemon.status()["talker"]["host_pid"] is not None)
+        # -n 0 follows from its first request: a follower that has not asked yet when the restart's lines come
+        # (a Python start-up takes seconds on a loaded machine) starts after them. It sleeps between requests.
+        assert wait_until(lambda: blocked_in(follower.pid, "clock_nanosleep"), TIMEOUT), "the follower never asked"
         assert daemon.control_command("restart", "talker").returncode == 0  # it writes lines 1 to 5 again
         assert wait_until(lambda: any(line.endswith("| line 5\n") for line in seen), TIMEOUT), seen
         assert [line.split(" ", 1)[1] for line in seen[:5]] == [f"| line {n}\n" for n in range(1, 6)]
