@@ -147,9 +147,9 @@ def test_the_demo_tree_comes_up_and_sigterm_leaves_nothing(running):
     assert demo.stop() == 0
     assert demo.lines[-1].endswith("tree | stopped")
     assert not any(process_alive(pid) for pid in pids)
-    assert wait_until(lambda: not any(process_alive(pid) for pid in agents))
+    assert wait_until(lambda: not any(process_alive(pid) for pid in agents), TIMEOUT)
     with Netlink.open() as host:
-        assert wait_until(lambda: f"lxd-{names['instance_tag']}" not in Netlink.link_names(host))
+        assert wait_until(lambda: f"lxd-{names['instance_tag']}" not in Netlink.link_names(host), TIMEOUT)
     layout = Cgroup.detect()
     assert not Path(layout.v2_root, f"linx-otp/{instance}").exists()
     assert not any(Path(root, f"linx-otp/{instance}").exists() for root in layout.v1_roots.values())
@@ -181,7 +181,7 @@ def test_stop_start_and_restart_act(tmp_path, running):
     assert daemon.control_command("stop", "sleeper").stdout.strip() == "stopped"
     assert not process_alive(first) and daemon.status()["sleeper"]["state"] == "stopped"
     assert daemon.control_command("start", "sleeper").stdout.strip() == "started"
-    assert wait_until(lambda: daemon.status()["sleeper"]["state"] == "running")
+    assert wait_until(lambda: daemon.status()["sleeper"]["state"] == "running", TIMEOUT)
     second = int(daemon.status()["sleeper"]["host_pid"])
     assert daemon.control_command("restart", "sleeper").stdout.strip() == "restarted"
     assert wait_until(
@@ -243,9 +243,9 @@ def test_control_words_for_people_and_global_options_on_either_side(tmp_path, ru
     assert wait_until(
         lambda: (daemon.status()["group"]["state"], daemon.status()["group"]["restarts"]) == ("running", 1)
     ), daemon.status()
-    assert wait_until(lambda: daemon.status()["inner"]["state"] == "running")
+    assert wait_until(lambda: daemon.status()["inner"]["state"] == "running", TIMEOUT)
     os.kill(int(daemon.status()["sleeper"]["host_pid"]), signal.SIGKILL)
-    assert wait_until(lambda: daemon.status()["sleeper"]["last_exit"] == "killed by SIGKILL"), daemon.status()
+    assert wait_until(lambda: daemon.status()["sleeper"]["last_exit"] == "killed by SIGKILL", TIMEOUT), daemon.status()
     assert daemon.stop() == 0
 
 
@@ -534,7 +534,7 @@ def test_an_exit_while_attached_reaches_the_daemon(tmp_path, running):
     finally:
         terminal.close()
     assert daemon.shows(r"shell \| exited 4"), "\n".join(daemon.lines)
-    assert wait_until(lambda: daemon.status()["shell"]["last_exit"] == "exited 4"), daemon.status()
+    assert wait_until(lambda: daemon.status()["shell"]["last_exit"] == "exited 4", TIMEOUT), daemon.status()
     assert daemon.stop() == 0
 
 

@@ -187,7 +187,7 @@ def test_logs_shows_the_last_lines_and_follows_new_ones(tmp_path, running):
         seen: list[str] = []
         reader = threading.Thread(target=lambda: seen.extend(follower.stdout), daemon=True)
         reader.start()
-        assert wait_until(lambda: daemon.status()["talker"]["host_pid"] is not None)
+        assert wait_until(lambda: daemon.status()["talker"]["host_pid"] is not None, TIMEOUT)
         # -n 0 follows from its first request: a follower that has not asked yet when the restart's lines come
         # (a Python start-up takes seconds on a loaded machine) starts after them. It sleeps between requests.
         assert wait_until(lambda: blocked_in(follower.pid, "clock_nanosleep"), TIMEOUT), "the follower never asked"
@@ -445,8 +445,8 @@ def test_reload_applies_the_difference_and_leaves_the_unchanged_alone(tmp_path, 
     assert daemon.shows(r"tree \| up")
     assert wait_until(lambda: all(row["state"] == "running" for row in daemon.status().values()), TIMEOUT)
     os.kill(daemon.status()["same"]["host_pid"], signal.SIGKILL)  # one restart of max_restarts = 1 spent
-    assert wait_until(lambda: daemon.status()["same"]["restarts"] == 1 and daemon.status()["same"]["host_pid"])
-    assert wait_until(lambda: daemon.status()["same"]["state"] == "running")
+    assert wait_until(lambda: daemon.status()["same"]["restarts"] == 1 and daemon.status()["same"]["host_pid"], TIMEOUT)
+    assert wait_until(lambda: daemon.status()["same"]["state"] == "running", TIMEOUT)
     before = daemon.status()
 
     tree.write_text(textwrap.dedent(AFTER).replace('"sleep", "604"', '"sleep", 604'))  # a bad file first
@@ -468,7 +468,9 @@ def test_reload_applies_the_difference_and_leaves_the_unchanged_alone(tmp_path, 
     assert (after["same"]["host_pid"], after["same"]["restarts"]) == (before["same"]["host_pid"], 1)
     assert "going" not in after and not process_alive(before["going"]["host_pid"])
     assert not process_alive(before["changing"]["host_pid"])
-    assert wait_until(lambda: daemon.status()["changing"]["state"] == daemon.status()["coming"]["state"] == "running")
+    assert wait_until(
+        lambda: daemon.status()["changing"]["state"] == daemon.status()["coming"]["state"] == "running", TIMEOUT
+    )
     assert Path(f"/proc/{daemon.status()['changing']['host_pid']}/cmdline").read_bytes() == b"sleep\x00603\x00"
 
     tree.write_text(textwrap.dedent(BEFORE))  # back again by SIGHUP, twice at once with a command
