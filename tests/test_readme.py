@@ -444,6 +444,11 @@ def test_the_supervisord_tables_name_tree_keys_and_verbs_that_exist():
 def test_the_readme_stands_alone():
     text = README.read_text()
     assert "../shared" not in text and "SPEC" not in text
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    for name in tracked if tracked else []:  # a clone: nothing points outside it (a tarball has no git)
+        if name.endswith((".py", ".md", ".c", ".h", ".toml", ".service")) and name != "tests/test_readme.py":
+            found = re.search(r"\.\./shared|\bSPEC\b|reference §", (ROOT / name).read_text())
+            assert not found, f"{name} cites {found and found.group()!r}, which a clone does not have"
     for target in re.findall(r"\]\(([^)#]+)\)", text):
         if not re.match(r"https?://", target):
             assert (ROOT / target).exists(), f"the README links {target}, which is not in the repository"
