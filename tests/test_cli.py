@@ -167,7 +167,7 @@ def test_a_child_killed_from_outside_is_logged_restarted_and_counted(tmp_path, r
     os.kill(pid, signal.SIGKILL)
     assert daemon.shows(r"sleeper \| signaled 9") and daemon.shows(r"sleeper \| restarted")
     assert wait_until(
-        lambda: (daemon.status()["sleeper"]["state"], daemon.status()["sleeper"]["restarts"]) == ("running", 1)
+        lambda: (daemon.status()["sleeper"]["state"], daemon.status()["sleeper"]["restarts"]) == ("running", 1), TIMEOUT
     )
     row = daemon.status()["sleeper"]
     assert row["host_pid"] != pid and row["last_exit"] == "killed by SIGKILL"
@@ -187,7 +187,8 @@ def test_stop_start_and_restart_act(tmp_path, running):
     assert wait_until(
         lambda: (
             daemon.status()["sleeper"]["state"] == "running" and int(daemon.status()["sleeper"]["host_pid"]) != second
-        )
+        ),
+        TIMEOUT,
     )
     assert not process_alive(second)
     unknown = daemon.control_command("stop", "nobody")
@@ -241,7 +242,7 @@ def test_control_words_for_people_and_global_options_on_either_side(tmp_path, ru
     assert "terminate_child" not in started.stderr
     assert daemon.control_command("restart", "group").stdout.strip() == "restarted"
     assert wait_until(
-        lambda: (daemon.status()["group"]["state"], daemon.status()["group"]["restarts"]) == ("running", 1)
+        lambda: (daemon.status()["group"]["state"], daemon.status()["group"]["restarts"]) == ("running", 1), TIMEOUT
     ), daemon.status()
     assert wait_until(lambda: daemon.status()["inner"]["state"] == "running", TIMEOUT)
     os.kill(int(daemon.status()["sleeper"]["host_pid"]), signal.SIGKILL)
