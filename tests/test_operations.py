@@ -349,7 +349,7 @@ def test_systemd_hears_ready_status_watchdog_pings_and_stopping_in_order(tmp_pat
     address = tmp_path / "notify.sock"
     systemd = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     systemd.bind(str(address))
-    systemd.settimeout(TIMEOUT)
+    systemd.settimeout(0.1)  # the listener looks at `finished` between datagrams
     environment = {**os.environ, "NOTIFY_SOCKET": str(address), "WATCHDOG_USEC": "400000"}
     control = tmp_path / "c.sock"
     daemon = subprocess.Popen(
@@ -360,38 +360,52 @@ def test_systemd_hears_ready_status_watchdog_pings_and_stopping_in_order(tmp_pat
         text=True,
     )
     heard: list[tuple[float, str]] = []
-    try:
 
-        def hear() -> str:
-            message = systemd.recv(4096).decode()
+    finished = threading.Event()
+
+    def hear() -> None:  # all along: the queue holds 10 datagrams (net.unix.max_dgram_qlen) and the daemon drops
+        while not finished.is_set():  # what does not fit, as sd_notify does; a test that stopped reading during
+            try:  # a slow reload command lost the RELOADING=1 queued behind the watchdog pings
+                message = systemd.recv(4096).decode()
+            except TimeoutError:
+                continue
             heard.append((time.monotonic(), message))
-            return message
 
-        first = hear()
+    def heard_after(start: int, predicate) -> int | None:
+        """The index of the first message from ``start`` on that satisfies ``predicate``."""
+        return next((index for index, (_, message) in enumerate(heard) if index >= start and predicate(message)), None)
+
+    listener = threading.Thread(target=hear, daemon=True)
+    listener.start()
+    try:
+        assert wait_until(lambda: heard, TIMEOUT), "no datagram"
+        first = heard[0][1]
         assert first.splitlines()[0] == "READY=1" and first.splitlines()[1].startswith("STATUS="), first
-        while not any("STATUS=2 of 2 workloads running" in message for _, message in heard):
-            hear()
-        while sum(message == "WATCHDOG=1" for _, message in heard) < 6:
-            hear()
-        pings = [when for when, message in heard if message == "WATCHDOG=1"]
+        assert wait_until(
+            lambda: heard_after(0, lambda message: "STATUS=2 of 2 workloads running" in message) is not None, TIMEOUT
+        )
+        assert wait_until(lambda: sum(message == "WATCHDOG=1" for _, message in heard) >= 6, TIMEOUT)
+        pings = [when for when, message in heard if message == "WATCHDOG=1"][:6]
         gaps = [later - earlier for earlier, later in zip(pings, pings[1:], strict=False)]
         print("watchdog gaps:", [round(gap, 3) for gap in gaps])
         assert all(0.15 < gap < 0.35 for gap in gaps), gaps  # every half of WATCHDOG_USEC (0.2 s)
         reload = subprocess.run([*COMMAND, "reload", "--control", str(control)], capture_output=True, timeout=TIMEOUT)
         assert reload.returncode == 0, reload.stderr
-        while not hear().startswith("RELOADING=1\nMONOTONIC_USEC="):
-            pass
-        while not hear().startswith("READY=1"):
-            pass
+        assert wait_until(
+            lambda: heard_after(0, lambda m: m.startswith("RELOADING=1\nMONOTONIC_USEC=")) is not None, TIMEOUT
+        )
+        reloading = heard_after(0, lambda m: m.startswith("RELOADING=1\nMONOTONIC_USEC="))
+        assert wait_until(lambda: heard_after(reloading, lambda m: m.startswith("READY=1")) is not None, TIMEOUT)
         daemon.terminate()
-        while "STOPPING=1" not in hear().splitlines():
-            pass
+        assert wait_until(lambda: heard_after(0, lambda m: "STOPPING=1" in m.splitlines()) is not None, TIMEOUT)
         assert daemon.wait(TIMEOUT) == 0
         output = daemon.stdout.read()
     finally:
         if daemon.poll() is None:
             daemon.kill()
             daemon.wait()
+        finished.set()
+        listener.join(TIMEOUT)
         systemd.close()
     assert "one | notify=unset watchdog=unset" in output  # a workload never talks to systemd in our name
     messages = [message for _, message in heard]
