@@ -277,8 +277,11 @@ def test_restart_delays_double_up_to_the_maximum_measured_from_events(tmp_path, 
     exits, runs = events(daemon, "crasher", "exited"), events(daemon, "crasher", "running")
     delays = [round(runs[n + 1] - exits[n], 3) for n in range(6)]
     print("delays between an exit and the next run:", delays)
+    # At least the delay, and below the next doubling: that tells doubling, the cap and no delay apart (a missed
+    # cap gives 0.8, a missed doubling less than the delay) and leaves a loaded machine its scheduling (seen: 0.551
+    # and 0.646 for 0.4 at load 8, where the old bound of delay + 0.15 s failed).
     for measured, nominal in zip(delays, [0.1, 0.2, 0.4, 0.4, 0.4, 0.4], strict=True):
-        assert nominal <= measured < nominal + 0.15, delays
+        assert nominal <= measured < 2 * nominal, delays
     restarts = daemon.status()["crasher"]["restarts"]
     assert restarts >= 6  # counted by the supervisor as they happen
     waiting = [json.loads(line)["detail"] for line in daemon.lines if '"backoff"' in line]
