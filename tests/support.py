@@ -103,12 +103,16 @@ def process_alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-SYSCALL_NUMBERS = {"x86_64": {"read": 0, "connect": 42}, "aarch64": {"read": 63, "connect": 203}}
+SYSCALL_NUMBERS = {
+    "x86_64": {"read": 0, "connect": 42, "clock_nanosleep": 230},
+    "aarch64": {"read": 63, "connect": 203, "clock_nanosleep": 115},
+}
 """The few syscalls tests look for a process blocked in (``/proc/<pid>/syscall`` gives numbers)."""
 
 
 def blocked_in(pid: int, syscall: str) -> bool:
-    """True if the process is asleep in ``syscall`` (``"read"``, ``"connect"``): an event a test
+    """True if the process is asleep in ``syscall`` (``"read"``, ``"connect"``, ``"clock_nanosleep"``, which is
+    Python's ``time.sleep``): an event a test
     can wait for instead of sleeping and hoping the process got there."""
     numbers = SYSCALL_NUMBERS.get(os.uname().machine)
     if numbers is None:

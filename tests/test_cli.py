@@ -20,6 +20,7 @@ from support import agent_pids, needs_root, process_alive, run_scoped_name, wait
 from linx_otp import cgroup as Cgroup
 from linx_otp import netlink as Netlink
 from linx_otp.agent import AGENT_PATH_VARIABLE, BUNDLED_AGENT
+from linx_otp.daemon.tree import instance_values
 
 COMMAND = [sys.executable, "-m", "linx_otp"]
 TIMEOUT = 20
@@ -127,10 +128,14 @@ SMALL_TREE = """
 
 @needs_root
 def test_the_demo_tree_comes_up_and_sigterm_leaves_nothing(running):
-    demo = running(None)
+    # An instance of this run's own: two runs on one machine (CI's neighbours, other helpers) both running
+    # the demo as "default" would share its link, addresses and cgroups, and each would clean up the other's.
+    instance = run_scoped_name("demo")
+    names = instance_values(instance)
+    demo = running(None, "--name", instance)
     assert demo.shows(r"client \| web answered: hello from web"), "\n".join(demo.lines)
     assert demo.shows(r"crasher \| exited 3") and demo.shows(r"crasher \| restarted")
-    assert demo.shows(r"web ! 10\.78\.0\.1 .* \"GET / HTTP/1\.1\" 200")
+    assert demo.shows(rf"web ! {re.escape(names['instance_net'])}\.1 .* \"GET / HTTP/1\.1\" 200")
     status = demo.status()
     assert status["web"]["state"] == "running" and status["workers"]["kind"] == "supervisor"
     pids = [
@@ -142,12 +147,12 @@ def test_the_demo_tree_comes_up_and_sigterm_leaves_nothing(running):
     assert demo.stop() == 0
     assert demo.lines[-1].endswith("tree | stopped")
     assert not any(process_alive(pid) for pid in pids)
-    assert wait_until(lambda: not any(process_alive(pid) for pid in agents))
+    assert wait_until(lambda: not any(process_alive(pid) for pid in agents), TIMEOUT)
     with Netlink.open() as host:
-        assert wait_until(lambda: "lxd-default" not in Netlink.link_names(host))
+        assert wait_until(lambda: f"lxd-{names['instance_tag']}" not in Netlink.link_names(host), TIMEOUT)
     layout = Cgroup.detect()
-    assert not Path(layout.v2_root, "linx-otp/default").exists()
-    assert not any(Path(root, "linx-otp/default").exists() for root in layout.v1_roots.values())
+    assert not Path(layout.v2_root, f"linx-otp/{instance}").exists()
+    assert not any(Path(root, f"linx-otp/{instance}").exists() for root in layout.v1_roots.values())
     assert not demo.control.exists()
 
 
@@ -162,7 +167,7 @@ def test_a_child_killed_from_outside_is_logged_restarted_and_counted(tmp_path, r
     os.kill(pid, signal.SIGKILL)
     assert daemon.shows(r"sleeper \| signaled 9") and daemon.shows(r"sleeper \| restarted")
     assert wait_until(
-        lambda: (daemon.status()["sleeper"]["state"], daemon.status()["sleeper"]["restarts"]) == ("running", 1)
+        lambda: (daemon.status()["sleeper"]["state"], daemon.status()["sleeper"]["restarts"]) == ("running", 1), TIMEOUT
     )
     row = daemon.status()["sleeper"]
     assert row["host_pid"] != pid and row["last_exit"] == "killed by SIGKILL"
@@ -176,13 +181,14 @@ def test_stop_start_and_restart_act(tmp_path, running):
     assert daemon.control_command("stop", "sleeper").stdout.strip() == "stopped"
     assert not process_alive(first) and daemon.status()["sleeper"]["state"] == "stopped"
     assert daemon.control_command("start", "sleeper").stdout.strip() == "started"
-    assert wait_until(lambda: daemon.status()["sleeper"]["state"] == "running")
+    assert wait_until(lambda: daemon.status()["sleeper"]["state"] == "running", TIMEOUT)
     second = int(daemon.status()["sleeper"]["host_pid"])
     assert daemon.control_command("restart", "sleeper").stdout.strip() == "restarted"
     assert wait_until(
         lambda: (
             daemon.status()["sleeper"]["state"] == "running" and int(daemon.status()["sleeper"]["host_pid"]) != second
-        )
+        ),
+        TIMEOUT,
     )
     assert not process_alive(second)
     unknown = daemon.control_command("stop", "nobody")
@@ -236,11 +242,11 @@ def test_control_words_for_people_and_global_options_on_either_side(tmp_path, ru
     assert "terminate_child" not in started.stderr
     assert daemon.control_command("restart", "group").stdout.strip() == "restarted"
     assert wait_until(
-        lambda: (daemon.status()["group"]["state"], daemon.status()["group"]["restarts"]) == ("running", 1)
+        lambda: (daemon.status()["group"]["state"], daemon.status()["group"]["restarts"]) == ("running", 1), TIMEOUT
     ), daemon.status()
-    assert wait_until(lambda: daemon.status()["inner"]["state"] == "running")
+    assert wait_until(lambda: daemon.status()["inner"]["state"] == "running", TIMEOUT)
     os.kill(int(daemon.status()["sleeper"]["host_pid"]), signal.SIGKILL)
-    assert wait_until(lambda: daemon.status()["sleeper"]["last_exit"] == "killed by SIGKILL"), daemon.status()
+    assert wait_until(lambda: daemon.status()["sleeper"]["last_exit"] == "killed by SIGKILL", TIMEOUT), daemon.status()
     assert daemon.stop() == 0
 
 
@@ -529,7 +535,7 @@ def test_an_exit_while_attached_reaches_the_daemon(tmp_path, running):
     finally:
         terminal.close()
     assert daemon.shows(r"shell \| exited 4"), "\n".join(daemon.lines)
-    assert wait_until(lambda: daemon.status()["shell"]["last_exit"] == "exited 4"), daemon.status()
+    assert wait_until(lambda: daemon.status()["shell"]["last_exit"] == "exited 4", TIMEOUT), daemon.status()
     assert daemon.stop() == 0
 
 
@@ -539,7 +545,7 @@ TREES = sorted((Path(__file__).resolve().parent.parent / "examples" / "superviso
 @needs_root
 @pytest.mark.parametrize("tree", TREES, ids=[tree.name for tree in TREES])
 def test_every_bundled_tree_comes_up_cleanly_and_stops(tree, running):
-    daemon = running(str(tree))
+    daemon = running(str(tree), "--name", run_scoped_name("tree"))  # not "default": see the demo test
     assert daemon.shows(r"tree \| up"), "\n".join(daemon.lines)
     workers = [name for name, row in daemon.status().items() if row["kind"] == "worker"]
     for name in workers:

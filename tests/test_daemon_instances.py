@@ -11,7 +11,7 @@ from pathlib import Path
 
 import test_cli
 from support import needs_root, process_alive, wait_until
-from test_cli import write_tree
+from test_cli import TIMEOUT, write_tree
 
 from linx_otp import cgroup as Cgroup
 from linx_otp import netlink as Netlink
@@ -97,7 +97,7 @@ def test_a_link_or_address_someone_else_owns_is_refused_naming_the_owner(tmp_pat
     assert taker.shows(r"web \| setup_failed host link 'lxowned0' is owned by linx-otp instance 'owner'"), "\n".join(
         taker.lines
     )
-    assert wait_until(lambda: taker.status()["web"]["state"] == "stopped"), taker.status()
+    assert wait_until(lambda: taker.status()["web"]["state"] == "stopped", TIMEOUT), taker.status()
     assert taker.status()["bystander"]["state"] == "running" and not any("gave_up" in line for line in taker.lines)
     address_taker = running(
         fenced_tree(tmp_path, "addr", "lxaddr0", "10.82.1"), "--name", "addresses", control=tmp_path / "a.sock"

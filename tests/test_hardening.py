@@ -58,7 +58,7 @@ def python(script: str) -> list[str]:
 # -- what the workload gets ---------------------------------------------------------------------
 
 BIND_PORT_80 = """
-import socket, sys
+import signal, socket, sys
 server = socket.socket()
 try:
     server.bind(("0.0.0.0", 80))
@@ -67,8 +67,10 @@ except PermissionError as error:
     sys.exit(3)
 server.listen()
 print("listening", flush=True)
-sys.stdin.read()
+signal.pause()
 """
+"""Binds port 80, says so, and stays until stopped (not until its stdin ends: it inherits the test run's, which
+is /dev/null under CI, and a workload that ended at once raced the test reading its /proc/PID/status)."""
 
 
 def test_an_ordinary_user_with_net_bind_service_binds_port_80_and_has_nothing_else(test_user):

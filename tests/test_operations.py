@@ -15,12 +15,12 @@ import textwrap
 import threading
 import time
 import urllib.request
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 import test_cli
-from support import needs_root, process_alive, run_scoped_name, wait_until
+from support import blocked_in, needs_root, process_alive, run_scoped_name, wait_until
 from test_cli import COMMAND, STAMP, TIMEOUT, logged_text, write_tree
 
 running = test_cli.running  # the fixture, shared
@@ -64,12 +64,14 @@ def readme_status_keys() -> list[str]:
     return re.findall(r"^\| `(\w+)` \|", section, re.MULTILINE)
 
 
+@pytest.mark.timeout(240)  # fifteen commands, each a Python start-up: 2-6 s apiece on a loaded 2-core machine
 def test_status_json_follows_the_readme_schema_and_every_verb_answers_json(tmp_path, running):
     log = tmp_path / "logged.log"
     daemon = running(write_tree(tmp_path, TREE.format(log=log)))
     assert daemon.shows(r"tree \| up"), daemon.lines
     assert wait_until(lambda: all(row["state"] == "running" for row in daemon.status().values()), TIMEOUT)
     pid = daemon.status()["sleeper"]["host_pid"]
+    killed_at, killed_at_wall = time.monotonic(), datetime.now().astimezone()
     os.kill(pid, signal.SIGKILL)
     assert wait_until(lambda: daemon.status()["sleeper"]["restarts"] == 1, TIMEOUT)
     assert wait_until(lambda: daemon.status()["sleeper"]["state"] == "running", TIMEOUT)
@@ -82,9 +84,13 @@ def test_status_json_follows_the_readme_schema_and_every_verb_answers_json(tmp_p
     assert keys and all(list(row) == keys for row in rows.values()), (keys, rows)
     sleeper = rows["sleeper"]
     assert sleeper["last_exit"] == "killed by SIGKILL" and sleeper["restarts"] == 1 and sleeper["ready"] is True
-    assert sleeper["host_pid"] != pid and isinstance(sleeper["uptime"], float) and 0 <= sleeper["uptime"] < TIMEOUT
+    # The incarnation started after the kill: bounded by the time since, however slow a loaded machine made the
+    # commands in between (uptime is shown to 0.1 s, started_at to the millisecond).
+    assert sleeper["host_pid"] != pid and isinstance(sleeper["uptime"], float)
+    assert 0 <= sleeper["uptime"] <= time.monotonic() - killed_at + 0.1, sleeper
     started = datetime.fromisoformat(sleeper["started_at"])
-    assert started.tzinfo is not None and abs(datetime.now().astimezone() - started).total_seconds() < TIMEOUT
+    assert started.tzinfo is not None
+    assert killed_at_wall - timedelta(milliseconds=1) <= started <= datetime.now().astimezone(), killed_at_wall
     assert rows["logged"]["log"] == str(log) and rows["sleeper"]["log"] is None
     assert (rows["group"]["kind"], rows["inner"]["parent"], rows["sleeper"]["parent"]) == ("supervisor", "group", None)
 
@@ -153,6 +159,7 @@ TALKER = """
 """
 
 
+@pytest.mark.timeout(240)  # a dozen commands, each a Python start-up: 2-6 s apiece on a loaded 2-core machine
 def test_logs_shows_the_last_lines_and_follows_new_ones(tmp_path, running):
     log = tmp_path / "rotated.log"
     daemon = running(write_tree(tmp_path, TALKER.format(log=log)))
@@ -181,7 +188,10 @@ def test_logs_shows_the_last_lines_and_follows_new_ones(tmp_path, running):
         seen: list[str] = []
         reader = threading.Thread(target=lambda: seen.extend(follower.stdout), daemon=True)
         reader.start()
-        assert wait_until(lambda: daemon.status()["talker"]["host_pid"] is not None)
+        assert wait_until(lambda: daemon.status()["talker"]["host_pid"] is not None, TIMEOUT)
+        # -n 0 follows from its first request: a follower that has not asked yet when the restart's lines come
+        # (a Python start-up takes seconds on a loaded machine) starts after them. It sleeps between requests.
+        assert wait_until(lambda: blocked_in(follower.pid, "clock_nanosleep"), TIMEOUT), "the follower never asked"
         assert daemon.control_command("restart", "talker").returncode == 0  # it writes lines 1 to 5 again
         assert wait_until(lambda: any(line.endswith("| line 5\n") for line in seen), TIMEOUT), seen
         assert [line.split(" ", 1)[1] for line in seen[:5]] == [f"| line {n}\n" for n in range(1, 6)]
@@ -268,10 +278,13 @@ def test_restart_delays_double_up_to_the_maximum_measured_from_events(tmp_path, 
     exits, runs = events(daemon, "crasher", "exited"), events(daemon, "crasher", "running")
     delays = [round(runs[n + 1] - exits[n], 3) for n in range(6)]
     print("delays between an exit and the next run:", delays)
+    # At least the delay, and below the next doubling: that tells doubling, the cap and no delay apart (a missed
+    # cap gives 0.8, a missed doubling less than the delay) and leaves a loaded machine its scheduling (seen: 0.551
+    # and 0.646 for 0.4 at load 8, where the old bound of delay + 0.15 s failed).
     for measured, nominal in zip(delays, [0.1, 0.2, 0.4, 0.4, 0.4, 0.4], strict=True):
         # Each event is stamped when the daemon's loop writes it, so the exit's stamp can lag
         # the supervisor's own clock by a loaded loop's turn: a little slack below as well.
-        assert nominal - 0.025 <= measured < nominal + 0.15, delays
+        assert nominal - 0.025 <= measured < 2 * nominal, delays
     restarts = daemon.status()["crasher"]["restarts"]
     assert restarts >= 6  # counted by the supervisor as they happen
     waiting = [json.loads(line)["detail"] for line in daemon.lines if '"backoff"' in line]
@@ -343,7 +356,7 @@ def test_systemd_hears_ready_status_watchdog_pings_and_stopping_in_order(tmp_pat
     address = tmp_path / "notify.sock"
     systemd = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     systemd.bind(str(address))
-    systemd.settimeout(TIMEOUT)
+    systemd.settimeout(0.1)  # the listener looks at `finished` between datagrams
     environment = {**os.environ, "NOTIFY_SOCKET": str(address), "WATCHDOG_USEC": "400000"}
     control = tmp_path / "c.sock"
     daemon = subprocess.Popen(
@@ -354,44 +367,52 @@ def test_systemd_hears_ready_status_watchdog_pings_and_stopping_in_order(tmp_pat
         text=True,
     )
     heard: list[tuple[float, str]] = []
-    try:
 
-        def hear() -> str:
-            message = systemd.recv(4096).decode()
+    finished = threading.Event()
+
+    def hear() -> None:  # all along: the queue holds 10 datagrams (net.unix.max_dgram_qlen) and the daemon drops
+        while not finished.is_set():  # what does not fit, as sd_notify does; a test that stopped reading during
+            try:  # a slow reload command lost the RELOADING=1 queued behind the watchdog pings
+                message = systemd.recv(4096).decode()
+            except TimeoutError:
+                continue
             heard.append((time.monotonic(), message))
-            return message
 
-        first = hear()
+    def heard_after(start: int, predicate) -> int | None:
+        """The index of the first message from ``start`` on that satisfies ``predicate``."""
+        return next((index for index, (_, message) in enumerate(heard) if index >= start and predicate(message)), None)
+
+    listener = threading.Thread(target=hear, daemon=True)
+    listener.start()
+    try:
+        assert wait_until(lambda: heard, TIMEOUT), "no datagram"
+        first = heard[0][1]
         assert first.splitlines()[0] == "READY=1" and first.splitlines()[1].startswith("STATUS="), first
-        while not any("STATUS=2 of 2 workloads running" in message for _, message in heard):
-            hear()
-        while sum(message == "WATCHDOG=1" for _, message in heard) < 6:
-            hear()
-        pings = [when for when, message in heard if message == "WATCHDOG=1"]
+        assert wait_until(
+            lambda: heard_after(0, lambda message: "STATUS=2 of 2 workloads running" in message) is not None, TIMEOUT
+        )
+        assert wait_until(lambda: sum(message == "WATCHDOG=1" for _, message in heard) >= 6, TIMEOUT)
+        pings = [when for when, message in heard if message == "WATCHDOG=1"][:6]
         gaps = [later - earlier for earlier, later in zip(pings, pings[1:], strict=False)]
         print("watchdog gaps:", [round(gap, 3) for gap in gaps])
         assert all(0.15 < gap < 0.35 for gap in gaps), gaps  # every half of WATCHDOG_USEC (0.2 s)
-        # The command runs beside the listening: a socket nobody reads fills up (10 datagrams)
-        # and the daemon, which never blocks on systemd, drops what comes next.
-        reloads: list[subprocess.CompletedProcess] = []
-        command = [*COMMAND, "reload", "--control", str(control)]
-        client = threading.Thread(target=lambda: reloads.append(subprocess.run(command, capture_output=True)))
-        client.start()
-        while not hear().startswith("RELOADING=1\nMONOTONIC_USEC="):
-            pass
-        while not hear().startswith("READY=1"):
-            pass
-        client.join(TIMEOUT)
-        assert reloads and reloads[0].returncode == 0, reloads
+        reload = subprocess.run([*COMMAND, "reload", "--control", str(control)], capture_output=True, timeout=TIMEOUT)
+        assert reload.returncode == 0, reload.stderr
+        assert wait_until(
+            lambda: heard_after(0, lambda m: m.startswith("RELOADING=1\nMONOTONIC_USEC=")) is not None, TIMEOUT
+        )
+        reloading = heard_after(0, lambda m: m.startswith("RELOADING=1\nMONOTONIC_USEC="))
+        assert wait_until(lambda: heard_after(reloading, lambda m: m.startswith("READY=1")) is not None, TIMEOUT)
         daemon.terminate()
-        while "STOPPING=1" not in hear().splitlines():
-            pass
+        assert wait_until(lambda: heard_after(0, lambda m: "STOPPING=1" in m.splitlines()) is not None, TIMEOUT)
         assert daemon.wait(TIMEOUT) == 0
         output = daemon.stdout.read()
     finally:
         if daemon.poll() is None:
             daemon.kill()
             daemon.wait()
+        finished.set()
+        listener.join(TIMEOUT)
         systemd.close()
     assert "one | notify=unset watchdog=unset" in output  # a workload never talks to systemd in our name
     messages = [message for _, message in heard]
@@ -445,8 +466,8 @@ def test_reload_applies_the_difference_and_leaves_the_unchanged_alone(tmp_path, 
     assert daemon.shows(r"tree \| up")
     assert wait_until(lambda: all(row["state"] == "running" for row in daemon.status().values()), TIMEOUT)
     os.kill(daemon.status()["same"]["host_pid"], signal.SIGKILL)  # one restart of max_restarts = 1 spent
-    assert wait_until(lambda: daemon.status()["same"]["restarts"] == 1 and daemon.status()["same"]["host_pid"])
-    assert wait_until(lambda: daemon.status()["same"]["state"] == "running")
+    assert wait_until(lambda: daemon.status()["same"]["restarts"] == 1 and daemon.status()["same"]["host_pid"], TIMEOUT)
+    assert wait_until(lambda: daemon.status()["same"]["state"] == "running", TIMEOUT)
     before = daemon.status()
 
     tree.write_text(textwrap.dedent(AFTER).replace('"sleep", "604"', '"sleep", 604'))  # a bad file first
@@ -468,7 +489,9 @@ def test_reload_applies_the_difference_and_leaves_the_unchanged_alone(tmp_path, 
     assert (after["same"]["host_pid"], after["same"]["restarts"]) == (before["same"]["host_pid"], 1)
     assert "going" not in after and not process_alive(before["going"]["host_pid"])
     assert not process_alive(before["changing"]["host_pid"])
-    assert wait_until(lambda: daemon.status()["changing"]["state"] == daemon.status()["coming"]["state"] == "running")
+    assert wait_until(
+        lambda: daemon.status()["changing"]["state"] == daemon.status()["coming"]["state"] == "running", TIMEOUT
+    )
     assert Path(f"/proc/{daemon.status()['changing']['host_pid']}/cmdline").read_bytes() == b"sleep\x00603\x00"
 
     tree.write_text(textwrap.dedent(BEFORE))  # back again by SIGHUP, twice at once with a command
@@ -527,6 +550,7 @@ def test_metrics_are_scraped_over_http_after_a_restart(tmp_path, running):
     url = re.search(r"(http://\S+)", next(line for line in daemon.lines if "| metrics" in line)).group(1)
     assert wait_until(lambda: all(row["state"] == "running" for row in daemon.status().values()), TIMEOUT)
     before = daemon.status()["sleeper"]["host_pid"]
+    killed_at = time.time()
     os.kill(before, signal.SIGKILL)
     assert wait_until(lambda: daemon.status()["sleeper"]["restarts"] == 1, TIMEOUT)
     assert wait_until(lambda: daemon.status()["sleeper"]["state"] == "running", TIMEOUT)
@@ -536,7 +560,7 @@ def test_metrics_are_scraped_over_http_after_a_restart(tmp_path, running):
     assert metrics['linx_otp_child_restarts_total{id="sleeper"}'] == 1.0
     assert metrics['linx_otp_child_restarts_total{id="inner"}'] == 0.0
     assert metrics['linx_otp_child_last_exit_info{id="sleeper",last_exit="killed by SIGKILL"}'] == 1.0
-    assert abs(metrics['linx_otp_child_start_time_seconds{id="sleeper"}'] - time.time()) < TIMEOUT
+    assert killed_at - 0.001 <= metrics['linx_otp_child_start_time_seconds{id="sleeper"}'] <= time.time()  # restarted
     assert not any(key.startswith("linx_otp_supervisor_gave_up_total") for key in metrics)  # none gave up
     daemon.control_command("stop", "sleeper")
     assert scrape(url)['linx_otp_child_up{id="sleeper",kind="worker"}'] == 0.0

@@ -1,4 +1,4 @@
-"""Every validation error: the SPEC's ``.reason``, a ValueError, a message that says what is
+"""Every validation error: the documented ``.reason``, a ValueError, a message that says what is
 expected, and nothing started."""
 
 from __future__ import annotations
