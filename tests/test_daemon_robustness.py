@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pytest
 import test_cli
-from support import needs_root, process_alive, wait_until
+from support import needs_root, process_alive, run_scoped_name, wait_until
 from test_cli import COMMAND, SMALL_TREE, TIMEOUT, write_tree
 from test_daemon_safety import refused_before_starting
+
+from linx_otp.daemon.instance import Instance
 
 running = test_cli.running  # the fixture, shared
 
@@ -205,6 +207,28 @@ def test_a_second_daemon_for_the_same_instance_starts_nothing_and_touches_nothin
     assert first.control.exists() and first.status()["sleeper"]["host_pid"] == pid
     assert first.stop() == 0
     assert not first.control.exists() and not Path(f"{first.control}.lock").exists()
+
+
+def test_a_second_daemon_of_a_name_is_refused_whatever_control_path_it_is_given(tmp_path, running):
+    """The name owns the cgroups and links: a second daemon of it with a socket elsewhere would
+    take the first's for a killed predecessor's leftovers and delete them."""
+    name = run_scoped_name("twin")
+    tree = write_tree(tmp_path, SMALL_TREE + "[child.setup]\ncgroup = { pids_max = 8 }\n")  # the talker's
+    first = running(tree, "--name", name, control=tmp_path / "first.sock")
+    assert first.shows(r"talker \| running")
+    pid = int(first.status()["talker"]["host_pid"])
+    cgroup = f"/linx-otp/{name}/talker"
+    assert cgroup in Path(f"/proc/{pid}/cgroup").read_text()
+    other = tmp_path / "elsewhere"
+    other.mkdir(mode=0o700)
+    result = refused_before_starting(tmp_path, tree, "--name", name, "--control", str(other / "second.sock"))
+    assert result.returncode == 2, result.stderr
+    assert f"already runs instance {name!r} at {first.control}" in result.stderr, result.stderr
+    assert not (other / "second.sock").exists() and not (other / "second.sock.lock").exists()
+    assert process_alive(pid) and first.status()["talker"]["host_pid"] == pid
+    assert cgroup in Path(f"/proc/{pid}/cgroup").read_text()  # its cgroup was not taken for a leftover
+    assert first.stop() == 0
+    assert not Path(Instance(name, str(first.control)).name_lock_path).exists()
 
 
 FLOOD = """

@@ -2,7 +2,9 @@
 
 An instance's name scopes everything it creates: its control socket (``NAME.sock`` in a
 directory only its uid can write), a lock file beside it (held with ``flock`` for the
-daemon's life: the one test of "a daemon answers here"), its cgroups under
+daemon's life: the one test of "a daemon answers here"), a lock on the name itself in the
+uid's instance directory (so a second daemon of the name is refused whatever ``--control``
+it is given), its cgroups under
 ``linx-otp/NAME/``, and the veth host ends it makes, marked with the alias
 ``linx-otp:NAME:CHILD``. At start an instance removes what a killed predecessor of the same
 name left, and nothing else; a link or address another instance (or anyone) holds is refused,
@@ -46,18 +48,23 @@ def check_instance_name(name: object) -> str:
     return name
 
 
-def default_control_path(name: str = "default") -> str:
-    """Where instance ``name``'s socket lives: ``$LINX_OTP_CONTROL`` if set, else
-    ``/run/linx-otp/NAME.sock`` for root, ``$XDG_RUNTIME_DIR/linx-otp/NAME.sock`` or
-    ``/tmp/linx-otp-UID/NAME.sock`` for anyone else."""
-    if os.environ.get(CONTROL_VARIABLE):
-        return os.environ[CONTROL_VARIABLE]
+def instance_directory() -> str:
+    """This uid's own directory for instances: ``/run/linx-otp`` for root,
+    ``$XDG_RUNTIME_DIR/linx-otp`` or ``/tmp/linx-otp-UID`` for anyone else."""
     if os.geteuid() == 0:
-        return f"/run/linx-otp/{name}.sock"
+        return "/run/linx-otp"
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if runtime:
-        return f"{runtime}/linx-otp/{name}.sock"
-    return f"/tmp/linx-otp-{os.geteuid()}/{name}.sock"
+        return f"{runtime}/linx-otp"
+    return f"/tmp/linx-otp-{os.geteuid()}"
+
+
+def default_control_path(name: str = "default") -> str:
+    """Where instance ``name``'s socket lives: ``$LINX_OTP_CONTROL`` if set, else
+    ``NAME.sock`` in the ``instance_directory()``."""
+    if os.environ.get(CONTROL_VARIABLE):
+        return os.environ[CONTROL_VARIABLE]
+    return f"{instance_directory()}/{name}.sock"
 
 
 def check_private_directory(directory: Path) -> None:
@@ -101,49 +108,66 @@ def prepare_directory(directory: Path) -> None:
 
 @dataclass
 class Instance:
-    """A running instance's claim on its name: the lock, the socket path, and its marks."""
+    """A running instance's claim on its name: the locks, the socket path, and its marks."""
 
     name: str
     control_path: str
-    lock_fd: int = -1
+    lock_fds: list[int] = field(default_factory=list)
     cgroups: Cgroup.Layout | None = field(default=None, repr=False)
 
     @property
     def lock_path(self) -> str:
+        """The socket's lock: one daemon answers at a path."""
         return self.control_path + ".lock"
+
+    @property
+    def name_lock_path(self) -> str:
+        """The name's lock, in this uid's instance directory whatever ``--control`` says: one
+        daemon owns a name (and so its cgroups and links), wherever its socket is."""
+        return f"{instance_directory()}/{self.name}.instance.lock"
 
     # -- claiming the name -------------------------------------------------------------------
 
     def claim(self) -> None:
-        """Check the directory, take the lock (refusing if another daemon holds it), and remove
-        a stale socket. Nothing else is touched before the lock is ours."""
-        directory = Path(self.control_path).parent
-        prepare_directory(directory)
+        """Check the directories, take the name's lock and then the socket's (refusing if another
+        daemon holds either), and remove a stale socket. Nothing else is touched before both
+        locks are ours."""
+        try:
+            for path in (self.name_lock_path, self.lock_path):
+                prepare_directory(Path(path).parent)
+                self.lock_fds.append(self._take_lock(path))
+        except LinxError:
+            self.release()
+            raise
+        self.remove_stale_socket()
+
+    def _take_lock(self, path: str) -> int:
+        """``flock`` on ``path`` (created 0600, never through a symlink), with this pid and the
+        control socket's path written in."""
         while True:
             try:
-                fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
             except OSError as error:
-                raise LinxError(("lock_failed", self.lock_path), f"{self.lock_path}: {error.strerror}") from None
+                raise LinxError(("lock_failed", path), f"{path}: {error.strerror}") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                holder, _, where = os.pread(fd, 4096, 0).decode(errors="replace").strip().partition(" ")
                 os.close(fd)
                 raise LinxError(
                     ("instance_running", self.name),
-                    f"another linx-otp daemon (pid {holder}) already runs instance {self.name!r} "
-                    f"at {self.control_path}; stop it first, or use another --name",
+                    f"another linx-otp daemon (pid {holder or '?'}) already runs instance {self.name!r} "
+                    f"at {where or self.control_path}; stop it first, or use another --name",
                 ) from None
             try:  # a predecessor that unlinked the file between our open and our lock: retry
-                if os.fstat(fd).st_ino == os.lstat(self.lock_path).st_ino:
+                if os.fstat(fd).st_ino == os.lstat(path).st_ino:
                     break
             except FileNotFoundError:
                 pass
             os.close(fd)
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self.lock_fd = fd
-        self.remove_stale_socket()
+        os.pwrite(fd, f"{os.getpid()} {self.control_path}\n".encode(), 0)  # for the refusal of a second
+        return fd
 
     def remove_stale_socket(self) -> None:
         """With the lock held, a socket at our path is a dead predecessor's; anything else there
@@ -184,17 +208,21 @@ class Instance:
         return listener
 
     def release(self) -> None:
-        """At the end: the socket and the lock file go, then the lock."""
-        if self.lock_fd < 0:
+        """At the end: the socket and the lock files go, then the locks (the name's last)."""
+        if not self.lock_fds:
             return
-        for path in (self.control_path, self.lock_path):
+        paths = [self.name_lock_path, self.lock_path][: len(self.lock_fds)]
+        if len(self.lock_fds) == 2:
+            paths.append(self.control_path)
+        for path in reversed(paths):
             try:
-                if path == self.lock_path or stat.S_ISSOCK(os.lstat(path).st_mode):
+                if path != self.control_path or stat.S_ISSOCK(os.lstat(path).st_mode):
                     os.unlink(path)
             except OSError:
                 pass
-        os.close(self.lock_fd)
-        self.lock_fd = -1
+        for fd in reversed(self.lock_fds):
+            os.close(fd)
+        self.lock_fds.clear()
 
     # -- what it owns on the host -----------------------------------------------------------
 
