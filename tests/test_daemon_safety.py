@@ -16,11 +16,12 @@ from pathlib import Path
 import pytest
 import test_cli
 import test_user
-from support import needs_root, wait_until
+from support import needs_root, run_scoped_name, wait_until
 from test_cli import COMMAND, TIMEOUT, logged_text, write_tree
 from test_user import run_as
 
 from linx_otp.agent import AGENT_PATH_VARIABLE, BUNDLED_AGENT
+from linx_otp.daemon.instance import Instance
 
 running = test_cli.running  # the fixtures, shared
 importable_copy = test_user.importable_copy
@@ -116,6 +117,26 @@ def test_control_naming_a_file_or_a_directory_is_refused_and_left_alone(tmp_path
     assert result.returncode == 2 and "not a socket" in result.stderr, result.stderr
     assert directory.is_dir()
     assert not Path(str(precious) + ".lock").exists() and not Path(str(directory) + ".lock").exists()
+
+
+@needs_root
+def test_a_link_planted_at_the_name_lock_is_refused_and_its_target_left_alone(tmp_path):
+    name = run_scoped_name("planted")
+    lock = Path(Instance(name, str(tmp_path / "c.sock")).name_lock_path)
+    victim = tmp_path / "victim"
+    victim.write_text("keep me")
+    mode = victim.stat().st_mode
+    lock.parent.mkdir(mode=0o700, exist_ok=True)
+    lock.symlink_to(victim)
+    try:
+        result = refused_before_starting(
+            tmp_path, write_tree(tmp_path, SLEEPER), "--name", name, "--control", str(tmp_path / "c.sock")
+        )
+        assert result.returncode == 2 and f"{lock}: Too many levels of symbolic links" in result.stderr, result.stderr
+        assert lock.is_symlink() and victim.read_text() == "keep me" and victim.stat().st_mode == mode
+        assert not (tmp_path / "c.sock").exists() and not (tmp_path / "c.sock.lock").exists()
+    finally:
+        lock.unlink()
 
 
 # -- the client checks the server ------------------------------------------------------------------

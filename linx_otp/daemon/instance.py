@@ -112,7 +112,8 @@ class Instance:
 
     name: str
     control_path: str
-    lock_fds: list[int] = field(default_factory=list)
+    locks: dict[str, int] = field(default_factory=dict)
+    """The lock files held, in the order taken (path → fd): the name's, then the socket's."""
     cgroups: Cgroup.Layout | None = field(default=None, repr=False)
 
     @property
@@ -135,7 +136,7 @@ class Instance:
         try:
             for path in (self.name_lock_path, self.lock_path):
                 prepare_directory(Path(path).parent)
-                self.lock_fds.append(self._take_lock(path))
+                self.locks[path] = self._take_lock(path)
         except LinxError:
             self.release()
             raise
@@ -208,21 +209,17 @@ class Instance:
         return listener
 
     def release(self) -> None:
-        """At the end: the socket and the lock files go, then the locks (the name's last)."""
-        if not self.lock_fds:
-            return
-        paths = [self.name_lock_path, self.lock_path][: len(self.lock_fds)]
-        if len(self.lock_fds) == 2:
-            paths.append(self.control_path)
-        for path in reversed(paths):
-            try:
-                if path != self.control_path or stat.S_ISSOCK(os.lstat(path).st_mode):
-                    os.unlink(path)
-            except OSError:
-                pass
-        for fd in reversed(self.lock_fds):
+        """At the end: the socket (ours only while we hold its lock), then each lock file and
+        its lock, the name's last."""
+        if self.lock_path in self.locks:
+            with contextlib.suppress(OSError):
+                if stat.S_ISSOCK(os.lstat(self.control_path).st_mode):
+                    os.unlink(self.control_path)
+        for path, fd in reversed(self.locks.items()):
+            with contextlib.suppress(OSError):
+                os.unlink(path)
             os.close(fd)
-        self.lock_fds.clear()
+        self.locks.clear()
 
     # -- what it owns on the host -----------------------------------------------------------
 
