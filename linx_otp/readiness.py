@@ -7,7 +7,9 @@ every ``interval`` seconds until one try passes or ``timeout`` seconds are over:
   succeeds, made from the supervisor's network namespace, as a sibling on the host (or across
   a veth) would make it;
 - ``file = "/PATH"``: the path exists in the child's view of the file system (resolved in its
-  root, through ``/proc/PID/root``, without leaving it: a symbolic link it planted stays inside);
+  root, through ``/proc/PID/root``, without leaving it: a symbolic link it planted stays inside),
+  made or changed since this incarnation started: a file an earlier one left (a workload killed
+  by SIGKILL cannot remove it) does not make a restart ready;
 - ``command = [ARGV...]``: exits 0, run in all the child's namespaces by an agent of its own
   (``enter``), as the child runs: its user, groups, capabilities, seccomp filter,
   ``no_new_privs``, environment and working directory.
@@ -193,9 +195,10 @@ class Readiness:
         host_pid = self._until_running(session)
         started = time.monotonic()
         deadline = started + self.timeout
+        incarnation_started = _started_at(host_pid) if self.file is not None else None
         last = None
         while True:
-            why = self._try(host_pid, probe, deadline)
+            why = self._try(host_pid, probe, deadline, incarnation_started)
             self._require_running(session)  # a pass counts for this incarnation only
             if why is None:
                 return f"{self.describe()} passed {time.monotonic() - started:.2f} s after it ran"
@@ -230,12 +233,14 @@ class Readiness:
         if not before and info.stage != "running":
             raise self._failure(f"never passed: it is {info.stage}")
 
-    def _try(self, host_pid: int, probe: Mapping[str, Any], deadline: float) -> str | None:
+    def _try(
+        self, host_pid: int, probe: Mapping[str, Any], deadline: float, incarnation_started: float | None
+    ) -> str | None:
         """One try: None if it passed, else why not."""
         if self.tcp is not None:
             return _try_tcp(parse_tcp(self.tcp), deadline)
         if self.file is not None:
-            return _try_file(host_pid, self.file)
+            return _try_file(host_pid, self.file, incarnation_started)
         assert self.command is not None
         return _try_command(host_pid, self.command, probe, deadline)
 
@@ -253,17 +258,40 @@ def _try_tcp(address: tuple[str, int], deadline: float) -> str | None:
     return None
 
 
-def _try_file(host_pid: int, path: str) -> str | None:
+def _started_at(host_pid: int) -> float | None:
+    """When the process started, in seconds since the epoch as a file's times count them, or None
+    if it is gone. The kernel keeps it in clock ticks (``/proc/PID/stat``, rounded down), and
+    stamps files from a clock that lags by up to a tick: one tick more is taken off, so a file
+    made at once still counts, and only one left less than two ticks before the start would be
+    taken for new."""
+    try:
+        with open(f"/proc/{host_pid}/stat", "rb") as stat:
+            data = stat.read()
+    except OSError:
+        return None
+    ticks_per_second = os.sysconf("SC_CLK_TCK")
+    started_ticks = int(data[data.rindex(b")") + 2 :].split()[19])  # field 22, starttime; field 3 is the first here
+    running_for = time.clock_gettime(time.CLOCK_BOOTTIME) - started_ticks / ticks_per_second
+    return time.time() - running_for - 1 / ticks_per_second
+
+
+def _try_file(host_pid: int, path: str, incarnation_started: float | None) -> str | None:
     try:
         root = os.open(f"/proc/{host_pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as error:
         return f"its root is not reachable: {error.strerror}"
     try:
-        os.close(open_beneath(root, path, path))
+        found = open_beneath(root, path, path)
     except OSError as error:
         return "no such file" if error.errno == errno.ENOENT else str(error)
     finally:
         os.close(root)
+    try:
+        changed = os.fstat(found).st_ctime
+    finally:
+        os.close(found)
+    if incarnation_started is not None and changed < incarnation_started:
+        return f"it is older than this start (changed {incarnation_started - changed:.2f} s before it)"
     return None
 
 

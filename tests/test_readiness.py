@@ -228,9 +228,18 @@ def test_a_check_that_does_not_pass_in_time_fails_the_start_and_says_why(tmp_pat
     assert not [line for line in daemon.lines if "Traceback" in line]
 
 
+ONLY_THE_FIRST_INCARNATION_MAKES_THE_FILE = (
+    "if [ ! -e {mark} ]; then touch {mark} {ready_file}; fi; exec sleep 600"  # and nobody removes it
+)
+"""A workload that is ready the first time, and whose restarts leave the first one's file as it was."""
+
+STALE = "(last try: it is older than this start (changed "
+"""Why a file left from before the incarnation started does not pass."""
+
+
 def test_a_restart_that_is_not_ready_in_time_is_a_failed_restart(tmp_path, running):
     mark, ready_file = tmp_path / "ran-once", tmp_path / "ready"
-    script = f"rm -f {ready_file}; if [ ! -e {mark} ]; then touch {mark} {ready_file}; fi; exec sleep 600"
+    script = ONLY_THE_FIRST_INCARNATION_MAKES_THE_FILE.format(mark=mark, ready_file=ready_file)
     tree = f"""
         [supervisor]
         max_restarts = 2
@@ -249,12 +258,12 @@ def test_a_restart_that_is_not_ready_in_time_is_a_failed_restart(tmp_path, runni
     kinds = [e["event"] for e in events(daemon) if e["id"] == "flaky"]
     assert kinds.count("ready") == 1 and kinds.count("start_failed") >= 2, kinds
     assert first(daemon, "flaky", "gave_up") is not None
-    assert "did not pass within 0.5 s (last try: no such file)" in first(daemon, "flaky", "start_failed")["detail"]
+    assert "did not pass within 0.5 s " + STALE in first(daemon, "flaky", "start_failed")["detail"]
 
 
 def test_restart_over_the_control_socket_answers_once_ready_or_says_why_not(tmp_path, running):
     mark, ready_file = tmp_path / "ran-once", tmp_path / "ready"
-    script = f"rm -f {ready_file}; if [ ! -e {mark} ]; then touch {mark} {ready_file}; fi; exec sleep 600"
+    script = ONLY_THE_FIRST_INCARNATION_MAKES_THE_FILE.format(mark=mark, ready_file=ready_file)
     tree = f"""
         [[child]]
         id = "flaky"
@@ -263,12 +272,9 @@ def test_restart_over_the_control_socket_answers_once_ready_or_says_why_not(tmp_
     """
     daemon = running(write_tree(tmp_path, tree))
     assert daemon.shows(r"tree \| up"), daemon.lines
-    ready_file.unlink()  # (its own rm -f could come after the new incarnation's first look)
     restart = daemon.control_command("restart", "flaky")  # the new incarnation never makes the file
     assert restart.returncode == 2
-    assert (
-        "not ready: file " in restart.stderr and "did not pass within 0.5 s (last try: no such file)" in restart.stderr
-    )
+    assert "not ready: file " in restart.stderr and "did not pass within 0.5 s " + STALE in restart.stderr
     flaky = daemon.status()["flaky"]
     assert (flaky["state"], flaky["ready"], flaky["host_pid"]) == ("stopped", False, None)
     assert flaky["last_exit"].startswith("not ready: file ")
@@ -277,7 +283,7 @@ def test_restart_over_the_control_socket_answers_once_ready_or_says_why_not(tmp_
 
 def test_stop_of_a_child_that_waits_for_its_check_after_a_restart_is_prompt(tmp_path, running):
     mark, ready_file = tmp_path / "ran-once", tmp_path / "ready"
-    script = f"rm -f {ready_file}; if [ ! -e {mark} ]; then touch {mark} {ready_file}; fi; exec sleep 600"
+    script = ONLY_THE_FIRST_INCARNATION_MAKES_THE_FILE.format(mark=mark, ready_file=ready_file)
     tree = f"""
         [[child]]
         id = "flaky"
@@ -286,7 +292,6 @@ def test_stop_of_a_child_that_waits_for_its_check_after_a_restart_is_prompt(tmp_
     """
     daemon = running(write_tree(tmp_path, tree), "--json")
     assert wait_until(lambda: first(daemon, "tree", "up") is not None, TIMEOUT), daemon.lines
-    ready_file.unlink()  # (its own rm -f could come after the new incarnation's first look)
     os.kill(daemon.status()["flaky"]["host_pid"], 9)  # restarted, and now waits for a file that never comes
     assert wait_until(lambda: len([e for e in events(daemon) if e["event"] == "checkpoint"]) == 2, TIMEOUT)
     waiting = daemon.status()["flaky"]
@@ -298,6 +303,22 @@ def test_stop_of_a_child_that_waits_for_its_check_after_a_restart_is_prompt(tmp_
     assert time.monotonic() - began < 10.0  # not the check's 60 s
     stopped = daemon.status()["flaky"]
     assert (stopped["state"], stopped["host_pid"]) == ("stopped", None) and not process_alive(waiting["host_pid"])
+    assert daemon.stop() == 0
+
+
+def test_a_file_made_before_the_start_passes_once_the_child_changes_it(tmp_path, running):
+    ready_file = tmp_path / "ready"
+    ready_file.touch()  # left from an earlier run: not a sign that this one is ready
+    tree = f"""
+        [[child]]
+        id = "touches"
+        argv = ["sh", "-c", "sleep 0.4; touch {ready_file}; exec sleep 600"]
+        ready = {{ file = "{ready_file}", timeout = 10, interval = 0.05 }}
+    """
+    daemon = running(write_tree(tmp_path, tree), "--json")
+    assert wait_until(lambda: first(daemon, "touches", "ready") is not None, TIMEOUT), daemon.lines
+    waited = float(re.search(r"passed ([\d.]+) s", first(daemon, "touches", "ready")["detail"])[1])
+    assert waited >= 0.3, waited  # not at the first look: only once the child touched it
     assert daemon.stop() == 0
 
 
