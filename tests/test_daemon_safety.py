@@ -105,6 +105,18 @@ def test_control_in_a_directory_others_can_write_is_refused(tmp_path):
     assert list(shared.iterdir()) == []
 
 
+@needs_root
+def test_control_below_a_directory_of_another_user_is_refused_and_nothing_made_there(tmp_path):
+    theirs = tmp_path / "theirs"
+    theirs.mkdir(mode=0o755)
+    os.chown(theirs, NOBODY, NOBODY)  # they could swap in their own "sub" once we had made ours
+    result = refused_before_starting(
+        tmp_path, write_tree(tmp_path, SLEEPER), "--control", str(theirs / "sub" / "c.sock")
+    )
+    assert result.returncode == 2 and f"{theirs} belongs to uid {NOBODY}" in result.stderr, result.stderr
+    assert list(theirs.iterdir()) == []
+
+
 def test_control_naming_a_file_or_a_directory_is_refused_and_left_alone(tmp_path):
     precious = tmp_path / "precious.txt"
     precious.write_text("keep me")
@@ -226,6 +238,69 @@ def test_logs_never_follow_a_symlink_or_append_to_someone_elses_file(tmp_path, r
     assert daemon.status()["fresh"]["state"] == "running"
     time.sleep(0.2)
     assert sum("log_failed" in line for line in daemon.lines) == 3, "each failure is reported once"
+    assert daemon.stop() == 0
+
+
+@needs_root
+def test_a_log_in_a_directory_another_user_could_redirect_is_refused(tmp_path, running, test_user):
+    victim_directory = tmp_path / "victim"
+    victim_directory.mkdir()
+    (victim_directory / "app.log").write_text("precious\n")
+    (victim_directory / "app.log").chmod(0o644)
+    planted = tmp_path / "planted"  # their link to our directory
+    planted.symlink_to(victim_directory)
+    os.lchown(planted, test_user.pw_uid, test_user.pw_gid)
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    os.chown(theirs, test_user.pw_uid, test_user.pw_gid)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    logs = {"linked": planted / "app.log", "theirs": theirs / "app.log", "shared": shared / "app.log"}
+    children = "".join(
+        f"""
+        [[child]]
+        id = "{name}"
+        argv = ["sh", "-c", "echo output of {name}; exec sleep 600"]
+        stdio = {{ stdout = "capture", stderr = "inherit" }}
+        log = "{path}"
+        """
+        for name, path in logs.items()
+    )
+    daemon = running(write_tree(tmp_path, children))
+    uid = test_user.pw_uid
+    assert daemon.shows(rf"linked \| log_failed .*{planted} is a symbolic link that belongs to uid {uid}"), daemon.lines
+    assert daemon.shows(rf"theirs \| log_failed .*{theirs} belongs to uid {uid}"), daemon.lines
+    assert daemon.shows(r"shared \| log_failed .*writable by others \(mode 0777\)"), daemon.lines
+    assert (victim_directory / "app.log").read_text() == "precious\n"
+    assert stat.S_IMODE((victim_directory / "app.log").stat().st_mode) == 0o644
+    assert list(theirs.iterdir()) == [] and list(shared.iterdir()) == []
+    assert daemon.stop() == 0
+
+
+@needs_root
+def test_a_fifo_planted_at_a_log_path_is_refused_without_waiting_for_a_reader(tmp_path, running, test_user):
+    logs = tmp_path / "logs"
+    logs.mkdir(mode=0o1777)  # sticky and open to all, as /tmp
+    fifo = logs / "victim.log"
+    os.mkfifo(fifo, 0o622)
+    os.chown(fifo, test_user.pw_uid, test_user.pw_gid)
+    tree = f"""
+        [[child]]
+        id = "victim"
+        argv = ["sh", "-c", "echo output of victim; exec sleep 600"]
+        stdio = {{ stdout = "capture", stderr = "inherit" }}
+        log = "{fifo}"
+
+        [[child]]
+        id = "other"
+        argv = ["sh", "-c", "while true; do echo tick; sleep 0.1; done"]
+        stdio = {{ stdout = "capture", stderr = "inherit" }}
+    """
+    daemon = running(write_tree(tmp_path, tree))
+    assert daemon.shows(r"victim \| log_failed .*victim\.log: "), daemon.lines  # no reader: not opened at all
+    assert daemon.shows(r"tree \| up"), daemon.lines
+    assert daemon.shows(r"other \| tick"), daemon.lines  # the writer was never stuck on the FIFO
     assert daemon.stop() == 0
 
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from ..checkpoint import cgroup as Cgroup
 from ..checkpoint import netlink as Netlink
 from ..errors import LinxError, LinxValueError
+from .trust import why_untrusted
 
 ALIAS_PREFIX = "linx-otp:"
 CGROUP_ROOT = "linx-otp"
@@ -69,14 +70,18 @@ def default_control_path(name: str = "default") -> str:
 
 def check_private_directory(directory: Path) -> None:
     """A directory may hold our socket only if it is a real directory (not a symlink), owned
-    by us (or root) and writable by nobody else. Raises ``LinxError(("unsafe_directory", path))``."""
+    by us (or root) and writable by nobody else, in a directory no other user can redirect
+    (``trust.py``). Raises ``LinxError(("unsafe_directory", path))``."""
     try:
         status = os.lstat(directory)
     except OSError as error:
         raise LinxError(("unsafe_directory", str(directory)), f"{directory}: {error.strerror}") from None
     uid = os.geteuid()
     problem = None
-    if stat.S_ISLNK(status.st_mode):
+    untrusted_parent = why_untrusted(str(directory.parent))
+    if untrusted_parent is not None:
+        problem = f"is in a place another user could redirect: {untrusted_parent}"
+    elif stat.S_ISLNK(status.st_mode):
         problem = "is a symbolic link"
     elif not stat.S_ISDIR(status.st_mode):
         problem = "is not a directory"
@@ -93,7 +98,15 @@ def check_private_directory(directory: Path) -> None:
 
 
 def prepare_directory(directory: Path) -> None:
-    """Create the socket's directory 0700 (and missing parents), or check the one there."""
+    """Create the socket's directory 0700 (and missing parents), or check the one there;
+    nothing is created where another user could redirect it."""
+    untrusted = why_untrusted(str(directory.parent))
+    if untrusted is not None:
+        raise LinxError(
+            ("unsafe_directory", str(directory)),
+            f"refusing to use {directory} for the control socket: {untrusted}, so another user could redirect it; "
+            f"choose another place with --control",
+        )
     try:
         os.mkdir(directory, 0o700)
     except FileExistsError:

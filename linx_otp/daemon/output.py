@@ -17,8 +17,10 @@ children's last output then never holds up their stop.
 Every I/O error is handled here, where it happens, and reported once through ``report`` (an
 event for the loop): a console that is gone (EPIPE) is dropped for good; a log that fails
 (a missing directory, EACCES, ENOSPC) is reported once, its output is dropped and counted,
-and writing resumes when the file works again. A log file is opened without following a
-symlink, and refused unless it is a regular file of ours with one link; it is created 0640.
+and writing resumes when the file works again. A log file is opened only in a directory no
+other user can redirect (``trust.py``), without following a symlink, without waiting (a FIFO
+someone planted there is refused, not waited on), and kept only if it is a regular file of ours
+with one link; it is created 0640.
 
 This module never blocks its caller and never raises an I/O error to it.
 
@@ -50,6 +52,7 @@ from ..tty import write_all
 from .ring import Rings
 from .state import iso_time
 from .tree import LogFile
+from .trust import why_untrusted
 
 LINE_CAPACITY_BYTES = 4 << 20
 """Lifecycle lines waiting for the console; past this, new lines are dropped and counted."""
@@ -91,9 +94,14 @@ class LogRefused(OSError):
 
 
 def open_log(path: str) -> int:
-    """Open ``path`` for appending, creating it 0640: never through a symlink, and only a
-    regular file owned by this uid with exactly one link. Raises ``OSError``."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY, LOG_MODE)
+    """Open ``path`` for appending, creating it 0640: only in a directory no other user can
+    redirect, never through a symlink, never waiting (for a FIFO's reader), and only a regular
+    file owned by this uid with exactly one link. Raises ``OSError``."""
+    untrusted = why_untrusted(os.path.dirname(os.path.abspath(path)))
+    if untrusted is not None:
+        raise LogRefused(errno.EPERM, f"refusing to write there: {untrusted}, so another user could redirect it", path)
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
+    fd = os.open(path, flags, LOG_MODE)
     try:
         status = os.fstat(fd)
         problem = None
