@@ -100,6 +100,36 @@ def test_a_flood_into_a_console_nobody_reads_stays_bounded_and_obeys(tmp_path):
             daemon.wait()
 
 
+EMPTY_LINES = "".join(
+    f"""
+    [[child]]
+    id = "empty{number}"
+    argv = ["yes", ""]
+    stdio = "capture"
+    """
+    for number in range(8)
+)
+"""Eight children flooding with empty lines: each chunk of a window is 262,144 lines to format."""
+
+
+@pytest.mark.parametrize("console", ["devnull", "unread pipe"])
+def test_sigterm_under_a_flood_of_short_lines_from_many_children_is_prompt(tmp_path, console):
+    """The outcome of a child stopped gracefully waits for its window; the windows in flight once
+    the tree stops are counted, not formatted line by line (that took 18-25 s here)."""
+    with open(os.devnull, "wb") as devnull:
+        daemon, control = start_daemon(
+            tmp_path, EMPTY_LINES, stdout=devnull.fileno() if console == "devnull" else subprocess.PIPE
+        )
+    try:
+        assert wait_until(lambda: all(row["state"] == "running" for row in status_rows(control).values()), TIMEOUT)
+        time.sleep(1)  # every window full, or being written
+        print(f"SIGTERM under 8 floods of empty lines: stopped in {stop_within(daemon, 2.0):.2f} s")
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+
+
 LOGGED = """
     [[child]]
     id = "counter"

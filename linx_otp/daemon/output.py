@@ -65,6 +65,10 @@ HURRY_SECONDS = 0.3
 """Once the tree is stopping, how long the writer waits for room on the console."""
 LONGEST_LINE = 64 << 10
 """A console line longer than this is shown in pieces of this size."""
+STOPPING_LINES_SHOWN = 1000
+"""Once the tree is stopping, a chunk of console output with more lines than this is counted,
+not shown: a flood's last windows (up to 262,144 lines in a chunk) would otherwise hold up each
+child's outcome, which waits for its window, for seconds while they are formatted."""
 STREAMS = ("stdout", "stderr", "pty_out")
 
 Report = Callable[[str, str, str], None]
@@ -209,6 +213,9 @@ class Output:
         self.condition = threading.Condition()
         self.closing = False
         self.deadline = float("inf")
+        self.stopping = False
+        self.unshown: dict[str, int] = {}
+        """Bytes of a child's console output not shown because the tree was stopping."""
         self.console_lost = False
         self.console_failing = False
         self.console_given_up = False
@@ -258,6 +265,7 @@ class Output:
         output never holds up its stop."""
         with self.condition:
             self.deadline = min(self.deadline, time.monotonic() + seconds)
+            self.stopping = True
 
     def close(self, timeout: float = CLOSE_SECONDS) -> None:
         """Write what is queued for at most ``timeout`` seconds (a console nobody reads is given
@@ -318,11 +326,17 @@ class Output:
                     rest = self.partial.pop((child_id, stream), None)
                     if rest is not None:
                         self._lines(child_id, stream, [rest], self.log_of.get(child_id))
+                unshown = self.unshown.pop(child_id, 0)
+                if unshown:
+                    self._console(f"{iso_time(time.time())} {child_id:>12} | ({unshown} bytes not shown: stopping)\n")
 
     def _write_captured(self, child_id: str, stream: str, data: bytes, log: LogFile | None) -> None:
         """Complete lines go out now; the rest waits for its newline (or the outcome)."""
         self.log_of[child_id] = log
         key = (child_id, stream)
+        if log is None and self.stopping and data.count(b"\n") > STOPPING_LINES_SHOWN:
+            self.unshown[child_id] = self.unshown.get(child_id, 0) + len(data) + len(self.partial.pop(key, b""))
+            return
         complete, newline, rest = (self.partial.pop(key, b"") + data).rpartition(b"\n")
         if len(rest) > LONGEST_LINE:  # a line that never ends is shown in pieces, not held without bound
             complete, newline, rest = complete + newline + rest, b"\n", b""
