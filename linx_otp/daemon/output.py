@@ -65,6 +65,9 @@ HURRY_SECONDS = 0.3
 """Once the tree is stopping, how long the writer waits for room on the console."""
 LONGEST_LINE = 64 << 10
 """A console line longer than this is shown in pieces of this size."""
+LINES_AT_ONCE = 4096
+"""Lines formatted together: a chunk of 262,144 short lines is formatted in pieces, so that the
+strings it makes at once stay within a few MiB."""
 STOPPING_LINES_SHOWN = 1000
 """Once the tree is stopping, a chunk of console output with more lines than this is counted,
 not shown: a flood's last windows (up to 262,144 lines in a chunk) would otherwise hold up each
@@ -343,7 +346,9 @@ class Output:
         if rest:
             self.partial[key] = rest
         if newline:
-            self._lines(child_id, stream, complete.split(b"\n"), log)
+            lines = complete.split(b"\n")
+            for start in range(0, len(lines), LINES_AT_ONCE):  # what formatting holds at once stays small
+                self._lines(child_id, stream, lines[start : start + LINES_AT_ONCE], log)
 
     def _lines(self, child_id: str, stream: str, lines: list[bytes], log: LogFile | None) -> None:
         """Each line with the time (ISO 8601, local) into the ring, and to the log or the console."""

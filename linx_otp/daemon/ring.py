@@ -3,9 +3,11 @@
 The writer adds each line it has written (with its time and stream); the control thread reads
 the last N lines, or the lines after a sequence number (``logs -f`` asks again and again for
 what came after the last line it saw). Each child's ring holds at most ``capacity`` bytes (its
-lines' text and what holding them costs), the newest batch always: the oldest lines go first. This module does no I/O and never blocks for long.
+lines' text and what holding them costs, about 57 bytes a line in CPython): the oldest lines go
+first, and of a batch bigger than the whole ring only its newest lines are kept. This module does
+no I/O and never blocks for long.
 
->>> ring = Rings(capacity=500)
+>>> ring = Rings(capacity=600)
 >>> for text in ("one", "two", "three", "four"):
 ...     ring.add("a", "2026-01-01T00:00:00.000+00:00", "stdout", [text])
 >>> [line["text"] for line in ring.read("a")["lines"]]  # "one" and "two" made room
@@ -25,8 +27,11 @@ RING_BYTES = 1 << 20
 
 
 ENTRY_OVERHEAD = 200
-"""What one batch of lines costs beyond its text (the objects holding it), counted against the
-capacity so that many short lines cannot hold far more memory than the capacity says."""
+"""What one batch of lines costs beyond its lines (the objects holding it)."""
+LINE_OVERHEAD = 57
+"""What one line costs beyond its text: a short str object (49 bytes) and its place in a list.
+Counted against the capacity so that many short lines cannot hold far more memory (and make far
+bigger ``logs`` replies) than the capacity says."""
 
 
 class _Ring:
@@ -39,7 +44,18 @@ class _Ring:
 
 
 def _cost(lines: list[str]) -> int:
-    return ENTRY_OVERHEAD + sum(len(line) + 8 for line in lines)
+    return ENTRY_OVERHEAD + sum(len(line) + LINE_OVERHEAD for line in lines)
+
+
+def _newest_that_fit(lines: list[str], capacity: int) -> list[str]:
+    """The newest of ``lines`` whose cost is within ``capacity`` (at least one)."""
+    room, kept = capacity - ENTRY_OVERHEAD, 0
+    for line in reversed(lines):
+        room -= len(line) + LINE_OVERHEAD
+        if room < 0:
+            break
+        kept += 1
+    return lines[len(lines) - max(kept, 1) :]
 
 
 class Rings:
@@ -54,8 +70,10 @@ class Rings:
         """Lines written together, at ``time``."""
         with self.lock:
             ring = self.rings.setdefault(child_id, _Ring())
-            ring.batches.append((ring.seq + 1, time, stream, lines))
+            kept = _newest_that_fit(lines, self.capacity)
+            ring.batches.append((ring.seq + 1 + len(lines) - len(kept), time, stream, kept))
             ring.seq += len(lines)
+            lines = kept
             ring.size += _cost(lines)
             while ring.size > self.capacity and len(ring.batches) > 1:
                 ring.size -= _cost(ring.batches.popleft()[3])
