@@ -228,7 +228,8 @@ class Session(Actor):
         self._credit_on_tell = credit_on_tell(plan.owner)
         self._owner_takes_output_in_io_thread = takes_output_in_io_thread(plan.owner)
         self._dropping_for_stopped_owner = False
-        self._owner_check_pending = False
+        self._owners_watched: set[pykka.ActorRef] = set()
+        """Actors that hold the full window (the owner, or one it was taken from) and are checked on."""
         self._owner_lock = threading.Lock()
         """Held while an output event, or ``ready`` or ``running`` (``_take_start_directly``),
         is told to the owner (by this actor or the I/O thread), while the owner is swapped, and
@@ -436,24 +437,33 @@ class Session(Actor):
         return None
 
     def _watch_owner(self, owner: pykka.ActorRef) -> None:
-        """An actor holds the whole window: if it stops it never gives it back, so check on it.
-        Called with ``_owner_lock`` held."""
-        if self._owner_check_pending:
+        """An actor holds the whole window (the owner, or one ``set_owner`` took the session
+        from): if it stops it never gives it back, so check on it. Called with ``_owner_lock`` held."""
+        if owner in self._owners_watched:
             return
-        self._owner_check_pending = True
+        self._owners_watched.add(owner)
         check = _CheckOwner(owner)
         reactor().call_later(OWNER_CHECK_SECONDS, lambda: tell_quietly(self.actor_ref, check))
 
     def _check_owner(self, owner: pykka.ActorRef) -> None:
         with self._owner_lock:
-            self._owner_check_pending = False
-            if owner is not self._owner or self._dropping_for_stopped_owner:
+            self._owners_watched.discard(owner)
+            current = owner is self._owner
+            if current and self._dropping_for_stopped_owner:
                 return
             if owner.is_alive():
                 if self._window.full:
                     self._watch_owner(owner)
                 return
-        self._owner_stopped(owner)
+            if not current:  # a previous owner stopped with output it will never take
+                credit = self._window.forgive_without_sending()
+        if current:
+            self._owner_stopped(owner)
+            return
+        log.warning(
+            "session %s: its previous owner %r stopped holding output; %d bytes given back", self, owner, credit
+        )
+        self._window.give_credit(credit)
 
     def _owner_stopped(self, owner: Any) -> None:
         """The owner actor has stopped and will never take output: rather than block the
@@ -599,6 +609,8 @@ class Session(Actor):
             restore, self._dropping_for_stopped_owner = self._dropping_for_stopped_owner, False
             # what the stopped owner was told will never be taken
             credit = self._window.forgive_without_sending() if restore else 0
+            if not restore and self._window.full and isinstance(previous, pykka.ActorRef):
+                self._watch_owner(previous)  # the new owner gets nothing until the previous one takes its part
         if restore:
             self._window.give_credit(credit)
             if self._plan.request.output_mode != protocol.OUTPUT_DROP:

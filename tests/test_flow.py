@@ -392,6 +392,22 @@ def test_a_new_owner_after_a_stopped_one_gets_the_session_back_to_blocking(box, 
     session.stop()
 
 
+def test_a_previous_owner_that_stops_holding_the_window_gives_it_back_to_the_new_one(box, caplog):
+    """set_owner away from an actor that holds the whole window: the new owner gets nothing until
+    the old one takes its part, and if the old one stops instead, what it held is given back."""
+    hoarder = Hoarder.start()
+    session = spawn_counting(hoarder, output_window=SMALL_WINDOW)
+    wait_blocked(session)
+    P.set_owner(session, box)
+    hoarder.stop()  # it never took the window's worth it was told
+    output, outcome = read_until_outcome(box)
+    assert outcome == ("exited", 0)
+    assert numbers(LINES).endswith(output) and len(output) >= len(numbers(LINES)) - SMALL_WINDOW  # the rest, in order
+    assert [record for record in caplog.records if "previous owner" in record.getMessage()]
+    assert not [record for record in caplog.records if "has stopped" in record.getMessage()]  # no drop mode
+    session.stop()
+
+
 # -- drop mode ---------------------------------------------------------------------------------------
 
 
