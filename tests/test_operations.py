@@ -227,6 +227,23 @@ def test_a_log_rotates_by_renaming_and_keeps_keep_files(tmp_path, running):
     assert daemon.status()["rotated"]["log"] == str(log)
 
 
+def test_a_rotation_that_cannot_rename_is_reported_once_and_loses_nothing(tmp_path, running):
+    log = tmp_path / "rotated.log"
+    Path(f"{log}.2").mkdir()  # in the way of the rename of rotated.log.1
+    Path(f"{log}.1").write_text("")
+    daemon = running(write_tree(tmp_path, TALKER.format(log=log)))
+
+    def wrote_the_last_line() -> bool:
+        return log.exists() and logged_text(log).endswith("rotated 39\n")
+
+    assert wait_until(wrote_the_last_line, TIMEOUT), daemon.lines
+    numbers = [int(line.split()[1]) for line in logged_text(log).splitlines()]
+    assert numbers == list(range(10, 40))  # every line, in the file that could not be rotated
+    failures = [line for line in daemon.lines if "log_rotation_failed" in line]
+    assert len(failures) == 1 and f"{log}.2: Is a directory" in failures[0], daemon.lines
+    assert not [line for line in daemon.lines if "log_failed" in line or "log_resumed" in line]
+
+
 def test_a_bad_log_table_names_its_key_paths(tmp_path):
     tree = write_tree(
         tmp_path,

@@ -141,11 +141,14 @@ class _Log:
         self.failing = False
         self.lost_bytes = 0
         self.next_attempt = 0.0
+        self.rotation_failing = False
+        self.next_rotation = 0.0
 
     def write(self, data: bytes) -> None:
         try:
             if self.fd >= 0 and self.size and self.size + len(data) > self.spec.max_bytes:
-                self.rotate()
+                if time.monotonic() >= self.next_rotation:
+                    self.rotate()
             if self.fd < 0:
                 if time.monotonic() < self.next_attempt:
                     self.lost_bytes += len(data)
@@ -163,17 +166,34 @@ class _Log:
             self.lost_bytes = 0
 
     def rotate(self) -> None:
-        """Rename the files one place down, as logrotate does; the next write opens a new one."""
-        self.close()
-        if self.spec.keep == 0:
-            os.unlink(self.path)
+        """Rename the files one place down, as logrotate does; the next write opens a new one.
+        A rotation that fails (something in the way of a rename) is reported once and tried
+        again later; meanwhile the file grows past ``max_bytes`` rather than lose output."""
+        try:
+            if self.spec.keep == 0:
+                os.unlink(self.path)
+            else:
+                for number in range(self.spec.keep - 1, 0, -1):
+                    try:
+                        os.rename(f"{self.path}.{number}", f"{self.path}.{number + 1}")
+                    except FileNotFoundError:
+                        pass
+                os.rename(self.path, f"{self.path}.1")
+        except OSError as error:
+            self.next_rotation = time.monotonic() + LOG_RETRY_SECONDS
+            if not self.rotation_failing:
+                self.rotation_failing = True
+                where = error.filename2 or error.filename
+                self.report(
+                    self.child_id,
+                    "log_rotation_failed",
+                    f"{where}: {error.strerror}; {self.path} grows past max_bytes until it can be rotated",
+                )
             return
-        for number in range(self.spec.keep - 1, 0, -1):
-            try:
-                os.rename(f"{self.path}.{number}", f"{self.path}.{number + 1}")
-            except FileNotFoundError:
-                pass
-        os.rename(self.path, f"{self.path}.1")
+        if self.rotation_failing:
+            self.rotation_failing = False
+            self.report(self.child_id, "log_rotated", f"{self.path}: rotation works again")
+        self.close()
 
     def fail(self, error: OSError, data: bytes) -> None:
         self.lost_bytes += len(data)
