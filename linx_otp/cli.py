@@ -19,6 +19,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -37,10 +38,27 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     arguments = parser.parse_args(argv)
     try:
-        return arguments.action(arguments)
+        status = arguments.action(arguments)
+        sys.stdout.flush()  # here, where a closed stdout is caught, not at the interpreter's exit
+        return status
     except LinxError as error:
         print(f"linx-otp: {error}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # stdout closed (``status | head -3``): what a process killed by SIGPIPE ends with
+        return _stdout_closed()
+
+
+STDOUT_CLOSED = 128 + signal.SIGPIPE
+"""The exit status when stdout's reader has gone: a shell's for a process killed by SIGPIPE (141)."""
+
+
+def _stdout_closed() -> int:
+    """Quietly, as ``yes | head -1`` ends: nothing more is written, and Python's flush of stdout
+    at exit must not fail again (it would print a traceback)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return STDOUT_CLOSED
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -76,6 +94,13 @@ def _parser() -> argparse.ArgumentParser:
     as_json = argparse.ArgumentParser(add_help=False)
     as_json.add_argument(
         "--json", action="store_true", help='print the reply as one JSON object: {"ok": true, "result": ...}'
+    )
+    as_json.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=ANSWER_SECONDS,
+        metavar="SECONDS",
+        help=f"wait at most this long for the daemon's answer (default: {ANSWER_SECONDS:g})",
     )
     for verb, text in [
         ("status", "show every child"),
@@ -176,30 +201,72 @@ def check_server(connection: socket.socket, path: str) -> None:
         )
 
 
-def request(control: str, message: dict, fds: list[int] | None = None, on_note: Any = None) -> Any:
-    """Send one request to the daemon at ``control``; returns its result or raises LinxError.
-    Notes the daemon sends before its answer (attach's "attached") go to ``on_note``."""
+ANSWER_SECONDS = 600.0
+SECONDS_MAX = 86400.0
+"""How long the command waits for the daemon's answer unless ``--timeout`` says: a reload or a
+start waits for its children's readiness checks, so generously (a wedged daemon is not waited
+for forever). An attach, once attached, lasts as long as it lasts."""
+
+
+def request(
+    control: str, message: dict, fds: list[int] | None = None, on_note: Any = None, timeout: float = ANSWER_SECONDS
+) -> Any:
+    """Send one request to the daemon at ``control``; returns its result or raises LinxError,
+    also when it closes the connection or does not answer within ``timeout`` seconds. Notes the
+    daemon sends before its answer (attach's "attached") go to ``on_note``, and after one the
+    answer is waited for without a limit."""
     path = control
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+        connection.settimeout(timeout)
         try:
             connection.connect(path)
+        except TimeoutError:
+            raise _no_answer(path, message, timeout) from None
         except OSError as error:
             raise LinxError("no_daemon", f"no linx-otp daemon at {path}: {error.strerror}") from None
         check_server(connection, path)
-        socket.send_fds(connection, [json.dumps(message).encode() + b"\n"], fds or [])
-        lines = connection.makefile("rb")
-        while True:
-            reply = lines.readline()
-            if not reply:
-                raise LinxError("no_answer", "the daemon closed the connection without an answer")
-            answer = json.loads(reply)
-            if "note" not in answer:
-                break
-            if on_note is not None:
-                on_note(answer["note"])
+        try:
+            socket.send_fds(connection, [json.dumps(message).encode() + b"\n"], fds or [])
+        except TimeoutError:
+            raise _no_answer(path, message, timeout) from None
+        except OSError:
+            pass  # closed before it was sent: its reason, if it gave one, is there to read
+        answer = _answer(connection, path, message, timeout, on_note)
     if not answer["ok"]:
         raise LinxError("refused", answer["error"])
     return answer["result"]
+
+
+def _answer(connection: socket.socket, path: str, message: dict, timeout: float, on_note: Any) -> dict:
+    lines = connection.makefile("rb")
+    while True:
+        try:
+            reply = lines.readline()
+        except TimeoutError:
+            raise _no_answer(path, message, timeout) from None
+        except OSError as error:
+            reply = b""
+            why = f" ({error.strerror})"
+        else:
+            why = ""
+        if not reply:
+            raise LinxError(
+                "no_answer", f"the daemon at {path} closed the connection without an answer{why}; try again"
+            )
+        answer = json.loads(reply)
+        if "note" not in answer:
+            return answer
+        connection.settimeout(None)  # attached: as long as the session lasts
+        if on_note is not None:
+            on_note(answer["note"])
+
+
+def _no_answer(path: str, message: dict, timeout: float) -> LinxError:
+    return LinxError(
+        ("timeout", timeout),
+        f"the daemon at {path} did not answer {message['verb']} within {timeout:g} s (--timeout SECONDS to wait "
+        "longer; a reload or start waits for readiness checks); it may be wedged",
+    )
 
 
 def _control(arguments: argparse.Namespace) -> int:
@@ -210,7 +277,9 @@ def _control(arguments: argparse.Namespace) -> int:
     message = {"verb": arguments.verb, "id": getattr(arguments, "id", None)}
     try:
         result = (
-            _attach(arguments, message) if arguments.verb == "attach" else request(_control_path(arguments), message)
+            _attach(arguments, message)
+            if arguments.verb == "attach"
+            else request(_control_path(arguments), message, timeout=arguments.timeout)
         )
     except LinxError as error:
         if not arguments.json:
@@ -242,13 +311,23 @@ def _attach(arguments: argparse.Namespace, message: dict) -> Any:
         print(f"{note} to {arguments.id}; Ctrl-P Ctrl-Q detaches\r", file=sys.stderr)
 
     try:
-        return request(_control_path(arguments), message, [terminal], on_note=announce)
+        return request(_control_path(arguments), message, [terminal], on_note=announce, timeout=arguments.timeout)
     finally:
         os.close(terminal)
 
 
 FOLLOW_SECONDS = 0.2
 """How often ``logs -f`` asks the daemon for what came after the last line it showed."""
+
+
+def _seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds <= SECONDS_MAX:
+        raise argparse.ArgumentTypeError(f"expected seconds, more than 0 and at most {SECONDS_MAX:g}, not {text!r}")
+    return seconds
 
 
 def _count(text: str) -> int:
@@ -264,7 +343,7 @@ def _logs(arguments: argparse.Namespace) -> int:
     control = _control_path(arguments)
     message: dict[str, Any] = {"verb": "logs", "id": arguments.id, "lines": arguments.lines}
     try:
-        reply = request(control, message)
+        reply = request(control, message, timeout=arguments.timeout)
     except LinxError as error:
         if not arguments.json:
             raise
@@ -281,7 +360,9 @@ def _logs(arguments: argparse.Namespace) -> int:
                 return 0
             time.sleep(FOLLOW_SECONDS)
             try:
-                reply = request(control, {"verb": "logs", "id": arguments.id, "after": reply["next"]})
+                reply = request(
+                    control, {"verb": "logs", "id": arguments.id, "after": reply["next"]}, timeout=arguments.timeout
+                )
             except LinxError as error:
                 print(f"linx-otp: {error}", file=sys.stderr)
                 return 0  # the daemon has gone: nothing more will come, as docker logs -f ends

@@ -8,10 +8,12 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -407,6 +409,88 @@ def test_control_verbs_without_a_daemon(tmp_path):
         [*COMMAND, "status", "--control", str(tmp_path / "none.sock")], capture_output=True, text=True, timeout=TIMEOUT
     )
     assert result.returncode == 2 and "no linx-otp daemon at" in result.stderr
+
+
+def test_a_closed_stdout_ends_the_client_quietly_as_sigpipe_would(tmp_path, running):
+    """``linx-otp status | head -3``: no traceback, and 141, a shell's status for SIGPIPE."""
+    daemon = running(write_tree(tmp_path, SMALL_TREE))
+    assert daemon.shows(r"sleeper \| running")
+    for verb in ("status", "restart"):
+        client = subprocess.Popen(
+            [*COMMAND, verb, *(["sleeper"] if verb == "restart" else []), "--control", str(daemon.control)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        client.stdout.close()  # the reader has gone before the client writes a thing
+        assert client.wait(TIMEOUT) == 141 and client.stderr.read() == ""
+        client.stderr.close()
+    assert daemon.stop() == 0
+
+
+class FakeServer:
+    """A control socket of this uid that closes every connection at once, or never answers."""
+
+    def __init__(self, path: Path, answers: bool) -> None:
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(str(path))
+        self.listener.listen(8)
+        self.answers, self.kept = answers, []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:
+                return  # closed: the test is over
+            if self.answers:
+                connection.close()
+            else:
+                self.kept.append(connection)
+
+    def close(self) -> None:
+        self.listener.shutdown(socket.SHUT_RDWR)
+        self.listener.close()
+        self.thread.join(TIMEOUT)
+        for connection in self.kept:
+            connection.close()
+
+
+def test_a_server_that_closes_at_once_or_never_answers_is_reported_in_words(tmp_path):
+    closing = FakeServer(tmp_path / "closing.sock", answers=True)
+    silent = FakeServer(tmp_path / "silent.sock", answers=False)
+    try:
+        for _ in range(5):  # closed before the request is sent (EPIPE) or after (ECONNRESET, or EOF)
+            result = subprocess.run(
+                [*COMMAND, "status", "--control", str(tmp_path / "closing.sock")],
+                capture_output=True,
+                text=True,
+                timeout=TIMEOUT,
+            )
+            assert result.returncode == 2 and "closed the connection without an answer" in result.stderr, result
+            assert "Traceback" not in result.stderr
+        started = time.monotonic()
+        result = subprocess.run(
+            [*COMMAND, "reload", "--timeout", "1.5", "--control", str(tmp_path / "silent.sock")],
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+        )
+        assert result.returncode == 2 and "did not answer reload within 1.5 s" in result.stderr, result
+        assert "--timeout" in result.stderr and time.monotonic() - started < TIMEOUT / 2
+        for wrong in ("0", "-1", "nan", "inf", "soon"):
+            result = subprocess.run(
+                [*COMMAND, "status", "--timeout", wrong, "--control", str(tmp_path / "silent.sock")],
+                capture_output=True,
+                text=True,
+                timeout=TIMEOUT,
+            )
+            assert result.returncode == 2 and "expected seconds, more than 0 and at most 86400" in result.stderr
+    finally:
+        closing.close()
+        silent.close()
 
 
 # -- spawn ------------------------------------------------------------------------------------------

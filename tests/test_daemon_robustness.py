@@ -19,6 +19,7 @@ from test_cli import COMMAND, SMALL_TREE, TIMEOUT, write_tree
 from test_daemon_safety import refused_before_starting
 
 from linx_otp.daemon.instance import Instance
+from linx_otp.daemon.state import describe_exit
 
 running = test_cli.running  # the fixture, shared
 
@@ -261,3 +262,69 @@ def test_signals_and_control_are_not_stuck_behind_a_stalled_console(tmp_path, si
         if daemon.poll() is None:
             daemon.kill()
             daemon.wait()
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def flood_with_fds(path: Path, seconds: float) -> tuple[int, dict]:
+    """The probe's client: 1-byte messages carrying 4 fds each and never a newline, for
+    ``seconds`` or until the daemon hangs up; then the daemon's answer."""
+    passed = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+    sent = 0
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+        connection.connect(str(path))
+        connection.settimeout(TIMEOUT)
+        try:
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                socket.send_fds(connection, [b" "], [passed] * 4)
+                sent += 4
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # refused and closed: what the daemon should do
+        finally:
+            os.close(passed)
+        reply = b""
+        while not reply.endswith(b"\n"):
+            chunk = connection.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+    return sent, json.loads(reply)
+
+
+def test_fds_passed_beyond_a_requests_share_are_closed_and_the_tree_goes_on(tmp_path, running):
+    """The probe filled the daemon with 20,000 fds in 1.5 s, and its children's next start
+    failed with EMFILE: a connection passes at most one fd (attach's terminal), more are closed
+    at once and the request refused; a verb that passes none is refused with one."""
+    daemon = running(write_tree(tmp_path, SMALL_TREE))
+    assert daemon.shows(r"sleeper \| running"), daemon.lines
+    before = open_fds(daemon.process.pid)
+    sent, answer = flood_with_fds(daemon.control, 1.5)
+    assert sent >= 4 and answer["ok"] is False, answer
+    assert "at most 1 file descriptor" in answer["error"], answer
+    assert open_fds(daemon.process.pid) <= before + 8, (before, open_fds(daemon.process.pid))
+    passed = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        for payload, fds, error in [
+            (b'{"verb": "status"}\n', [passed], "status passes no file descriptors, not 1"),
+            (b'{"verb": "attach", "id": "sleeper"}\n', [], "attach passes its terminal, one file descriptor, not 0"),
+        ]:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+                connection.connect(str(daemon.control))
+                connection.settimeout(TIMEOUT)
+                socket.send_fds(connection, [payload], fds)
+                assert json.loads(connection.makefile("rb").readline()) == {"ok": False, "error": error}
+    finally:
+        os.close(passed)
+    old = daemon.status()["sleeper"]["host_pid"]
+    assert daemon.control_command("restart", "sleeper").returncode == 0  # a new agent: fds to spare
+    assert wait_until(lambda: daemon.status()["sleeper"]["host_pid"] not in (None, old), TIMEOUT)
+    assert open_fds(daemon.process.pid) <= before + 8
+    assert daemon.stop() == 0
+    assert not any("Traceback" in line or "control_error" in line for line in daemon.lines), "\n".join(daemon.lines)
+
+
+def test_a_start_that_fails_for_an_errno_says_so_in_words():
+    assert describe_exit(("spawn_failed", "emfile")) == "spawn failed: EMFILE (Too many open files)"

@@ -418,3 +418,34 @@ def test_a_reload_without_a_daemon_says_so(tmp_path):
         [*COMMAND, "reload", "--control", str(tmp_path / "none.sock")], capture_output=True, text=True, timeout=TIMEOUT
     )
     assert result.returncode != 0 and "no linx-otp daemon" in result.stderr
+
+
+@pytest.mark.timeout(120)
+def test_a_fifo_or_dev_zero_as_the_tree_file_is_refused_without_waiting_and_changes_nothing(tmp_path, running):
+    """The probe's FIFO hung ``reload`` (and every reload after it, behind the lock), and a link
+    to /dev/zero grew the daemon by 12 GB in 10 s: neither is read, the reply says why, and the
+    next reload of a good file works."""
+    tree = Path(write_tree(tmp_path, TWO.format(coming="")))
+    daemon = running(str(tree), "--json")
+    assert wait_until(lambda: all_running(daemon), TIMEOUT)
+    before = pids(daemon)
+    tree.unlink()
+    os.mkfifo(tree)
+    result = daemon.control_command("reload")
+    assert result.returncode == 2, result
+    assert f"{tree}: file: is a FIFO, not a regular file" in result.stderr and "nothing was changed" in result.stderr
+    tree.unlink()
+    tree.symlink_to("/dev/zero")
+    daemon.process.send_signal(signal.SIGHUP)
+    assert daemon.shows(r'"event": "reload_failed".*is a character device, not a regular file')
+    tree.unlink()
+    tree.write_text("#" * (1 << 20) + "\n")
+    result = daemon.control_command("reload")
+    assert result.returncode == 2 and "larger than 1 MiB" in result.stderr, result
+    assert pids(daemon) == before
+    tree.unlink()
+    tree.write_text(textwrap.dedent(TWO.format(coming=COMING)))
+    assert reload(daemon)["added"] == ["coming"]
+    assert wait_until(lambda: all_running(daemon), TIMEOUT)
+    assert pids(daemon)["same"] == before["same"]
+    assert daemon.stop() == 0

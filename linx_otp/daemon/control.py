@@ -9,7 +9,9 @@ terminal for as long as an attach lasts) on a thread of their own. Nothing here 
 daemon's loop.
 
 Every failure is contained: a malformed request (any JSON that is not a request object,
-bytes that are not JSON) gets an error reply; a connection that sends nothing gets one at
+bytes that are not JSON) gets an error reply; file descriptors passed with a request are
+capped (``attach`` passes its terminal, no other verb any): more are closed at once and the
+request refused; a connection that sends nothing gets one at
 its deadline and is closed; at most ``max_connections`` are open (the oldest idle one makes
 room for a new one); EMFILE/ENFILE in ``accept`` closes the oldest idle connection and, if
 that is not enough, pauses accepting for a growing while; each kind is reported once per
@@ -43,7 +45,10 @@ VERBS = tuple(dict.fromkeys((*QUICK_VERBS, *CHILD_VERBS, "reload")))
 COUNT_MAX = 1 << 62
 """``lines`` and ``after`` (of ``logs``) are ints from 0 to this."""
 MAX_REQUEST_BYTES = 65536
-MAX_FDS = 4
+FDS_BY_VERB = {"attach": 1}
+"""The file descriptors a request passes (SCM_RIGHTS): ``attach`` its terminal; no other verb any."""
+MAX_FDS = max(FDS_BY_VERB.values())
+"""What one connection may pass in all; more, and they are closed at once and the request refused."""
 REQUEST_SECONDS = 5.0
 MAX_CONNECTIONS = 64
 BACKOFF_SECONDS = (0.05, 1.0)
@@ -93,6 +98,10 @@ def parse_request(data: bytes, fds: tuple[int, ...] = ()) -> Request:
     if not isinstance(verb, str) or verb not in VERBS:
         raise BadRequest(f"unknown verb {verb!r}; expected one of: {', '.join(VERBS)}")
     child_id = message.get("id")
+    wanted = FDS_BY_VERB.get(verb, 0)
+    if len(fds) != wanted:
+        what = "its terminal, one file descriptor" if wanted else "no file descriptors"
+        raise BadRequest(f"{verb} passes {what}, not {len(fds)}")
     if verb not in CHILD_VERBS:
         return Request(verb, None, fds)
     if not isinstance(child_id, str) or not child_id:
@@ -317,14 +326,24 @@ class ControlServer:
             elif hung_up:
                 self._close(connection)
             return
-        try:
-            data, fds, _, _ = socket.recv_fds(connection.sock, MAX_REQUEST_BYTES, MAX_FDS)
+        try:  # room for one fd more than allowed: the kernel closes what does not fit (MSG_CTRUNC)
+            data, fds, flags, _ = socket.recv_fds(connection.sock, MAX_REQUEST_BYTES, MAX_FDS + 1)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
             self._close(connection)
             return
         connection.fds.extend(fds)
+        if len(connection.fds) > MAX_FDS or flags & socket.MSG_CTRUNC:
+            self._finish(  # closes them now; what the client sends after is read and dropped, fds and all
+                connection,
+                {
+                    "ok": False,
+                    "error": f"a request passes at most {MAX_FDS} file descriptor (attach: its terminal); "
+                    "this one passed more, and they were closed",
+                },
+            )
+            return
         connection.received += data
         line, newline, _ = connection.received.partition(b"\n")
         if newline or not data:

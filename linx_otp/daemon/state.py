@@ -258,6 +258,8 @@ def describe_exit(reason: Any) -> str:
     ('exited 3', 'killed by SIGKILL', 'exited 0')
     >>> describe_exit(("error", 2, "execve"))
     'execve failed: ENOENT (No such file or directory)'
+    >>> describe_exit(("spawn_failed", "emfile"))
+    'spawn failed: EMFILE (Too many open files)'
     """
     match reason:
         case "normal":
@@ -282,4 +284,6 @@ def describe_exit(reason: Any) -> str:
             return f"not ready: {check} {why}"
         case ("failed_to_start_child", child_id, inner):
             return f"{child_id} failed to start: {describe_exit(inner)}"
+        case (str() as operation, str() as name) if isinstance(getattr(errno, name.upper(), None), int):
+            return f"{operation.replace('_', ' ')}: {describe_errno(getattr(errno, name.upper()))}"  # LinxOSError's
     return str(reason)

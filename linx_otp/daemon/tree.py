@@ -23,8 +23,10 @@ from __future__ import annotations
 import dataclasses
 import errno
 import functools
+import os
 import re
 import resource
+import stat
 import tomllib
 import zlib
 from collections.abc import Callable
@@ -107,6 +109,15 @@ LOG_MAX_BYTES = 50 << 20
 LOG_KEEP = 10
 """...and 10 rotated files are kept, as its ``logfile_backups``."""
 LOG_KEEP_MAX = 1000
+MAX_FILE_BYTES = 1 << 20
+"""A tree file is read up to 1 MiB; a larger one is refused (``/dev/zero`` would never end)."""
+FILE_KINDS = {
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFDIR: "a directory",
+    stat.S_IFSOCK: "a socket",
+}
 
 
 class TreeError(LinxValueError):
@@ -216,13 +227,53 @@ def _substitute(value: Any, values: dict[str, str]) -> Any:
 
 
 def parse_file(path: str | Path, instance: str = DEFAULT_INSTANCE) -> Tree:
-    """Read and check a tree file; raises ``TreeError`` naming every mistake."""
-    path = Path(path)
+    """Read and check a tree file; raises ``TreeError`` naming every mistake. Never blocks: a
+    FIFO, a device (``/dev/zero``) or a directory is refused, as is a file over ``MAX_FILE_BYTES``."""
+    return parse_text(read_tree_file(path), str(path), instance)
+
+
+def read_tree_file(path: str | Path) -> str:
+    """A tree file's text, read without ever waiting: opened with O_NONBLOCK (a FIFO's open
+    does not wait for a writer), refused unless it is a regular file, and at most
+    ``MAX_FILE_BYTES`` read. Raises ``TreeError``.
+
+    >>> read_tree_file("/dev/zero")
+    Traceback (most recent call last):
+    ...
+    linx_otp.daemon.tree.TreeError: /dev/zero: file: is a character device, not a regular file; a tree file is a TOML file
+    """
     try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as error:
-        raise TreeError(str(path), [("file", f"cannot read it: {getattr(error, 'strerror', None) or error}")]) from None
-    return parse_text(text, str(path), instance)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError as error:
+        raise TreeError(str(path), [("file", f"cannot read it: {error.strerror}")]) from None
+    try:
+        kind = os.fstat(fd).st_mode
+        if not stat.S_ISREG(kind):
+            what = FILE_KINDS.get(stat.S_IFMT(kind), "not a regular file")
+            raise TreeError(str(path), [("file", f"is {what}, not a regular file; a tree file is a TOML file")])
+        data = _read_at_most(fd, MAX_FILE_BYTES + 1)
+    except OSError as error:
+        raise TreeError(str(path), [("file", f"cannot read it: {error.strerror}")]) from None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_FILE_BYTES:
+        raise TreeError(
+            str(path), [("file", f"is larger than {MAX_FILE_BYTES >> 20} MiB, the most a tree file may be")]
+        )
+    try:
+        return data.decode()
+    except UnicodeDecodeError as error:
+        raise TreeError(str(path), [("file", f"cannot read it: not UTF-8 ({error})")]) from None
+
+
+def _read_at_most(fd: int, limit: int) -> bytes:
+    chunks = bytearray()
+    while len(chunks) < limit:
+        chunk = os.read(fd, limit - len(chunks))
+        if not chunk:
+            break
+        chunks += chunk
+    return bytes(chunks)
 
 
 def parse_text(text: str, file: str, instance: str = DEFAULT_INSTANCE) -> Tree:
