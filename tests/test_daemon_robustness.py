@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from support import needs_root, process_alive, run_scoped_name, wait_until
 from test_cli import COMMAND, SMALL_TREE, TIMEOUT, write_tree
 from test_daemon_safety import refused_before_starting
 
+from linx_otp.daemon.control import MAX_CONNECTIONS, SLOTS_KEPT_FOR_QUICK_VERBS, ControlServer
 from linx_otp.daemon.instance import Instance
 from linx_otp.daemon.state import describe_exit
 
@@ -328,3 +331,60 @@ def test_fds_passed_beyond_a_requests_share_are_closed_and_the_tree_goes_on(tmp_
 
 def test_a_start_that_fails_for_an_errno_says_so_in_words():
     assert describe_exit(("spawn_failed", "emfile")) == "spawn failed: EMFILE (Too many open files)"
+
+
+def ready_replies(clients: list[socket.socket], known: dict) -> dict:
+    """The replies that have come, by client index (one line each), of clients not in ``known``."""
+    replies = {}
+    for index, client in enumerate(clients):
+        if index not in known and select.select([client], [], [], 0)[0]:
+            replies[index] = json.loads(client.recv(4096))
+    return replies
+
+
+def test_requests_that_wait_never_take_the_last_connections_from_status(tmp_path):
+    """Many reloads waiting (behind a readiness check, say) leave room for status and shutdown:
+    the control server's own loop, with real sockets and an answer that waits until released."""
+    released = threading.Event()
+
+    def answer(request, note):
+        if request.verb == "reload":
+            released.wait(TIMEOUT)
+            return "reloaded"
+        return "status answered"
+
+    path = str(tmp_path / "c.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(128)
+    server = ControlServer(listener, answer, report=lambda *event: None)
+    server.start()
+    clients = []
+    try:
+        for _ in range(MAX_CONNECTIONS + 2):
+            client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            client.settimeout(TIMEOUT)
+            client.connect(path)
+            client.sendall(b'{"verb": "reload"}\n')
+            clients.append(client)
+        refused = {}  # the clients answered at once: no room for one more that waits
+        assert wait_until(lambda: len(refused.update(ready_replies(clients, refused)) or refused) == 10, TIMEOUT)
+        assert all(
+            reply["error"].startswith("busy: ") or reply["error"] == "closed: too many connections"
+            for reply in refused.values()
+        ), refused
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as asking:
+            asking.settimeout(TIMEOUT)
+            asking.connect(path)
+            asking.sendall(b'{"verb": "status"}\n')
+            assert json.loads(asking.recv(4096)) == {"ok": True, "result": "status answered"}
+        released.set()
+        waiting = [client for index, client in enumerate(clients) if index not in refused]
+        assert len(waiting) == MAX_CONNECTIONS - SLOTS_KEPT_FOR_QUICK_VERBS
+        assert all(json.loads(client.recv(4096)) == {"ok": True, "result": "reloaded"} for client in waiting)
+    finally:
+        released.set()
+        for client in clients:
+            client.close()
+        server.close()
+        listener.close()

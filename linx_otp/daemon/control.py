@@ -51,6 +51,9 @@ MAX_FDS = max(FDS_BY_VERB.values())
 """What one connection may pass in all; more, and they are closed at once and the request refused."""
 REQUEST_SECONDS = 5.0
 MAX_CONNECTIONS = 64
+SLOTS_KEPT_FOR_QUICK_VERBS = 8
+"""Connections that requests which wait (reload, restart, attach...) may never take, so that
+``status`` and ``shutdown`` always get in, however many of those wait behind a readiness check."""
 BACKOFF_SECONDS = (0.05, 1.0)
 QUIET_SECONDS = 60.0
 _CREDENTIALS = struct.Struct("3i")
@@ -156,6 +159,7 @@ class ControlServer:
         self.answer = answer
         self.report = report
         self.max_connections = max_connections
+        self.max_working = max(1, max_connections - SLOTS_KEPT_FOR_QUICK_VERBS)
         self.request_seconds = request_seconds
         self.uid = os.geteuid()
         self.selector = selectors.DefaultSelector()
@@ -361,6 +365,11 @@ class ControlServer:
             return
         if request.verb in QUICK_VERBS:
             self._finish(connection, self._call(request, lambda note: None))
+            return
+        working = sum(other.working for other in self.connections.values())
+        if working >= self.max_working:
+            busy = f"busy: {working} requests are in progress, the most at once; try {request.verb} again once one ends"
+            self._finish(connection, {"ok": False, "error": busy})
             return
         connection.working = True
 
