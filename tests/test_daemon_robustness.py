@@ -213,6 +213,17 @@ def test_a_second_daemon_for_the_same_instance_starts_nothing_and_touches_nothin
     assert not first.control.exists() and not Path(f"{first.control}.lock").exists()
 
 
+def test_a_second_daemon_at_the_same_socket_under_another_name_is_told_the_first_ones_name(tmp_path, running):
+    first = running(write_tree(tmp_path, SMALL_TREE))
+    assert first.shows(r"sleeper \| running")
+    other = run_scoped_name("other")
+    tree = write_tree(tmp_path, SMALL_TREE)
+    result = refused_before_starting(tmp_path, tree, "--name", other, "--control", str(first.control))
+    assert result.returncode == 2, result.stderr
+    assert f"already runs instance 'default' at {first.control}" in result.stderr, result.stderr
+    assert first.stop() == 0
+
+
 def test_a_second_daemon_of_a_name_is_refused_whatever_control_path_it_is_given(tmp_path, running):
     """The name owns the cgroups and links: a second daemon of it with a socket elsewhere would
     take the first's for a killed predecessor's leftovers and delete them."""

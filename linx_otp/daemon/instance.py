@@ -166,12 +166,15 @@ class Instance:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                holder, _, where = os.pread(fd, 4096, 0).decode(errors="replace").strip().partition(" ")
+                holder, name, where = (os.pread(fd, 4096, 0).decode(errors="replace").strip().split(" ", 2) + ["", ""])[
+                    :3
+                ]
                 os.close(fd)
+                name = name or self.name
                 raise LinxError(
-                    ("instance_running", self.name),
-                    f"another linx-otp daemon (pid {holder or '?'}) already runs instance {self.name!r} "
-                    f"at {where or self.control_path}; stop it first, or use another --name",
+                    ("instance_running", name),
+                    f"another linx-otp daemon (pid {holder or '?'}) already runs instance {name!r} "
+                    f"at {where or self.control_path}; stop it first, or use another --name or --control",
                 ) from None
             try:  # a predecessor that unlinked the file between our open and our lock: retry
                 if os.fstat(fd).st_ino == os.lstat(path).st_ino:
@@ -180,7 +183,7 @@ class Instance:
                 pass
             os.close(fd)
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()} {self.control_path}\n".encode(), 0)  # for the refusal of a second
+        os.pwrite(fd, f"{os.getpid()} {self.name} {self.control_path}\n".encode(), 0)  # for the refusal of a second
         return fd
 
     def remove_stale_socket(self) -> None:
