@@ -244,6 +244,31 @@ def test_a_rotation_that_cannot_rename_is_reported_once_and_loses_nothing(tmp_pa
     assert not [line for line in daemon.lines if "log_failed" in line or "log_resumed" in line]
 
 
+def test_a_child_removed_by_a_reload_leaves_no_log_file_open(tmp_path, running):
+    log = tmp_path / "gone.log"
+    gone = f"""
+        [[child]]
+        id = "gone"
+        argv = ["sh", "-c", "echo last words; exec sleep 600"]
+        stdio = "capture"
+        log = "{log}"
+    """
+    kept = """
+        [[child]]
+        id = "kept"
+        argv = ["sleep", "600"]
+    """
+    tree = Path(write_tree(tmp_path, kept + gone))
+    daemon = running(str(tree))
+    assert wait_until(lambda: log.exists() and logged_text(log) == "last words\n", TIMEOUT)
+    open_files = Path(f"/proc/{daemon.process.pid}/fd")
+    assert str(log) in [os.path.realpath(fd) for fd in open_files.iterdir()]
+    tree.write_text(textwrap.dedent(kept))
+    assert daemon.control_command("reload").returncode == 0
+    assert wait_until(lambda: str(log) not in [os.path.realpath(fd) for fd in open_files.iterdir()], TIMEOUT)
+    assert daemon.stop() == 0
+
+
 def test_a_bad_log_table_names_its_key_paths(tmp_path):
     tree = write_tree(
         tmp_path,

@@ -349,6 +349,8 @@ class Output:
                     rest = self.partial.pop((child_id, stream), None)
                     if rest is not None:
                         self._lines(child_id, stream, [rest], self.log_of.get(child_id))
+                if child_id in self.logs:  # reopened by the next incarnation's output: a child removed
+                    self.logs[child_id].close()  # by a reload, or never restarted, holds no fd
                 unshown = self.unshown.pop(child_id, 0)
                 if unshown:
                     self._console(f"{iso_time(time.time())} {child_id:>12} | ({unshown} bytes not shown: stopping)\n")
