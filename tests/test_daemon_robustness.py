@@ -9,6 +9,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -261,3 +262,51 @@ def test_signals_and_control_are_not_stuck_behind_a_stalled_console(tmp_path, si
         if daemon.poll() is None:
             daemon.kill()
             daemon.wait()
+
+
+FAULTY_DAEMON = """
+import sys
+from linx_otp.daemon.instance import Instance
+from linx_otp.daemon.run import Daemon
+from linx_otp.daemon.tree import parse_file
+
+class Faulty(Daemon):
+    '''A loop with a bug: it raises once the victim runs.'''
+
+    def child_event(self, child_id, kind, detail):
+        super().child_event(child_id, kind, detail)
+        if (child_id, kind) == ("victim", "running"):
+            raise RuntimeError("a bug in the loop")
+
+tree, name, control = sys.argv[1:]
+sys.exit(Faulty(parse_file(tree), Instance(name, control), json_output=True).run())
+"""
+TWO_SLEEPERS = """
+    [[child]]
+    id = "steady"
+    argv = ["sleep", "600"]
+    [[child]]
+    id = "victim"
+    argv = ["sleep", "601"]
+"""
+
+
+def test_a_bug_in_the_loop_stops_the_tree_gracefully_and_removes_the_socket(tmp_path):
+    """Whatever raises in the loop is reported in one line, and the daemon stops its tree as
+    SIGTERM would, removes its socket and exits EX_SOFTWARE: it never lives on with its tree
+    running, no loop and its signal handlers back at their defaults."""
+    control = tmp_path / "c.sock"
+    arguments = [write_tree(tmp_path, TWO_SLEEPERS), run_scoped_name("faulty"), str(control)]
+    result = subprocess.run(
+        [sys.executable, "-c", FAULTY_DAEMON, *arguments], capture_output=True, text=True, timeout=TIMEOUT
+    )
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    said = [(event["id"], event["event"]) for event in events]
+    assert result.returncode == os.EX_SOFTWARE, (result.stderr, said)
+    assert "Traceback" not in result.stderr, result.stderr
+    [error] = [event["detail"] for event in events if event["event"] == "internal_error"]
+    assert error.startswith("RuntimeError: a bug in the loop at ") and "in child_event" in error, error
+    assert said.index(("tree", "stopping")) < said.index(("steady", "signaled")) < said.index(("tree", "stopped"))
+    host_pids = [event["detail"] for event in events if event["event"] == "checkpoint"]
+    assert len(host_pids) == 2 and not any(process_alive(pid) for pid in host_pids)
+    assert not control.exists() and not Path(f"{control}.lock").exists()
