@@ -7,7 +7,8 @@ predecessor's leftovers, and only then start the tree's supervisors, on a thread
 tree is up, and systemd hears ``READY=1``, once every child is ready. Supervisor reports and
 session events land in one mailbox that this loop works through: it keeps the ``TreeState``
 and hands lines and captured output to ``Output``, which writes them on its own thread. SIGINT or
-SIGTERM stops the tree gracefully and exits 0; a tree that gives up exits 1. Each child's
+SIGTERM stops the tree gracefully and exits 0; a tree that gives up exits 1; whatever raises in
+the loop (a bug) is reported and stops the tree the same way (exit 70, ``EX_SOFTWARE``). Each child's
 session runs its ``Setup`` at ``ready`` through ``apply_setup``, which scopes it to the
 instance (a cgroup under ``linx-otp/NAME/``, a veth host end marked as this instance's).
 
