@@ -106,6 +106,20 @@ def test_an_added_child_starts_in_its_place_in_the_start_order(tmp_path, running
     assert ended == ["c", "b", "a"]
 
 
+def test_a_child_left_unchanged_by_one_reload_is_removed_by_the_next(tmp_path, running):
+    """The first reload keeps b as it was; the second removes it: it leaves the status too."""
+    tree = Path(write_tree(tmp_path, IN_ORDER.format(b=B)))
+    daemon = running(str(tree), "--json")
+    assert wait_until(lambda: all_running(daemon), TIMEOUT)
+    b = pids(daemon)["b"]
+    assert reload(daemon)["unchanged"] == ["a", "b", "c"]
+    tree.write_text(textwrap.dedent(IN_ORDER.format(b="")))
+    assert reload(daemon)["removed"] == ["b"]
+    assert wait_until(lambda: list(status(daemon)) == ["a", "c"], TIMEOUT), status(daemon)
+    assert not process_alive(b)
+    assert daemon.stop() == 0
+
+
 # -- nested supervisors compared child by child ---------------------------------------------------------
 
 NESTED = """
