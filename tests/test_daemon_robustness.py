@@ -10,6 +10,7 @@ import os
 import select
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -399,3 +400,64 @@ def test_requests_that_wait_never_take_the_last_connections_from_status(tmp_path
             client.close()
         server.close()
         listener.close()
+
+
+FAULTY_DAEMON = """
+import sys
+from linx_otp.daemon.instance import Instance
+from linx_otp.daemon.run import Daemon
+from linx_otp.daemon.tree import parse_file
+
+class Faulty(Daemon):
+    '''A loop with a bug: it raises once the victim runs (the start waits for its readiness
+    check), or once the tree is up.'''
+
+    def child_event(self, child_id, kind, detail):
+        super().child_event(child_id, kind, detail)
+        if when == "starting" and (child_id, kind) == ("victim", "running"):
+            raise RuntimeError("a bug in the loop")
+
+    def tree_started(self, root):
+        code = super().tree_started(root)
+        if when == "up":
+            raise RuntimeError("a bug in the loop")
+        return code
+
+when, tree, name, control = sys.argv[1:]
+sys.exit(Faulty(parse_file(tree), Instance(name, control), json_output=True).run())
+"""
+TWO_SLEEPERS = """
+    [[child]]
+    id = "steady"
+    argv = ["sleep", "600"]
+    [[child]]
+    id = "victim"
+    argv = ["sleep", "601"]
+    {ready}
+"""
+
+
+@pytest.mark.parametrize(("when", "where"), [("starting", "child_event"), ("up", "tree_started")])
+def test_a_bug_in_the_loop_stops_the_tree_gracefully_and_removes_the_socket(tmp_path, when, where):
+    """Whatever raises in the loop is reported in one line, and the daemon stops its tree as
+    SIGTERM would, removes its socket and exits EX_SOFTWARE: it never lives on with its tree
+    running, no loop and its signal handlers back at their defaults. While the start waits for
+    the victim's readiness check (a file that never comes), the stop ends the start."""
+    control = tmp_path / "c.sock"
+    ready = f'ready = {{ file = "{tmp_path / "never"}", timeout = 60 }}' if when == "starting" else ""
+    tree = write_tree(tmp_path, TWO_SLEEPERS.format(ready=ready))
+    arguments = [when, tree, run_scoped_name("faulty"), str(control)]
+    result = subprocess.run(
+        [sys.executable, "-c", FAULTY_DAEMON, *arguments], capture_output=True, text=True, timeout=TIMEOUT
+    )
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    said = [(event["id"], event["event"]) for event in events]
+    assert result.returncode == os.EX_SOFTWARE, (result.stderr, said)
+    assert "Traceback" not in result.stderr, result.stderr
+    [error] = [event["detail"] for event in events if event["event"] == "internal_error"]
+    assert error.startswith("RuntimeError: a bug in the loop at ") and f"in {where};" in error, error
+    assert (("tree", "up") in said) == (when == "up"), said
+    assert said.index(("tree", "stopping")) < said.index(("steady", "signaled")) < said.index(("tree", "stopped"))
+    host_pids = [event["detail"] for event in events if event["event"] == "checkpoint"]
+    assert len(host_pids) == 2 and not any(process_alive(pid) for pid in host_pids)
+    assert not control.exists() and not Path(f"{control}.lock").exists()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import test_cli
-from support import process_alive, wait_until
+from support import process_alive, run_scoped_name, wait_until
 from test_cli import COMMAND, TIMEOUT, write_tree
 
 from linx_otp.cli import request
@@ -104,6 +104,20 @@ def test_an_added_child_starts_in_its_place_in_the_start_order(tmp_path, running
     stopping = [json.loads(line)["event"] for line in daemon.lines].index("stopping")
     ended = [event["id"] for event in map(json.loads, daemon.lines[stopping:]) if event["event"] == "signaled"]
     assert ended == ["c", "b", "a"]
+
+
+def test_a_child_left_unchanged_by_one_reload_is_removed_by_the_next(tmp_path, running):
+    """The first reload keeps b as it was; the second removes it: it leaves the status too."""
+    tree = Path(write_tree(tmp_path, IN_ORDER.format(b=B)))
+    daemon = running(str(tree), "--json")
+    assert wait_until(lambda: all_running(daemon), TIMEOUT)
+    b = pids(daemon)["b"]
+    assert reload(daemon)["unchanged"] == ["a", "b", "c"]
+    tree.write_text(textwrap.dedent(IN_ORDER.format(b="")))
+    assert reload(daemon)["removed"] == ["b"]
+    assert wait_until(lambda: list(status(daemon)) == ["a", "c"], TIMEOUT), status(daemon)
+    assert not process_alive(b)
+    assert daemon.stop() == 0
 
 
 # -- nested supervisors compared child by child ---------------------------------------------------------
@@ -371,6 +385,67 @@ def test_reloads_while_a_nested_supervisor_keeps_giving_up(tmp_path, running):
     assert status(daemon)["extra"]["parent"] == "flaky"
     assert wait_until(lambda: status(daemon)["extra"]["state"] == "running", TIMEOUT)
     assert daemon.stop() == 0
+
+
+QUICK_GIVER = """
+    [supervisor]
+    max_restarts = 1000000
+    max_seconds = 1
+
+    [[child]]
+    id = "g"
+    type = "supervisor"
+    max_restarts = 0
+    max_seconds = 10
+
+    [[child.child]]
+    id = "cr"
+    argv = ["sh", "-c", "sleep 0.02; exit 3"]
+
+    [[child.child]]
+    id = "st"
+    argv = ["sleep", "1400"{more}]
+
+    [[child]]
+    id = "w"
+    argv = ["sleep", "1401"]
+"""
+
+
+@pytest.mark.timeout(120)
+def test_reloads_and_sighups_at_once_while_a_nested_group_gives_up_at_every_turn(tmp_path, running):
+    """The hostile probe that once killed the loop (``KeyError: 'st'``) within a few dozen
+    reloads: st changed by each reload, asked for over the socket and by SIGHUP at once, while
+    g gives up (its cr exits at once) and the root restarts it, so reloads restart g whole. The
+    daemon goes on, w is never touched, and the status names the tree's children. A race, so
+    this met the old crash in about half its runs; test_daemon_state replays its order exactly."""
+    tree = Path(write_tree(tmp_path, QUICK_GIVER.format(more="")))
+    daemon = running(str(tree), "--json", "--name", run_scoped_name("hup"))
+    assert daemon.shows(r'"id": "tree", "event": "up"'), daemon.lines
+    steady = pids(daemon)["w"]
+    failures: list[str] = []
+
+    def ask_reload() -> None:  # with the command, as the probe did: it lands a moment after the SIGHUP
+        result = daemon.control_command("reload")
+        if result.returncode != 0:
+            failures.append(result.stderr)
+
+    clients = []
+    for number in range(24):
+        changed = tmp_path / "changed.toml"  # the file replaced whole, as an editor saves it
+        changed.write_text(textwrap.dedent(QUICK_GIVER.format(more=', "0"' if number % 2 else "")))
+        changed.replace(tree)
+        clients.append(threading.Thread(target=ask_reload))
+        clients[-1].start()
+        daemon.process.send_signal(signal.SIGHUP)
+        time.sleep(0.3)  # the probe's pace: g gives up and is restarted between reloads
+    for client in clients:
+        client.join(TIMEOUT)
+    assert not failures and daemon.process.poll() is None, (failures, daemon.lines[-20:])
+    assert not any('"internal_error"' in line or "Traceback" in line for line in daemon.lines)
+    assert wait_until(lambda: set(status(daemon)) == {"g", "cr", "st", "w"}, TIMEOUT), status(daemon)
+    assert pids(daemon)["w"] == steady
+    assert daemon.stop() == 0 and not daemon.control.exists()
 
 
 TWO = """

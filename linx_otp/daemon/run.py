@@ -7,7 +7,8 @@ predecessor's leftovers, and only then start the tree's supervisors, on a thread
 tree is up, and systemd hears ``READY=1``, once every child is ready. Supervisor reports and
 session events land in one mailbox that this loop works through: it keeps the ``TreeState``
 and hands lines and captured output to ``Output``, which writes them on its own thread. SIGINT or
-SIGTERM stops the tree gracefully and exits 0; a tree that gives up exits 1. Each child's
+SIGTERM stops the tree gracefully and exits 0; a tree that gives up exits 1; whatever raises in
+the loop (a bug) is reported and stops the tree the same way (exit 70, ``EX_SOFTWARE``). Each child's
 session runs its ``Setup`` at ``ready`` through ``apply_setup``, which scopes it to the
 instance (a cgroup under ``linx-otp/NAME/``, a veth host end marked as this instance's).
 
@@ -26,6 +27,7 @@ import os
 import signal
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -145,6 +147,11 @@ class Daemon:
         self.cutting_short: set[str] = set()
         """Children a ``stop`` or ``restart`` is stopping: an incarnation that starts meanwhile is
         not waited for (guarded by the state's lock: the control threads and the loop share it)."""
+        self.strays: set[str] = set()
+        """Ids an event came for that the tree has no workload or record of (each reported once,
+        until a reload adds it again)."""
+        self.failed = False
+        """Something in the loop raised: the tree is stopped and the daemon exits ``EX_SOFTWARE``."""
 
     # -- start and stop ------------------------------------------------------------------------
 
@@ -170,6 +177,8 @@ class Daemon:
         try:
             return self._run(control)
         finally:
+            if self.root is not None and self.root.is_alive():  # _run raised: the tree must not outlive it
+                S.stop(self.root)
             self.cleanup()
             logging.getLogger("linx_otp").removeHandler(warnings)
             for number, handler in previous.items():
@@ -195,12 +204,33 @@ class Daemon:
             try:
                 message = self.inbox.receive(timeout=self.next_timeout())
             except TimeoutError:
-                self.run_timers()
-                continue
-            code = self.handle(message)
+                message = None
+            code = self.step(message)
+        return os.EX_SOFTWARE if self.failed else code
+
+    def step(self, message: Any) -> int | None:
+        """One turn of the loop: ``message`` (None: the wait timed out), the timers that are due,
+        and systemd's status. Whatever raises here is a bug: it is reported, and the tree is
+        stopped gracefully (the loop goes on until it is down), so the daemon never leaves its
+        tree running without a loop, a control socket or its signal handlers."""
+        try:
+            code = None if message is None else self.handle(message)
             self.run_timers()
             self.notify()
+        except Exception as error:
+            return self.record_internal_error(error)
         return code
+
+    def record_internal_error(self, error: Exception) -> int | None:
+        """Report ``error`` (one line: what and where) and stop the tree, unless it is stopping."""
+        where = traceback.extract_tb(error.__traceback__)[-1]
+        self.report(
+            "daemon",
+            "internal_error",
+            f"{type(error).__name__}: {error} at {where.filename}:{where.lineno} in {where.name}; stopping the tree",
+        )
+        self.failed = True
+        return None if self.stopping else self.stop_tree("after an internal error")
 
     def start_tree(self) -> None:
         """Start the root supervisor and, in order, every child: on a thread of its own, so that
@@ -279,7 +309,7 @@ class Daemon:
             )
         owner = _ChildOwner(child.id, self.inbox, self.output, child.log)
         # The session runs the set-up at ready and then proceeds by itself.
-        setup = functools.partial(self.prepare_child, child.id) if child.setup else None
+        setup = functools.partial(self.apply_setup, child) if child.setup else None
         return P.child_spec(
             owner=owner,
             auto_proceed=True,
@@ -323,7 +353,7 @@ class Daemon:
                 case ("DOWN", ref, _) if ref == root:
                     down = True
                 case ("child" | "linx_supervisor" | "report", *_):
-                    self.handle(message)
+                    self.step(message)
         self.report("tree", "stopped", "")
         return 0
 
@@ -414,8 +444,9 @@ class Daemon:
             self.shut_down_unready([child_id])
 
     def child_event(self, child_id: str, kind: str, detail: list) -> None:
-        if child_id not in self.workloads:
-            return  # a reload removed it; this is what its last incarnation said on its way out
+        if child_id not in self.workloads:  # a reload removed it: its last incarnation, on its way out
+            self.ignore_stray(child_id, kind)
+            return
         match kind, detail:
             case "output_dropped", [stream, count]:
                 self.report(
@@ -424,10 +455,18 @@ class Daemon:
                 return
             case "stdout" | "stderr" | "pty_out" | "pty_in_dropped", _:
                 return  # output reaches the writer directly; a dropped keystroke is the typist's to see
-        self.state.child_event(child_id, kind, detail)
+        if not self.state.child_event(child_id, kind, detail):
+            self.ignore_stray(child_id, kind)
+            return
         self.report(child_id, EVENT_NAMES.get(kind, kind), _describe_event(kind, detail))
         if kind in P.TERMINAL_EVENTS:
             self.output.end_of(child_id)
+
+    def ignore_stray(self, child_id: str, kind: str) -> None:
+        """An event about a child the tree (no longer) has: reported the first time, then ignored."""
+        if child_id not in self.strays:
+            self.strays.add(child_id)
+            self.report(child_id, "ignored", f"its {EVENT_NAMES.get(kind, kind)} event: it is not in the tree (now)")
 
     # -- reload: the tree file again, the difference applied (as supervisorctl update) ------------
 
@@ -559,8 +598,6 @@ class Daemon:
         whether it started (why not is in ``outcome``). Raises ``LinxError("no_process")`` if
         ``supervisor`` has ended meanwhile (a nested one is then started afresh by the caller)."""
         fragment = Tree(self.tree.file, {}, [child])
-        for workload in fragment.workloads():
-            self.workloads[workload.id] = workload  # its set-up may be due before the loop learns it
         self.inbox.tell(("learn", fragment, parent))  # before its first events
         place = {} if before is None else {"before": before}
         try:
@@ -573,20 +610,23 @@ class Daemon:
             return False
         return True
 
+    # ``workloads`` and the state's records change here alone, on the loop, in the order the
+    # reload thread queued ``learn`` and ``forget`` (the old version's forget before the new
+    # one's learn): the two always know the same workloads.
+
     def learn(self, fragment: Tree, parent: str | None) -> None:
         self.state.learn(fragment, parent)
         for workload in fragment.workloads():
             self.workloads[workload.id] = workload
+            self.strays.discard(workload.id)
 
     def forget(self, fragment: Tree) -> None:
-        """Drop what a reload removed (or replaced: a workload the reload has put in its place
-        meanwhile stays)."""
-        for child in fragment.walk():
-            if self.workloads.get(child.id, child) is not child:
-                continue
-            self.state.forget([child.id])
-            if self.workloads.pop(child.id, None) is not None:
-                self.output.end_of(child.id)
+        """Drop what a reload removed (or the old version of what it replaced)."""
+        child_ids = [child.id for child in fragment.walk()]
+        self.state.forget(child_ids)
+        for child_id in child_ids:
+            if self.workloads.pop(child_id, None) is not None:
+                self.output.end_of(child_id)
 
     def reload_on_signal(self) -> None:
         try:
@@ -600,22 +640,19 @@ class Daemon:
         if self.notifier is not None:
             self.notifier.send(*fields)
 
-    def prepare_child(self, child_id: str, host_pid: int) -> Release:
-        """A child's session runs this at ``ready``: its set-up; the session proceeds it afterwards."""
-        if child_id not in self.workloads:
-            raise LinxError("not_found", f"{child_id} was removed from the tree")
-        return self.apply_setup(child_id, host_pid)
-
     # -- checkpoint set-up ---------------------------------------------------------------------
 
-    def apply_setup(self, child_id: str, host_pid: int) -> Release:
-        """The child's ``Setup``, scoped to this instance: its cgroup under
+    def apply_setup(self, workload: Workload, host_pid: int) -> Release:
+        """The workload's ``Setup``, scoped to this instance: its cgroup under
         ``linx-otp/NAME/``, its veth host end marked as this instance's, and a link or address
         another owner holds refused (the child then stays stopped). Runs on the child's session
         thread at ``ready``; the session proceeds it, or aborts it when this raises, and calls
-        the returned release when the incarnation ends."""
+        the returned release when the incarnation ends. The workload is the one its spec was
+        made from (bound there), so a set-up due before the loop has learned a reload's new
+        version needs nothing from the loop."""
+        child_id = workload.id
         try:
-            return self.workloads[child_id].setup.apply(
+            return workload.setup.apply(
                 host_pid,
                 cgroup_name=self.instance.cgroup_name(child_id),
                 link_alias=self.instance.link_alias(child_id),

@@ -12,7 +12,9 @@ under its lock.
 >>> state = TreeState(parse_text('[[child]]\\nid = "a"\\nargv = ["true"]\\n', "t.toml"), clock=lambda: 100.0)
 >>> state.supervisor_report("started", "a", "ref-1")
 >>> state.child_event("a", "ready", [4242])
+True
 >>> state.child_event("a", "exited", [3])
+True
 >>> state.supervisor_report("exited", "a", ("exited", 3))
 >>> [(row["id"], row["state"], row["last_exit"]) for row in state.status()]
 [('a', 'exited', 'exited 3')]
@@ -64,7 +66,10 @@ class Record:
 
 
 class TreeState:
-    """Every child's record. Mutated by the loop; read by the control thread (under ``lock``)."""
+    """Every child's record. Which children it has changes on the loop alone (``learn``,
+    ``forget``, ``arrange``, in the order a reload queued them); every write is under ``lock``,
+    which the control threads take to read it (and ``count_restart`` to count a restart they
+    asked for)."""
 
     def __init__(self, tree: Tree, clock: Callable[[], float] = time.time) -> None:
         self.records = _records(tree)
@@ -124,21 +129,28 @@ class TreeState:
             elif kind == "backoff_cancelled":
                 record.state = "stopped"
 
-    def child_event(self, child_id: str, kind: str, detail: list) -> None:
-        """A session's ``("linx_process", kind, *detail)`` event (output excepted)."""
+    def child_event(self, child_id: str, kind: str, detail: list) -> bool:
+        """A session's ``("linx_process", kind, *detail)`` event (output excepted); whether the
+        child is known (an event about a child with no record changes nothing)."""
         with self.lock:
-            record = self.records[child_id]
+            record = self.records.get(child_id)
+            if record is None:
+                return False
             record.state = _state_after(kind, record)
             if kind == "ready":
                 record.host_pid = detail[0]
             elif kind in TERMINAL_EVENTS:  # the next incarnation's events may come before its started report
                 record.ref = None
                 record.passed = False
+            return True
 
     def count_restart(self, child_id: str) -> None:
-        """A restart asked for over the control socket (its report says ``started``)."""
+        """A restart asked for over the control socket (its report says ``started``). A reload
+        may have removed the child since the request found it: then there is nothing to count."""
         with self.lock:
-            self.records[child_id].restarts += 1
+            record = self.records.get(child_id)
+            if record is not None:
+                record.restarts += 1
 
     # -- what the control socket asks ---------------------------------------------------------------
 
