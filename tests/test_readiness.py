@@ -382,6 +382,44 @@ def test_systemd_hears_ready_only_once_every_child_is_ready(tmp_path):
         systemd.close()
 
 
+def test_the_tree_is_up_and_systemd_hears_ready_only_once_every_workload_runs(tmp_path):
+    """Without readiness checks a child counts as started once its session is; its workload may
+    still be at its checkpoint then. "up" and READY=1 wait until every workload runs."""
+    address = tmp_path / "notify.sock"
+    systemd = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    systemd.bind(str(address))
+    systemd.settimeout(TIMEOUT)
+    children = "".join(
+        f'\n[[child]]\nid = "w{number}"\nargv = ["sleep", "600"]\nnamespaces = ["net", "mount"]\n'
+        for number in range(6)
+    )  # a fresh network namespace takes a while: the last workloads run well after their sessions start
+    daemon = subprocess.Popen(
+        [*COMMAND, "run", write_tree(tmp_path, children), "--control", str(tmp_path / "c.sock"), "--json"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "NOTIFY_SOCKET": str(address)},
+    )
+    try:
+        heard = [systemd.recv(4096).decode()]
+        while "READY=1" not in heard[-1]:  # STATUS lines may come before it
+            heard.append(systemd.recv(4096).decode())
+        assert "STATUS=6 of 6 workloads running" in heard[-1], heard
+        said = []
+        for line in daemon.stdout:
+            event = json.loads(line)
+            said.append((event["id"], event["event"]))
+            if event["event"] == "up":
+                break
+        assert all(said.index((f"w{number}", "running")) < said.index(("tree", "up")) for number in range(6)), said
+        daemon.terminate()
+        assert daemon.wait(TIMEOUT) == 0
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+        systemd.close()
+
+
 # -- the demo: the client waits for web --------------------------------------------------------------
 
 

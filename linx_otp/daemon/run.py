@@ -144,6 +144,8 @@ class Daemon:
         self.notifier: Notifier | None = None
         """systemd's notify socket, when the daemon runs as a ``Type=notify`` service."""
         self.status_sent = ""
+        self.up_pending = False
+        """The tree has started; "up" (and ``READY=1``) waits until no workload is still starting."""
         self.cutting_short: set[str] = set()
         """Children a ``stop`` or ``restart`` is stopping: an incarnation that starts meanwhile is
         not waited for (guarded by the state's lock: the control threads and the loop share it)."""
@@ -216,6 +218,7 @@ class Daemon:
         try:
             code = None if message is None else self.handle(message)
             self.run_timers()
+            self.announce_up()
             self.notify()
         except Exception as error:
             return self.record_internal_error(error)
@@ -250,15 +253,28 @@ class Daemon:
         self.reload_lock.release()
 
     def tree_started(self, root: pykka.ActorRef) -> int | None:
-        """Every child has started and is ready: the tree is up (and systemd hears ``READY=1``)."""
+        """Every child has started and passed its readiness check: the tree is up (and systemd
+        hears ``READY=1``) once no workload is still on its way to running (``announce_up``)."""
         monitor(root, self.inbox)
         if self.stopping:  # a stop came while it started
             return self.finish_stop()
+        self.up_pending = True
+        self.announce_up()
+        return None
+
+    def announce_up(self) -> None:
+        """Once the tree has started, and every workload runs (or has ended, or waits out a
+        back-off): "up", and ``READY=1``. A supervisor counts a child started once its session
+        is; its workload may still be at its checkpoint then, so dependents would start early."""
+        if not self.up_pending or self.stopping:
+            return
+        if any(row["kind"] == "worker" and row["state"] == "starting" for row in self.state.status()):
+            return
+        self.up_pending = False
         self.report("tree", "up", f"{len(self.workloads)} workloads; control socket {self.instance.control_path}")
         self.notify("READY=1")
         if self.notifier is not None and self.notifier.watchdog_seconds:  # systemd watches from READY=1 on
             self.ping_watchdog(self.notifier.watchdog_seconds)
-        return None
 
     # -- systemd -------------------------------------------------------------------------------
 
