@@ -281,7 +281,7 @@ class Daemon:
     def notify(self, *fields: str) -> None:
         """Tell systemd ``fields``, with a ``STATUS=`` line whenever it has changed (from the
         ``READY=1`` on: the tree is up once every child is ready)."""
-        if self.notifier is None or (self.root is None and not fields):
+        if self.notifier is None or ((self.root is None or self.up_pending) and not fields):
             return
         rows = [row for row in self.state.status() if row["kind"] == "worker"]
         status = f"STATUS={sum(row['state'] == 'running' for row in rows)} of {len(rows)} workloads running"
