@@ -40,12 +40,17 @@ def ask(path: Path, payload: bytes, timeout: float = TIMEOUT) -> dict:
         connection.connect(str(path))  # blocking, as the command's: a full backlog waits its turn
         connection.settimeout(timeout)
         connection.sendall(payload)
-        reply = b""
-        while not reply.endswith(b"\n"):
-            chunk = connection.recv(65536)
-            if not chunk:
-                break
-            reply += chunk
+        return read_reply(connection)
+
+
+def read_reply(connection: socket.socket) -> dict:
+    """The one-line JSON reply, read until its newline or the end of the connection."""
+    reply = b""
+    while not reply.endswith(b"\n"):
+        chunk = connection.recv(65536)
+        if not chunk:
+            break
+        reply += chunk
     return json.loads(reply)
 
 
@@ -300,13 +305,7 @@ def flood_with_fds(path: Path, seconds: float) -> tuple[int, dict]:
             pass  # refused and closed: what the daemon should do
         finally:
             os.close(passed)
-        reply = b""
-        while not reply.endswith(b"\n"):
-            chunk = connection.recv(65536)
-            if not chunk:
-                break
-            reply += chunk
-    return sent, json.loads(reply)
+        return sent, read_reply(connection)
 
 
 def test_fds_passed_beyond_a_requests_share_are_closed_and_the_tree_goes_on(tmp_path, running):
