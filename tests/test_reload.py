@@ -311,9 +311,10 @@ def test_a_reload_during_the_start_up_waits_for_the_tree_to_be_up(tmp_path, runn
     assert wait_until(lambda: control.exists(), TIMEOUT, interval=0.002)
     tree.write_text(many + '\n[[child]]\nid = "late"\nargv = ["sleep", "601"]\n')
     asked = time.time()
-    result = request(str(control), {"verb": "reload"})
+    result = request(str(control), {"verb": "reload"})  # answered once the start has ended
+    assert wait_until(lambda: events(daemon, "tree", "up"), TIMEOUT)  # "up" waits for the last workloads to run
     up = events(daemon, "tree", "up")
-    assert up and asked < up[0]["time"], "the reload was to be asked before the tree was up"
+    assert asked < up[0]["time"], "the reload was to be asked before the tree was up"
     assert result["added"] == ["late"] and len(result["unchanged"]) == 100
     reloaded = status(daemon)
     assert list(reloaded)[-1] == "late" and len(reloaded) == 101

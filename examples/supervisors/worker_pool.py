@@ -35,6 +35,6 @@ while waiting or running:
         running += 1
     outcome = results.receive(lambda m: m[:2] in (("linx_process", "exited"), ("linx_process", "signaled")), timeout=10)
     running -= 1
-    print("a job ended:", outcome[1:], "| pool:", S.count_children(pool))
+    print(f"a job ended: {outcome[1:]} | pool: {S.count_children(pool)}")  # one write (and its newline)
 
 S.stop(pool)
