@@ -18,6 +18,7 @@ import pytest
 import test_cli
 from support import process_alive, run_scoped_name, wait_until
 from test_cli import COMMAND, TIMEOUT, write_tree
+from test_daemon_state import GROUP
 
 from linx_otp.cli import request
 
@@ -388,29 +389,8 @@ def test_reloads_while_a_nested_supervisor_keeps_giving_up(tmp_path, running):
     assert daemon.stop() == 0
 
 
-QUICK_GIVER = """
-    [supervisor]
-    max_restarts = 1000000
-    max_seconds = 1
-
-    [[child]]
-    id = "g"
-    type = "supervisor"
-    max_restarts = 0
-    max_seconds = 10
-
-    [[child.child]]
-    id = "cr"
-    argv = ["sh", "-c", "sleep 0.02; exit 3"]
-
-    [[child.child]]
-    id = "st"
-    argv = ["sleep", "1400"{more}]
-
-    [[child]]
-    id = "w"
-    argv = ["sleep", "1401"]
-"""
+QUICK_GIVER = GROUP + '\n[[child]]\nid = "w"\nargv = ["sleep", "1401"]\n'
+"""A group that gives up at every turn (``test_daemon_state``'s replay of the crash), and a steady sibling."""
 
 
 @pytest.mark.timeout(120)
