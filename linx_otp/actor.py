@@ -303,6 +303,16 @@ class Actor(pykka.ThreadingActor):
                 tell_quietly(watcher, ("DOWN", self.actor_ref, reason))
 
 
+def actor_of(ref: pykka.ActorRef) -> Any:
+    """The actor object behind ``ref``, or None once it has been collected. For a verb's fast
+    path that reads an actor's state, or sends on its behalf, without a round trip through its
+    thread (``process.signal``); the actor must make what it offers so
+    thread-safe."""
+    # pykka-internal: an ActorRef holds its actor by a weak reference (_actor_weakref), and
+    # pykka offers no public way to reach it.
+    return ref._actor_weakref()
+
+
 def tell_quietly(destination: Any, message: Any) -> None:
     """Tell ``message`` to a ref or ``Mailbox``; a destination that is gone is not an error
     (as an Erlang send to a dead process), anything else is logged, never raised."""

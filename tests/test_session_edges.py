@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -20,6 +21,7 @@ from support import needs_root, process_alive, wait_until
 
 from linx_otp import process as P
 from linx_otp import supervisor as S
+from linx_otp.actor import actor_of
 from linx_otp.errors import LinxValueError
 
 TIMEOUT = 10
@@ -167,3 +169,34 @@ def test_running_out_of_processes_is_spawn_failed_and_leaves_nothing():
     ]
     assert report["children"] == []
     assert report["after"] == ["outcome", "exited", 0]
+
+
+def test_a_signal_and_the_outcome_pass_a_session_thread_that_is_busy(box):
+    """``signal`` sends straight to a running workload's agent, and a lingering session's outcome
+    reaches its owner from the I/O thread: neither waits for the session's own thread (at 10,000
+    sessions that round trip was most of the time it took to signal them all)."""
+    session = P.spawn(argv=["sleep", "1000"], auto_proceed=True, owner=box)
+    box.receive(("linx_process", "running"), timeout=TIMEOUT)
+    actor = actor_of(session)
+    answer_info, held, release = actor._info, threading.Event(), threading.Event()
+
+    def info_held_up():
+        held.set()
+        release.wait(TIMEOUT)
+        return answer_info()
+
+    actor._info = info_held_up
+    pending_info = session.ask(P.GetInfo(), block=False)
+    try:
+        assert held.wait(TIMEOUT), "the session's thread is busy answering info()"
+        signaller = threading.Thread(target=P.signal, args=(session, signal.SIGTERM))
+        signaller.start()
+        signaller.join(TIMEOUT)
+        assert not signaller.is_alive(), "signal() waited for the session's thread"
+        event = box.receive(("linx_process", "signaled"), timeout=TIMEOUT)
+        assert event == ("linx_process", "signaled", signal.SIGTERM)
+    finally:
+        release.set()
+    assert pending_info.get(timeout=TIMEOUT).stage == "signaled"
+    assert P.wait(session, TIMEOUT) == ("signaled", signal.SIGTERM)
+    assert session.stop()
