@@ -269,25 +269,25 @@ class AgentConnection:
         if listener is not None:
             listener()
 
-    def _receive(self) -> int:
-        """Reads what the socket holds into the receive buffer, up to its size: one wake-up of
-        the session for as many events as possible. 0 at end-of-file."""
-        size = 0
+    def _receive(self) -> int | None:
+        """Reads what the socket holds into the receive buffer, up to its size, in one call: a
+        stream socket's read takes every queued frame that fits, and the poll is level-triggered,
+        so what arrives later wakes this thread again. Each call is a hand-over of the GIL,
+        which the thread calling ``signal`` at 10,000 sessions waits for. 0 at end-of-file;
+        None if nothing was there after all."""
+        size: int | None = 0
         try:
-            size = self._socket.recv_into(_receive_buffer)
-            while 0 < size < RECEIVE_SIZE:
-                more = self._socket.recv_into(memoryview(_receive_buffer)[size:], 0, socket.MSG_DONTWAIT)
-                if not more:
-                    break  # end-of-file: the next call sees it
-                size += more
+            size = self._socket.recv_into(_receive_buffer, 0, socket.MSG_DONTWAIT)
         except BlockingIOError:
-            pass
+            size = None
         except (ConnectionResetError, BrokenPipeError):
             pass  # the agent exited with a command unread; what it sent came first
         return size
 
     def _on_socket_readable(self) -> None:
         size = self._receive()
+        if size is None:
+            return
         if size:
             events = self._decoder.feed(memoryview(_receive_buffer)[:size])
             if self._proceed_on_ready and any(event[0] == "ready" for event in events):
