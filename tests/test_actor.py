@@ -219,3 +219,23 @@ def test_take_queued_tells_takes_only_what_it_selects_and_leaves_asks_to_the_tea
     assert taken == [1, 4]
     with pytest.raises(pykka.ActorDeadError):
         asked.get(timeout=5)
+
+
+def test_the_actor_registry_keeps_start_order_and_forgets_each_actor_at_its_stop():
+    """pykka's registry, indexed by linx_otp (a stop no longer scans every live actor): it
+    still lists actors in start order, finds them by class and urn, and forgets each one as it
+    stops, in any order."""
+
+    class Member(linx_otp.Actor):
+        pass
+
+    refs = [Member.start() for _ in range(5)]
+    assert pykka.ActorRegistry.get_all() == refs
+    assert pykka.ActorRegistry.get_by_class(Member) == refs
+    assert pykka.ActorRegistry.get_by_urn(refs[2].actor_urn) is refs[2]
+    for ref in [refs[4], refs[0], refs[2]]:  # newest first, oldest, middle
+        assert ref.stop()
+    assert pykka.ActorRegistry.get_all() == [refs[1], refs[3]]
+    pykka.ActorRegistry.stop_all()
+    assert not pykka.ActorRegistry.get_all()
+    assert not any(ref.is_alive() for ref in refs)
