@@ -46,6 +46,8 @@ class Mailbox:
     def __init__(self) -> None:
         self._messages: deque[Any] = deque()
         self._condition = threading.Condition()
+        self._reader: threading.Thread | None = None
+        """The thread that last took from it (a thread's own mailbox: that thread from the start)."""
 
     def tell(self, message: Any) -> None:
         """Queue a message (never blocks)."""
@@ -64,6 +66,7 @@ class Mailbox:
                 if remaining is not None and remaining <= 0:
                     raise TimeoutError(f"no message matching {match!r} within {timeout} s")
                 self._condition.wait(remaining)
+            self._reader = threading.current_thread()
         consumed(message)
         return message
 
@@ -81,9 +84,17 @@ class Mailbox:
         with self._condition:
             messages = list(self._messages)
             self._messages.clear()
+            self._reader = threading.current_thread()
         for message in messages:
             consumed(message)
         return messages
+
+    def reader_has_ended(self) -> bool:
+        """Whether the thread that last took from this mailbox (for a thread's own mailbox, that
+        thread from the start) has ended: then nobody is known to take from it any more, and a
+        session it owns stops waiting for it (README, "Using it"). False while it has never been read."""
+        reader = self._reader
+        return reader is not None and not reader.is_alive()
 
     def __len__(self) -> int:
         with self._condition:
@@ -101,6 +112,7 @@ def mailbox() -> Mailbox:
     own = getattr(_thread_local, "mailbox", None)
     if own is None:
         own = _thread_local.mailbox = Mailbox()
+        own._reader = threading.current_thread()
     return own
 
 

@@ -109,6 +109,18 @@ def takes_output_in_io_thread(owner: Any) -> bool:
     return isinstance(owner, (Mailbox, pykka.ActorRef))
 
 
+def _can_be_watched(owner: Any) -> bool:
+    """Whether the session can tell when ``owner`` will take no more output: an actor (it stops)
+    or a ``Mailbox`` (the thread that reads it ends)."""
+    return isinstance(owner, (pykka.ActorRef, Mailbox))
+
+
+def _still_takes_output(owner: pykka.ActorRef | Mailbox) -> bool:
+    if isinstance(owner, Mailbox):
+        return not owner.reader_has_ended()
+    return owner.is_alive()
+
+
 def exit_reason(outcome: Outcome) -> Any:
     """The exit reason of a ``linger=False`` session that ended with ``outcome`` (README, "Supervision")."""
     match outcome:
@@ -130,7 +142,7 @@ _EVENTS_WAITING = _EventsWaiting()
 class _CheckOwner:
     """Timer: is the actor that holds the session's full window still alive?"""
 
-    owner: pykka.ActorRef
+    owner: Any
 
 
 # -- the session's messages: one class per verb, asked by the module's functions ---------------
@@ -457,26 +469,27 @@ class Session(Actor):
             return None
         if self._credit_on_tell:
             consumed(message)
-        elif self._window.full and isinstance(owner, pykka.ActorRef):
+        elif self._window.full and _can_be_watched(owner):
             self._watch_owner(owner)
         return None
 
-    def _watch_owner(self, owner: pykka.ActorRef) -> None:
-        """An actor holds the whole window (the owner, or one ``set_owner`` took the session
-        from): if it stops it never gives it back, so check on it. Called with ``_owner_lock`` held."""
+    def _watch_owner(self, owner: Any) -> None:
+        """An actor or a mailbox holds the whole window (the owner, or one ``set_owner`` took the
+        session from): if nobody will take from it any more it never gives it back, so check on
+        it (``_still_takes_output``). Called with ``_owner_lock`` held."""
         if owner in self._owners_watched:
             return
         self._owners_watched.add(owner)
         check = _CheckOwner(owner)
         reactor().call_later(OWNER_CHECK_SECONDS, lambda: tell_quietly(self.actor_ref, check))
 
-    def _check_owner(self, owner: pykka.ActorRef) -> None:
+    def _check_owner(self, owner: Any) -> None:
         with self._owner_lock:
             self._owners_watched.discard(owner)
             current = owner is self._owner
             if current and self._dropping_for_stopped_owner:
                 return
-            if owner.is_alive():
+            if _still_takes_output(owner):
                 if self._window.full:
                     self._watch_owner(owner)
                 return
@@ -491,13 +504,16 @@ class Session(Actor):
         self._window.give_credit(credit)
 
     def _owner_stopped(self, owner: Any) -> None:
-        """The owner actor has stopped and will never take output: rather than block the
-        workload forever, the session drops output past the window until ``set_owner``."""
+        """The owner will never take output (an actor that stopped, a mailbox whose reading
+        thread ended): rather than block the workload forever, the session drops output past
+        the window until ``set_owner``."""
         if self._dropping_for_stopped_owner:
             return
         self._dropping_for_stopped_owner = True
         log.warning(
-            "session %s: its owner %r has stopped; output past the window is dropped until set_owner", self, owner
+            "session %s: its owner %r has stopped taking output; output past the window is dropped until set_owner",
+            self,
+            owner,
         )
         self._window.forgive()  # what it held will never be taken; what it is told from now on fills the window
         if self._plan.request.output_mode != protocol.OUTPUT_DROP:
@@ -653,7 +669,7 @@ class Session(Actor):
             restore, self._dropping_for_stopped_owner = self._dropping_for_stopped_owner, False
             # what the stopped owner was told will never be taken
             credit = self._window.forgive_without_sending() if restore else 0
-            if not restore and self._window.full and isinstance(previous, pykka.ActorRef):
+            if not restore and self._window.full and _can_be_watched(previous):
                 self._watch_owner(previous)  # the new owner gets nothing until the previous one takes its part
         if restore:
             self._window.give_credit(credit)

@@ -550,3 +550,47 @@ def test_reactor_timers_fire_in_order_after_their_delay():
     first, second = fired.get(timeout=5), fired.get(timeout=5)
     assert [first[0], second[0]] == ["early", "late"]
     assert first[1] >= 0.05 and second[1] >= 0.2
+
+
+def test_a_thread_whose_own_mailbox_owns_a_session_and_ends_unread_does_not_block_it_forever(caplog):
+    """A thread's own mailbox as the owner, and the thread ends without reading: nobody will
+    ever take that window back, so the session switches to drop mode, as for a stopped actor."""
+    started: list = []
+
+    def start_and_leave() -> None:
+        started.append(spawn_counting(linx_otp.mailbox(), output_window=SMALL_WINDOW))
+
+    thread = threading.Thread(target=start_and_leave)
+    thread.start()
+    thread.join(TIMEOUT)
+    (session,) = started
+    assert P.wait(session, TIMEOUT) == ("exited", 0)  # not blocked forever
+    warnings = [record for record in caplog.records if "has stopped taking output" in record.getMessage()]
+    assert len(warnings) == 1, warnings
+    session.stop()
+
+
+def test_a_thread_s_own_mailbox_read_by_another_thread_keeps_its_session_blocking(caplog):
+    """The mailbox's reader is the thread that last took from it: a thread's own mailbox that
+    another thread reads is not given up on when the thread it belongs to ends."""
+    handed_over: list = []
+    taken = threading.Event()
+
+    def start_and_hand_over() -> None:
+        own = linx_otp.mailbox()
+        handed_over.append((own, spawn_counting(own, output_window=SMALL_WINDOW)))
+        taken.wait(TIMEOUT)
+
+    thread = threading.Thread(target=start_and_hand_over)
+    thread.start()
+    assert wait_until(lambda: handed_over, TIMEOUT)
+    ((own, session),) = handed_over
+    assert own.receive(("linx_process", "ready"), timeout=TIMEOUT)  # this thread reads it now
+    taken.set()
+    thread.join(TIMEOUT)
+    wait_blocked(session)
+    time.sleep(3 * P.OWNER_CHECK_SECONDS)  # checks have run since the first thread ended
+    output, outcome = read_until_outcome(own)
+    assert outcome == ("exited", 0) and output == numbers(LINES)  # blocked, never dropped
+    assert not [record for record in caplog.records if "has stopped taking output" in record.getMessage()]
+    session.stop()
