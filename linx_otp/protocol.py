@@ -224,6 +224,22 @@ def _string_fields(tag: int, values: tuple[bytes, ...]) -> list[bytes]:
     return [pack(tag, len(value) + 1) + value + b"\0" for value in values]
 
 
+_encoded_env: tuple[tuple[bytes, ...], bytes] = ((), b"")
+"""The env fields last encoded, and the tuple they were encoded from."""
+
+
+def _env_fields(env: tuple[bytes, ...]) -> bytes:
+    """``env`` as request fields. Sessions that inherit an unchanged environment share one tuple
+    (``options.check_env``), so most requests reuse the last encoding: 46 fields here, a
+    quarter of the time ``encode_request`` took."""
+    global _encoded_env
+    known, encoded = _encoded_env
+    if env is not known:
+        encoded = b"".join(_string_fields(FIELD_ENV, env))
+        _encoded_env = (env, encoded)
+    return encoded
+
+
 def namespace_mask(names: frozenset[str]) -> int:
     mask = 0
     for name in names:
@@ -237,7 +253,7 @@ def encode_request(request: Request) -> bytes:
     if request.target is not None:
         parts.append(_field(FIELD_TARGET, FRAME_HEADER.pack(request.target)))
     parts += _string_fields(FIELD_ARGV, request.argv)
-    parts += _string_fields(FIELD_ENV, request.env)
+    parts.append(_env_fields(request.env))
     if request.namespaces is not None:
         parts.append(_field(FIELD_NAMESPACES, FRAME_HEADER.pack(namespace_mask(request.namespaces))))
     if request.cwd is not None:

@@ -259,6 +259,34 @@ def test_the_request_carries_the_window_and_the_mode():
     assert bytes([protocol.FIELD_OUTPUT_MODE]) + struct.pack(">IB", 1, protocol.OUTPUT_DROP) in encoded
 
 
+def env_fields(encoded: bytes) -> list[bytes]:
+    """The env entries a request frame carries, in order."""
+    entries, at = [], protocol.FRAME_HEADER.size + 1  # past the frame's length and its type
+    while at < len(encoded):
+        tag, size = protocol.FIELD_HEADER.unpack_from(encoded, at)
+        if tag == protocol.FIELD_ENV:
+            entries.append(encoded[at + 5 : at + 5 + size - 1])
+        at += 5 + size
+    return entries
+
+
+def test_each_request_carries_its_own_environment_and_an_inherited_one_follows_changes(monkeypatch):
+    """The inherited environment's encoding is reused while it is unchanged; a request with
+    another environment, or after the process's environment changed, carries its own."""
+
+    def encoded_env(env=None) -> list[bytes]:
+        plan = options.plan_session(mode=protocol.MODE_SPAWN, target=None, argv=["/bin/true"], env=env)
+        return env_fields(protocol.encode_request(plan.request))
+
+    inherited = encoded_env()
+    assert inherited == [key + b"=" + value for key, value in os.environb.items()]
+    assert encoded_env({"ONLY": "this"}) == [b"ONLY=this"]
+    assert encoded_env() == inherited
+    monkeypatch.setenv("LINX_OTP_PROTOCOL_TEST", "changed")
+    assert encoded_env() == inherited + [b"LINX_OTP_PROTOCOL_TEST=changed"]
+    assert encoded_env([]) == []
+
+
 CAPTURE_STDOUT = (protocol.StdioDirective(), protocol.StdioDirective(protocol.STDIO_CAPTURE), protocol.StdioDirective())
 
 
