@@ -19,6 +19,7 @@ from test_daemon_robustness import status_rows
 
 from linx_otp import protocol
 from linx_otp.daemon.output import Output
+from linx_otp.daemon.tree import LogFile
 from linx_otp.flow import OutputWindow
 
 MIB = 1 << 20
@@ -287,3 +288,28 @@ def test_close_gives_up_on_a_console_nobody_reads_and_gives_every_window_back():
     finally:
         os.close(reader)
         os.close(writer)
+
+
+def test_a_batch_bigger_than_a_log_s_room_is_split_between_lines_across_rotations(tmp_path):
+    """No log file passes max_bytes: a batch of lines that would is split at line ends, the rest
+    going to the file after the rotation; a line longer than max_bytes fills a file alone."""
+    log = LogFile(path=str(tmp_path / "child.log"), max_bytes=200, keep=20)
+    reader, writer = os.pipe()
+    output = Output(writer, report=lambda *event: None).start()
+    lines = [f"line {number}".encode() for number in range(60)] + [b"x" * 500, b"after the long one"]
+    try:
+        output.captured("child", ("linx_process", "stdout", b"".join(line + b"\n" for line in lines)), log)
+        output.end_of("child")
+        newest = Path(log.path)
+        assert wait_until(lambda: newest.exists() and b"after the long one" in newest.read_bytes(), TIMEOUT)
+    finally:
+        output.close()
+        os.close(reader)
+        os.close(writer)
+    files = [tmp_path / f"child.log.{n}" for n in range(20, 0, -1) if (tmp_path / f"child.log.{n}").exists()]
+    files.append(tmp_path / "child.log")
+    for path in files:  # within max_bytes, or one line alone
+        contents = path.read_bytes()
+        assert len(contents) <= 200 or contents.count(b"\n") == 1, (path.name, len(contents))
+    written = "".join(logged_text(path) for path in files)
+    assert written == "".join(line.decode() + "\n" for line in lines)  # every line, in order, each whole

@@ -145,18 +145,24 @@ class _Log:
         self.next_rotation = 0.0
 
     def write(self, data: bytes) -> None:
+        """Append whole lines (``data`` ends with a newline); a batch that would pass
+        ``max_bytes`` is split between lines across rotations, so no file passes it unless one
+        line alone does (that line fills a file of its own) or rotation is failing."""
         try:
-            if self.fd >= 0 and self.size and self.size + len(data) > self.spec.max_bytes:
-                if time.monotonic() >= self.next_rotation:
-                    self.rotate()
-            if self.fd < 0:
-                if time.monotonic() < self.next_attempt:
-                    self.lost_bytes += len(data)
-                    return
-                self.fd = open_log(self.path)
-                self.size = os.fstat(self.fd).st_size
-            write_all(self.fd, data)
-            self.size += len(data)
+            while data:
+                if self.fd >= 0 and self.size and self.size + len(data) > self.spec.max_bytes:
+                    if time.monotonic() >= self.next_rotation:
+                        self.rotate()
+                if self.fd < 0:
+                    if time.monotonic() < self.next_attempt:
+                        self.lost_bytes += len(data)
+                        return
+                    self.fd = open_log(self.path)
+                    self.size = os.fstat(self.fd).st_size
+                piece = self._piece_that_fits(data)
+                write_all(self.fd, piece)
+                self.size += len(piece)
+                data = data[len(piece) :]
         except OSError as error:
             self.fail(error, data)
             return
@@ -164,6 +170,16 @@ class _Log:
             self.failing = False
             self.report(self.child_id, "log_resumed", f"{self.path}: {self.lost_bytes} bytes of output were lost")
             self.lost_bytes = 0
+
+    def _piece_that_fits(self, data: bytes) -> bytes:
+        """The lines at the start of ``data`` that fit in the open file: all of it while
+        rotation fails (it grows instead), at least one line into an empty file."""
+        if self.size + len(data) <= self.spec.max_bytes or self.rotation_failing:
+            return data
+        end = data.rfind(b"\n", 0, self.spec.max_bytes - self.size) + 1
+        if end == 0 and self.size == 0:  # one line longer than max_bytes
+            end = data.find(b"\n") + 1 or len(data)
+        return data[:end]
 
     def rotate(self) -> None:
         """Rename the files one place down, as logrotate does; the next write opens a new one.
