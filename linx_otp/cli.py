@@ -298,7 +298,15 @@ def _control(arguments: argparse.Namespace) -> int:
         print(describe_reload(result))
     else:
         print(result)
+    if arguments.verb == "reload" and result.get("failed"):
+        return RELOAD_PARTLY_FAILED
     return 0
+
+
+RELOAD_PARTLY_FAILED = 1
+"""The exit status of a reload that applied the file but some of whose children did not start
+(the reply names them and why; the next reload tries them again): a script must not take it
+for success."""
 
 
 def _attach(arguments: argparse.Namespace, message: dict) -> Any:

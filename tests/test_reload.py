@@ -505,3 +505,37 @@ def test_a_fifo_or_dev_zero_as_the_tree_file_is_refused_without_waiting_and_chan
     assert wait_until(lambda: all_running(daemon), TIMEOUT)
     assert pids(daemon)["same"] == before["same"]
     assert daemon.stop() == 0
+
+
+NEVER_READY = """
+    [[child]]
+    id = "a"
+    argv = ["sleep", "600"]
+    {added}
+"""
+ADDED = """
+    [[child]]
+    id = "unready"
+    argv = ["sleep", "603"]
+    ready = {{ file = "{never}", timeout = 0.5, interval = 0.05 }}
+
+    [[child]]
+    id = "after"
+    argv = ["sleep", "604"]
+"""
+
+
+def test_a_reload_some_of_whose_children_fail_to_start_says_which_and_exits_1(tmp_path, running):
+    tree = Path(write_tree(tmp_path, NEVER_READY.format(added="")))
+    daemon = running(str(tree), "--json")
+    assert wait_until(lambda: all_running(daemon), TIMEOUT)
+    tree.write_text(textwrap.dedent(NEVER_READY.format(added=ADDED.format(never=tmp_path / "never"))))
+    result = daemon.control_command("reload", "--json")
+    assert result.returncode == 1, result.stderr
+    reply = json.loads(result.stdout)["result"]
+    assert reply["added"] == ["after"] and list(reply["failed"]) == ["unready"], reply
+    assert "readiness" in reply["failed"]["unready"] or "ready" in reply["failed"]["unready"], reply
+    words = daemon.control_command("reload")  # the same file again: it tries the failed child again
+    assert words.returncode == 1 and "unready failed to start" in words.stdout, (words.stdout, words.stderr)
+    assert wait_until(lambda: status(daemon)["after"]["state"] == "running", TIMEOUT)
+    assert daemon.stop() == 0
