@@ -82,6 +82,24 @@ class _Birth:
 _births = threading.local()
 
 
+class _Inbox(queue.SimpleQueue):
+    """An actor's inbox that also knows how many messages put in it are not yet handled
+    (``Actor.idle``): one entry per message, added before it is queued and removed once it has
+    been handled, so there is no moment when a message is neither queued nor counted. A list's
+    append and pop are atomic, so any thread may put."""
+
+    def __init__(self) -> None:
+        self.unhandled: list[None] = []
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        self.unhandled.append(None)
+        super().put(item, block, timeout)
+
+    def put_back(self, item: Any) -> None:
+        """Queue a message taken out unhandled (it is still counted)."""
+        super().put(item)
+
+
 class _SpareThread:
     """One daemon thread started ahead of need. ``threading.Thread.start`` waits for the new
     thread's start-up handshake (about 0.3 ms, a sixth of a whole spawn); an actor that
@@ -220,16 +238,17 @@ class Actor(pykka.ThreadingActor):
         # inbox is a queue.SimpleQueue of envelopes (message, reply_to) (_create_actor_inbox).
         # Only this thread takes from it, and once the actor has stopped tell refuses new
         # messages, so emptying it and putting back what stays keeps the order.
-        inbox = cast("queue.SimpleQueue[Any]", self.actor_inbox)
+        inbox = cast("_Inbox", self.actor_inbox)
         taken, kept = [], []
         while not inbox.empty():
             envelope = inbox.get_nowait()
             if envelope.reply_to is None and selects(envelope.message):
                 taken.append(envelope.message)
+                inbox.unhandled.pop()  # handled by the caller
             else:
                 kept.append(envelope)
         for envelope in kept:
-            inbox.put(envelope)
+            inbox.put_back(envelope)
         return taken
 
     def shutdown_requested(self) -> None:
@@ -268,7 +287,7 @@ class Actor(pykka.ThreadingActor):
         # SimpleQueue (C, one lock) instead of pykka's queue.Queue (three Conditions in Python):
         # telling and taking a message cost less, and an idle actor holds 2 KiB less, which
         # counts with 10,000 sessions (benchmarks/spawn.py, the scaling rows).
-        return queue.SimpleQueue()
+        return _Inbox()
 
     def _start_actor_loop(self) -> None:
         # pykka-internal: _start_actor_loop/_actor_loop are how a ThreadingActor gets its thread;
@@ -293,10 +312,24 @@ class Actor(pykka.ThreadingActor):
                 self._birth.failure = self._exit_reason if self._ended else None
                 self._birth.settled.set()
 
+    def idle(self) -> bool:
+        """Whether every message told or asked of this actor so far has been handled: what
+        the calling thread sent it before is still unhandled, so a fast path taken only when
+        idle cannot overtake it (``process.signal``). A message another thread sends at the
+        same moment has no order with the call anyway."""
+        return not cast("_Inbox", self.actor_inbox).unhandled
+
     def _handle_receive(self, message: Any) -> Any:
-        # pykka-internal: the dispatch before on_receive; the base's own messages are handled
-        # here so that subclasses' on_receive never sees them, and SystemExit ends this actor
-        # alone (pykka would stop every actor in the process).
+        # pykka-internal: the dispatch before on_receive, for every message pykka's loop takes;
+        # the base's own messages are handled here so that subclasses' on_receive never sees
+        # them, and SystemExit ends this actor alone (pykka would stop every actor in the
+        # process). It also counts the message handled (idle()).
+        try:
+            return self._dispatch(message)
+        finally:
+            cast("_Inbox", self.actor_inbox).unhandled.pop()
+
+    def _dispatch(self, message: Any) -> Any:
         match message:
             case _AddMonitor(watcher):
                 with self._monitors_lock:

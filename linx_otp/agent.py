@@ -347,5 +347,7 @@ class AgentConnection:
 
     def _finish_if_done(self) -> None:
         if self._socket_drained and self._status is not None and not self.finished.is_set():
-            self._queue([("agent_exit", self._status)])
+            self._hand_on(
+                [("agent_exit", self._status)]
+            )  # offered like any event: after a known outcome it wakes nobody
             self.finished.set()

@@ -321,10 +321,17 @@ class Session(Actor):
             self._shutting_down = not ended
         if ended:
             self.exit("shutdown")
-        elif self._connection.claim_proceed():
-            self._abort_claimed()
-        else:
-            self._send_signal(SIGTERM)
+            return
+        try:
+            if self._connection.claim_proceed():
+                self._abort_claimed()
+            else:
+                self._send_signal(SIGTERM)
+        except LinxError as error:
+            if error.reason != "no_process":
+                raise
+            # The agent is gone: its outcome, or its exit, is queued for this actor and ends the
+            # session with "shutdown" (not with this error, as a crash for the supervisor).
 
     def _answer_queued_waits(self) -> None:
         """``Wait`` is told, not asked, so pykka's teardown would never answer one queued
@@ -441,17 +448,16 @@ class Session(Actor):
         lingers: it is recorded, told and handed to waiters here, sparing a wake-up of this
         actor per session (benchmarks/spawn.py: the signalling row at 10,000 sessions). A
         session with a set-up to release, one that ends at its outcome (``linger=False``, or a
-        supervisor's shutdown) and one whose owner's ``tell`` might block leave it to this actor."""
+        supervisor's shutdown), one whose owner's ``tell`` might block and one with waiters
+        (a ``Wait`` future's callbacks are the caller's code, which must not run on the thread
+        that reads every agent) leave it to this actor."""
         if self._plan.setup is not None or not self._plan.linger:
             return False
         with self._owner_lock:  # against shutdown_requested, wait and set_owner
-            if self._shutting_down or self._stopping or not self._owner_takes_output_in_io_thread:
+            if self._shutting_down or self._stopping or self._waiters or not self._owner_takes_output_in_io_thread:
                 return False
             self._result = outcome
             self._emit(*outcome)
-            waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            waiter.set_result(outcome)
         return True
 
     def _emit_output(self, event: tuple) -> Any:
@@ -609,12 +615,14 @@ class Session(Actor):
         """``signal``'s fast path, in the caller's thread: send ``signum`` to a running
         workload of a live session without a round trip through this actor (at 10,000 sessions
         that round trip was 0.7 ms a signal: benchmarks/spawn.py). False when this actor must
-        decide (not running yet, so the signal is buffered; ended; stopping; agent gone), and
-        ``signal`` then asks it as usual. "Running" is set only once the signals buffered
-        before it have been sent, so a signal never overtakes an earlier one."""
+        decide (not running yet, so the signal is buffered; ended; stopping; agent gone), or
+        while anything sent to this actor is unhandled (``idle``: a signal asked without
+        blocking, a stop), and ``signal`` then asks it as usual, behind those. "Running" is set
+        only once the signals buffered before it have been sent, so a signal never overtakes an
+        earlier one."""
         with self._owner_lock:
             live = self._running and self._result is None and not self._stopping
-        return live and self._connection.send(protocol.encode_signal(signum))
+        return live and self.idle() and self._connection.send(protocol.encode_signal(signum))
 
     def _add_waiter(self, waiter: concurrent.futures.Future) -> None:
         with self._owner_lock:  # the I/O thread may be recording the outcome (_take_end_directly)
@@ -636,18 +644,19 @@ class Session(Actor):
         return self._host_pid
 
     def _info(self) -> Info:
+        result = self._result  # read once: the I/O thread may record it meanwhile (_take_end_directly)
         return Info(
             mode=self._plan.mode,
-            stage=self._stage(),
+            stage=self._stage(result),
             host_pid=self._host_pid,
             child_pid=self._child_pid,
             pty=self._pty,
-            result=self._result,
+            result=result,
         )
 
-    def _stage(self) -> str:
-        if self._result is not None:
-            return "errored" if self._result[0] == "error" else self._result[0]
+    def _stage(self, result: Outcome | None) -> str:
+        if result is not None:
+            return "errored" if result[0] == "error" else result[0]
         if self._running:
             return "running"
         if self._child_pid is not None:
@@ -682,7 +691,9 @@ class Session(Actor):
         if not self._pty:
             raise LinxError("no_pty", "pty_write: not a pty session (spawn with stdio='pty')")
         if not self._running:
-            raise LinxError("not_running", f"pty_write: the workload is not running yet (stage {self._stage()})")
+            raise LinxError(
+                "not_running", f"pty_write: the workload is not running yet (stage {self._stage(self._result)})"
+            )
         for frame in protocol.encode_pty_input(data):
             self._send(frame)
 

@@ -4,6 +4,7 @@ the system refuses (out of fds, out of processes)."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import errno
 import json
 import math
@@ -19,10 +20,11 @@ from pathlib import Path
 import pytest
 from support import needs_root, process_alive, wait_until
 
+import linx_otp
 from linx_otp import process as P
 from linx_otp import supervisor as S
-from linx_otp.actor import actor_of
-from linx_otp.errors import LinxValueError
+from linx_otp.actor import actor_of, request_shutdown
+from linx_otp.errors import LinxError, LinxValueError
 
 TIMEOUT = 10
 
@@ -171,12 +173,8 @@ def test_running_out_of_processes_is_spawn_failed_and_leaves_nothing():
     assert report["after"] == ["outcome", "exited", 0]
 
 
-def test_a_signal_and_the_outcome_pass_a_session_thread_that_is_busy(box):
-    """``signal`` sends straight to a running workload's agent, and a lingering session's outcome
-    reaches its owner from the I/O thread: neither waits for the session's own thread (at 10,000
-    sessions that round trip was most of the time it took to signal them all)."""
-    session = P.spawn(argv=["sleep", "1000"], auto_proceed=True, owner=box)
-    box.receive(("linx_process", "running"), timeout=TIMEOUT)
+def hold_up(session):
+    """Keep the session's thread busy answering an ``info()`` until the returned event is set."""
     actor = actor_of(session)
     answer_info, held, release = actor._info, threading.Event(), threading.Event()
 
@@ -187,16 +185,130 @@ def test_a_signal_and_the_outcome_pass_a_session_thread_that_is_busy(box):
 
     actor._info = info_held_up
     pending_info = session.ask(P.GetInfo(), block=False)
+    assert held.wait(TIMEOUT), "the session's thread is busy answering info()"
+    return pending_info, release
+
+
+def signal_logger(log: Path) -> list[str]:
+    """A workload that writes each USR1 and TERM it gets to ``log``, in order of arrival."""
+    script = f'trap "echo USR1 >> {log}" USR1; trap "echo TERM >> {log}; exit 3" TERM; echo up >> {log}; '
+    return ["sh", "-c", script + "while :; do sleep 0.01; done"]
+
+
+def logged(log: Path) -> list[str]:
+    return log.read_text().split() if log.exists() else []
+
+
+def test_a_signal_never_overtakes_a_message_sent_to_the_session_before_it(box, tmp_path):
+    """The fast path is taken only when everything sent to the session has been handled: a
+    ``Signal`` asked without blocking, then ``signal()``, reach the workload in that order,
+    and ``signal()`` after ``stop(block=False)`` is refused as the stop's, not sent."""
+    log = tmp_path / "signals"
+    session = P.spawn(argv=signal_logger(log), auto_proceed=True, owner=box, stdio="devnull")
+    box.receive(("linx_process", "running"), timeout=TIMEOUT)
+    assert wait_until(lambda: logged(log) == ["up"], TIMEOUT)
+    pending_info, release = hold_up(session)
+    first = session.ask(P.Signal(signal.SIGUSR1), block=False)
+    second = threading.Thread(target=P.signal, args=(session, signal.SIGTERM))
+    second.start()
+    time.sleep(0.2)  # had it taken the fast path, the workload would have its TERM by now
+    assert logged(log) == ["up"]
+    release.set()
+    second.join(TIMEOUT)
+    assert first.get(timeout=TIMEOUT) is None
+    assert box.receive(("linx_process", "exited"), timeout=TIMEOUT) == ("linx_process", "exited", 3)
+    assert logged(log) == ["up", "USR1", "TERM"]
+    pending_info.get(timeout=TIMEOUT)
+    session.stop()
+
+    session = P.spawn(argv=["sleep", "1000"], auto_proceed=True, owner=box)
+    box.receive(("linx_process", "running"), timeout=TIMEOUT)
+    pending_info, release = hold_up(session)
+    stopping = session.stop(block=False)
+    release.set()
+    with pytest.raises(LinxError) as raised:
+        P.signal(session, signal.SIGTERM)
+    assert raised.value.reason == "no_process"
+    assert stopping.get(timeout=TIMEOUT)
+
+
+def test_a_wait_future_s_callbacks_never_run_on_the_thread_that_reads_every_agent(box):
+    """A ``Wait`` future is the caller's: its callbacks may block (here, until another session
+    ends), so the outcome it waits for is handed over by the session's thread, and the other
+    sessions' events keep flowing meanwhile."""
+    waited = P.spawn(argv=["sleep", "1000"], auto_proceed=True, owner=box)
+    bystander = P.spawn(argv=["sleep", "1000"], auto_proceed=True, owner=box)
+    for _ in range(2):
+        box.receive(("linx_process", "running"), timeout=TIMEOUT)
+    future: concurrent.futures.Future = concurrent.futures.Future()
+    release = threading.Event()
+    future.add_done_callback(lambda _: release.wait(TIMEOUT))
+    waited.tell(P.Wait(future))
+    P.signal(waited, signal.SIGKILL)
+    assert wait_until(future.done, TIMEOUT)
     try:
-        assert held.wait(TIMEOUT), "the session's thread is busy answering info()"
-        signaller = threading.Thread(target=P.signal, args=(session, signal.SIGTERM))
-        signaller.start()
-        signaller.join(TIMEOUT)
-        assert not signaller.is_alive(), "signal() waited for the session's thread"
+        P.signal(bystander, signal.SIGTERM)
+        assert box.receive(("linx_process", "signaled", signal.SIGTERM), timeout=5)
+    finally:
+        release.set()
+    assert future.result() == ("signaled", signal.SIGKILL)
+    waited.stop()
+    bystander.stop()
+
+
+def test_a_supervisor_s_shutdown_that_finds_the_agent_gone_ends_the_session_with_shutdown(box):
+    """The shutdown's SIGTERM finds the agent's socket closed (the workload ended and its agent
+    exited while the session was busy): the session ends with "shutdown" once it takes the
+    queued end, not with the failed send as a crash."""
+    session = S.start_child(
+        tree := S.start([]), P.child_spec(id="w", argv=["sleep", "1000"], auto_proceed=True, owner=box)
+    )
+    box.receive(("linx_process", "running"), timeout=TIMEOUT)
+    monitor_box = linx_otp.Mailbox()
+    linx_otp.monitor(session, monitor_box)
+    agent = agent_of(P.host_pid(session))
+    pending_info, release = hold_up(session)
+    request_shutdown(session)
+    os.kill(agent, signal.SIGKILL)
+    assert wait_until(actor_of(session)._connection.finished.is_set, TIMEOUT)
+    release.set()
+    assert monitor_box.receive(("DOWN",), timeout=TIMEOUT)[2] == "shutdown"
+    S.stop(tree)
+
+
+def test_a_signal_to_an_idle_session_goes_straight_to_its_agent(box):
+    """``signal`` to a running workload whose session has nothing else to do is sent from the
+    caller's thread: the session's own thread never handles it (at 10,000 sessions that round
+    trip was most of the time it took to signal them all)."""
+    session = P.spawn(argv=["sleep", "1000"], auto_proceed=True, owner=box)
+    box.receive(("linx_process", "running"), timeout=TIMEOUT)
+    actor, handled = actor_of(session), []
+    through_the_actor = actor._signal
+    actor._signal = lambda signum: handled.append(signum) or through_the_actor(signum)
+    P.signal(session, signal.SIGTERM)
+    assert box.receive(("linx_process", "signaled"), timeout=TIMEOUT) == ("linx_process", "signaled", signal.SIGTERM)
+    assert handled == []
+    assert session.stop()
+
+
+def test_a_lingering_session_s_outcome_reaches_its_owner_while_its_thread_is_busy(box):
+    """The I/O thread hands a lingering session's outcome to its owner itself: it does not wait
+    for the session's thread, which answers with the outcome once free, and the agent's exit
+    after it wakes that thread for nothing."""
+    session = P.spawn(argv=["sleep", "1000"], auto_proceed=True, owner=box)
+    box.receive(("linx_process", "running"), timeout=TIMEOUT)
+    workload, actor, drained = P.host_pid(session), actor_of(session), []
+    drain_events = actor._drain_events
+    actor._drain_events = lambda: drained.append(True) or drain_events()
+    pending_info, release = hold_up(session)
+    try:
+        os.kill(workload, signal.SIGTERM)
         event = box.receive(("linx_process", "signaled"), timeout=TIMEOUT)
         assert event == ("linx_process", "signaled", signal.SIGTERM)
+        assert wait_until(actor._connection.finished.is_set, TIMEOUT)  # the agent has exited too
     finally:
         release.set()
     assert pending_info.get(timeout=TIMEOUT).stage == "signaled"
+    assert drained == []
     assert P.wait(session, TIMEOUT) == ("signaled", signal.SIGTERM)
     assert session.stop()
