@@ -64,6 +64,12 @@ server compares them last, after every per-thread one): the server is replaced b
 started from the asking thread instead of sending every later spawn the direct way."""
 
 
+STALE_IN_A_ROW_MAX = 16
+"""Stale answers in a row after which the server is replaced by one started from the asking
+thread, whatever piece differs: the thread that started it may have been the odd one out (in
+another namespace, say). Bounded: at worst one server start per this many spawns."""
+
+
 class StaleState(Exception):
     """The asking thread's state differs from the server's in ``piece`` (a namespace, ``root``,
     ``credentials``, ...): an agent forked by the server would not get what this thread has."""
@@ -191,6 +197,8 @@ def _is_open(fd: int) -> bool:
 
 _server: SpawnServer | None = None
 _next_try = 0.0
+_stale_in_a_row = 0
+"""Stale answers since the last agent the server forked."""
 """``time.monotonic()`` before which no server is started again (one could not be)."""
 _lock = threading.Lock()
 """Held for a whole request: one request at a time on the server's socket."""
@@ -199,9 +207,10 @@ _lock = threading.Lock()
 def start_agent(agent_socket: socket.socket, path: str) -> int | None:
     """Fork an agent for ``agent_socket`` through this process's spawn server (started on first
     use, or again after it died); None if the caller must spawn it directly (the server is
-    disabled, cannot start, or holds state this thread no longer has). Raises ``ServerLost``
+    disabled, cannot start, or holds state this thread does not have; a stale answer for the
+    whole process, or ``STALE_IN_A_ROW_MAX`` in a row, replaces it first). Raises ``ServerLost``
     (start over with a new socket pair) or ``OSError`` (the fork failed)."""
-    global _server, _next_try
+    global _server, _next_try, _stale_in_a_row
     if os.environ.get(DISABLE_VARIABLE) == "0" or time.monotonic() < _next_try:
         return None
     with _lock:
@@ -216,16 +225,20 @@ def start_agent(agent_socket: socket.socket, path: str) -> int | None:
                     _next_try = time.monotonic() + RETRY_SECONDS
                     return None
             try:
-                return _server.spawn(agent_socket)
+                pid = _server.spawn(agent_socket)
             except StaleState as stale:
-                if stale.piece not in PROCESS_WIDE_PIECES:
+                _stale_in_a_row += 1
+                if stale.piece not in PROCESS_WIDE_PIECES and _stale_in_a_row < STALE_IN_A_ROW_MAX:
                     log.debug("spawn server stale (%s): spawning this agent directly", stale.piece)
                     return None
-                log.debug("spawn server stale (%s) for the whole process: replacing it", stale.piece)
+                log.debug("spawn server stale (%s): replacing it", stale.piece)
                 _replace_server()
             except ServerLost:
                 _replace_server()
                 raise
+            else:
+                _stale_in_a_row = 0
+                return pid
         return None  # stale again at once: this thread's state changes under us
 
 

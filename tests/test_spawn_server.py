@@ -205,3 +205,23 @@ def test_a_forked_child_does_not_share_the_parents_server():
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=os.getcwd())
     assert done.returncode == 0 and done.stdout == "ok\n", done.stderr
+
+
+@needs_root
+def test_a_server_stale_for_every_spawn_is_replaced_from_the_asking_thread(through_the_server, box):
+    run_to_the_end(["/bin/true"])  # a server started from this thread
+    first_server = spawn_server.server_pid()
+    holder = P.spawn(argv=["/bin/sleep", "60"], namespaces=["net"], auto_proceed=True, owner=box)
+    holder_pid = box.receive(("linx_process", "ready"), timeout=TIMEOUT)[2]
+    theirs = os.readlink(f"/proc/{holder_pid}/ns/net")
+    forked_before = len(through_the_server)
+    spawns = spawn_server.STALE_IN_A_ROW_MAX
+
+    def spawn_in_their_namespace_until_replaced() -> list[str]:
+        return [run_to_the_end(["readlink", "/proc/self/ns/net"])[1].decode().strip() for _ in range(spawns)]
+
+    namespaces = run_in(holder_pid, ["net"], spawn_in_their_namespace_until_replaced)
+    assert namespaces == [theirs] * spawns  # direct spawns, then the replacement's fork: all theirs
+    assert len(through_the_server) == forked_before + 1, "the last one was not forked by a new server"
+    assert spawn_server.server_pid() not in (None, first_server)
+    holder.stop()
