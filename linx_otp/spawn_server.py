@@ -174,6 +174,10 @@ class SpawnServer:
             pass
         os.waitpid(self.pid, 0)
 
+    def fds(self) -> set[int]:
+        """The fds this process holds for the server: its socket and its pidfd."""
+        return {fd for fd in (self._socket.fileno(), self._pidfd) if fd >= 0}
+
     def forget(self) -> None:
         """In a child made by ``os.fork()``: drop the parent's server without touching it."""
         self._socket.close()
@@ -268,6 +272,12 @@ def server_pid() -> int | None:
     """The pid of this process's spawn server, if one runs (a child of this process)."""
     server = _server
     return server.pid if server is not None else None
+
+
+def held_fds() -> set[int]:
+    """The fds this process holds for its server (none if none runs): for fd accounting."""
+    server = _server
+    return server.fds() if server is not None else set()
 
 
 def stop() -> None:
