@@ -115,9 +115,10 @@ SERVER_SPAWNED = 0xC1
 SERVER_STALE = 0xC2
 SERVER_FAILED = 0xC3
 SERVER_MESSAGE_MAX = 64
-SERVER_SPAWN_FDS_MAX = 5
+SERVER_SPAWN_FDS_MAX = 4
 """The spawn server's messages (PROTOCOL.md, "Spawn server"): one SOCK_SEQPACKET message each
-way; a spawn request carries the session's socket, the cwd and the stdio fds it names."""
+way; a spawn request carries the session's socket and the stdio fds it names (the server
+opens the calling thread's cwd itself)."""
 
 
 @dataclass(frozen=True)
@@ -349,7 +350,7 @@ def encode_server_hello(thread_id: int) -> bytes:
 
 def encode_server_spawn(thread_id: int, stdio_mask: int) -> bytes:
     """A spawn request from thread ``thread_id``; bit N of ``stdio_mask`` says the caller's
-    fd N travels with it (after the session's socket and the cwd).
+    fd N travels with it (after the session's socket).
 
     >>> encode_server_spawn(258, 0b101).hex()
     '420000010205'

@@ -5,10 +5,11 @@ Starting an agent directly costs this process a ``posix_spawn``, which copies th
 whole fd table into the child and closes it again at its ``execve``: the more sessions are
 alive (one fd each), the dearer. The server holds four fds and costs one message each way,
 the same at any count, so ``agent.AgentConnection.start`` asks it once this process holds
-many agent sockets (``agent.SPAWN_SERVER_FROM``) and spawns directly below that. It is started
-(with ``posix_spawn``, never a fork of this process) on the first such spawn and kept; each request carries the session's socket, this
-thread's cwd as an ``O_PATH`` fd and its fds 0-2 (for ``stdio="inherit"``) with
-``SCM_RIGHTS``, so the agent gets the caller's at spawn time. The server compares the calling
+many agent sockets (``agent.SPAWN_SERVER_FROM``) and spawns directly below that. It is
+started (with ``posix_spawn``, never a fork of this process) on the first such spawn and kept;
+each request carries the session's socket and this thread's fds 0-2 (for
+``stdio="inherit"``) with ``SCM_RIGHTS``, and the server opens the thread's cwd
+(``/proc/PID/task/TID/cwd``), so the agent gets the caller's at spawn time. It compares the calling
 thread's namespaces, root, credentials, cgroup, rlimits and the like with those of the thread
 that started it and answers "stale" when any differs: that agent is then spawned directly
 (``start_agent`` returns None). Agents it forks are this process's children, as directly
@@ -135,14 +136,9 @@ class SpawnServer:
         """Ask for an agent on ``agent_socket``: its pid. Raises ``StaleState`` when this thread's
         state is not the server's, ``ServerLost`` if the server is gone or misbehaves, and
         ``OSError`` if it could not fork."""
-        cwd = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            stdio = [fd for fd in (0, 1, 2) if _is_open(fd)]
-            mask = sum(1 << fd for fd in stdio)
-            message = protocol.encode_server_spawn(threading.get_native_id(), mask)
-            reply = self._ask(message, [agent_socket.fileno(), cwd, *stdio])
-        finally:
-            os.close(cwd)
+        stdio = [fd for fd in (0, 1, 2) if _passes_exec(fd)]
+        message = protocol.encode_server_spawn(threading.get_native_id(), sum(1 << fd for fd in stdio))
+        reply = self._ask(message, [agent_socket.fileno(), *stdio])
         if reply.kind == protocol.SERVER_SPAWNED:
             return reply.value
         if reply.kind == protocol.SERVER_STALE:
@@ -191,12 +187,13 @@ class SpawnServer:
             self._pidfd = -1
 
 
-def _is_open(fd: int) -> bool:
+def _passes_exec(fd: int) -> bool:
+    """True if ``fd`` is open and not close-on-exec: what a directly spawned agent would have.
+    (A process that closed its fd 0 may hold its epoll there, close-on-exec: never the agent's.)"""
     try:
-        os.fstat(fd)
+        return os.get_inheritable(fd)
     except OSError:
         return False
-    return True
 
 
 _server: SpawnServer | None = None

@@ -106,6 +106,6 @@
 #define SERVER_STALE 0xc2
 #define SERVER_FAILED 0xc3
 #define SERVER_MESSAGE_MAX 64
-#define SERVER_SPAWN_FDS_MAX 5
+#define SERVER_SPAWN_FDS_MAX 4
 
 #endif

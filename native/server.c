@@ -187,8 +187,10 @@ static int read_piece(int task, uint32_t tid, const struct state_piece *piece, c
     return 0;
 }
 
-/* Reads the state of thread `tid` of the Python process. -1 with errno if it cannot. */
-static int read_state(uint32_t tid, struct state *state)
+/* Reads the state of thread `tid` of the Python process, and opens its cwd (O_PATH) into `cwd`
+ * unless that is NULL: the thread's own, as posix_spawn from it would give the agent, without
+ * the caller opening and sending it. -1 with errno if it cannot. */
+static int read_state(uint32_t tid, struct state *state, int *cwd)
 {
     char path[64];
     snprintf(path, sizeof path, "/proc/%d/task/%u", (int)python_pid, tid);
@@ -198,6 +200,10 @@ static int read_state(uint32_t tid, struct state *state)
     int result = 0;
     for (size_t i = 0; i < PIECE_COUNT && result == 0; i++)
         result = read_piece(task, tid, &state_pieces[i], state->pieces[i]);
+    if (result == 0 && cwd != NULL) {
+        *cwd = openat(task, "cwd", O_PATH | O_DIRECTORY | O_CLOEXEC);
+        result = *cwd < 0 ? -1 : 0;
+    }
     int error = errno;
     if (close(task) < 0 && errno != EINTR)
         return -1;
@@ -220,8 +226,9 @@ struct server_request {
     uint8_t type;
     uint32_t tid;
     uint8_t stdio_mask;                /* bit N: the caller's fd N came along */
-    int fds[SERVER_SPAWN_FDS_MAX];     /* as received: session, cwd, then the stdio fds */
+    int fds[SERVER_SPAWN_FDS_MAX];     /* as received: the session's socket, then the stdio fds */
     int fd_count;
+    int cwd; /* the calling thread's, opened by the server; -1 until then */
 };
 
 enum receive_result { RECEIVED, RECEIVE_EOF, RECEIVE_MALFORMED };
@@ -232,6 +239,9 @@ static void close_received(struct server_request *request)
         if (close(request->fds[i]) < 0 && errno != EINTR)
             fprintf(stderr, "linx-spawn-server: close(%d): %s\n", request->fds[i], strerror(errno));
     request->fd_count = 0;
+    if (request->cwd >= 0 && close(request->cwd) < 0 && errno != EINTR)
+        fprintf(stderr, "linx-spawn-server: close(%d): %s\n", request->cwd, strerror(errno));
+    request->cwd = -1;
 }
 
 static void take_fds(const struct msghdr *message, struct server_request *request)
@@ -256,13 +266,13 @@ static int stdio_count(uint8_t mask)
 }
 
 /* A well-formed hello is type + tid, no fds; a spawn is type + tid + stdio mask with the
- * session, the cwd and one fd per mask bit. */
+ * session's socket and one fd per mask bit. */
 static bool well_formed(const struct server_request *request, ssize_t size)
 {
     if (request->type == SERVER_HELLO)
         return size == 5 && request->fd_count == 0;
     if (request->type == SERVER_SPAWN)
-        return size == 6 && request->stdio_mask <= 7 && request->fd_count == 2 + stdio_count(request->stdio_mask);
+        return size == 6 && request->stdio_mask <= 7 && request->fd_count == 1 + stdio_count(request->stdio_mask);
     return false;
 }
 
@@ -285,6 +295,7 @@ static enum receive_result receive_request(struct server_request *request)
         return RECEIVE_EOF; /* the socket is unusable: the Python side starts a new server */
     }
     memset(request, 0, sizeof *request);
+    request->cwd = -1;
     take_fds(&message, request);
     if (size == 0 && request->fd_count == 0)
         return RECEIVE_EOF;
@@ -334,7 +345,7 @@ static void become_agent(const struct server_request *request)
 {
     if (dup2(request->fds[0], CONTROL_FD) < 0)
         exit(EXIT_INFRASTRUCTURE);
-    int next = 2;
+    int next = 1;
     for (int fd = 0; fd <= 2; fd++) {
         if (request->stdio_mask & (1 << fd)) {
             if (dup2(request->fds[next++], fd) < 0)
@@ -343,7 +354,7 @@ static void become_agent(const struct server_request *request)
             fail_agent_start(errno, "server_stdio");
         }
     }
-    if (fchdir(request->fds[1]) < 0)
+    if (fchdir(request->cwd) < 0)
         fail_agent_start(errno, "server_cwd");
     if (setpgid(0, 0) < 0)
         fail_agent_start(errno, "server_setpgid");
@@ -381,7 +392,7 @@ static void prepare_server(void)
 
 static void answer_hello(const struct server_request *request)
 {
-    if (read_state(request->tid, &started_state) < 0) {
+    if (read_state(request->tid, &started_state, NULL) < 0) {
         reply(SERVER_FAILED, (uint32_t)errno, "server_state");
         return;
     }
@@ -390,13 +401,13 @@ static void answer_hello(const struct server_request *request)
 }
 
 /* Answers a spawn request; returns true in the forked agent. */
-static bool answer_spawn(const struct server_request *request)
+static bool answer_spawn(struct server_request *request)
 {
     if (!hello_done) {
         reply(SERVER_FAILED, EPROTO, "server_no_hello");
         return false;
     }
-    if (read_state(request->tid, &caller_state) < 0) {
+    if (read_state(request->tid, &caller_state, &request->cwd) < 0) {
         reply(SERVER_STALE, (uint32_t)errno, "unreadable");
         return false;
     }

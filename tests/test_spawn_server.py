@@ -225,3 +225,31 @@ def test_a_server_stale_for_every_spawn_is_replaced_from_the_asking_thread(throu
     assert len(through_the_server) == forked_before + 1, "the last one was not forked by a new server"
     assert spawn_server.server_pid() not in (None, first_server)
     holder.stop()
+
+
+def test_a_closed_or_close_on_exec_stdio_fd_of_the_caller_never_reaches_the_workload():
+    script = textwrap.dedent(
+        """
+        import os
+        import linx_otp
+        from linx_otp import agent, process as P
+        agent.SPAWN_SERVER_FROM = 0
+        os.close(0)  # the reactor's epoll fd (close-on-exec) lands there: it must not reach the agent
+        box = linx_otp.Mailbox()
+        session = P.spawn(argv=["/bin/sh", "-c", "readlink /proc/self/fd/0; echo on-stderr >&2"],
+                          stdio={"stdout": "capture", "stderr": "inherit", "stdin": "inherit"},
+                          auto_proceed=True, owner=box)
+        output = b""
+        while (event := box.receive(("linx_process",), timeout=10))[1] not in P.TERMINAL_EVENTS:
+            output += event[2] if event[1] == "stdout" else b""
+        assert event[1:] == ("exited", 0), event
+        session.stop()
+        from linx_otp import spawn_server
+        assert spawn_server.server_pid() is not None
+        print(output.decode().strip(), flush=True)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=os.getcwd())
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "/dev/null\n"  # what an agent puts in place of a closed fd, as when spawned directly
+    assert "on-stderr" in done.stderr
