@@ -108,7 +108,7 @@ def live_agents() -> int:
     return _live_agents
 
 
-def _start_agent_process(path: str, request_frame: bytes) -> tuple[socket.socket, int, bytes]:
+def _start_agent_process(path: str, request_frame: bytes, may_ask_server: bool) -> tuple[socket.socket, int, bytes]:
     """Start an agent on a new socket pair: our end, its pid, and what of ``request_frame`` is
     still to be sent. Forked by the spawn server once this process holds many fds and the
     server can serve this thread, posix_spawned otherwise. As much of the request as the
@@ -123,7 +123,7 @@ def _start_agent_process(path: str, request_frame: bytes) -> tuple[socket.socket
         theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
         unsent = request_frame[_send_now(ours, request_frame) :]
         pid = None
-        if _live_agents >= SPAWN_SERVER_FROM:
+        if may_ask_server and _live_agents >= SPAWN_SERVER_FROM:
             pid = spawn_server.start_agent(theirs, path)
         if pid is None:
             pid = os.posix_spawn(
@@ -199,9 +199,9 @@ class AgentConnection:
         except OSError as error:
             raise spawn_failed(error, "epoll") from error
         try:
-            ours, pid, unsent = _start_agent_process(path, request_frame)
-        except spawn_server.ServerLost:  # its request may sit in a half-made agent: a fresh pair
-            ours, pid, unsent = _start_agent_process(path, request_frame)
+            ours, pid, unsent = _start_agent_process(path, request_frame, may_ask_server=True)
+        except spawn_server.ServerLost:  # its request may sit in a half-made agent: a fresh pair, directly
+            ours, pid, unsent = _start_agent_process(path, request_frame, may_ask_server=False)
         connection = cls(ours, pid, proceed_on_ready)
         _count_live_agents(+1)
         if unsent:

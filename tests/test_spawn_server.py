@@ -253,3 +253,19 @@ def test_a_closed_or_close_on_exec_stdio_fd_of_the_caller_never_reaches_the_work
     assert done.returncode == 0, done.stderr
     assert done.stdout == "/dev/null\n"  # what an agent puts in place of a closed fd, as when spawned directly
     assert "on-stderr" in done.stderr
+
+
+def test_a_stuck_server_is_replaced_and_the_spawn_it_held_goes_direct(through_the_server, monkeypatch):
+    monkeypatch.setattr(spawn_server, "REPLY_TIMEOUT", 0.5)
+    spawn_server.stop()  # the next one is started with the short timeout
+    run_to_the_end(["/bin/true"])
+    stuck = spawn_server.server_pid()
+    assert stuck is not None
+    forked_before = len(through_the_server)
+    os.kill(stuck, signal.SIGSTOP)  # it reads no request: the caller's wait times out
+    _agent_pid, output = run_to_the_end(["/bin/echo", "direct"])
+    assert output == b"direct\n"
+    assert len(through_the_server) == forked_before, "the held spawn was not started directly"
+    assert wait_until(lambda: not process_alive(stuck), TIMEOUT), "the stuck server was left"
+    assert spawn_server.server_pid() is None  # the next spawn that needs one starts a new one
+    assert run_to_the_end(["/bin/true"])[0] == through_the_server[-1]
