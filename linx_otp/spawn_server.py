@@ -168,7 +168,10 @@ class SpawnServer:
             os.kill(self.pid, signal.SIGKILL)  # our unreaped child: the pid is still its own
         except ProcessLookupError:
             pass
-        os.waitpid(self.pid, 0)
+        try:
+            os.waitpid(self.pid, 0)
+        except ChildProcessError:  # reaped by someone else's wait() in this process
+            pass
 
     def fds(self) -> set[int]:
         """The fds this process holds for the server: its socket and its pidfd."""

@@ -979,7 +979,7 @@ static void supervise(void)
 int main(int argc, char **argv)
 {
     if (argc == 2 && strcmp(argv[1], SERVER_ARGUMENT) == 0)
-        serve_spawn_requests(); /* returns in each agent it forks */
+        serve_spawn_requests(argv[1]); /* returns in each agent it forks */
     prepare_process();
     read_request();
     prepare_stdio();

@@ -429,7 +429,7 @@ static bool answer_spawn(struct server_request *request)
     return false;
 }
 
-void serve_spawn_requests(void)
+void serve_spawn_requests(char *mode_argument)
 {
     prepare_server();
     for (;;) {
@@ -444,8 +444,10 @@ void serve_spawn_requests(void)
             answer_hello(&request);
         else
             forked = answer_spawn(&request);
-        if (forked)
+        if (forked) {
+            memset(mode_argument, 0, strlen(mode_argument));
             return; /* the received fds are closed by prepare_process's close_range */
+        }
         close_received(&request);
     }
 }

@@ -95,6 +95,7 @@ def test_agents_forked_by_the_server_are_this_processs_children(through_the_serv
     assert through_the_server == [agent_pid]
     assert parent_of(agent_pid) == os.getpid()  # CLONE_PARENT: not the server's
     assert Path(f"/proc/{agent_pid}/comm").read_text().strip() == "linx-agent"
+    assert b"--spawn-server" not in Path(f"/proc/{agent_pid}/cmdline").read_bytes()  # ps shows an agent
     assert Path(f"/proc/{spawn_server.server_pid()}/comm").read_text().strip() == "linx-spawner"
     P.signal(session, signal.SIGTERM)
     assert P.wait(session, timeout=TIMEOUT) == ("signaled", signal.SIGTERM)
