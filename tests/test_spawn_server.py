@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ from support import child_pids, ends_within, needs_root, process_alive, wait_unt
 import linx_otp
 from linx_otp import agent, spawn_server
 from linx_otp import process as P
-from linx_otp.checkpoint.namespaces import run_in
+from linx_otp.checkpoint.namespaces import THREAD_JOINABLE, check_call, libc, run_in
 
 TIMEOUT = 10
 
@@ -270,3 +271,27 @@ def test_a_stuck_server_is_replaced_and_the_spawn_it_held_goes_direct(through_th
     assert wait_until(lambda: not process_alive(stuck), TIMEOUT), "the stuck server was left"
     assert spawn_server.server_pid() is None  # the next spawn that needs one starts a new one
     assert run_to_the_end(["/bin/true"])[0] == through_the_server[-1]
+
+
+@needs_root
+def test_a_thread_that_unshared_its_uts_namespace_gets_a_direct_spawn_in_it(through_the_server):
+    run_to_the_end(["/bin/true"])  # a server started from this thread
+    forked_before = len(through_the_server)
+    outcome: dict[str, object] = {}
+
+    def unshare_rename_and_spawn() -> None:
+        try:
+            check_call(libc.unshare(THREAD_JOINABLE["uts"].clone_flag), "unshare")
+            check_call(libc.sethostname(b"linx-stale-uts", len(b"linx-stale-uts")), "sethostname")
+            outcome["hostname"] = run_to_the_end(["uname", "-n"])[1]
+        except BaseException as error:  # handed to the test's thread
+            outcome["error"] = error
+
+    thread = threading.Thread(target=unshare_rename_and_spawn)  # ends with its namespace
+    thread.start()
+    thread.join(TIMEOUT)
+    assert "error" not in outcome, outcome.get("error")
+    assert outcome["hostname"] == b"linx-stale-uts\n"
+    assert len(through_the_server) == forked_before, "the server forked an agent for a thread it does not match"
+    assert run_to_the_end(["uname", "-n"])[1] == (os.uname().nodename + "\n").encode()
+    assert len(through_the_server) == forked_before + 1
