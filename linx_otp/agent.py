@@ -1,9 +1,10 @@
 """Starting an agent process and talking to it.
 
 ``AgentConnection.start`` posix_spawns the native agent (never a fork of this multi-threaded
-process) with one end of a socketpair as its fd 3, sends the request, and registers the socket
-with the reactor. Decoded events queue up in the connection; its listener (the session) is
-nudged and takes them. When the agent has exited and its socket is drained, a last
+process), or past ``SPAWN_SERVER_FROM`` live sessions has the spawn server fork it
+(``spawn_server``), with one end of a socketpair as its fd 3, sends the request, and registers
+the socket with the reactor. Decoded events queue up in the connection; its listener (the
+session) is nudged and takes them. When the agent has exited and its socket is drained, a last
 ``("agent_exit", status)`` event follows, so the session can tell a silent death from a
 reported end. This module knows the wire, not the session's rules.
 
@@ -87,11 +88,12 @@ def _send_now(sock: socket.socket, data: bytes) -> int:
 SPAWN_SERVER_FROM = 1000
 """Live agent sockets from which ``start`` has the spawn server fork agents instead of
 ``posix_spawn``-ing them. Each ``posix_spawn`` copies and closes this process's whole fd table,
-so it costs more with every live session; the server's round trip (about 1 ms under load, the
-state check and a fork) costs the same at any count. Starting sessions back to back, the two
-cost the same per session at 1,000 live sessions and the server is ahead beyond (README,
-"### 10,000 live sessions"); a lone spawn, not overlapping the last agent's start, is cheaper
-direct up to about 4,000. Tests set it to 0 to take the server's path."""
+so it costs more with every live session; the server's round trip (the state check and a
+fork, 0.5 ms on a quiet machine, 1-3 ms under load) grows with nothing but the load. Starting
+sessions back to back, the two cost the same per session at 1,000 live sessions and the server
+is ahead beyond (README, "The spawn server past 1,000 live sessions"); a lone spawn, not
+overlapping the last agent's start, is cheaper direct up to about 5,000. Tests set it to 0 to
+take the server's path."""
 _live_agents = 0
 _live_agents_lock = threading.Lock()
 
@@ -101,11 +103,6 @@ def _count_live_agents(change: int) -> None:
     global _live_agents
     with _live_agents_lock:
         _live_agents += change
-
-
-def live_agents() -> int:
-    """How many agent sockets this process holds (one per live session)."""
-    return _live_agents
 
 
 def _start_agent_process(path: str, request_frame: bytes, may_ask_server: bool) -> tuple[socket.socket, int, bytes]:
@@ -119,13 +116,16 @@ def _start_agent_process(path: str, request_frame: bytes, may_ask_server: bool) 
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     except OSError as error:
         raise spawn_failed(error, "socketpair") from error
+    step = "setsockopt"
     try:
         theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
         unsent = request_frame[_send_now(ours, request_frame) :]
         pid = None
         if may_ask_server and _live_agents >= SPAWN_SERVER_FROM:
+            step = "the spawn server's fork"
             pid = spawn_server.start_agent(theirs, path)
         if pid is None:
+            step = "posix_spawn"
             pid = os.posix_spawn(
                 sealed_executable(path),  # never the file itself (agent_image: CVE-2019-5736)
                 [path],
@@ -139,7 +139,7 @@ def _start_agent_process(path: str, request_frame: bytes, may_ask_server: bool) 
     except BaseException as error:
         ours.close()
         if isinstance(error, OSError):
-            raise spawn_failed(error, "posix_spawn") from error
+            raise spawn_failed(error, step) from error
         raise
     finally:
         theirs.close()

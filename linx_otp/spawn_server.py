@@ -201,9 +201,9 @@ def _passes_exec(fd: int) -> bool:
 
 _server: SpawnServer | None = None
 _next_try = 0.0
+"""``time.monotonic()`` before which no server is started again (one could not be)."""
 _stale_in_a_row = 0
 """Stale answers since the last agent the server forked."""
-"""``time.monotonic()`` before which no server is started again (one could not be)."""
 _lock = threading.Lock()
 """Held for a whole request: one request at a time on the server's socket."""
 
@@ -256,7 +256,8 @@ def _replace_server() -> None:
 
 def _reap_if_current(server: SpawnServer) -> None:
     """In the I/O thread, when ``server`` has exited: reap it, unless a request holds the lock
-    (that request sees the end-of-file and discards it) or it was replaced meanwhile."""
+    (that request sees the end-of-file at once and discards it; until then the pidfd stays
+    readable and this is called again) or it was replaced meanwhile."""
     global _server
     if not _lock.acquire(blocking=False):
         return
