@@ -1,9 +1,10 @@
 """Starting an agent process and talking to it.
 
 ``AgentConnection.start`` posix_spawns the native agent (never a fork of this multi-threaded
-process) with one end of a socketpair as its fd 3, sends the request, and registers the socket
-with the reactor. Decoded events queue up in the connection; its listener (the session) is
-nudged and takes them. When the agent has exited and its socket is drained, a last
+process), or past ``SPAWN_SERVER_FROM`` live sessions has the spawn server fork it
+(``spawn_server``), with one end of a socketpair as its fd 3, sends the request, and registers
+the socket with the reactor. Decoded events queue up in the connection; its listener (the
+session) is nudged and takes them. When the agent has exited and its socket is drained, a last
 ``("agent_exit", status)`` event follows, so the session can tell a silent death from a
 reported end. This module knows the wire, not the session's rules.
 
@@ -31,7 +32,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from . import protocol
+from . import protocol, spawn_server
 from .agent_image import sealed_executable
 from .errors import LinxError, errno_name
 from .reactor import reactor
@@ -82,6 +83,67 @@ def _send_now(sock: socket.socket, data: bytes) -> int:
         return sock.send(data, socket.MSG_DONTWAIT)
     except BlockingIOError:
         return 0
+
+
+SPAWN_SERVER_FROM = 1000
+"""Live agent sockets from which ``start`` has the spawn server fork agents instead of
+``posix_spawn``-ing them. Each ``posix_spawn`` copies and closes this process's whole fd table,
+so it costs more with every live session; the server's round trip (the state check and a
+fork, 0.5 ms on a quiet machine, 1-3 ms under load) grows with nothing but the load. Starting
+sessions back to back, the two cost the same per session at 1,000 live sessions and the server
+is ahead beyond (README, "The spawn server past 1,000 live sessions"); a lone spawn, not
+overlapping the last agent's start, is cheaper direct up to about 5,000. Tests set it to 0 to
+take the server's path."""
+_live_agents = 0
+_live_agents_lock = threading.Lock()
+
+
+def _count_live_agents(change: int) -> None:
+    """Count an agent socket opened (+1) or closed (-1): the fds a spawn would copy, cheaply."""
+    global _live_agents
+    with _live_agents_lock:
+        _live_agents += change
+
+
+def _start_agent_process(path: str, request_frame: bytes, may_ask_server: bool) -> tuple[socket.socket, int, bytes]:
+    """Start an agent on a new socket pair: our end, its pid, and what of ``request_frame`` is
+    still to be sent. Forked by the spawn server once this process holds many fds and the
+    server can serve this thread, posix_spawned otherwise. As much of the request as the
+    socket takes is in it before the agent starts, so the agent reads it at once instead of
+    sleeping until this thread has sent it (README, "The full cycle, and a spawn server that
+    did not pay")."""
+    try:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    except OSError as error:
+        raise spawn_failed(error, "socketpair") from error
+    step = "setsockopt"
+    try:
+        theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+        unsent = request_frame[_send_now(ours, request_frame) :]
+        pid = None
+        if may_ask_server and _live_agents >= SPAWN_SERVER_FROM:
+            step = "the spawn server's fork"
+            pid = spawn_server.start_agent(theirs, path)
+        if pid is None:
+            step = "posix_spawn"
+            pid = os.posix_spawn(
+                sealed_executable(path),  # never the file itself (agent_image: CVE-2019-5736)
+                [path],
+                {},
+                file_actions=[(os.POSIX_SPAWN_DUP2, theirs.fileno(), 3)],
+                setsigmask=(),
+                # Its own process group: a Ctrl-C at the terminal goes to Python, which stops
+                # sessions gracefully, instead of killing every agent at once.
+                setpgroup=0,
+            )
+    except BaseException as error:
+        ours.close()
+        if isinstance(error, OSError):
+            raise spawn_failed(error, step) from error
+        raise
+    finally:
+        theirs.close()
+    return ours, pid, unsent
 
 
 def exit_status(result: os.waitid_result) -> int:
@@ -137,33 +199,11 @@ class AgentConnection:
         except OSError as error:
             raise spawn_failed(error, "epoll") from error
         try:
-            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        except OSError as error:
-            raise spawn_failed(error, "socketpair") from error
-        try:
-            theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
-            # As much of the request as the socket takes goes in before the agent starts: it
-            # reads it at once instead of sleeping until this thread has sent it (README,
-            # "The full cycle, and a spawn server that did not pay").
-            unsent = request_frame[_send_now(ours, request_frame) :]
-            pid = os.posix_spawn(
-                sealed_executable(path),  # never the file itself (agent_image: CVE-2019-5736)
-                [path],
-                {},
-                file_actions=[(os.POSIX_SPAWN_DUP2, theirs.fileno(), 3)],
-                setsigmask=(),
-                # Its own process group: a Ctrl-C at the terminal goes to Python, which stops
-                # sessions gracefully, instead of killing every agent at once.
-                setpgroup=0,
-            )
-        except BaseException as error:
-            ours.close()
-            if isinstance(error, OSError):
-                raise spawn_failed(error, "posix_spawn") from error
-            raise
-        finally:
-            theirs.close()
+            ours, pid, unsent = _start_agent_process(path, request_frame, may_ask_server=True)
+        except spawn_server.ServerLost:  # its request may sit in a half-made agent: a fresh pair, directly
+            ours, pid, unsent = _start_agent_process(path, request_frame, may_ask_server=False)
         connection = cls(ours, pid, proceed_on_ready)
+        _count_live_agents(+1)
         if unsent:
             connection.send(unsent)
         try:
@@ -239,6 +279,7 @@ class AgentConnection:
             self._reaped = True
             os.waitpid(self.pid, 0)  # never registered, so only this thread reaps it
         self._socket.close()
+        _count_live_agents(-1)
 
     # -- the I/O thread's side -----------------------------------------------------------
 
@@ -299,6 +340,7 @@ class AgentConnection:
         reactor().unregister(self._socket.fileno())
         with self._send_lock:
             self._socket.close()
+        _count_live_agents(-1)
         self._socket_drained = True
         self._reap()
 

@@ -108,6 +108,18 @@ NS_NET = 32
 NS_TIME = 64
 NS_PID = 128
 
+SERVER_HELLO = 0x41
+SERVER_SPAWN = 0x42
+SERVER_READY = 0xC0
+SERVER_SPAWNED = 0xC1
+SERVER_STALE = 0xC2
+SERVER_FAILED = 0xC3
+SERVER_MESSAGE_MAX = 64
+SERVER_SPAWN_FDS_MAX = 4
+"""The spawn server's messages (PROTOCOL.md, "Spawn server"): one SOCK_SEQPACKET message each
+way; a spawn request carries the session's socket and the stdio fds it names (the server
+opens the calling thread's cwd itself)."""
+
 
 @dataclass(frozen=True)
 class NamespaceKind:
@@ -327,6 +339,56 @@ _DATA_EVENTS = {EVT_PTY_OUT: "pty_out", EVT_STDOUT: "stdout", EVT_STDERR: "stder
 OUTPUT_EVENTS = frozenset(_DATA_EVENTS.values())
 """The events whose bytes count against the output window."""
 _OUTPUT_DROPPED = struct.Struct(">BQ")
+
+
+@dataclass(frozen=True)
+class ServerReply:
+    """The spawn server's answer: ``kind`` (``SERVER_READY``, ``_SPAWNED``, ``_STALE`` or
+    ``_FAILED``), ``value`` (the agent's pid, or an errno) and ``name`` (the piece of state
+    that is stale, or the stage that failed)."""
+
+    kind: int
+    value: int
+    name: str
+
+
+_SERVER_HEAD = struct.Struct(">BI")
+
+
+def encode_server_hello(thread_id: int) -> bytes:
+    """The first message to a spawn server: the thread whose state it snapshots.
+
+    >>> encode_server_hello(258).hex()
+    '4100000102'
+    """
+    return _SERVER_HEAD.pack(SERVER_HELLO, thread_id)
+
+
+def encode_server_spawn(thread_id: int, stdio_mask: int) -> bytes:
+    """A spawn request from thread ``thread_id``; bit N of ``stdio_mask`` says the caller's
+    fd N travels with it (after the session's socket).
+
+    >>> encode_server_spawn(258, 0b101).hex()
+    '420000010205'
+    """
+    return _SERVER_HEAD.pack(SERVER_SPAWN, thread_id) + bytes([stdio_mask])
+
+
+def decode_server_reply(message: bytes) -> ServerReply:
+    """Raises ``ValueError`` for anything the server would never send.
+
+    >>> decode_server_reply(bytes.fromhex("c2000000006e732f6e6574"))
+    ServerReply(kind=194, value=0, name='ns/net')
+    """
+    if len(message) < _SERVER_HEAD.size or message[0] not in (
+        SERVER_READY,
+        SERVER_SPAWNED,
+        SERVER_STALE,
+        SERVER_FAILED,
+    ):
+        raise ValueError(f"malformed spawn server reply {message!r}")
+    kind, value = _SERVER_HEAD.unpack_from(message)
+    return ServerReply(kind, value, message[_SERVER_HEAD.size :].decode("ascii", "replace"))
 
 
 def decode_event(payload: bytes | memoryview) -> Event:

@@ -9,6 +9,7 @@
 #include "protocol.h"
 #include "reaper.h"
 #include "request.h"
+#include "server.h"
 #include "wire.h"
 
 #include <errno.h>
@@ -975,8 +976,10 @@ static void supervise(void)
     }
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    if (argc == 2 && strcmp(argv[1], SERVER_ARGUMENT) == 0)
+        serve_spawn_requests(argv[1]); /* returns in each agent it forks */
     prepare_process();
     read_request();
     prepare_stdio();

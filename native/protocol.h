@@ -98,4 +98,14 @@
 #define NS_PID 128
 #define NS_ALL 255
 
+/* The spawn server (PROTOCOL.md, "Spawn server"): one SOCK_SEQPACKET message each way. */
+#define SERVER_HELLO 0x41
+#define SERVER_SPAWN 0x42
+#define SERVER_READY 0xc0
+#define SERVER_SPAWNED 0xc1
+#define SERVER_STALE 0xc2
+#define SERVER_FAILED 0xc3
+#define SERVER_MESSAGE_MAX 64
+#define SERVER_SPAWN_FDS_MAX 4
+
 #endif

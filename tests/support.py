@@ -26,14 +26,17 @@ needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs CAP_SYS_ADMIN: run th
 
 
 def child_pids(pid: int | str = "self") -> list[int]:
-    """Direct children of a process, across all its threads."""
+    """Direct children of a process, across all its threads (but not this process's spawn
+    server, which lives as long as the process)."""
+    from linx_otp.spawn_server import server_pid
+
     found = []
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
             found += [int(p) for p in (task / "children").read_text().split()]
         except FileNotFoundError:
             pass
-    return found
+    return [child for child in found if pid != "self" or child != server_pid()]
 
 
 def process_table() -> dict[int, tuple[str, list[str]]]:

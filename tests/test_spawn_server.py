@@ -1,0 +1,297 @@
+"""The spawn server (``linx_otp.spawn_server``) with real processes: agents it forks run their
+sessions, end, and are reaped by this process; a thread whose state the server does not share
+gets a directly spawned agent instead; a dead server takes no session with it and is replaced;
+and the server never outlives the Python process.
+
+The server is used only once this process holds ``agent.SPAWN_SERVER_FROM`` agent sockets;
+the ``through_the_server`` fixture lowers that to 0, so every spawn in these tests asks it, and
+records which agents it forked (the real ``start_agent``, called through)."""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+from support import child_pids, ends_within, needs_root, process_alive, wait_until
+
+import linx_otp
+from linx_otp import agent, spawn_server
+from linx_otp import process as P
+from linx_otp.checkpoint.namespaces import THREAD_JOINABLE, check_call, libc, run_in
+
+TIMEOUT = 10
+
+
+@pytest.fixture
+def through_the_server(monkeypatch) -> list[int]:
+    """Every spawn asks the server; the list fills with the pids of the agents it forked."""
+    forked: list[int] = []
+    real_start_agent = spawn_server.start_agent
+
+    def start_and_record(agent_socket, path):
+        pid = real_start_agent(agent_socket, path)
+        if pid is not None:
+            forked.append(pid)
+        return pid
+
+    monkeypatch.setattr(agent, "SPAWN_SERVER_FROM", 0)
+    monkeypatch.setattr(spawn_server, "start_agent", start_and_record)
+    yield forked
+    server = spawn_server.server_pid()
+    spawn_server.stop()
+    assert server is None or not process_alive(server), "the stopped server is still there"
+
+
+def run_to_the_end(argv: list[str]) -> tuple[int, bytes]:
+    """Run ``argv`` as a session with its stdout captured: (its agent's pid, the output)."""
+    box = linx_otp.Mailbox()
+    session = P.spawn(argv=argv, stdio={"stdout": "capture"}, owner=box)
+    host_pid = box.receive(("linx_process", "ready"), timeout=TIMEOUT)[2]
+    agent_pid = parent_of(host_pid)  # parked at the checkpoint until proceeded
+    P.proceed(session)
+    output = b""
+    while True:
+        event = box.receive(("linx_process",), timeout=TIMEOUT)
+        if event[1] == "stdout":
+            output += event[2]
+        elif event[1] in P.TERMINAL_EVENTS:
+            assert event[1:] == ("exited", 0), event
+            break
+    session.stop()
+    return agent_pid, output
+
+
+def parent_of(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("PPid:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no PPid in /proc/{pid}/status")
+
+
+def test_a_session_through_the_server_runs_ends_and_is_reaped(through_the_server, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the caller's cwd travels with the request
+    agent_pid, output = run_to_the_end(["/bin/sh", "-c", "pwd; ls /proc/self/fd; echo $PPID"])
+    assert through_the_server == [agent_pid], "the agent was not forked by the server"
+    cwd, fds, workload_parent = output.decode().split("\n", 2)[0], output.split(b"\n")[1:-2], output.split(b"\n")[-2]
+    assert cwd == str(tmp_path)
+    assert fds == [b"0", b"1", b"2", b"3"], f"fds leaked into the workload: {fds}"  # 3: ls's own listing
+    assert int(workload_parent) == agent_pid
+    server = spawn_server.server_pid()
+    assert server is not None and process_alive(server)
+    assert wait_until(lambda: not process_alive(agent_pid), TIMEOUT), "the agent is left (a zombie or alive)"
+    assert child_pids() == [], "something besides the server is still a child of this process"
+
+
+def test_agents_forked_by_the_server_are_this_processs_children(through_the_server):
+    session = P.spawn(argv=["/bin/sleep", "60"], auto_proceed=True)
+    host_pid = linx_otp.receive(("linx_process", "ready"), timeout=TIMEOUT)[2]
+    agent_pid = parent_of(host_pid)
+    assert through_the_server == [agent_pid]
+    assert parent_of(agent_pid) == os.getpid()  # CLONE_PARENT: not the server's
+    assert Path(f"/proc/{agent_pid}/comm").read_text().strip() == "linx-agent"
+    assert b"--spawn-server" not in Path(f"/proc/{agent_pid}/cmdline").read_bytes()  # ps shows an agent
+    assert Path(f"/proc/{spawn_server.server_pid()}/comm").read_text().strip() == "linx-spawner"
+    P.signal(session, signal.SIGTERM)
+    assert P.wait(session, timeout=TIMEOUT) == ("signaled", signal.SIGTERM)
+    session.stop()
+    assert wait_until(lambda: not process_alive(agent_pid), TIMEOUT)
+
+
+def test_a_session_keeps_the_callers_stdio(through_the_server, capfd):
+    session = P.spawn(argv=["/bin/sh", "-c", "echo to-stdout; echo to-stderr >&2"], stdio="inherit", auto_proceed=True)
+    assert P.wait(session, timeout=TIMEOUT) == ("exited", 0)
+    session.stop()
+    linx_otp.flush()
+    captured = capfd.readouterr()
+    assert "to-stdout" in captured.out and "to-stderr" in captured.err
+    assert len(through_the_server) == 1
+
+
+@needs_root
+def test_a_thread_in_another_net_namespace_gets_a_direct_spawn_in_its_own(through_the_server, box):
+    holder = P.spawn(argv=["/bin/sleep", "60"], namespaces=["net"], auto_proceed=True, owner=box)
+    holder_pid = box.receive(("linx_process", "ready"), timeout=TIMEOUT)[2]
+    forked_before = list(through_the_server)
+    theirs = os.readlink(f"/proc/{holder_pid}/ns/net")
+    assert theirs != os.readlink("/proc/self/ns/net")
+    _agent_pid, output = run_in(holder_pid, ["net"], lambda: run_to_the_end(["readlink", "/proc/self/ns/net"]))
+    assert output.decode().strip() == theirs  # the direct spawn from the thread in that namespace
+    assert through_the_server == forked_before, "the server forked an agent for a thread it does not match"
+    _agent_pid, output = run_to_the_end(["readlink", "/proc/self/ns/net"])  # this thread: the server again
+    assert output.decode().strip() == os.readlink("/proc/self/ns/net")
+    assert len(through_the_server) == len(forked_before) + 1
+    holder.stop()
+
+
+def test_a_changed_limit_replaces_the_server_and_the_workload_gets_it(through_the_server):
+    run_to_the_end(["/bin/true"])
+    first_server = spawn_server.server_pid()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    lowered = min(soft, 1000) - 1
+    resource.setrlimit(resource.RLIMIT_NOFILE, (lowered, hard))
+    try:
+        agent_pid, output = run_to_the_end(["/bin/sh", "-c", "ulimit -n"])
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert int(output) == lowered
+    assert through_the_server[-1] == agent_pid, "the agent was not forked by a server"
+    assert spawn_server.server_pid() != first_server, "the stale server was kept"
+    assert first_server is not None and wait_until(lambda: not process_alive(first_server), TIMEOUT)
+
+
+def test_a_killed_server_takes_no_session_with_it_and_the_next_spawn_gets_a_new_one(through_the_server, box):
+    script = 'trap "echo got TERM; exit 3" TERM; echo waiting; while :; do sleep 0.05; done'
+    session = P.spawn(argv=["/bin/sh", "-c", script], stdio={"stdout": "capture"}, auto_proceed=True, owner=box)
+    assert box.receive(("linx_process", "stdout"), timeout=TIMEOUT)[2] == b"waiting\n"
+    server = spawn_server.server_pid()
+    assert server is not None
+    os.kill(server, signal.SIGKILL)
+    assert wait_until(lambda: not process_alive(server) and spawn_server.server_pid() is None, TIMEOUT), (
+        "the dead server was not reaped"
+    )
+    P.signal(session, signal.SIGTERM)
+    assert box.receive(("linx_process", "stdout"), timeout=TIMEOUT)[2] == b"got TERM\n"
+    assert P.wait(session, timeout=TIMEOUT) == ("exited", 3)
+    session.stop()
+    agent_pid, output = run_to_the_end(["/bin/echo", "again"])
+    assert output == b"again\n"
+    assert through_the_server[-1] == agent_pid
+    assert spawn_server.server_pid() not in (None, server)
+
+
+def test_the_server_ends_with_the_python_process():
+    script = textwrap.dedent(
+        """
+        import linx_otp
+        from linx_otp import agent, spawn_server, process as P
+        agent.SPAWN_SERVER_FROM = 0
+        session = P.spawn(argv=["/bin/true"], auto_proceed=True)
+        assert P.wait(session, timeout=10) == ("exited", 0)
+        print(spawn_server.server_pid(), flush=True)
+        session.stop()
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=os.getcwd())
+    assert done.returncode == 0, done.stderr
+    server = int(done.stdout)
+    assert ends_within(server, TIMEOUT) and wait_until(lambda: not process_alive(server), TIMEOUT)
+
+
+def test_a_forked_child_does_not_share_the_parents_server():
+    script = textwrap.dedent(
+        """
+        import os
+        from linx_otp import agent, spawn_server, process as P
+        agent.SPAWN_SERVER_FROM = 0
+        session = P.spawn(argv=["/bin/true"], auto_proceed=True)
+        assert P.wait(session, timeout=10) == ("exited", 0)
+        session.stop()
+        parent_server = spawn_server.server_pid()
+        child = os.fork()
+        if child == 0:
+            os._exit(0 if spawn_server.server_pid() is None else 1)
+        assert os.waitpid(child, 0)[1] == 0, "the forked child kept the parent's server"
+        session = P.spawn(argv=["/bin/true"], auto_proceed=True)  # the parent's still serves it
+        assert P.wait(session, timeout=10) == ("exited", 0)
+        session.stop()
+        assert spawn_server.server_pid() == parent_server
+        print("ok", flush=True)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=os.getcwd())
+    assert done.returncode == 0 and done.stdout == "ok\n", done.stderr
+
+
+@needs_root
+def test_a_server_stale_for_every_spawn_is_replaced_from_the_asking_thread(through_the_server, box):
+    run_to_the_end(["/bin/true"])  # a server started from this thread
+    first_server = spawn_server.server_pid()
+    holder = P.spawn(argv=["/bin/sleep", "60"], namespaces=["net"], auto_proceed=True, owner=box)
+    holder_pid = box.receive(("linx_process", "ready"), timeout=TIMEOUT)[2]
+    theirs = os.readlink(f"/proc/{holder_pid}/ns/net")
+    forked_before = len(through_the_server)
+    spawns = spawn_server.STALE_IN_A_ROW_MAX
+
+    def spawn_in_their_namespace_until_replaced() -> list[str]:
+        return [run_to_the_end(["readlink", "/proc/self/ns/net"])[1].decode().strip() for _ in range(spawns)]
+
+    namespaces = run_in(holder_pid, ["net"], spawn_in_their_namespace_until_replaced)
+    assert namespaces == [theirs] * spawns  # direct spawns, then the replacement's fork: all theirs
+    assert len(through_the_server) == forked_before + 1, "the last one was not forked by a new server"
+    assert spawn_server.server_pid() not in (None, first_server)
+    holder.stop()
+
+
+def test_a_closed_or_close_on_exec_stdio_fd_of_the_caller_never_reaches_the_workload():
+    script = textwrap.dedent(
+        """
+        import os
+        import linx_otp
+        from linx_otp import agent, process as P
+        agent.SPAWN_SERVER_FROM = 0
+        os.close(0)  # the reactor's epoll fd (close-on-exec) lands there: it must not reach the agent
+        box = linx_otp.Mailbox()
+        session = P.spawn(argv=["/bin/sh", "-c", "readlink /proc/self/fd/0; echo on-stderr >&2"],
+                          stdio={"stdout": "capture", "stderr": "inherit", "stdin": "inherit"},
+                          auto_proceed=True, owner=box)
+        output = b""
+        while (event := box.receive(("linx_process",), timeout=10))[1] not in P.TERMINAL_EVENTS:
+            output += event[2] if event[1] == "stdout" else b""
+        assert event[1:] == ("exited", 0), event
+        session.stop()
+        from linx_otp import spawn_server
+        assert spawn_server.server_pid() is not None
+        print(output.decode().strip(), flush=True)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=os.getcwd())
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "/dev/null\n"  # what an agent puts in place of a closed fd, as when spawned directly
+    assert "on-stderr" in done.stderr
+
+
+def test_a_stuck_server_is_replaced_and_the_spawn_it_held_goes_direct(through_the_server, monkeypatch):
+    monkeypatch.setattr(spawn_server, "REPLY_TIMEOUT", 0.5)
+    spawn_server.stop()  # the next one is started with the short timeout
+    run_to_the_end(["/bin/true"])
+    stuck = spawn_server.server_pid()
+    assert stuck is not None
+    forked_before = len(through_the_server)
+    os.kill(stuck, signal.SIGSTOP)  # it reads no request: the caller's wait times out
+    _agent_pid, output = run_to_the_end(["/bin/echo", "direct"])
+    assert output == b"direct\n"
+    assert len(through_the_server) == forked_before, "the held spawn was not started directly"
+    assert wait_until(lambda: not process_alive(stuck), TIMEOUT), "the stuck server was left"
+    assert spawn_server.server_pid() is None  # the next spawn that needs one starts a new one
+    assert run_to_the_end(["/bin/true"])[0] == through_the_server[-1]
+
+
+@needs_root
+def test_a_thread_that_unshared_its_uts_namespace_gets_a_direct_spawn_in_it(through_the_server):
+    run_to_the_end(["/bin/true"])  # a server started from this thread
+    forked_before = len(through_the_server)
+    outcome: dict[str, object] = {}
+
+    def unshare_rename_and_spawn() -> None:
+        try:
+            check_call(libc.unshare(THREAD_JOINABLE["uts"].clone_flag), "unshare")
+            check_call(libc.sethostname(b"linx-stale-uts", len(b"linx-stale-uts")), "sethostname")
+            outcome["hostname"] = run_to_the_end(["uname", "-n"])[1]
+        except BaseException as error:  # handed to the test's thread
+            outcome["error"] = error
+
+    thread = threading.Thread(target=unshare_rename_and_spawn)  # ends with its namespace
+    thread.start()
+    thread.join(TIMEOUT)
+    assert "error" not in outcome, outcome.get("error")
+    assert outcome["hostname"] == b"linx-stale-uts\n"
+    assert len(through_the_server) == forked_before, "the server forked an agent for a thread it does not match"
+    assert run_to_the_end(["uname", "-n"])[1] == (os.uname().nodename + "\n").encode()
+    assert len(through_the_server) == forked_before + 1
