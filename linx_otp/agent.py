@@ -111,7 +111,7 @@ def _start_agent_process(path: str, request_frame: bytes, may_ask_server: bool) 
     server can serve this thread, posix_spawned otherwise. As much of the request as the
     socket takes is in it before the agent starts, so the agent reads it at once instead of
     sleeping until this thread has sent it (README, "The full cycle, and a spawn server that
-    did not pay")."""
+    did not pay for it")."""
     try:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     except OSError as error:
