@@ -507,13 +507,7 @@ def test_a_fifo_or_dev_zero_as_the_tree_file_is_refused_without_waiting_and_chan
     assert daemon.stop() == 0
 
 
-NEVER_READY = """
-    [[child]]
-    id = "a"
-    argv = ["sleep", "600"]
-    {added}
-"""
-ADDED = """
+UNREADY_AND_AFTER = """
     [[child]]
     id = "unready"
     argv = ["sleep", "603"]
@@ -526,10 +520,10 @@ ADDED = """
 
 
 def test_a_reload_some_of_whose_children_fail_to_start_says_which_and_exits_1(tmp_path, running):
-    tree = Path(write_tree(tmp_path, NEVER_READY.format(added="")))
+    tree = Path(write_tree(tmp_path, TWO.format(coming="")))
     daemon = running(str(tree), "--json")
     assert wait_until(lambda: all_running(daemon), TIMEOUT)
-    tree.write_text(textwrap.dedent(NEVER_READY.format(added=ADDED.format(never=tmp_path / "never"))))
+    tree.write_text(textwrap.dedent(TWO.format(coming=UNREADY_AND_AFTER.format(never=tmp_path / "never"))))
     result = daemon.control_command("reload", "--json")
     assert result.returncode == 1, result.stderr
     reply = json.loads(result.stdout)["result"]

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from support import child_pids, ends_within, needs_root, process_alive, wait_until
+from test_agent_start import captured_stdout
 
 import linx_otp
 from linx_otp import agent, spawn_server
@@ -56,14 +57,7 @@ def run_to_the_end(argv: list[str]) -> tuple[int, bytes]:
     host_pid = box.receive(("linx_process", "ready"), timeout=TIMEOUT)[2]
     agent_pid = parent_of(host_pid)  # parked at the checkpoint until proceeded
     P.proceed(session)
-    output = b""
-    while True:
-        event = box.receive(("linx_process",), timeout=TIMEOUT)
-        if event[1] == "stdout":
-            output += event[2]
-        elif event[1] in P.TERMINAL_EVENTS:
-            assert event[1:] == ("exited", 0), event
-            break
+    output = captured_stdout(box)
     session.stop()
     return agent_pid, output
 
