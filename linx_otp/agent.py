@@ -33,7 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import protocol, spawn_server
-from .agent_image import sealed_executable
+from .agent_image import is_sealed, sealed_executable
 from .errors import LinxError, errno_name
 from .reactor import reactor
 
@@ -52,8 +52,12 @@ worth of output, so the agent and the I/O thread wake each other less often."""
 
 def agent_path() -> str:
     """The agent binary to run; raises ``LinxError(("missing_binary", path))`` if it is not an
-    executable file (for instance when the package was not installed with ``pip install``)."""
+    executable file (for instance when the package was not installed with ``pip install``).
+    Once this process holds its sealed copy (``agent_image``), that is what runs, and the file
+    is not looked at again: a ``stat`` per spawn was a hand-over of the GIL on every spawn."""
     path = os.environ.get(AGENT_PATH_VARIABLE) or str(BUNDLED_AGENT)
+    if is_sealed(path):
+        return path
     try:
         mode = os.stat(path).st_mode
     except OSError:

@@ -40,6 +40,12 @@ def sealed_executable(path: str) -> str:
         return f"/proc/self/fd/{_copies[path]}"
 
 
+def is_sealed(path: str) -> bool:
+    """Whether this process already holds its sealed copy of ``path`` (what it runs from then
+    on, whatever becomes of the file)."""
+    return path in _copies
+
+
 def _sealed_copy(path: str) -> int:
     source = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
