@@ -27,6 +27,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import os
 import queue
 import threading
 from collections.abc import Callable, Iterable
@@ -143,6 +144,16 @@ class _SpareThread:
 
 _spare = _SpareThread()
 _thread_numbers = itertools.count(1)
+
+
+def _forget_spare_in_child() -> None:
+    """A child made by ``os.fork()`` has none of its parent's threads, the spare among them
+    (an actor handed to it would never run): the child makes its own."""
+    global _spare
+    _spare = _SpareThread()
+
+
+os.register_at_fork(after_in_child=_forget_spare_in_child)
 
 
 class _RefsInStartOrder:

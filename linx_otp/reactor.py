@@ -110,3 +110,18 @@ def reactor() -> Reactor:
             if _reactor is None:
                 _reactor = Reactor()
     return _reactor
+
+
+def _forget_in_child() -> None:
+    """A child made by ``os.fork()`` has none of its parent's threads, so no I/O thread: its
+    first use starts its own reactor. The parent's epoll is shared with the parent (a fork
+    copies the fd, not the instance): registering in it would hand the child's fds to the
+    parent's I/O thread, so the child closes its copies and makes its own."""
+    global _reactor, _reactor_lock
+    inherited, _reactor, _reactor_lock = _reactor, None, threading.Lock()
+    if inherited is not None:
+        inherited._epoll.close()
+        os.close(inherited._wakeup)
+
+
+os.register_at_fork(after_in_child=_forget_in_child)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -838,3 +839,41 @@ def test_stdin_cannot_be_captured():
     with pytest.raises(linx_otp.LinxValueError) as raised:
         P.spawn(argv=["/bin/true"], stdio={"stdin": "capture"})
     assert raised.value.reason == ("bad_stdio", ("capture_is_for_output", "stdin"))
+
+
+FORKING_PROGRAM = """
+import os, signal, sys
+from linx_otp import agent, process as P
+agent.SPAWN_SERVER_FROM = int(sys.argv[1])
+before = P.spawn(argv=["/bin/true"], auto_proceed=True, stdio="devnull")
+print("parent", P.wait(before, timeout=10), flush=True)
+pid = os.fork()
+if pid == 0:
+    signal.alarm(20)  # a hang ends the child rather than the test's budget
+    child = P.spawn(argv=["/bin/sh", "-c", "exit 5"], auto_proceed=True, stdio="devnull")
+    print("child", P.wait(child, timeout=10), flush=True)
+    child.stop()
+    os._exit(0)
+print("child status", os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), flush=True)
+after = P.spawn(argv=["/bin/sh", "-c", "exit 6"], auto_proceed=True, stdio="devnull")
+print("parent again", P.wait(after, timeout=10), flush=True)
+before.stop(); after.stop()
+"""
+
+
+@pytest.mark.parametrize("spawn_server_from", [0, 10**9], ids=["through_the_spawn_server", "direct"])
+def test_a_child_made_by_os_fork_runs_sessions_of_its_own_and_the_parent_goes_on(spawn_server_from):
+    """A user's program that forks: the child has none of the parent's threads, so it starts
+    its own I/O thread, spare actor thread and spawn server; the parent's are untouched."""
+    done = subprocess.run(
+        [sys.executable, "-c", FORKING_PROGRAM, str(spawn_server_from)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.stdout.splitlines() == [
+        "parent ('exited', 0)",
+        "child ('exited', 5)",
+        "child status 0",
+        "parent again ('exited', 6)",
+    ], (done.stdout, done.stderr)
