@@ -24,11 +24,13 @@ True
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import math
 import os
 import queue
+import reprlib
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -429,7 +431,16 @@ def call(ref: pykka.ActorRef, message: Any, what: str = "the actor") -> Any:
     try:
         return ref.ask(message)
     except pykka.ActorDeadError:
-        raise LinxError("no_process", f"{what} is gone (asked {message!r})") from None
+        raise LinxError("no_process", f"{what} is gone (asked {_described(message)})") from None
+
+
+def _described(message: Any) -> str:
+    """A message as an error names it: linx_otp's own typed messages by their name (their
+    fields hold child specs and callables, hundreds of characters that tell an operator
+    nothing), anything else by a repr cut short."""
+    if type(message).__module__.startswith(__package__ + ".") and dataclasses.is_dataclass(message):
+        return type(message).__name__.lstrip("_")
+    return reprlib.repr(message)
 
 
 def monitor(ref: pykka.ActorRef, watcher: Any = None) -> None:

@@ -650,3 +650,14 @@ def test_ownership_is_lent_and_returned_while_supervised(box):
     reports(box, "restarted")
     assert wait_until(lambda: P.info(refs(tree)["svc"]).stage == "running")
     S.stop(tree)
+
+
+def test_asking_a_supervisor_that_is_gone_names_the_request_not_its_fields():
+    """An operator sees which request found the supervisor gone, not a child spec's repr with
+    its callables (hundreds of characters)."""
+    tree = S.start([])
+    S.stop(tree)
+    with pytest.raises(LinxError) as raised:
+        S.start_child(tree, P.child_spec(id="late", argv=["sleep", "1"], auto_proceed=True))
+    assert raised.value.reason == "no_process"
+    assert str(raised.value).endswith("is gone (asked StartChild)"), str(raised.value)
