@@ -168,6 +168,7 @@ class AgentConnection:
     def __init__(self, sock: socket.socket, pid: int, proceed_on_ready: bool = False) -> None:
         self.pid = pid
         self._socket = sock
+        _count_live_agents(+1)  # the socket it now holds; -1 where it closes it
         self._reaped = False
         self._reap_lock = threading.Lock()
         """Held to signal the agent by pid and to reap it, so no signal can reach a reused pid."""
@@ -207,7 +208,6 @@ class AgentConnection:
         except spawn_server.ServerLost:  # its request may sit in a half-made agent: a fresh pair, directly
             ours, pid, unsent = _start_agent_process(path, request_frame, may_ask_server=False)
         connection = cls(ours, pid, proceed_on_ready)
-        _count_live_agents(+1)
         if unsent:
             connection.send(unsent)
         try:

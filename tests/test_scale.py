@@ -26,7 +26,7 @@ from support import (
 )
 
 import linx_otp
-from linx_otp import futex_hash, spawn_server
+from linx_otp import agent, futex_hash, spawn_server
 from linx_otp import process as P
 from linx_otp.actor import Actor
 from linx_otp.agent import AgentConnection
@@ -81,7 +81,7 @@ def connection_to_a_process_that_closed_its_end(argv: list[str], lowest_fd: int 
 
 
 def test_an_agent_whose_socket_ends_before_it_exits_is_reaped_when_it_exits():
-    before = open_fds()
+    before, live_agents = open_fds(), agent._live_agents
     connection = connection_to_a_process_that_closed_its_end(["/bin/sleep", "60"])
     connection.watch()
     # the socket is closed at its end-of-file; one pidfd waits for the exit instead
@@ -93,6 +93,7 @@ def test_an_agent_whose_socket_ends_before_it_exits_is_reaped_when_it_exits():
     assert connection.pid not in child_pids()
     assert wait_until(lambda: open_fds() <= before, 5), f"fds left: {open_fds() - before}"
     connection.kill()  # reaped: a no-op, never a signal to whoever has the pid now
+    assert agent._live_agents == live_agents, "the count of live agent sockets (spawn server threshold) drifted"
 
 
 OUT_OF_FDS_WHILE_AN_AGENT_EXITS = r"""
