@@ -30,6 +30,7 @@ from linx_otp import agent, futex_hash, spawn_server
 from linx_otp import process as P
 from linx_otp.actor import Actor
 from linx_otp.agent import AgentConnection
+from linx_otp.reactor import reactor
 
 TIMEOUT = 30
 
@@ -81,6 +82,7 @@ def connection_to_a_process_that_closed_its_end(argv: list[str], lowest_fd: int 
 
 
 def test_an_agent_whose_socket_ends_before_it_exits_is_reaped_when_it_exits():
+    reactor()  # its epoll and wakeup fds are there before the count, whichever test ran first
     before, live_agents = open_fds(), agent._live_agents
     connection = connection_to_a_process_that_closed_its_end(["/bin/sleep", "60"])
     connection.watch()
