@@ -48,23 +48,27 @@ static const struct state_piece {
     const char *name; /* as a stale answer names it */
     const char *path;
     enum piece_kind kind;
+    /* Another process can change the server's (taskset, cgroup.procs, renice, ionice, chrt,
+     * prlimit, oom_score_adj): read per request. The rest only the server itself could change,
+     * and it never does: its own are read once, at the hello. */
+    bool changeable_from_outside;
 } state_pieces[] = {
-    {"ns/cgroup", "ns/cgroup", PIECE_NAMESPACE},
-    {"ns/ipc", "ns/ipc", PIECE_NAMESPACE},
-    {"ns/mnt", "ns/mnt", PIECE_NAMESPACE},
-    {"ns/net", "ns/net", PIECE_NAMESPACE},
-    {"ns/pid_for_children", "ns/pid_for_children", PIECE_NAMESPACE},
-    {"ns/time_for_children", "ns/time_for_children", PIECE_NAMESPACE},
-    {"ns/uts", "ns/uts", PIECE_NAMESPACE},
-    {"root", "root", PIECE_INODE},
-    {"credentials", "status", PIECE_STATUS},
-    {"personality", "personality", PIECE_TEXT},
-    {"scheduling", NULL, PIECE_SCHEDULING},
-    {"cgroup", "cgroup", PIECE_TEXT},
+    {"ns/cgroup", "ns/cgroup", PIECE_NAMESPACE, false},
+    {"ns/ipc", "ns/ipc", PIECE_NAMESPACE, false},
+    {"ns/mnt", "ns/mnt", PIECE_NAMESPACE, false},
+    {"ns/net", "ns/net", PIECE_NAMESPACE, false},
+    {"ns/pid_for_children", "ns/pid_for_children", PIECE_NAMESPACE, false},
+    {"ns/time_for_children", "ns/time_for_children", PIECE_NAMESPACE, false},
+    {"ns/uts", "ns/uts", PIECE_NAMESPACE, false},
+    {"root", "root", PIECE_INODE, false},
+    {"credentials", "status", PIECE_STATUS, true}, /* CPU and memory-node affinity */
+    {"personality", "personality", PIECE_TEXT, false},
+    {"scheduling", NULL, PIECE_SCHEDULING, true},
+    {"cgroup", "cgroup", PIECE_TEXT, true},
     /* The process-wide ones last: a stale answer naming one of these says every thread's
      * request would be stale, and the Python side replaces the server (spawn_server.py). */
-    {"limits", NULL, PIECE_LIMITS},
-    {"oom_score_adj", "oom_score_adj", PIECE_TEXT},
+    {"limits", NULL, PIECE_LIMITS, true},
+    {"oom_score_adj", "oom_score_adj", PIECE_TEXT, true},
 };
 #define PIECE_COUNT (sizeof state_pieces / sizeof state_pieces[0])
 /* Room for a piece; a `status` is read whole into a buffer of READ_MAX (700 supplementary
@@ -235,17 +239,20 @@ static int read_piece(int task, const struct subject *subject, const struct stat
     return result;
 }
 
-/* Reads the state of `subject`, and opens its cwd (O_PATH) into `cwd` unless that is NULL:
- * the calling thread's own, as posix_spawn from it would give the agent, without the caller
- * opening and sending it. 0; PIECE_TOO_LONG with `*too_long` the piece that did not fit; or
- * -1 with errno. */
-static int read_state(const struct subject *subject, struct state *state, int *cwd, const char **too_long)
+/* Reads the state of `subject` (only the pieces changeable from outside if `changeable_only`),
+ * and opens its cwd (O_PATH) into `cwd` unless that is NULL: the calling thread's own, as
+ * posix_spawn from it would give the agent, without the caller opening and sending it. 0;
+ * PIECE_TOO_LONG with `*too_long` the piece that did not fit; or -1 with errno. */
+static int read_state(const struct subject *subject, struct state *state, bool changeable_only, int *cwd,
+                      const char **too_long)
 {
     int task = open(subject->task, O_PATH | O_DIRECTORY | O_CLOEXEC);
     if (task < 0)
         return -1;
     int result = 0;
     for (size_t i = 0; i < PIECE_COUNT && result == 0; i++) {
+        if (changeable_only && !state_pieces[i].changeable_from_outside)
+            continue;
         result = read_piece(task, subject, &state_pieces[i], state->pieces[i]);
         if (result == PIECE_TOO_LONG)
             *too_long = state_pieces[i].name;
@@ -453,11 +460,12 @@ static void prepare_server(void)
         exit(EXIT_INFRASTRUCTURE);
 }
 
-/* The hello checks that the server can read its own state, which every request compares. */
+/* The hello reads the server's own state, all of it; a request reads again what another
+ * process could have changed since. */
 static void answer_hello(void)
 {
     const char *too_long = NULL;
-    if (read_state(&server_subject, &server_state, NULL, &too_long) < 0) {
+    if (read_state(&server_subject, &server_state, false, NULL, &too_long) < 0) {
         reply(SERVER_FAILED, (uint32_t)errno, "server_state");
         return;
     }
@@ -472,9 +480,9 @@ static const char *compare_states(struct server_request *request, uint32_t *erro
     caller_subject(request->tid, &caller);
     const char *too_long = NULL;
     *error = 0;
-    int result = read_state(&caller, &caller_state, &request->cwd, &too_long);
+    int result = read_state(&caller, &caller_state, false, &request->cwd, &too_long);
     if (result == 0)
-        result = read_state(&server_subject, &server_state, NULL, &too_long);
+        result = read_state(&server_subject, &server_state, true, NULL, &too_long);
     if (result < 0) {
         *error = (uint32_t)errno;
         return "unreadable";
