@@ -429,3 +429,36 @@ def test_a_thread_with_its_own_inherited_state_gets_a_direct_spawn_with_it(
     output = spawned_in_a_thread(change_and_remember, [sys.executable, "-c", workload_reads])
     assert output.decode().strip() == (expected if expected is not None else seen[0])
     assert len(through_the_server) == forked_before, "the server forked an agent for a thread it does not match"
+
+
+def process_on_pid(pid: int, attempts: int = 50) -> subprocess.Popen | None:
+    """A ``sleep`` started on ``pid`` (free, as root, through ``ns_last_pid``), or None if other
+    processes kept taking it."""
+    for _ in range(attempts):
+        Path("/proc/sys/kernel/ns_last_pid").write_text(str(pid - 1))
+        sleeper = subprocess.Popen(["/bin/sleep", "60"])
+        if sleeper.pid == pid:
+            return sleeper
+        sleeper.kill()
+        sleeper.wait()
+    return None
+
+
+@needs_root
+def test_discarding_a_server_reaped_elsewhere_never_signals_the_process_that_took_its_pid(through_the_server):
+    run_to_the_end(["/bin/true"])
+    server = spawn_server.server_pid()
+    assert server is not None
+    with spawn_server._lock:  # the I/O thread must not reap it first: another wait() of this process does
+        os.kill(server, signal.SIGKILL)
+        assert os.waitpid(server, 0)[0] == server
+        sleeper = process_on_pid(server)
+    if sleeper is None:
+        pytest.skip("other processes kept taking the freed pid")
+    try:
+        spawn_server.stop()  # or the I/O thread's reap, whichever comes first: both discard it
+        assert spawn_server.server_pid() is None
+        assert sleeper.poll() is None, "the discard killed the process that took the server's pid"
+    finally:
+        sleeper.kill()
+        sleeper.wait()
