@@ -129,7 +129,7 @@ class SpawnServer:
 
     @classmethod
     def start(cls, path: str) -> SpawnServer:
-        """Start a server running ``path`` and let it snapshot the calling thread's state.
+        """Start a server running ``path`` from the calling thread (whose fingerprint it records).
         Raises ``OSError`` if it cannot be started or does not answer its hello."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
