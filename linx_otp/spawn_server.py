@@ -11,8 +11,11 @@ each request carries the session's socket and this thread's fds 0-2 (for
 ``stdio="inherit"``) with ``SCM_RIGHTS``, and the server opens the thread's cwd
 (``/proc/PID/task/TID/cwd``), so the agent gets the caller's at spawn time. It compares the calling
 thread's namespaces, root, credentials, cgroup, rlimits and the like with those of the thread
-that started it and answers "stale" when any differs: that agent is then spawned directly
-(``start_agent`` returns None). Agents it forks are this process's children, as directly
+the server has itself (read per request: what a forked agent really inherits) and answers
+"stale" when any differs or either is under a seccomp filter: that agent is then spawned
+directly (``start_agent`` returns None). State ``/proc`` does not show (securebits, the
+memory-deny-write-execute flags, the session keyring, the timer slack) is compared here, by
+``thread_fingerprint``, with the starting thread's, and a thread that differs is not sent. Agents it forks are this process's children, as directly
 spawned ones are, so a dead server takes no session with it: the I/O thread reaps it (a pidfd)
 and the next spawn starts a new one. The server exits when this process's end of its socket
 closes (at this process's exit: end-of-file, not the death of the thread that started it); a
@@ -35,6 +38,7 @@ True
 from __future__ import annotations
 
 import array
+import ctypes
 import logging
 import os
 import signal
@@ -71,6 +75,32 @@ thread, whatever piece differs: the thread that started it may have been the odd
 another namespace, say). Bounded: at worst one server start per this many spawns."""
 
 
+_libc = ctypes.CDLL(None, use_errno=True)
+_PR_GET_SECUREBITS = 27
+_PR_GET_TIMERSLACK = 30
+_PR_GET_MDWE = 66
+_SYS_KEYCTL = {"x86_64": 250, "aarch64": 219}[os.uname().machine]
+_KEYCTL_GET_KEYRING_ID = 0
+_KEY_SPEC_SESSION_KEYRING = -3
+
+
+def thread_fingerprint() -> tuple[int, int, int, int]:
+    """The calling thread's inherited state that no ``/proc`` file shows, for comparing with the
+    server's (it has the starting thread's: nothing but the server itself can change these):
+    securebits, ``PR_GET_MDWE`` (-1 on a kernel without it), the session keyring's id and the
+    timer slack. A few µs (benchmarks/spawn_server_check.py).
+
+    >>> thread_fingerprint() == thread_fingerprint()
+    True
+    """
+    return (
+        _libc.prctl(_PR_GET_SECUREBITS, 0, 0, 0, 0),
+        _libc.prctl(_PR_GET_MDWE, 0, 0, 0, 0),
+        _libc.syscall(_SYS_KEYCTL, _KEYCTL_GET_KEYRING_ID, _KEY_SPEC_SESSION_KEYRING, 0),
+        _libc.prctl(_PR_GET_TIMERSLACK, 0, 0, 0, 0),
+    )
+
+
 class StaleState(Exception):
     """The asking thread's state differs from the server's in ``piece`` (a namespace, ``root``,
     ``credentials``, ...): an agent forked by the server would not get what this thread has."""
@@ -92,12 +122,14 @@ class SpawnServer:
         self.pid = pid
         self.path = path
         self._socket = sock
+        self.fingerprint = thread_fingerprint()
+        """The starting thread's, which the server (posix_spawned from it) has."""
         self._pidfd = -1
         """Watched by the I/O thread: a server that dies between requests is reaped at once."""
 
     @classmethod
     def start(cls, path: str) -> SpawnServer:
-        """Start a server running ``path`` and let it snapshot the calling thread's state.
+        """Start a server running ``path`` from the calling thread (whose fingerprint it records).
         Raises ``OSError`` if it cannot be started or does not answer its hello."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
@@ -135,7 +167,10 @@ class SpawnServer:
     def spawn(self, agent_socket: socket.socket) -> int:
         """Ask for an agent on ``agent_socket``: its pid. Raises ``StaleState`` when this thread's
         state is not the server's, ``ServerLost`` if the server is gone or misbehaves, and
-        ``OSError`` if it could not fork."""
+        ``OSError`` if it could not fork. A thread whose ``thread_fingerprint`` is not the
+        server's is stale without asking."""
+        if thread_fingerprint() != self.fingerprint:
+            raise StaleState("thread_fingerprint")
         stdio = [fd for fd in (0, 1, 2) if _passes_exec(fd)]
         message = protocol.encode_server_spawn(threading.get_native_id(), sum(1 << fd for fd in stdio))
         reply = self._ask(message, [agent_socket.fileno(), *stdio])
@@ -161,17 +196,22 @@ class SpawnServer:
             raise ServerLost(str(error)) from error
 
     def discard(self) -> None:
-        """Close the socket (a live server exits at that), make sure it is gone, reap it."""
+        """Close the socket (a live server exits at that), make sure it is gone, reap it: all
+        through its pidfd, never by pid (one reaped by another wait() of this process may have
+        a new owner)."""
         self._socket.close()
-        self._close_pidfd()
+        if self._pidfd < 0:  # pidfd_open failed right after the spawn: the pid is still its own
+            _kill_and_reap_by_pid(self.pid)
+            return
         try:
-            os.kill(self.pid, signal.SIGKILL)  # our unreaped child: the pid is still its own
+            signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
         except ProcessLookupError:
             pass
         try:
-            os.waitpid(self.pid, 0)
+            os.waitid(os.P_PIDFD, self._pidfd, os.WEXITED)
         except ChildProcessError:  # reaped by someone else's wait() in this process
             pass
+        self._close_pidfd()
 
     def fds(self) -> set[int]:
         """The fds this process holds for the server: its socket and its pidfd."""
@@ -188,6 +228,17 @@ class SpawnServer:
             reactor().unregister(self._pidfd)
             os.close(self._pidfd)
             self._pidfd = -1
+
+
+def _kill_and_reap_by_pid(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
 
 
 def _passes_exec(fd: int) -> bool:

@@ -3,10 +3,11 @@
  * execve. Each forked agent is made the Python process's child (CLONE_PARENT), so the server
  * has no children, its death touches no session, and the Python side reaps agents as before.
  *
- * State a forked agent would take from the server rather than from its caller (namespaces,
- * root, credentials, cgroup, rlimits, ...) is compared per request with the calling thread's,
- * against a snapshot of the thread that started the server; any difference answers `stale`
- * and the Python side spawns that agent directly. It never runs a workload itself, never
+ * State a forked agent takes from the server rather than from its caller (namespaces, root,
+ * credentials, cgroup, rlimits, ...) is read per request from the calling thread and from the
+ * server itself (what the agent would really inherit, whoever changed it since), and any
+ * difference, any seccomp filter on either side, or a file too long to read whole answers
+ * `stale`: the Python side spawns that agent directly. It never runs a workload itself, never
  * holds a session's fd after the fork, and exits when the Python side hangs up.
  * The protocol is PROTOCOL.md, "Spawn server". */
 #define _GNU_SOURCE
@@ -17,6 +18,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/ioprio.h>
 #include <linux/sched.h>
 #include <sched.h>
 #include <signal.h>
@@ -35,41 +37,55 @@
 
 enum piece_kind { PIECE_NAMESPACE, PIECE_INODE, PIECE_TEXT, PIECE_STATUS, PIECE_LIMITS, PIECE_SCHEDULING };
 
-/* Read relative to /proc/<pid>/task/<tid>/ of the calling thread, the cheapest way each (a
- * namespace's readlink names its inode without making a dentry: a third of a stat's cost; the
- * limits by prlimit, not by formatting and parsing `limits`). A piece a kernel does not have
- * (ENOENT) reads as absent, alike for both sides. What a thread cannot change is not read:
- * ns/pid and ns/time (setns and unshare change only the *_for_children ones a child gets)
- * and ns/user (a threaded process can neither unshare nor setns one). */
+/* Read relative to /proc/<pid>/task/<tid>/ of the calling thread and /proc/thread-self/ of
+ * the server, the cheapest way each (a namespace's readlink names its inode without making a
+ * dentry: a third of a stat's cost; the limits by prlimit, not by formatting and parsing
+ * `limits`). A piece a kernel does not have (ENOENT) reads as absent, alike for both sides.
+ * What a thread cannot change is not read: ns/pid and ns/time (setns and unshare change only
+ * the *_for_children ones a child gets) and ns/user (a threaded process can neither unshare
+ * nor setns one). */
 static const struct state_piece {
     const char *name; /* as a stale answer names it */
     const char *path;
     enum piece_kind kind;
+    /* Another process can change the server's (taskset, cgroup.procs, renice, ionice, chrt,
+     * prlimit, oom_score_adj): read per request. The rest only the server itself could change,
+     * and it never does: its own are read once, at the hello. */
+    bool changeable_from_outside;
 } state_pieces[] = {
-    {"ns/cgroup", "ns/cgroup", PIECE_NAMESPACE},
-    {"ns/ipc", "ns/ipc", PIECE_NAMESPACE},
-    {"ns/mnt", "ns/mnt", PIECE_NAMESPACE},
-    {"ns/net", "ns/net", PIECE_NAMESPACE},
-    {"ns/pid_for_children", "ns/pid_for_children", PIECE_NAMESPACE},
-    {"ns/time_for_children", "ns/time_for_children", PIECE_NAMESPACE},
-    {"ns/uts", "ns/uts", PIECE_NAMESPACE},
-    {"root", "root", PIECE_INODE},
-    {"credentials", "status", PIECE_STATUS},
-    {"scheduling", NULL, PIECE_SCHEDULING},
-    {"cgroup", "cgroup", PIECE_TEXT},
+    {"ns/cgroup", "ns/cgroup", PIECE_NAMESPACE, false},
+    {"ns/ipc", "ns/ipc", PIECE_NAMESPACE, false},
+    {"ns/mnt", "ns/mnt", PIECE_NAMESPACE, false},
+    {"ns/net", "ns/net", PIECE_NAMESPACE, false},
+    {"ns/pid_for_children", "ns/pid_for_children", PIECE_NAMESPACE, false},
+    {"ns/time_for_children", "ns/time_for_children", PIECE_NAMESPACE, false},
+    {"ns/uts", "ns/uts", PIECE_NAMESPACE, false},
+    {"root", "root", PIECE_INODE, false},
+    {"credentials", "status", PIECE_STATUS, true}, /* CPU and memory-node affinity */
+    {"personality", "personality", PIECE_TEXT, false},
+    {"scheduling", NULL, PIECE_SCHEDULING, true},
+    {"cgroup", "cgroup", PIECE_TEXT, true},
     /* The process-wide ones last: a stale answer naming one of these says every thread's
      * request would be stale, and the Python side replaces the server (spawn_server.py). */
-    {"limits", NULL, PIECE_LIMITS},
-    {"oom_score_adj", "oom_score_adj", PIECE_TEXT},
+    {"limits", NULL, PIECE_LIMITS, true},
+    {"oom_score_adj", "oom_score_adj", PIECE_TEXT, true},
 };
 #define PIECE_COUNT (sizeof state_pieces / sizeof state_pieces[0])
-#define PIECE_MAX 4096
+/* Room for a piece; a `status` is read whole into a buffer of READ_MAX (700 supplementary
+ * groups already pass 4 KiB) and only its inherited lines kept. A piece or file that does not
+ * fit is never compared cut: it answers stale (PIECE_TOO_LONG). */
+#define PIECE_MAX 16384
+#define READ_MAX 65536
+#define PIECE_TOO_LONG 1
 
 /* The lines of `status` that a child inherits: credentials, capabilities, umask,
- * no_new_privs, seccomp, CPU and memory-node affinity. */
+ * no_new_privs, seccomp, CPU and memory-node affinity, transparent huge pages (the mm's
+ * PR_SET_THP_DISABLE) and the speculation mitigations (PR_SET_SPECULATION_CTRL). */
 static const char *const status_fields[] = {
-    "Umask:", "Uid:", "Gid:", "Groups:", "NoNewPrivs:", "Seccomp:", "Seccomp_filters:", "CapInh:",
-    "CapPrm:", "CapEff:", "CapBnd:", "CapAmb:", "Cpus_allowed_list:", "Mems_allowed_list:",
+    "Umask:",       "Uid:",        "Gid:",        "Groups:",    "NoNewPrivs:",
+    "Seccomp:",     "Seccomp_filters:",           "CapInh:",    "CapPrm:",
+    "CapEff:",      "CapBnd:",     "CapAmb:",     "Cpus_allowed_list:",     "Mems_allowed_list:",
+    "THP_enabled:", "Speculation_Store_Bypass:",  "SpeculationIndirectBranch:",
 };
 #define STATUS_FIELD_COUNT (sizeof status_fields / sizeof status_fields[0])
 
@@ -77,18 +93,29 @@ struct state {
     char pieces[PIECE_COUNT][PIECE_MAX];
 };
 
-static struct state started_state; /* the starting thread's, at the hello */
-static struct state caller_state;  /* the calling thread's, per request */
+/* Whose state: the calling thread of the Python process, or the server itself (0 for the
+ * pids: the calling thread or process, as prlimit, getpriority and the sched_* calls take it). */
+struct subject {
+    char task[64]; /* its /proc task directory */
+    pid_t process;
+    pid_t thread;
+};
+
+static struct state server_state; /* the server's own, per request */
+static struct state caller_state; /* the calling thread's, per request */
+static char read_buffer[READ_MAX];
 static bool hello_done;
 static pid_t python_pid;
 
+/* Reads a whole file into `text` (at most `size` - 1 bytes and a NUL): 0, PIECE_TOO_LONG if
+ * it does not fit, -1 with errno. */
 static int read_text(int task, const char *path, char *text, size_t size)
 {
     int fd = openat(task, path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return -1;
     size_t used = 0;
-    ssize_t got = 0;
+    ssize_t got = 1;
     while (used < size - 1 && (got = read(fd, text + used, size - 1 - used)) != 0) {
         if (got < 0 && errno == EINTR)
             continue;
@@ -101,7 +128,9 @@ static int read_text(int task, const char *path, char *text, size_t size)
         return -1;
     text[used] = '\0';
     errno = error;
-    return got < 0 ? -1 : 0;
+    if (got < 0)
+        return -1;
+    return got != 0 ? PIECE_TOO_LONG : 0; /* a full buffer before end-of-file: cut */
 }
 
 static bool is_inherited_status_line(const char *line)
@@ -112,29 +141,40 @@ static bool is_inherited_status_line(const char *line)
     return false;
 }
 
-/* Keeps only the inherited lines of a status text, in place. */
-static void filter_status(char *text)
+/* Copies the inherited lines of a status text into `piece`: 0, or PIECE_TOO_LONG. */
+static int filter_status(const char *text, char *piece)
 {
-    char *kept = text;
-    for (char *line = text; *line;) {
-        char *end = strchrnul(line, '\n');
+    size_t kept = 0;
+    for (const char *line = text; *line;) {
+        const char *end = strchrnul(line, '\n');
         size_t length = (size_t)(end - line) + (*end == '\n');
         if (is_inherited_status_line(line)) {
-            memmove(kept, line, length);
+            if (kept + length >= PIECE_MAX)
+                return PIECE_TOO_LONG;
+            memcpy(piece + kept, line, length);
             kept += length;
         }
         line += length;
     }
-    *kept = '\0';
+    piece[kept] = '\0';
+    return 0;
 }
 
-/* The soft and hard limit of every resource, as `prlimit` of the Python process reads them. */
-static int read_limits(char *text)
+/* True if a filtered status shows a seccomp mode: two filters are not comparable from /proc
+ * (same count, other rules), so a thread or server under one never gets a forked agent. */
+static bool under_seccomp(const char *status)
+{
+    const char *line = strstr(status, "Seccomp:");
+    return line != NULL && line[strspn(line + 8, " \t") + 8] != '0';
+}
+
+/* The soft and hard limit of every resource of `process` (0: the server), by `prlimit`. */
+static int read_limits(pid_t process, char *text)
 {
     size_t used = 0;
     for (int resource = 0; resource < RLIM_NLIMITS; resource++) {
         struct rlimit limit;
-        if (prlimit(python_pid, resource, NULL, &limit) < 0)
+        if (prlimit(process, resource, NULL, &limit) < 0)
             return -1;
         used += (size_t)snprintf(text + used, PIECE_MAX - used, "%llu:%llu ", (unsigned long long)limit.rlim_cur,
                                  (unsigned long long)limit.rlim_max);
@@ -142,24 +182,33 @@ static int read_limits(char *text)
     return 0;
 }
 
-/* The thread's nice value and scheduling policy (both per thread on Linux). */
-static int read_scheduling(uint32_t tid, char *text)
+/* The thread's nice value, scheduling policy and real-time priority, and I/O priority (all
+ * per thread on Linux, all inherited). */
+static int read_scheduling(pid_t thread, char *text)
 {
     errno = 0;
-    int nice = getpriority(PRIO_PROCESS, (id_t)tid);
+    int nice = getpriority(PRIO_PROCESS, (id_t)thread);
     if (nice == -1 && errno != 0)
         return -1;
-    int policy = sched_getscheduler((pid_t)tid);
+    int policy = sched_getscheduler(thread);
     if (policy < 0)
         return -1;
-    snprintf(text, PIECE_MAX, "%d:%d", nice, policy);
+    struct sched_param parameter;
+    if (sched_getparam(thread, &parameter) < 0)
+        return -1;
+    long io_priority = syscall(SYS_ioprio_get, IOPRIO_WHO_PROCESS, thread);
+    if (io_priority < 0)
+        return -1;
+    snprintf(text, PIECE_MAX, "%d:%d:%d:%ld", nice, policy, parameter.sched_priority, io_priority);
     return 0;
 }
 
-static int read_piece(int task, uint32_t tid, const struct state_piece *piece, char *text)
+/* Reads one piece: 0, PIECE_TOO_LONG, or -1 with errno. */
+static int read_piece(int task, const struct subject *subject, const struct state_piece *piece, char *text)
 {
     struct stat status;
     ssize_t length;
+    int result = 0;
     switch (piece->kind) {
     case PIECE_NAMESPACE:
         length = readlinkat(task, piece->path, text, PIECE_MAX - 1);
@@ -173,33 +222,41 @@ static int read_piece(int task, uint32_t tid, const struct state_piece *piece, c
         snprintf(text, PIECE_MAX, "%lu:%lu", (unsigned long)status.st_dev, (unsigned long)status.st_ino);
         return 0;
     case PIECE_LIMITS:
-        return read_limits(text);
+        return read_limits(subject->process, text);
     case PIECE_SCHEDULING:
-        return read_scheduling(tid, text);
+        return read_scheduling(subject->thread, text);
     case PIECE_TEXT:
+        result = read_text(task, piece->path, text, PIECE_MAX);
+        break;
     case PIECE_STATUS:
+        result = read_text(task, piece->path, read_buffer, sizeof read_buffer);
+        if (result == 0)
+            result = filter_status(read_buffer, text);
         break;
     }
-    if (read_text(task, piece->path, text, PIECE_MAX) < 0)
-        return errno == ENOENT ? snprintf(text, PIECE_MAX, "absent"), 0 : -1;
-    if (piece->kind == PIECE_STATUS)
-        filter_status(text);
-    return 0;
+    if (result < 0 && errno == ENOENT)
+        return snprintf(text, PIECE_MAX, "absent"), 0;
+    return result;
 }
 
-/* Reads the state of thread `tid` of the Python process, and opens its cwd (O_PATH) into `cwd`
- * unless that is NULL: the thread's own, as posix_spawn from it would give the agent, without
- * the caller opening and sending it. -1 with errno if it cannot. */
-static int read_state(uint32_t tid, struct state *state, int *cwd)
+/* Reads the state of `subject` (only the pieces changeable from outside if `changeable_only`),
+ * and opens its cwd (O_PATH) into `cwd` unless that is NULL: the calling thread's own, as
+ * posix_spawn from it would give the agent, without the caller opening and sending it. 0;
+ * PIECE_TOO_LONG with `*too_long` the piece that did not fit; or -1 with errno. */
+static int read_state(const struct subject *subject, struct state *state, bool changeable_only, int *cwd,
+                      const char **too_long)
 {
-    char path[64];
-    snprintf(path, sizeof path, "/proc/%d/task/%u", (int)python_pid, tid);
-    int task = open(path, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    int task = open(subject->task, O_PATH | O_DIRECTORY | O_CLOEXEC);
     if (task < 0)
         return -1;
     int result = 0;
-    for (size_t i = 0; i < PIECE_COUNT && result == 0; i++)
-        result = read_piece(task, tid, &state_pieces[i], state->pieces[i]);
+    for (size_t i = 0; i < PIECE_COUNT && result == 0; i++) {
+        if (changeable_only && !state_pieces[i].changeable_from_outside)
+            continue;
+        result = read_piece(task, subject, &state_pieces[i], state->pieces[i]);
+        if (result == PIECE_TOO_LONG)
+            *too_long = state_pieces[i].name;
+    }
     if (result == 0 && cwd != NULL) {
         *cwd = openat(task, "cwd", O_PATH | O_DIRECTORY | O_CLOEXEC);
         result = *cwd < 0 ? -1 : 0;
@@ -211,12 +268,25 @@ static int read_state(uint32_t tid, struct state *state, int *cwd)
     return result;
 }
 
-/* The first piece that differs from the snapshot, or NULL. */
+static void caller_subject(uint32_t tid, struct subject *subject)
+{
+    snprintf(subject->task, sizeof subject->task, "/proc/%d/task/%u", (int)python_pid, tid);
+    subject->process = python_pid;
+    subject->thread = (pid_t)tid;
+}
+
+static const struct subject server_subject = {"/proc/thread-self", 0, 0};
+
+/* The first piece that differs between the caller and the server, "seccomp" if either is under
+ * a filter, or NULL. */
 static const char *stale_piece(void)
 {
-    for (size_t i = 0; i < PIECE_COUNT; i++)
-        if (strcmp(started_state.pieces[i], caller_state.pieces[i]) != 0)
+    for (size_t i = 0; i < PIECE_COUNT; i++) {
+        if (strcmp(server_state.pieces[i], caller_state.pieces[i]) != 0)
             return state_pieces[i].name;
+        if (state_pieces[i].kind == PIECE_STATUS && under_seccomp(caller_state.pieces[i]))
+            return "seccomp";
+    }
     return NULL;
 }
 
@@ -390,14 +460,34 @@ static void prepare_server(void)
         exit(EXIT_INFRASTRUCTURE);
 }
 
-static void answer_hello(const struct server_request *request)
+/* The hello reads the server's own state, all of it; a request reads again what another
+ * process could have changed since. */
+static void answer_hello(void)
 {
-    if (read_state(request->tid, &started_state, NULL) < 0) {
+    const char *too_long = NULL;
+    if (read_state(&server_subject, &server_state, false, NULL, &too_long) < 0) {
         reply(SERVER_FAILED, (uint32_t)errno, "server_state");
         return;
     }
     hello_done = true;
     reply(SERVER_READY, 0, NULL);
+}
+
+/* Reads both sides: NULL if they match, or why not (a piece's name, "unreadable"). */
+static const char *compare_states(struct server_request *request, uint32_t *error)
+{
+    struct subject caller;
+    caller_subject(request->tid, &caller);
+    const char *too_long = NULL;
+    *error = 0;
+    int result = read_state(&caller, &caller_state, false, &request->cwd, &too_long);
+    if (result == 0)
+        result = read_state(&server_subject, &server_state, true, NULL, &too_long);
+    if (result < 0) {
+        *error = (uint32_t)errno;
+        return "unreadable";
+    }
+    return result == PIECE_TOO_LONG ? too_long : stale_piece();
 }
 
 /* Answers a spawn request; returns true in the forked agent. */
@@ -407,13 +497,10 @@ static bool answer_spawn(struct server_request *request)
         reply(SERVER_FAILED, EPROTO, "server_no_hello");
         return false;
     }
-    if (read_state(request->tid, &caller_state, &request->cwd) < 0) {
-        reply(SERVER_STALE, (uint32_t)errno, "unreadable");
-        return false;
-    }
-    const char *stale = stale_piece();
+    uint32_t error;
+    const char *stale = compare_states(request, &error);
     if (stale) {
-        reply(SERVER_STALE, 0, stale);
+        reply(SERVER_STALE, error, stale);
         return false;
     }
     pid_t pid = fork_agent();
@@ -441,7 +528,7 @@ void serve_spawn_requests(char *mode_argument)
         if (received == RECEIVE_MALFORMED)
             reply(SERVER_FAILED, EPROTO, "server_malformed");
         else if (request.type == SERVER_HELLO)
-            answer_hello(&request);
+            answer_hello();
         else
             forked = answer_spawn(&request);
         if (forked) {

@@ -9,6 +9,7 @@ records which agents it forked (the real ``start_agent``, called through)."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import resource
 import signal
@@ -289,3 +290,175 @@ def test_a_thread_that_unshared_its_uts_namespace_gets_a_direct_spawn_in_it(thro
     assert len(through_the_server) == forked_before, "the server forked an agent for a thread it does not match"
     assert run_to_the_end(["uname", "-n"])[1] == (os.uname().nodename + "\n").encode()
     assert len(through_the_server) == forked_before + 1
+
+
+def spawned_in_a_thread(prepare, argv: list[str]) -> bytes:
+    """In a new thread: ``prepare()`` (changes that thread's state), then run ``argv`` to the end;
+    its output. The thread ends with whatever it changed."""
+    outcome: dict[str, object] = {}
+
+    def prepare_and_spawn() -> None:
+        try:
+            prepare()
+            outcome["output"] = run_to_the_end(argv)[1]
+        except BaseException as error:  # handed to the test's thread
+            outcome["error"] = error
+
+    thread = threading.Thread(target=prepare_and_spawn)
+    thread.start()
+    thread.join(TIMEOUT * 2)
+    assert "error" not in outcome, outcome.get("error")
+    return outcome["output"]
+
+
+def status_line(name: str, text: str) -> str:
+    return next(line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith(name + ":"))
+
+
+@needs_root
+def test_a_status_past_4_kib_is_compared_whole(through_the_server):
+    """700 supplementary groups put Cpus_allowed_list past the first 4 KiB of status."""
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two CPUs to pin a thread to one")
+    groups = os.getgroups()
+    os.setgroups(list(range(1_000_000, 1_000_700)))  # every thread's (glibc broadcasts it)
+    try:
+        assert len(Path("/proc/thread-self/status").read_bytes()) > 4096
+        run_to_the_end(["/bin/true"])  # a server started from this thread, with these groups
+        forked_before = len(through_the_server)
+        output = spawned_in_a_thread(lambda: os.sched_setaffinity(0, {0}), ["/bin/cat", "/proc/self/status"])
+    finally:
+        os.setgroups(groups)
+    assert status_line("Cpus_allowed_list", output.decode()) == "0"
+    assert len(through_the_server) == forked_before, "the server forked an agent for a thread it does not match"
+
+
+def install_seccomp_denying(syscall_number: int) -> None:
+    """This thread: ``syscall_number`` fails with EPERM, every other call is allowed (x86_64)."""
+
+    class SockFilter(ctypes.Structure):
+        _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte), ("jf", ctypes.c_ubyte), ("k", ctypes.c_uint)]
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(SockFilter))]
+
+    program = (SockFilter * 4)(
+        SockFilter(0x20, 0, 0, 0),  # load the syscall number
+        SockFilter(0x15, 0, 1, syscall_number),  # equal: next; else skip one
+        SockFilter(0x06, 0, 0, 0x00050000 | 1),  # SECCOMP_RET_ERRNO | EPERM
+        SockFilter(0x06, 0, 0, 0x7FFF0000),  # SECCOMP_RET_ALLOW
+    )
+    check_call(libc.prctl(38, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
+    check_call(libc.prctl(22, 2, ctypes.byref(SockFprog(4, program)), 0, 0), "prctl(PR_SET_SECCOMP)")
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the test's filter uses x86_64 syscall numbers")
+def test_a_thread_under_another_seccomp_filter_of_the_same_count_gets_its_own(through_the_server):
+    uname, getpriority = 63, 140
+    script = (
+        "import os\n"
+        "for name, call in (('uname', os.uname), ('getpriority', lambda: os.getpriority(0, 0))):\n"
+        "    try: call(); print(name, 'ok')\n"
+        "    except OSError as error: print(name, error.strerror)\n"
+    )
+    argv = [sys.executable, "-c", script]
+    spawned_in_a_thread(lambda: install_seccomp_denying(uname), ["/bin/true"])  # the server: its filter
+    forked_before = len(through_the_server)
+    output = spawned_in_a_thread(lambda: install_seccomp_denying(getpriority), argv)
+    assert output == b"uname ok\ngetpriority Operation not permitted\n"
+    assert len(through_the_server) == forked_before, "the server forked an agent for a thread under a filter"
+
+
+@needs_root
+def test_state_changed_on_the_server_by_another_process_never_reaches_a_workload(through_the_server):
+    run_to_the_end(["/bin/true"])
+    server = spawn_server.server_pid()
+    resource.prlimit(server, resource.RLIMIT_NOFILE, (64, 64))
+    os.setpriority(os.PRIO_PROCESS, server, 10)
+    Path(f"/proc/{server}/oom_score_adj").write_text("900")
+    script = "ulimit -n; cut -d' ' -f19 /proc/self/stat; cat /proc/self/oom_score_adj"
+    output = run_to_the_end(["/bin/sh", "-c", script])[1].decode().split()
+    ours = [str(resource.getrlimit(resource.RLIMIT_NOFILE)[0]), str(os.getpriority(os.PRIO_PROCESS, 0))]
+    assert output == [*ours, Path("/proc/self/oom_score_adj").read_text().strip()]
+
+
+IOPRIO_BEST_EFFORT_7 = 2 << 13 | 7
+PR_SET_TIMERSLACK = 29
+SYS_IOPRIO = {"x86_64": (251, 252), "aarch64": (30, 31)}[os.uname().machine]
+SYS_KEYCTL = {"x86_64": 250, "aarch64": 219}[os.uname().machine]
+
+
+@pytest.mark.parametrize(
+    ("change_this_thread", "workload_reads", "expected"),
+    [
+        (
+            lambda: check_call(libc.syscall(SYS_IOPRIO[0], 1, 0, IOPRIO_BEST_EFFORT_7), "ioprio_set"),
+            f"import ctypes; print(ctypes.CDLL(None).syscall({SYS_IOPRIO[1]}, 1, 0))",
+            str(IOPRIO_BEST_EFFORT_7),
+        ),
+        (
+            lambda: libc.personality(0x0040000),  # ADDR_NO_RANDOMIZE
+            "print(open('/proc/self/personality').read().strip())",
+            "00040000",
+        ),
+        (
+            lambda: check_call(libc.prctl(PR_SET_TIMERSLACK, 123457, 0, 0, 0), "prctl(PR_SET_TIMERSLACK)"),
+            "print(open('/proc/self/timerslack_ns').read().strip())",
+            "123457",
+        ),
+        (
+            lambda: check_call(libc.syscall(SYS_KEYCTL, 1, b"linx-test-keyring") < 0, "keyctl(JOIN)"),
+            f"import ctypes; print(ctypes.CDLL(None).syscall({SYS_KEYCTL}, 0, -3, 0))",
+            None,  # this thread's session keyring, read there
+        ),
+    ],
+    ids=["io_priority", "personality", "timer_slack", "session_keyring"],
+)
+@needs_root
+def test_a_thread_with_its_own_inherited_state_gets_a_direct_spawn_with_it(
+    through_the_server, change_this_thread, workload_reads, expected
+):
+    run_to_the_end(["/bin/true"])  # a server started from this thread
+    forked_before = len(through_the_server)
+    seen: list[str] = []
+
+    def change_and_remember() -> None:
+        change_this_thread()
+        seen.append(str(libc.syscall(SYS_KEYCTL, 0, -3, 0)))
+
+    output = spawned_in_a_thread(change_and_remember, [sys.executable, "-c", workload_reads])
+    assert output.decode().strip() == (expected if expected is not None else seen[0])
+    assert len(through_the_server) == forked_before, "the server forked an agent for a thread it does not match"
+
+
+def process_on_pid(pid: int, attempts: int = 50) -> subprocess.Popen | None:
+    """A ``sleep`` started on ``pid`` (free, as root, through ``ns_last_pid``), or None if other
+    processes kept taking it."""
+    for _ in range(attempts):
+        Path("/proc/sys/kernel/ns_last_pid").write_text(str(pid - 1))
+        sleeper = subprocess.Popen(["/bin/sleep", "60"])
+        if sleeper.pid == pid:
+            return sleeper
+        sleeper.kill()
+        sleeper.wait()
+    return None
+
+
+@needs_root
+def test_discarding_a_server_reaped_elsewhere_never_signals_the_process_that_took_its_pid(through_the_server):
+    run_to_the_end(["/bin/true"])
+    server = spawn_server.server_pid()
+    assert server is not None
+    with spawn_server._lock:  # the I/O thread must not reap it first: another wait() of this process does
+        os.kill(server, signal.SIGKILL)
+        assert os.waitpid(server, 0)[0] == server
+        sleeper = process_on_pid(server)
+    if sleeper is None:
+        pytest.skip("other processes kept taking the freed pid")
+    try:
+        spawn_server.stop()  # or the I/O thread's reap, whichever comes first: both discard it
+        assert spawn_server.server_pid() is None
+        assert sleeper.poll() is None, "the discard killed the process that took the server's pid"
+    finally:
+        sleeper.kill()
+        sleeper.wait()
