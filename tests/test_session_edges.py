@@ -77,16 +77,18 @@ PRELUDE = r"""
 import json, os, sys
 from pathlib import Path
 import linx_otp
-from linx_otp import process as P
+from linx_otp import agent, spawn_server, process as P
+agent.SPAWN_SERVER_FROM = int(os.environ["SPAWN_SERVER_FROM"])
 
 def children():
+    # this process's children but the spawn server (which is its own, not a session's)
     found = []
     for task in Path("/proc/self/task").iterdir():
         try:
             found += [int(pid) for pid in (task / "children").read_text().split()]
         except FileNotFoundError:  # a thread that has just ended
             pass
-    return found
+    return [pid for pid in found if pid != spawn_server.server_pid()]
 
 def attempt():
     # the reason a spawn raises, or the session's outcome
@@ -138,30 +140,38 @@ print(json.dumps({"results": results, "children": children(), "after": attempt()
 """
 
 
-def run_limited(script: str, *arguments: str) -> dict:
+def run_limited(script: str, *arguments: str, spawn_server_from: int = 10**9) -> dict:
+    """``script`` in a Python process of its own; ``spawn_server_from`` 0 starts every agent
+    through the spawn server (the default: directly)."""
     done = subprocess.run(
-        [sys.executable, "-c", PRELUDE + script, *arguments], capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", PRELUDE + script, *arguments],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "SPAWN_SERVER_FROM": str(spawn_server_from)},
     )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 
 
-def test_running_out_of_fds_is_spawn_failed_and_leaves_nothing():
-    report = run_limited(OUT_OF_FDS)
+@pytest.mark.parametrize("spawn_server_from", [10**9, 0], ids=["direct", "through_the_spawn_server"])
+def test_running_out_of_fds_is_spawn_failed_and_leaves_nothing(spawn_server_from):
+    report = run_limited(OUT_OF_FDS, spawn_server_from=spawn_server_from)
     assert report["results"] == [["spawn_failed", "emfile"], ["spawn_failed", "emfile"]]
     assert report["children"] == [] and report["fds_kept"], "no agent, no fd left behind"
     assert report["after"] == ["outcome", "exited", 0], "spawning works again once fds are free"
 
 
 @needs_root
-def test_running_out_of_processes_is_spawn_failed_and_leaves_nothing():
+@pytest.mark.parametrize("spawn_server_from", [10**9, 0], ids=["direct", "through_the_spawn_server"])
+def test_running_out_of_processes_is_spawn_failed_and_leaves_nothing(spawn_server_from):
     pids_root = Path("/sys/fs/cgroup/pids")
     if not (pids_root / "cgroup.procs").exists():
         pytest.skip("no v1 pids controller at /sys/fs/cgroup/pids")
     group = pids_root / f"linx-test-{uuid.uuid4().hex[:12]}"
     group.mkdir()
     try:
-        report = run_limited(OUT_OF_PROCESSES, str(group))
+        report = run_limited(OUT_OF_PROCESSES, str(group), spawn_server_from=spawn_server_from)
     finally:
         assert wait_until(lambda: not (group / "cgroup.procs").read_text().split(), TIMEOUT)
         group.rmdir()
