@@ -48,6 +48,12 @@ class Reactor:
         except (OSError, ValueError):
             pass
 
+    def close_fds(self) -> None:
+        """Close its epoll and wakeup fds (a forked child's copies: the thread that used them
+        is not there)."""
+        self._epoll.close()
+        os.close(self._wakeup)
+
     def call_later(self, delay: float, callback: Callable[[], None]) -> None:
         """Call ``callback()`` in the I/O thread after ``delay`` seconds (any thread may call this)."""
         with self._timers_lock:
@@ -120,8 +126,7 @@ def _forget_in_child() -> None:
     global _reactor, _reactor_lock
     inherited, _reactor, _reactor_lock = _reactor, None, threading.Lock()
     if inherited is not None:
-        inherited._epoll.close()
-        os.close(inherited._wakeup)
+        inherited.close_fds()
 
 
 os.register_at_fork(after_in_child=_forget_in_child)

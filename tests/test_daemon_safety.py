@@ -208,6 +208,20 @@ def test_a_client_refuses_a_server_of_another_uid_before_sending(test_user, read
 # -- log files --------------------------------------------------------------------------------------
 
 
+def logging_children(logs: dict) -> str:
+    """Tree children that each print a line and log it to its path: ``{id: log path}``."""
+    return "".join(
+        f"""
+        [[child]]
+        id = "{name}"
+        argv = ["sh", "-c", "echo output of {name}; exec sleep 600"]
+        stdio = {{ stdout = "capture", stderr = "inherit" }}
+        log = "{path}"
+        """
+        for name, path in logs.items()
+    )
+
+
 @needs_root
 def test_logs_never_follow_a_symlink_or_append_to_someone_elses_file(tmp_path, running, test_user):
     victim = tmp_path / "victim"
@@ -218,16 +232,7 @@ def test_logs_never_follow_a_symlink_or_append_to_someone_elses_file(tmp_path, r
     (logs / "hard.log").hardlink_to(victim)
     (logs / "foreign.log").write_text("theirs\n")
     os.chown(logs / "foreign.log", test_user.pw_uid, test_user.pw_gid)
-    children = "".join(
-        f"""
-        [[child]]
-        id = "{name}"
-        argv = ["sh", "-c", "echo output of {name}; exec sleep 600"]
-        stdio = {{ stdout = "capture", stderr = "inherit" }}
-        log = "{logs / name}.log"
-        """
-        for name in ("linked", "hard", "foreign", "fresh")
-    )
+    children = logging_children({name: f"{logs / name}.log" for name in ("linked", "hard", "foreign", "fresh")})
     daemon = running(write_tree(tmp_path, children))
     assert daemon.shows(r"linked \| log_failed .*linked\.log: .*[Ll]oop|symbolic"), "\n".join(daemon.lines)
     assert daemon.shows(r"hard \| log_failed .*has 2 hard links"), "\n".join(daemon.lines)
@@ -257,16 +262,7 @@ def test_a_log_in_a_directory_another_user_could_redirect_is_refused(tmp_path, r
     shared.mkdir()
     shared.chmod(0o777)
     logs = {"linked": planted / "app.log", "theirs": theirs / "app.log", "shared": shared / "app.log"}
-    children = "".join(
-        f"""
-        [[child]]
-        id = "{name}"
-        argv = ["sh", "-c", "echo output of {name}; exec sleep 600"]
-        stdio = {{ stdout = "capture", stderr = "inherit" }}
-        log = "{path}"
-        """
-        for name, path in logs.items()
-    )
+    children = logging_children(logs)
     daemon = running(write_tree(tmp_path, children))
     uid = test_user.pw_uid
     assert daemon.shows(rf"linked \| log_failed .*{planted} is a symbolic link that belongs to uid {uid}"), daemon.lines
