@@ -246,10 +246,12 @@ class Session(Actor):
         """Actors that hold the full window (the owner, or one it was taken from) and are checked on."""
         self._owner_lock = threading.Lock()
         """Held while an output event, or ``ready`` or ``running`` (``_take_start_directly``),
-        is told to the owner (by this actor or the I/O thread), while the owner is swapped, and
-        while ``_signal`` decides between sending and buffering. The I/O thread never waits for
-        it behind a send to the agent: ``set_owner``, ``_check_owner`` and ``_signal`` send only
-        after releasing it, and this actor tells output (and may send an on-tell owner's credit)
+        is told to the owner (by this actor or the I/O thread), while the owner is swapped,
+        while ``_signal`` and ``signal_directly`` decide between sending and buffering, and
+        while the outcome is recorded or the waiters change (``_take_end_directly``, ``_finish``,
+        ``shutdown_requested``). The I/O thread never waits for it behind a send to the agent:
+        ``set_owner``, ``_check_owner``, ``_signal`` and ``signal_directly`` send only after
+        releasing it, and this actor tells output (and may send an on-tell owner's credit)
         only while it handles queued events, when the I/O thread delivers nothing itself."""
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -445,7 +447,7 @@ class Session(Actor):
 
     def _take_end_directly(self, outcome: Outcome) -> bool:
         """The I/O thread's fast path for the outcome (``_deliver_directly``) of a session that
-        lingers: it is recorded, told and handed to waiters here, sparing a wake-up of this
+        lingers: it is recorded and told to the owner here, sparing a wake-up of this
         actor per session (benchmarks/spawn.py: the signalling row at 10,000 sessions). A
         session with a set-up to release, one that ends at its outcome (``linger=False``, or a
         supervisor's shutdown), one whose owner's ``tell`` might block and one with waiters
