@@ -22,6 +22,8 @@ import logging
 import math
 import threading
 
+from .libc import libc
+
 log = logging.getLogger(__name__)
 
 PR_FUTEX_HASH = 78
@@ -32,14 +34,13 @@ FIRST_GROWTH = 256
 WAITERS_PER_SLOT = 4
 """Grow once there are this many threads per bucket (each growth makes one bucket per thread)."""
 
-_libc = ctypes.CDLL(None, use_errno=True)
 _lock = threading.Lock()
 _grow_at: float = FIRST_GROWTH
 """The thread count at which ``fit`` looks again; infinite once it has nothing to do for good."""
 
 
 def _prctl(command: int, slots: int = 0) -> int:
-    result = _libc.prctl(PR_FUTEX_HASH, command, ctypes.c_ulong(slots), ctypes.c_ulong(0), ctypes.c_ulong(0))
+    result = libc.prctl(PR_FUTEX_HASH, command, ctypes.c_ulong(slots), ctypes.c_ulong(0), ctypes.c_ulong(0))
     if result < 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_FUTEX_HASH)")
     return result

@@ -38,7 +38,6 @@ True
 from __future__ import annotations
 
 import array
-import ctypes
 import logging
 import os
 import signal
@@ -48,6 +47,7 @@ import time
 
 from . import protocol
 from .agent_image import sealed_executable
+from .libc import libc
 from .reactor import reactor
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,6 @@ thread, whatever piece differs: the thread that started it may have been the odd
 another namespace, say). Bounded: at worst one server start per this many spawns."""
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
 _PR_GET_SECUREBITS = 27
 _PR_GET_TIMERSLACK = 30
 _PR_GET_MDWE = 66
@@ -94,10 +93,10 @@ def thread_fingerprint() -> tuple[int, int, int, int]:
     True
     """
     return (
-        _libc.prctl(_PR_GET_SECUREBITS, 0, 0, 0, 0),
-        _libc.prctl(_PR_GET_MDWE, 0, 0, 0, 0),
-        _libc.syscall(_SYS_KEYCTL, _KEYCTL_GET_KEYRING_ID, _KEY_SPEC_SESSION_KEYRING, 0),
-        _libc.prctl(_PR_GET_TIMERSLACK, 0, 0, 0, 0),
+        libc.prctl(_PR_GET_SECUREBITS, 0, 0, 0, 0),
+        libc.prctl(_PR_GET_MDWE, 0, 0, 0, 0),
+        libc.syscall(_SYS_KEYCTL, _KEYCTL_GET_KEYRING_ID, _KEY_SPEC_SESSION_KEYRING, 0),
+        libc.prctl(_PR_GET_TIMERSLACK, 0, 0, 0, 0),
     )
 
 

@@ -29,6 +29,7 @@ from typing import Any
 
 from .. import process as P
 from ..errors import LinxError, LinxOSError, LinxValueError
+from ..libc import libc
 from ..mailbox import Mailbox
 from . import namespaces
 
@@ -49,7 +50,7 @@ workload's namespaces they are mounted by a process the agent starts there, neve
 FLAG_OPTIONS = {MS_RDONLY: "ro", MS_NOSUID: "nosuid", MS_NODEV: "nodev", MS_NOEXEC: "noexec"}
 """The mount flags that a mount run through the agent (util-linux's ``mount -o``) can express."""
 
-_libc = namespaces.libc
+_libc = libc
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
 
 

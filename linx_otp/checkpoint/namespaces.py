@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..errors import LinxError, LinxOSError
+from ..libc import libc
 from ..protocol import NAMESPACE_KINDS, NamespaceKind
 
 CLONE_FS = 0x00000200
@@ -29,8 +30,6 @@ NEEDS_A_SINGLE_THREADED_JOINER = ("user", "pid", "time")
 """The kernel refuses these to a thread of a multi-threaded process (pid only ever applies to
 children): joining them is the agent's job."""
 THREAD_JOINABLE = {kind.name: kind for kind in NAMESPACE_KINDS if kind.name not in NEEDS_A_SINGLE_THREADED_JOINER}
-
-libc = ctypes.CDLL(None, use_errno=True)
 
 
 def check_call(result: int, operation: str, path: str | None = None) -> None:

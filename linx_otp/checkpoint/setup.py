@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import LinxError, LinxOSError, LinxValueError
+from ..libc import libc
 from . import cgroup as Cgroup
 from . import mount as Mount
 from . import namespaces as Namespaces
@@ -441,7 +442,7 @@ def _require_directory(host_pid: int, root: str, path: str) -> None:
         raise LinxOSError("setup", errno.ENOTDIR, f"{root}{path} (the rootfs needs this directory)")
 
 
-_libc = Namespaces.libc
+_libc = libc
 
 
 def open_in_root(root: str, path: str) -> int:
