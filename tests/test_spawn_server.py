@@ -161,9 +161,13 @@ def test_a_killed_server_takes_no_session_with_it_and_the_next_spawn_gets_a_new_
     assert spawn_server.server_pid() not in (None, server)
 
 
-def test_the_server_ends_with_the_python_process():
+@pytest.mark.parametrize("ending", ["exit", "sigkill"])
+def test_the_server_ends_with_the_python_process(ending):
+    """Whether Python exits or is killed with SIGKILL (no handler runs), the server sees its
+    socket's end-of-file and ends: it never outlives the process it serves."""
     script = textwrap.dedent(
         """
+        import sys, time
         import linx_otp
         from linx_otp import agent, spawn_server, process as P
         agent.SPAWN_SERVER_FROM = 0
@@ -171,11 +175,22 @@ def test_the_server_ends_with_the_python_process():
         assert P.wait(session, timeout=10) == ("exited", 0)
         print(spawn_server.server_pid(), flush=True)
         session.stop()
+        if sys.argv[1] == "sigkill":
+            time.sleep(60)  # killed meanwhile
         """
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=os.getcwd())
-    assert done.returncode == 0, done.stderr
-    server = int(done.stdout)
+    python = subprocess.Popen(
+        [sys.executable, "-c", script, ending],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=os.getcwd(),
+    )
+    server = int(python.stdout.readline())
+    if ending == "sigkill":
+        python.kill()
+    python.communicate(timeout=60)
+    assert python.returncode == (-signal.SIGKILL if ending == "sigkill" else 0)
     assert ends_within(server, TIMEOUT) and wait_until(lambda: not process_alive(server), TIMEOUT)
 
 
