@@ -123,12 +123,14 @@ def test_a_signaled_workload_keeps_its_signal_as_the_outcome(witness):
 
 
 def test_a_term_ignoring_descendant_gets_sigkill_once_the_grace_is_over(witness, tmp_path):
-    armed = tmp_path / "armed"
+    armed, go = tmp_path / "armed", tmp_path / "go"
     ignorer = f"trap '' TERM; touch {armed}; while :; do sleep 0.05; done"
-    script = f'sh -c "{ignorer}" & while [ ! -e {armed} ]; do sleep 0.01; done; exit 4'
+    # The workload exits (starting the grace) only once told to, after armed_at is taken.
+    script = f'sh -c "{ignorer}" & while [ ! -e {go} ]; do sleep 0.01; done; exit 4'
     session = P.spawn(argv=["sh", "-c", script], auto_proceed=True, **witness.options(orphan_policy=("kill", 0.5)))
     assert wait_until(armed.exists, TIMEOUT)
     armed_at = time.monotonic()
+    go.touch()
     assert P.wait(session, TIMEOUT) == ("exited", 4)
     session.stop()
     assert witness.left_at_terminal == [[]]

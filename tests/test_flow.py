@@ -17,6 +17,7 @@ from support import child_pids, process_alive, reason_of, wait_until
 import linx_otp
 from linx_otp import process as P
 from linx_otp import protocol
+from linx_otp.actor import actor_of
 from linx_otp.flow import OutputEvent, OutputWindow
 
 TIMEOUT = 20
@@ -123,6 +124,16 @@ def wait_blocked(session: pykka.ActorRef, pty: bool = False) -> int:
     pid = spawned_pid(session)
     function = "n_tty_write" if pty else "pipe_write"
     assert wait_until(lambda: blocked_in(pid, function), TIMEOUT), kernel_stack(pid)
+    return pid
+
+
+def wait_holding_the_window(session: pykka.ActorRef) -> int:
+    """``wait_blocked``, and until the owner has been given the whole window: a workload blocked in
+    write(2) does not prove it (a loaded machine may fill the pipe before the agent reads, or
+    deliver the agent's last frames after), and these tests need the old owner to hold it all.
+    Reads the session's own window, which has no public view."""
+    pid = wait_blocked(session)
+    assert wait_until(lambda: actor_of(session)._window.full, TIMEOUT)
     return pid
 
 
@@ -243,7 +254,7 @@ def test_set_owner_carries_the_window_over(box):
     what it holds. Between them, every byte once, in order."""
     second = linx_otp.Mailbox()
     session = spawn_counting(box, output_window=SMALL_WINDOW)
-    pid = wait_blocked(session)
+    pid = wait_holding_the_window(session)
     P.set_owner(session, second)
     assert blocked_in(pid, "pipe_write") and len(second) == 0
     held = b"".join(event[2] for event in box.flush() if event[1] == "stdout")
@@ -397,7 +408,7 @@ def test_a_previous_owner_that_stops_holding_the_window_gives_it_back_to_the_new
     the old one takes its part, and if the old one stops instead, what it held is given back."""
     hoarder = Hoarder.start()
     session = spawn_counting(hoarder, output_window=SMALL_WINDOW)
-    wait_blocked(session)
+    wait_holding_the_window(session)
     P.set_owner(session, box)
     hoarder.stop()  # it never took the window's worth it was told
     output, outcome = read_until_outcome(box)

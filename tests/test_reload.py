@@ -285,7 +285,7 @@ def test_stop_during_a_back_off_acts_at_once_and_the_child_stays_stopped(tmp_pat
     answer = request(str(daemon.control), {"verb": "stop", "id": "crasher"})  # the command's own client, timed
     took = time.monotonic() - asked
     print(f"stop during a 3 s back-off answered in {took:.3f} s")
-    assert answer == "stopped" and took < 1.0
+    assert answer == "stopped" and took < 2.0  # at once: well before the 3 s delay, even under load
     assert status(daemon)["crasher"]["state"] == "stopped"
     assert daemon.shows(r'"id": "crasher", "event": "backoff_cancelled"')
     time.sleep(3.3)  # past the delay: the cancelled restart never comes
@@ -325,17 +325,21 @@ def test_a_reload_during_the_start_up_waits_for_the_tree_to_be_up(tmp_path, runn
 
 @pytest.mark.timeout(120)
 def test_a_reload_during_a_back_off_replaces_the_waiting_restart(tmp_path, running):
-    tree = Path(write_tree(tmp_path, BACKING_OFF.format(script="exit 3", delay=2.0)))
+    # A 6 s delay: noticing the back-off, reloading and starting the new child must all fit in it on a
+    # loaded machine, or the old restart fires first.
+    tree = Path(write_tree(tmp_path, BACKING_OFF.format(script="exit 3", delay=6.0)))
     daemon = running(str(tree), "--json")
-    assert daemon.shows(r'"id": "crasher", "event": "backoff", "detail": "runs in 2 s"'), daemon.lines
+    assert daemon.shows(r'"id": "crasher", "event": "backoff", "detail": "runs in 6 s"'), daemon.lines
     steady = pids(daemon)["steady"]
-    tree.write_text(textwrap.dedent(BACKING_OFF.format(script="exec sleep 600", delay=2.0)))
+    tree.write_text(textwrap.dedent(BACKING_OFF.format(script="exec sleep 600", delay=6.0)))
     assert request(str(daemon.control), {"verb": "reload"})["changed"] == ["crasher"]
     assert wait_until(lambda: status(daemon)["crasher"]["state"] == "running", TIMEOUT)
     backoff, running = events(daemon, "crasher", "backoff")[0], events(daemon, "crasher", "running")
-    assert len(running) == 2 and running[1]["time"] < backoff["time"] + 2.0  # at once, not after the old delay
+    assert len(running) == 2 and running[1]["time"] < backoff["time"] + 6.0  # at once, not after the old delay
     pid = status(daemon)["crasher"]["host_pid"]
-    time.sleep(2.2)  # past the old delay: the cancelled restart started nothing
+    time.sleep(
+        max(0.0, backoff["time"] + 6.2 - time.time())
+    )  # past the old delay: the cancelled restart started nothing
     row = status(daemon)["crasher"]
     assert (row["host_pid"], row["state"], row["restarts"]) == (pid, "running", 0)
     assert len(events(daemon, "crasher", "running")) == 2  # the crashed one and the new table's
