@@ -26,6 +26,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import cast
 
 from common import median_and_p99, ratio
 
@@ -185,6 +186,42 @@ def scale_run(count: int) -> ScaleRun:
     )
 
 
+@dataclasses.dataclass
+class BareRun:
+    """The same count of tasks with no linx_otp: per session, a parked thread (as pykka gives each
+    actor) and two `/bin/sleep` processes (where a session has its agent and its workload), each
+    started by `posix_spawn` from this process. What this machine's kernel and Python charge for
+    that many tasks alone, so the scaling ratios have a baseline measured in the same run."""
+
+    sessions: int
+    running_s: float
+    """From the first thread started to the last `posix_spawn` returned (each returns after exec)."""
+    signal_s: float
+    """From the first SIGTERM to the last process reaped."""
+    start_cpu_ms: float
+
+    def per_session_ms(self, seconds: float) -> float:
+        return seconds / self.sessions * 1000
+
+
+def bare_run(count: int) -> BareRun:
+    parked = threading.Event()
+    cpu_before, started = cpu_seconds(), time.perf_counter()
+    pids = []
+    for _ in range(count):
+        threading.Thread(target=parked.wait, daemon=True).start()
+        pids += [os.posix_spawn("/bin/sleep", ["sleep", "600"], os.environ) for _ in range(2)]
+    running_s, cpu_running = time.perf_counter() - started, cpu_seconds()
+    signalled_at = time.perf_counter()
+    for pid in pids:
+        os.kill(pid, signal.SIGTERM)
+    for pid in pids:
+        os.waitpid(pid, 0)
+    signal_s = time.perf_counter() - signalled_at
+    parked.set()
+    return BareRun(count, running_s, signal_s, (cpu_running - cpu_before) / count * 1000)
+
+
 def sizes_argument(text: str) -> list[int]:
     sizes = [int(size) for size in text.split(",")]
     if len(sizes) < 2 or min(sizes) < 1:
@@ -210,33 +247,40 @@ def room_for(count: int) -> contextlib.ExitStack:
     return stack
 
 
-def scale_run_alone(count: int) -> ScaleRun:
-    """``scale_run(count)`` in a fresh Python process (this script, ``--scale-run``), so that
-    no run inherits another's memory, threads or allocator state."""
+def run_alone(kind: str, count: int) -> ScaleRun | BareRun:
+    """``scale_run(count)`` (kind ``"linx"``) or ``bare_run(count)`` (``"bare"``) in a fresh
+    Python process (this script, ``--scale-run``), so that no run inherits another's memory,
+    threads or allocator state."""
     done = subprocess.run(
-        [sys.executable, __file__, "--scale-run", str(count)], capture_output=True, text=True, check=True
+        [sys.executable, __file__, "--scale-run", f"{kind}:{count}"], capture_output=True, text=True, check=True
     )
-    return ScaleRun(**json.loads(done.stdout))
+    return (ScaleRun if kind == "linx" else BareRun)(**json.loads(done.stdout))
 
 
-def print_scale_run(count: int) -> None:
+def print_scale_run(kind_and_count: str) -> None:
+    kind, count = kind_and_count.split(":")
+    if kind == "bare":
+        print(json.dumps(dataclasses.asdict(bare_run(int(count)))))
+        return
     warm = P.spawn(argv=["/bin/true"], auto_proceed=True, owner=linx_otp.Mailbox())
     P.wait(warm)
     warm.stop()
-    print(json.dumps(dataclasses.asdict(scale_run(count))))
+    print(json.dumps(dataclasses.asdict(scale_run(int(count)))))
 
 
 def scaling(sizes: list[int], rounds: int) -> list[str]:
     """The sizes alternate within each round, so machine noise hits all alike; medians of the
     rounds. Each run is a process of its own."""
     runs: dict[int, list[ScaleRun]] = {size: [] for size in sizes}
+    bare: dict[int, list[BareRun]] = {size: [] for size in sizes}
     with room_for(max(sizes)):
         for _ in range(rounds):
             for size in sizes:
-                runs[size].append(scale_run_alone(size))
+                runs[size].append(cast(ScaleRun, run_alone("linx", size)))
+                bare[size].append(cast(BareRun, run_alone("bare", size)))
 
-    def median(size: int, figure) -> float:
-        return statistics.median(figure(run) for run in runs[size])
+    def median(size: int, figure, of: dict | None = None) -> float:
+        return statistics.median(figure(run) for run in (runs if of is None else of)[size])
 
     lines = [
         "| live sessions | all `running` | per session | Python RSS growth | threads | fds "
@@ -255,8 +299,8 @@ def scaling(sizes: list[int], rounds: int) -> list[str]:
         )
     small, large = min(sizes), max(sizes)
 
-    def per_session_ratio(figure) -> float:
-        return median(large, figure) / median(small, figure)
+    def per_session_ratio(figure, of: dict | None = None) -> float:
+        return median(large, figure, of) / median(small, figure, of)
 
     def verdict(measured: float, limit: float) -> str:
         return "yes" if measured <= limit else "NO"
@@ -280,6 +324,22 @@ def scaling(sizes: list[int], rounds: int) -> list[str]:
     lines.append(
         f"| (CPU per session {large:,} / {small:,}: start, signal) | {cpu_start:.2f} ×, {cpu_signal:.2f} × | | |"
     )
+    lines += [
+        "",
+        "The same counts with no linx_otp (per session a parked thread and two `posix_spawn`ed sleeps):",
+        "",
+        f"| per session, {large:,} / {small:,} | linx_otp | no linx_otp | no linx_otp, at {large:,} |",
+        "|---|---|---|---|",
+    ]
+    for name, figure, whole in [
+        ("start", lambda r: r.per_session_ms(r.running_s), lambda r: f"{r.running_s:.2f} s"),
+        ("SIGTERM → all ended", lambda r: r.per_session_ms(r.signal_s), lambda r: f"{r.signal_s:.2f} s"),
+        ("CPU of the start", lambda r: r.start_cpu_ms, lambda r: f"{r.start_cpu_ms:.2f} ms a session"),
+    ]:
+        middle = sorted(bare[large], key=figure)[len(bare[large]) // 2]
+        lines.append(
+            f"| {name} | {per_session_ratio(figure):.2f} × | {per_session_ratio(figure, bare):.2f} × | {whole(middle)} |"
+        )
     return lines
 
 
@@ -305,7 +365,7 @@ def main() -> None:
     parser.add_argument("--scale-sizes", type=sizes_argument, default=[1000, 10000])
     parser.add_argument("--scale-rounds", type=int, default=3)
     parser.add_argument("--scale-only", action="store_true", help="print only the scaling rows")
-    parser.add_argument("--scale-run", type=int, help=argparse.SUPPRESS)  # one run, as JSON (scale_run_alone)
+    parser.add_argument("--scale-run", help=argparse.SUPPRESS)  # one run, "linx:N" or "bare:N", as JSON (run_alone)
     parser.add_argument("--no-scale", action="store_true", help="skip the scaling rows")
     arguments = parser.parse_args()
     if arguments.scale_run:
