@@ -3,14 +3,15 @@
 
     PYTHONPATH=. python benchmarks/capture.py [--mebibytes 200] [--repeats 7]
 
-Both run `head -c N /dev/zero` and read every byte. linx_otp: `stdio={"stdout": "capture"}`,
+All run `dd if=/dev/zero` writing N bytes, 8 KiB a write (as `head`, `yes` and most programs'
+stdio buffers) and then 128 KiB a write (as `cat`), and read every byte. linx_otp: `stdio={"stdout": "capture"}`,
 a `linx_otp.Mailbox` owner, `receive()` until the terminal event (the agent, the I/O thread,
 the session actor and the flow-control credit are all on the path). Baseline: `Popen`, then
 `proc.stdout.read(65536)` until end-of-file. A second baseline, with no linx_otp in it: the same
 `Popen` read by one thread that hands each chunk to another through a `queue.SimpleQueue`, the
 shape of any design whose owner is not the thread that reads the pipe (a session's owner never
 is). Time from start to the last byte; the three alternate within one run; medians. Also the CPU time each spends per MiB (this process's
-threads plus its reaped children: `head`, and linx_otp's agent), which a loaded machine
+threads plus its reaped children: `dd`, and linx_otp's agent), which a loaded machine
 disturbs less than the wall clock.
 """
 
@@ -40,12 +41,18 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def linx_capture(size: int) -> float:
+WRITE_SIZES = (8 * 1024, 128 * 1024)
+
+
+def writer(size: int, write_size: int) -> list[str]:
+    """A fast workload: ``size`` bytes to stdout, ``write_size`` bytes a write(2)."""
+    return ["dd", "if=/dev/zero", f"bs={write_size}", f"count={size // write_size}", "status=none"]
+
+
+def linx_capture(size: int, write_size: int) -> float:
     box = linx_otp.Mailbox()
     started = time.perf_counter()
-    session = P.spawn(
-        argv=["head", "-c", str(size), "/dev/zero"], stdio={"stdout": "capture"}, owner=box, auto_proceed=True
-    )
+    session = P.spawn(argv=writer(size, write_size), stdio={"stdout": "capture"}, owner=box, auto_proceed=True)
     received = 0
     while True:
         event = box.receive(timeout=60)
@@ -54,14 +61,14 @@ def linx_capture(size: int) -> float:
         elif event[1] in TERMINAL:
             break
     elapsed = time.perf_counter() - started
-    session.stop()  # reaps the agent, whose CPU time (and head's) counts from then on
+    session.stop()  # reaps the agent, whose CPU time (and dd's) counts from then on
     assert received == size, (received, size)
     return elapsed
 
 
-def popen_capture(size: int) -> float:
+def popen_capture(size: int, write_size: int) -> float:
     started = time.perf_counter()
-    process = subprocess.Popen(["head", "-c", str(size), "/dev/zero"], stdout=subprocess.PIPE)
+    process = subprocess.Popen(writer(size, write_size), stdout=subprocess.PIPE)
     received = 0
     while chunk := process.stdout.read(65536):
         received += len(chunk)
@@ -72,9 +79,9 @@ def popen_capture(size: int) -> float:
     return elapsed
 
 
-def handed_over_capture(size: int) -> float:
+def handed_over_capture(size: int, write_size: int) -> float:
     started = time.perf_counter()
-    process = subprocess.Popen(["head", "-c", str(size), "/dev/zero"], stdout=subprocess.PIPE)
+    process = subprocess.Popen(writer(size, write_size), stdout=subprocess.PIPE)
     chunks: queue.SimpleQueue[bytes] = queue.SimpleQueue()
 
     def read_all() -> None:
@@ -104,14 +111,15 @@ def main() -> None:
 
     captures = (linx_capture, popen_capture, handed_over_capture)
     for capture in captures:
-        capture(size // 10)  # warm up: page cache, the I/O thread
-    speeds: dict = {capture: [] for capture in captures}
-    cpu: dict = {capture: [] for capture in captures}
+        capture(size // 10, WRITE_SIZES[0])  # warm up: page cache, the I/O thread
+    speeds: dict = {(capture, write): [] for capture in captures for write in WRITE_SIZES}
+    cpu: dict = {(capture, write): [] for capture in captures for write in WRITE_SIZES}
     for _ in range(arguments.repeats):
-        for capture in captures:
-            before = cpu_seconds()
-            speeds[capture].append(arguments.mebibytes / capture(size))
-            cpu[capture].append(1000 * (cpu_seconds() - before) / arguments.mebibytes)
+        for write in WRITE_SIZES:
+            for capture in captures:
+                before = cpu_seconds()
+                speeds[capture, write].append(arguments.mebibytes / capture(size, write))
+                cpu[capture, write].append(1000 * (cpu_seconds() - before) / arguments.mebibytes)
 
     print(
         f"capture benchmark: {os.cpu_count()} cores, Python {sys.version.split()[0]}, linx_otp from {linx_otp.__file__}\n"
@@ -121,17 +129,18 @@ def main() -> None:
         "| the same `Popen` read by a thread that hands over to another | ratio |"
     )
     print("|---|---|---|---|---|---|")
-    rows = (
-        (f"stdout throughput, {arguments.mebibytes} MiB of `head -c`, MiB/s", speeds, "{:.0f}"),
-        ("CPU time per MiB, all threads and processes, ms", cpu, "{:.2f}"),
-    )
-    for label, figures, number in rows:
-        ours, theirs, handed_over = (figures[capture] for capture in captures)
-        print(
-            f"| {label} (median of {arguments.repeats}) | {number.format(statistics.median(ours))} "
-            f"| {number.format(statistics.median(theirs))} | {ratio(ours, theirs):.2f}× "
-            f"| {number.format(statistics.median(handed_over))} | {ratio(handed_over, theirs):.2f}× |"
+    for write in WRITE_SIZES:
+        rows = (
+            (f"stdout throughput, {arguments.mebibytes} MiB in {write // 1024} KiB writes, MiB/s", speeds, "{:.0f}"),
+            (f"CPU time per MiB ({write // 1024} KiB writes), all threads and processes, ms", cpu, "{:.2f}"),
         )
+        for label, figures, number in rows:
+            ours, theirs, handed_over = (figures[capture, write] for capture in captures)
+            print(
+                f"| {label} (median of {arguments.repeats}) | {number.format(statistics.median(ours))} "
+                f"| {number.format(statistics.median(theirs))} | {ratio(ours, theirs):.2f}× "
+                f"| {number.format(statistics.median(handed_over))} | {ratio(handed_over, theirs):.2f}× |"
+            )
 
 
 if __name__ == "__main__":
