@@ -120,22 +120,31 @@ TASKS_PER_SESSION = 3  # an actor thread, an agent, a workload
 
 
 @dataclasses.dataclass
-class ScaleRun:
+class Run:
+    """What every scaling run measures, with or without linx_otp."""
+
     sessions: int
     running_s: float
-    """From the first spawn to the last `running` event taken (events taken in order)."""
-    rss_mib: float
-    threads: int
-    fds: int
+    """From the first start to the last workload known to run."""
     signal_s: float
-    """From the first SIGTERM sent to the last `signaled` event taken."""
-    stop_s: float
+    """From the first SIGTERM sent to the last workload known to have ended."""
     start_cpu_ms: float
-    """This process's CPU (user + system, all threads) per session, spawn to all `running`."""
-    signal_cpu_ms: float
+    """This process's CPU (user + system, all threads) per session, to all running."""
 
     def per_session_ms(self, seconds: float) -> float:
         return seconds / self.sessions * 1000
+
+
+@dataclasses.dataclass
+class ScaleRun(Run):
+    """linx_otp's sessions: running is the last `running` event taken (events taken in order),
+    ended the last `signaled`."""
+
+    rss_mib: float
+    threads: int
+    fds: int
+    stop_s: float
+    signal_cpu_ms: float
 
 
 def cpu_seconds() -> float:
@@ -187,21 +196,12 @@ def scale_run(count: int) -> ScaleRun:
 
 
 @dataclasses.dataclass
-class BareRun:
+class BareRun(Run):
     """The same count of tasks with no linx_otp: per session, a parked thread (as pykka gives each
     actor) and two `/bin/sleep` processes (where a session has its agent and its workload), each
     started by `posix_spawn` from this process. What this machine's kernel and Python charge for
-    that many tasks alone, so the scaling ratios have a baseline measured in the same run."""
-
-    sessions: int
-    running_s: float
-    """From the first thread started to the last `posix_spawn` returned (each returns after exec)."""
-    signal_s: float
-    """From the first SIGTERM to the last process reaped."""
-    start_cpu_ms: float
-
-    def per_session_ms(self, seconds: float) -> float:
-        return seconds / self.sessions * 1000
+    that many tasks alone, so the scaling ratios have a baseline measured in the same run. Running
+    is the last `posix_spawn` returned (each returns after the exec), ended the last process reaped."""
 
 
 def bare_run(count: int) -> BareRun:
