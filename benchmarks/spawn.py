@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import queue
 import resource
 import shutil
 import signal
@@ -128,6 +129,8 @@ class Run:
     """From the first start to the last workload known to run."""
     signal_s: float
     """From the first SIGTERM sent to the last workload known to have ended."""
+    stop_s: float
+    """Every session stopped (its thread ended), newest first."""
     start_cpu_ms: float
     """This process's CPU (user + system, all threads) per session, to all running."""
 
@@ -143,7 +146,6 @@ class ScaleRun(Run):
     rss_mib: float
     threads: int
     fds: int
-    stop_s: float
     signal_cpu_ms: float
 
 
@@ -197,19 +199,21 @@ def scale_run(count: int) -> ScaleRun:
 
 @dataclasses.dataclass
 class BareRun(Run):
-    """The same count of tasks with no linx_otp: per session, a parked thread (as pykka gives each
-    actor) and two `/bin/sleep` processes (where a session has its agent and its workload), each
+    """The same count of tasks with no linx_otp: per session, a thread parked on its own queue (as
+    pykka parks each actor on its inbox) and two `/bin/sleep` processes (where a session has its agent and its workload), each
     started by `posix_spawn` from this process. What this machine's kernel and Python charge for
     that many tasks alone, so the scaling ratios have a baseline measured in the same run. Running
-    is the last `posix_spawn` returned (each returns after the exec), ended the last process reaped."""
+    is the last `posix_spawn` returned (each returns after the exec), ended the last process reaped,
+    stopped every thread woken by its queue and joined."""
 
 
 def bare_run(count: int) -> BareRun:
-    parked = threading.Event()
+    inboxes: list[queue.SimpleQueue] = [queue.SimpleQueue() for _ in range(count)]
+    threads = [threading.Thread(target=inbox.get, daemon=True) for inbox in inboxes]
     cpu_before, started = cpu_seconds(), time.perf_counter()
     pids = []
-    for _ in range(count):
-        threading.Thread(target=parked.wait, daemon=True).start()
+    for thread in threads:
+        thread.start()
         pids += [os.posix_spawn("/bin/sleep", ["sleep", "600"], os.environ) for _ in range(2)]
     running_s, cpu_running = time.perf_counter() - started, cpu_seconds()
     signalled_at = time.perf_counter()
@@ -218,8 +222,13 @@ def bare_run(count: int) -> BareRun:
     for pid in pids:
         os.waitpid(pid, 0)
     signal_s = time.perf_counter() - signalled_at
-    parked.set()
-    return BareRun(count, running_s, signal_s, (cpu_running - cpu_before) / count * 1000)
+    stopping_at = time.perf_counter()
+    for inbox in reversed(inboxes):  # newest first, as the sessions are stopped
+        inbox.put(None)
+    for thread in reversed(threads):
+        thread.join()
+    stop_s = time.perf_counter() - stopping_at
+    return BareRun(count, running_s, signal_s, stop_s, (cpu_running - cpu_before) / count * 1000)
 
 
 def sizes_argument(text: str) -> list[int]:
@@ -334,6 +343,7 @@ def scaling(sizes: list[int], rounds: int) -> list[str]:
     for name, figure, whole in [
         ("start", lambda r: r.per_session_ms(r.running_s), lambda r: f"{r.running_s:.2f} s"),
         ("SIGTERM → all ended", lambda r: r.per_session_ms(r.signal_s), lambda r: f"{r.signal_s:.2f} s"),
+        ("stop all, newest first", lambda r: r.per_session_ms(r.stop_s), lambda r: f"{r.stop_s:.2f} s"),
         ("CPU of the start", lambda r: r.start_cpu_ms, lambda r: f"{r.start_cpu_ms:.2f} ms a session"),
     ]:
         middle = sorted(bare[large], key=figure)[len(bare[large]) // 2]
