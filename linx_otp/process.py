@@ -192,11 +192,18 @@ class GetInfo:
     """Ask: an ``Info`` snapshot (``info``)."""
 
 
+_ANY_OWNER = object()
+"""``SetOwner.only_from`` when the owner is replaced whoever it is."""
+
+
 @dataclass(frozen=True)
 class SetOwner:
-    """Ask: send future events to ``owner``; answers the previous owner (``swap_owner``)."""
+    """Ask: send future events to ``owner``; answers the previous owner (``swap_owner``). With
+    ``only_from``, only if that is the owner now (``give_back``); otherwise nothing changes, and
+    it answers the owner there is."""
 
     owner: Any
+    only_from: Any = _ANY_OWNER
 
 
 @dataclass(frozen=True)
@@ -283,8 +290,8 @@ class Session(Actor):
                 return self._get_host_pid()
             case GetInfo():
                 return self._info()
-            case SetOwner(owner):
-                return self._set_owner(owner)
+            case SetOwner(owner, only_from):
+                return self._set_owner(owner, only_from)
             case PtyWrite(data):
                 self._pty_write(data)
             case PtySetWinsize(size):
@@ -667,13 +674,15 @@ class Session(Actor):
             return "spawned"
         return "starting"
 
-    def _set_owner(self, owner: Any) -> Any:
+    def _set_owner(self, owner: Any, only_from: Any = _ANY_OWNER) -> Any:
         """The window carries over: output the previous owner holds counts until it is taken.
         The swap is atomic with the I/O thread's deliveries (``_owner_lock``): every output
         event goes to the old owner or the new one, none is lost, and none reaches the old one
         once this has returned. A new owner after one that had stopped gets a whole window and
         the session's own output mode again."""
         with self._owner_lock:
+            if only_from is not _ANY_OWNER and self._owner is not only_from:
+                return self._owner
             previous, self._owner = self._owner, owner
             self._credit_on_tell = credit_on_tell(owner)
             self._owner_takes_output_in_io_thread = takes_output_in_io_thread(owner)
@@ -905,6 +914,26 @@ def swap_owner(session: SessionRef, owner: Any = None) -> Any:
     return _ask(session, SetOwner(check_owner(owner)))
 
 
+def give_back(session: SessionRef, borrower: Any, owner: Any) -> bool:
+    """``set_owner(session, owner)`` if ``borrower`` is still its owner, at once (nobody can
+    swap in between); False, changing nothing, if someone else has taken it since. How an
+    ``attach`` that another attach took over leaves the session to the newer one.
+
+    >>> import linx_otp
+    >>> session = spawn(argv=["/bin/true"])
+    >>> borrower, newer = linx_otp.Mailbox(), linx_otp.Mailbox()
+    >>> swap_owner(session, borrower) is mailbox()
+    True
+    >>> swap_owner(session, newer) is borrower  # taken over
+    True
+    >>> give_back(session, borrower, mailbox()), give_back(session, newer, mailbox())
+    (False, True)
+    >>> session.stop(); flush() and None
+    True
+    """
+    return _ask(session, SetOwner(check_owner(owner), only_from=borrower)) is borrower
+
+
 def pty_write(session: SessionRef, data: bytes | str) -> None:
     """Type into a running pty session; data of any size is chunked."""
     if isinstance(data, str):
@@ -952,6 +981,7 @@ __all__ = [
     "enter",
     "exit_reason",
     "flush",
+    "give_back",
     "host_pid",
     "info",
     "mailbox",

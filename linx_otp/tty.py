@@ -47,6 +47,10 @@ DEFAULT_DETACH_KEY = b"\x10\x11"
 WINDOW_POLL_SECONDS = 0.25
 """Without SIGWINCH (attach called off the main thread), the window size is polled this often."""
 
+TAKE_OVER_SECONDS = 5.0
+"""How long a newer attach waits for the one it took over to have recorded its previous owner
+(the statement after its own swap: never near this, but never forever either)."""
+
 _WINSIZE = struct.Struct("HHHH")
 
 
@@ -113,6 +117,24 @@ class _Borrowed:
         self.wake_read, self.wake_write = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._lock = threading.Lock()
         self._closed = False
+        self.taken_over = False
+        """Another attach has taken the session from this one: its pump ends, and the newer
+        attach gives the session back to ``previous_owner`` when it ends."""
+        self.previous_owner: Any = None
+        self._previous_owner_known = threading.Event()
+
+    def remember_previous_owner(self, owner: Any) -> None:
+        self.previous_owner = owner
+        self._previous_owner_known.set()
+
+    def take_over(self) -> Any:
+        """Another attach has swapped this one out: end its pump, and return the owner the
+        session goes back to at the end (this attach's own previous owner, which it recorded
+        right after its swap: at most a moment away)."""
+        self.taken_over = True
+        self.wake()
+        self._previous_owner_known.wait(TAKE_OVER_SECONDS)
+        return self.previous_owner
 
     def tell(self, message: Any) -> None:
         self.events.append(message)
@@ -197,11 +219,21 @@ class _Pump:
         self.size = window_size(fd)
 
     def run(self, watch_signals: bool) -> Any:
+        """The outcome, or ``"detached"``; raises ``LinxError("terminal_gone")`` when the
+        terminal fails (every OS error here is the terminal's: a hung-up one gives EIO)."""
+        try:
+            return self._pump(watch_signals)
+        except OSError as error:
+            raise LinxError("terminal_gone", f"attach: the terminal failed: {error}") from error
+
+    def _pump(self, watch_signals: bool) -> Any:
         P.pty_set_winsize(self.session, self.size)
         poll_timeout = None if watch_signals else WINDOW_POLL_SECONDS
         while True:
             readable, _, _ = select.select([self.fd, self.owner.wake_read], [], [], poll_timeout)
             self.owner.clear_wakeups()
+            if self.owner.taken_over:  # what was told to this attach is shown; the rest goes to the newer one
+                return self._handle_events() or "detached"
             self._forward_window_size()
             result = self._handle_events()
             if result is not None:
@@ -278,6 +310,9 @@ def attach(
     previous_handlers: dict[int, Any] = {}
     try:
         previous_owner = P.swap_owner(session, owner)
+        if isinstance(previous_owner, _Borrowed):  # attached elsewhere: the newest attach wins
+            previous_owner = previous_owner.take_over()
+        owner.remember_previous_owner(previous_owner)
         if previous_owner is mailbox():
             _take_output_already_queued(owner)
         monitor(session, owner)
@@ -296,12 +331,13 @@ def attach(
         pending_signal = delivered.signum
     finally:
         if saved_termios is not None:
-            termios.tcsetattr(fd, termios.TCSADRAIN, saved_termios)
+            _restore_terminal(fd, saved_termios)
         for signum, handler in previous_handlers.items():
             signal.signal(signum, handler)
         if previous_owner is not None:
             try:
-                P.set_owner(session, previous_owner)
+                # unless a newer attach took it over: that one gives it back when it ends
+                P.give_back(session, owner, previous_owner)
             except LinxError:
                 pass  # the session is gone: there is nothing to hand back
             demonitor(session, owner)
@@ -310,6 +346,15 @@ def attach(
         owner.close()
     signal.raise_signal(pending_signal)  # the handlers are the previous ones again
     raise LinxError(("signal", pending_signal), f"attach: interrupted by signal {pending_signal}")
+
+
+def _restore_terminal(fd: int, saved_termios: list) -> None:
+    """Put the terminal's modes back; a terminal already hung up (the client's end closed: a
+    dropped ssh session) has none to restore, and that must not stop the session being given back."""
+    try:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved_termios)
+    except (OSError, termios.error):  # termios.error is not an OSError
+        pass
 
 
 def _take_output_already_queued(owner: _Borrowed) -> None:

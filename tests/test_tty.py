@@ -347,6 +347,76 @@ def test_a_session_stopped_by_someone_else_ends_the_attachment(terminal, box):
     assert termios.tcgetattr(terminal.slave) == terminal.settings
 
 
+def open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def test_a_terminal_that_hangs_up_ends_the_attach_and_hands_the_session_back(box):
+    """A dropped ssh session: the terminal's other end closes while attached. Its modes can't be
+    restored (EIO), and that must not keep the session from going back to its owner, nor leave
+    the attach's own fds open."""
+    session = running_shell(box)
+    master, slave = os.openpty()  # no reader thread: a read in progress would keep the master open
+    fds_before = open_fds()
+    ended = []
+
+    def attach():
+        try:
+            ended.append(tty.attach(session, terminal=slave))
+        except LinxError as error:
+            ended.append(error.reason)
+
+    attacher = threading.Thread(target=attach)
+    attacher.start()
+    assert wait_until(lambda: not termios.tcgetattr(slave)[3] & termios.ICANON, TIMEOUT)
+    os.close(master)  # hang up
+    attacher.join(TIMEOUT)
+    assert ended == ["terminal_gone"]
+    assert open_fds() <= fds_before  # the attach's wake-up pipe is closed
+    box.flush()
+    P.pty_write(session, "echo back-with-its-owner; exit 5\n")  # the window is the owner's again: it drains
+    assert box.receive(("linx_process", "exited"), timeout=TIMEOUT) == ("linx_process", "exited", 5)
+    os.close(slave)
+    session.stop()
+
+
+def test_a_second_attach_takes_over_and_the_session_goes_back_to_its_owner(box):
+    """Attach from two terminals: the newer takes the session over (the older returns
+    "detached"), and when it ends the session is its original owner's again, not the older
+    attach's, which has gone."""
+    session = running_shell(box)
+    first, second = Terminal(), Terminal()
+    outcomes: dict[str, object] = {}
+
+    def attach(name, terminal):
+        thread = threading.Thread(target=lambda: outcomes.update({name: tty.attach(session, terminal=terminal.slave)}))
+        thread.start()
+        return thread
+
+    try:
+        first_attach = attach("first", first)
+        assert wait_until(first.is_raw, TIMEOUT)
+        first.type("echo one\r")
+        assert first.shows(b"one\r\n")
+        second_attach = attach("second", second)
+        first_attach.join(TIMEOUT)
+        assert outcomes == {"first": "detached"}
+        assert termios.tcgetattr(first.slave) == first.settings  # restored
+        assert wait_until(second.is_raw, TIMEOUT)
+        second.type("echo two\r")
+        assert second.shows(b"two\r\n") and b"two" not in first.screen
+        second.type(b"\x10\x11")
+        second_attach.join(TIMEOUT)
+        assert outcomes == {"first": "detached", "second": "detached"}
+        box.flush()
+        P.pty_write(session, "exit 6\n")
+        assert box.receive(("linx_process", "exited"), timeout=TIMEOUT) == ("linx_process", "exited", 6)
+    finally:
+        first.close()
+        second.close()
+        session.stop()
+
+
 # -- the seed's "Handing off the owner": borrow a supervised session and return it ----------------
 
 
