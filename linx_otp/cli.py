@@ -35,6 +35,7 @@ DEMO_TREE = Path(__file__).resolve().parent / "trees" / "demo.toml"
 
 
 def main(argv: list[str] | None = None) -> int:
+    open_missing_standard_fds()
     parser = _parser()
     arguments = parser.parse_args(argv)
     try:
@@ -46,6 +47,22 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except BrokenPipeError:  # stdout closed (``status | head -3``): what a process killed by SIGPIPE ends with
         return _stdout_closed()
+
+
+def open_missing_standard_fds() -> None:
+    """Started with fd 0, 1 or 2 closed (``linx-otp run >&- 2>&-``), the next file the command
+    opens would take that number: the daemon's lock file or its control socket would become its
+    console. Put ``/dev/null`` on each closed one first, as init systems and daemons do, and give
+    Python the streams it left as None for them."""
+    while True:
+        fd = os.open(os.devnull, os.O_RDWR)  # the lowest free number
+        if fd > 2:
+            os.close(fd)
+            break
+        os.set_inheritable(fd, True)  # a standard fd, as workloads that inherit them expect
+    for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(fd, mode, closefd=False))
 
 
 STDOUT_CLOSED = 128 + signal.SIGPIPE

@@ -460,3 +460,30 @@ def test_a_bug_in_the_loop_stops_the_tree_gracefully_and_removes_the_socket(tmp_
     host_pids = [event["detail"] for event in events if event["event"] == "checkpoint"]
     assert len(host_pids) == 2 and not any(process_alive(pid) for pid in host_pids)
     assert not control.exists() and not Path(f"{control}.lock").exists()
+
+
+def test_started_with_its_standard_fds_closed_the_daemon_writes_nothing_into_its_own_files(tmp_path):
+    """``linx-otp run >&- 2>&- <&-``: /dev/null takes fds 0-2 before anything is opened, so the
+    lock files and the control socket never become its console (they did: the console's lines
+    went into the socket's lock file on /run), and the chatty child's lines go nowhere."""
+    control = tmp_path / "c.sock"
+    name = run_scoped_name("fds")
+    tree = write_tree(tmp_path, CHATTY)
+    command = " ".join([*COMMAND, "--name", name, "run", tree, "--control", str(control)])
+    daemon = subprocess.Popen(["sh", "-c", f"exec {command} <&- >&- 2>&-"])
+    try:
+        assert wait_until(lambda: control.exists() and status_rows(control)["chatty"]["state"] == "running", TIMEOUT)
+        standard = [os.readlink(f"/proc/{daemon.pid}/fd/{fd}") for fd in (0, 1, 2)]
+        assert standard == [os.devnull] * 3
+        opened = {os.readlink(f"/proc/{daemon.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{daemon.pid}/fd")}
+        lock_files = [Path(path) for path in opened if path.endswith(".lock")]
+        assert lock_files
+        time.sleep(0.5)  # chatter every 20 ms
+        for path in lock_files:  # each holds its owner's pid and socket, as always, and nothing else
+            assert path.read_text().split()[0] == str(daemon.pid) and "chatter" not in path.read_text()
+        assert ask(control, b'{"verb": "shutdown"}\n')["ok"]
+        assert daemon.wait(TIMEOUT) == 0
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
