@@ -313,3 +313,50 @@ def test_a_batch_bigger_than_a_log_s_room_is_split_between_lines_across_rotation
         assert len(contents) <= 200 or contents.count(b"\n") == 1, (path.name, len(contents))
     written = "".join(logged_text(path) for path in files)
     assert written == "".join(line.decode() + "\n" for line in lines)  # every line, in order, each whole
+
+
+def test_a_log_renamed_or_deleted_from_outside_is_opened_anew(tmp_path):
+    """logrotate without copytruncate, ``mv``, ``rm -r`` of the log's directory: the next write
+    goes to a new file at the path, not on into the renamed or deleted one (which grew past
+    max_bytes, or took disk space nobody could see)."""
+    directory = tmp_path / "logs"
+    directory.mkdir()
+    log = LogFile(path=str(directory / "child.log"), max_bytes=1 << 20, keep=2)
+    reports: list[tuple] = []
+    reader, writer = os.pipe()
+    output = Output(writer, report=lambda *event: reports.append(event)).start()
+    path = Path(log.path)
+
+    def write(line: str) -> None:
+        output.captured("child", ("linx_process", "stdout", f"{line}\n".encode()), log)
+
+    try:
+        write("first")
+        assert wait_until(lambda: path.exists() and "first" in logged_text(path), TIMEOUT)
+        path.rename(directory / "child.log.rotated-by-logrotate")
+        write("second")
+        assert wait_until(lambda: path.exists() and "second" in logged_text(path), TIMEOUT)
+        assert "second" not in logged_text(directory / "child.log.rotated-by-logrotate")
+        assert "first" not in logged_text(path)
+
+        (directory / "child.log.rotated-by-logrotate").unlink()
+        path.unlink()
+        directory.rmdir()
+        write("into a missing directory")
+        assert wait_until(lambda: [event for event in reports if event[1] == "log_failed"], TIMEOUT), reports
+        directory.mkdir()
+        assert wait_until(lambda: write("third") or (path.exists() and "third" in logged_text(path)), TIMEOUT)
+        assert [event[1] for event in reports] == ["log_failed", "log_resumed"], reports
+        held = [_link(fd) for fd in os.listdir("/proc/self/fd")]
+        assert [link for link in held if link.startswith(str(directory))] == [str(path)]  # nothing deleted held open
+    finally:
+        output.close()
+        os.close(reader)
+        os.close(writer)
+
+
+def _link(fd: str) -> str:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return ""

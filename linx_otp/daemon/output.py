@@ -149,6 +149,7 @@ class _Log:
         ``max_bytes`` is split between lines across rotations, so no file passes it unless one
         line alone does (that line fills a file of its own) or rotation is failing."""
         try:
+            self._close_if_replaced()
             while data:
                 if self.fd >= 0 and self.size and self.size + len(data) > self.spec.max_bytes:
                     if time.monotonic() >= self.next_rotation:
@@ -170,6 +171,22 @@ class _Log:
             self.failing = False
             self.report(self.child_id, "log_resumed", f"{self.path}: {self.lost_bytes} bytes of output were lost")
             self.lost_bytes = 0
+
+    def _close_if_replaced(self) -> None:
+        """The path no longer names the open file (renamed or deleted from outside: logrotate
+        without ``copytruncate``, ``mv``, ``rm -r`` of its directory): close it, so the next
+        write opens the path anew instead of filling a file nobody can see, as Python's
+        ``WatchedFileHandler`` does."""
+        if self.fd < 0:
+            return
+        try:
+            named = os.lstat(self.path)
+        except FileNotFoundError:
+            self.close()
+            return
+        opened = os.fstat(self.fd)
+        if (named.st_dev, named.st_ino) != (opened.st_dev, opened.st_ino):
+            self.close()
 
     def _piece_that_fits(self, data: bytes) -> bytes:
         """The lines at the start of ``data`` that fit in the open file: all of it while
@@ -199,11 +216,11 @@ class _Log:
             self.next_rotation = time.monotonic() + LOG_RETRY_SECONDS
             if not self.rotation_failing:
                 self.rotation_failing = True
-                where = error.filename2 or error.filename
+                step = error.filename if error.filename2 is None else f"{error.filename} → {error.filename2}"
                 self.report(
                     self.child_id,
                     "log_rotation_failed",
-                    f"{where}: {error.strerror}; {self.path} grows past max_bytes until it can be rotated",
+                    f"{step}: {error.strerror}; {self.path} grows past max_bytes until it can be rotated",
                 )
             return
         if self.rotation_failing:
