@@ -266,6 +266,13 @@ def test_a_child_removed_by_a_reload_leaves_no_log_file_open(tmp_path, running):
     tree.write_text(textwrap.dedent(kept))
     assert daemon.control_command("reload").returncode == 0
     assert wait_until(lambda: str(log) not in [os.path.realpath(fd) for fd in open_files.iterdir()], TIMEOUT)
+    # Nor are its last lines kept for `logs` (each removed id held up to 1 MiB for good): a child
+    # added again under its id starts with nothing of the old one's.
+    tree.write_text(textwrap.dedent(kept + gone.replace("last words", "new words")))
+    assert daemon.control_command("reload").returncode == 0
+    assert wait_until(lambda: "new words" in logged_text(log), TIMEOUT)
+    code, reply = control(daemon, "logs", "gone")
+    assert code == 0 and [line["text"] for line in reply["result"]["lines"]] == ["new words"], reply
     assert daemon.stop() == 0
 
 

@@ -96,6 +96,11 @@ class _EndOf:
     child_id: str
 
 
+@dataclass(frozen=True)
+class _Forget:
+    child_id: str
+
+
 class LogRefused(OSError):
     """A log path that is not safe to append to (someone else's file, a hard link, not a file)."""
 
@@ -315,6 +320,13 @@ class Output:
             if not self.closing:
                 self._append(_EndOf(child_id), 0)
 
+    def forget(self, child_id: str) -> None:
+        """A reload removed the child: once what it wrote before is written, drop what is kept
+        for it (its last lines for ``logs``, its log file's state)."""
+        with self.condition:
+            if not self.closing:
+                self._append(_Forget(child_id), 0)
+
     def hurry(self, seconds: float = HURRY_SECONDS) -> None:
         """The tree is stopping: from ``seconds`` from now, a console without room is not waited
         for; its output is dropped, and the windows it held are given back, so a child's last
@@ -377,6 +389,12 @@ class Output:
                     self._write_captured(child_id, event[1], event[-1], log)
                 finally:
                     consumed(event)
+            case _Forget(child_id):
+                self.rings.forget(child_id)
+                log = self.logs.pop(child_id, None)
+                if log is not None:
+                    log.close()
+                self.log_of.pop(child_id, None)
             case _EndOf(child_id):
                 for stream in STREAMS:
                     rest = self.partial.pop((child_id, stream), None)

@@ -78,6 +78,11 @@ class Rings:
             while ring.size > self.capacity and len(ring.batches) > 1:
                 ring.size -= _cost(ring.batches.popleft()[3])
 
+    def forget(self, child_id: str) -> None:
+        """The child is gone from the tree: its lines are dropped (a new child of that id starts afresh)."""
+        with self.lock:
+            self.rings.pop(child_id, None)
+
     def read(self, child_id: str, last: int | None = None, after: int | None = None) -> dict[str, Any]:
         """The last ``last`` lines (all kept, if None), or those after sequence number ``after``:
         ``{"lines": [{"seq", "time", "stream", "text"}...], "next": seq of the newest line,

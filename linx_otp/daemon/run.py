@@ -510,6 +510,8 @@ class Daemon:
                 if new.settings != self.tree.settings:
                     S.change_settings(root, **new.settings)
                     outcome.reconfigured.append(ROOT_ID)
+                for child_id in {child.id for child in self.tree.walk()} - {child.id for child in new.walk()}:
+                    self.output.forget(child_id)  # nested ones too: nothing is kept for an id the tree has lost
                 self.tree = Tree(self.tree.file, new.settings, children)
                 self.inbox.tell(("arrange", self.tree))
             finally:
