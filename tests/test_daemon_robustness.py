@@ -202,6 +202,9 @@ def test_every_malformed_request_gets_an_error_reply(tmp_path, running):
         assert answer["ok"] is False and isinstance(answer["error"], str), (payload[:40], answer)
     answer = ask(daemon.control, b'{"verb": "status"')  # no newline, and never finished
     assert answer == {"ok": False, "error": "no complete request within 5 s"}
+    for ending in (b"\n", b""):  # too long, its newline sent with it or not at all
+        oversized = b'{"verb": "status", "padding": "' + b"x" * 70000 + b'"}' + ending
+        assert ask(daemon.control, oversized) == {"ok": False, "error": "a request is at most 65536 bytes"}
     assert daemon.status()["sleeper"]["host_pid"] == pid and process_alive(pid)
     assert daemon.stop() == 0
     assert not any("Traceback" in line or "control_error" in line for line in daemon.lines), "\n".join(daemon.lines)

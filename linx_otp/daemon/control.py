@@ -350,10 +350,10 @@ class ControlServer:
             return
         connection.received += data
         line, newline, _ = connection.received.partition(b"\n")
-        if newline or not data:
-            self._handle(connection, bytes(line))
-        elif len(connection.received) > MAX_REQUEST_BYTES:
+        if len(line) > MAX_REQUEST_BYTES:  # whether its newline has come or not
             self._finish(connection, {"ok": False, "error": f"a request is at most {MAX_REQUEST_BYTES} bytes"})
+        elif newline or not data:
+            self._handle(connection, bytes(line))
         elif _complete_json(connection.received):  # a client that sends no newline
             self._handle(connection, bytes(connection.received))
 
@@ -452,6 +452,11 @@ class ControlServer:
 
 
 def _complete_json(data: bytearray) -> bool:
+    """Whether ``data`` is a whole JSON value; parsed only when it could be one (a request is
+    an object, so it ends with ``}``), so that a client dribbling a request byte by byte does
+    not have everything so far parsed again at each byte."""
+    if not data.rstrip().endswith(b"}"):
+        return False
     try:
         json.loads(data)
     except (ValueError, RecursionError):
