@@ -180,7 +180,10 @@ def _parser() -> argparse.ArgumentParser:
 def _instance_name(arguments: argparse.Namespace) -> str:
     from .daemon.instance import check_instance_name
 
-    return check_instance_name(getattr(arguments, "name", None) or os.environ.get("LINX_OTP_NAME") or "default")
+    name = getattr(arguments, "name", None)  # given, even empty (`--name "$UNSET"`), it is checked as given
+    if name is None:
+        name = os.environ.get("LINX_OTP_NAME") or "default"
+    return check_instance_name(name)
 
 
 def _control_path(arguments: argparse.Namespace) -> str:

@@ -9,9 +9,10 @@ import signal
 import subprocess
 from pathlib import Path
 
+import pytest
 import test_cli
 from support import needs_root, process_alive, wait_until
-from test_cli import TIMEOUT, write_tree
+from test_cli import COMMAND, TIMEOUT, write_tree
 
 from linx_otp import cgroup as Cgroup
 from linx_otp import netlink as Netlink
@@ -153,3 +154,11 @@ def test_a_restart_after_kill_9_cleans_exactly_its_own_leftovers(tmp_path, runni
     assert not Path(Cgroup.detect().v2_root, "linx-otp", "victim").exists()
     result = subprocess.run(["ip", "link", "show", "lxvictim0"], capture_output=True)
     assert result.returncode != 0
+
+
+@pytest.mark.parametrize("name", ["", "../x", "a" * 33])
+def test_a_bad_instance_name_is_refused_even_empty(name, tmp_path):
+    """``--name "$UNSET"`` must not quietly drive the shared ``default`` instance."""
+    result = subprocess.run([*COMMAND, "--name", name, "status"], capture_output=True, text=True, timeout=TIMEOUT)
+    assert result.returncode == 2
+    assert "an instance name is 1 to 32 letters" in result.stderr and repr(name) in result.stderr, result.stderr
