@@ -490,3 +490,48 @@ def test_started_with_its_standard_fds_closed_the_daemon_writes_nothing_into_its
         if daemon.poll() is None:
             daemon.kill()
             daemon.wait()
+
+
+def daemon_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_clients_that_ask_for_logs_and_never_read_cannot_make_the_daemon_hold_their_replies(tmp_path, running):
+    """A `logs` reply of binary output is several MiB of JSON. Forty clients that ask for it and
+    never read made the daemon hold forty of them (+177 MiB, kept after they left); now replies
+    not yet read are bounded (MAX_UNSENT_REPLY_BYTES) and the rest are refused as busy."""
+    log = tmp_path / "noisy.log"
+    tree = f"""
+        [[child]]
+        id = "noisy"
+        argv = ["sh", "-c", "head -c 3000000 /dev/urandom; exec sleep 600"]
+        stdio = "capture"
+        log = {{ path = "{log}", max_bytes = 100000000, keep = 1 }}
+    """
+    daemon = running(write_tree(tmp_path, tree))
+    assert wait_until(lambda: log.exists() and log.stat().st_size > 3_000_000, TIMEOUT)
+    pid = daemon.process.pid
+    before = daemon_rss_mib(pid)
+    clients = []
+    try:
+        for _ in range(40):
+            client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            client.connect(str(daemon.control))
+            client.sendall(b'{"verb": "logs", "id": "noisy"}\n')
+            clients.append(client)
+        asked = time.monotonic()
+        assert status_rows(daemon.control)["noisy"]["state"] == "running"
+        print(f"status answered in {time.monotonic() - asked:.2f} s; RSS {before:.0f} -> {daemon_rss_mib(pid):.0f} MiB")
+        assert daemon_rss_mib(pid) - before < 48
+        first = clients[0].recv(200)
+        assert first.startswith(b'{"ok": true'), first  # the first ones are answered
+        last = read_reply(clients[-1])
+        assert last["ok"] is False and last["error"].startswith("busy: "), last
+    finally:
+        for client in clients:
+            client.close()
+    assert daemon.stop() == 0

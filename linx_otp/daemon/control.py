@@ -50,6 +50,14 @@ FDS_BY_VERB = {"attach": 1}
 MAX_FDS = max(FDS_BY_VERB.values())
 """What one connection may pass in all; more, and they are closed at once and the request refused."""
 REQUEST_SECONDS = 5.0
+MAX_UNSENT_REPLY_BYTES = 16 << 20
+"""Replies written and not yet read by their clients, all connections together. A ``logs`` reply
+can be several MiB (a child's last 1 MiB of lines, escaped as JSON); one that would pass this
+while others wait is refused as busy instead of queued, so clients that ask and never read
+cannot make the daemon hold 64 of them. A ``logs`` asked while half of it waits is refused
+before it is built, so the control thread is not kept building them either."""
+ALWAYS_SENT_REPLY_BYTES = 64 << 10
+"""A reply this small is queued whatever is unsent: ``status`` and errors always get through."""
 MAX_CONNECTIONS = 64
 SLOTS_KEPT_FOR_QUICK_VERBS = 8
 """Connections that requests which wait (reload, restart, attach...) may never take, so that
@@ -363,6 +371,9 @@ class ControlServer:
         except BadRequest as error:
             self._finish(connection, {"ok": False, "error": str(error)})
             return
+        if request.verb == "logs" and self._unsent_reply_bytes() >= MAX_UNSENT_REPLY_BYTES // 2:
+            self._finish(connection, self._busy_with_unread_replies())  # refused before it is built
+            return
         if request.verb in QUICK_VERBS:
             self._finish(connection, self._call(request, lambda note: None))
             return
@@ -400,8 +411,22 @@ class ControlServer:
         self._send(connection, reply)
 
     def _send(self, connection: _Connection, reply: dict) -> None:
-        connection.outgoing += json.dumps(reply).encode() + b"\n"
+        encoded = json.dumps(reply).encode() + b"\n"
+        unsent = self._unsent_reply_bytes()
+        if len(encoded) > ALWAYS_SENT_REPLY_BYTES and unsent and unsent + len(encoded) > MAX_UNSENT_REPLY_BYTES:
+            encoded = json.dumps(self._busy_with_unread_replies()).encode() + b"\n"
+        connection.outgoing += encoded
         self._flush(connection)
+
+    def _unsent_reply_bytes(self) -> int:
+        return sum(len(connection.outgoing) for connection in self.connections.values())
+
+    def _busy_with_unread_replies(self) -> dict:
+        unsent = self._unsent_reply_bytes()
+        return {
+            "ok": False,
+            "error": f"busy: {unsent} bytes of replies wait for clients that have not read them; try again later",
+        }
 
     def _flush(self, connection: _Connection) -> None:
         try:
