@@ -391,9 +391,9 @@ class Output:
                     consumed(event)
             case _Forget(child_id):
                 self.rings.forget(child_id)
-                log = self.logs.pop(child_id, None)
-                if log is not None:
-                    log.close()
+                kept_log = self.logs.pop(child_id, None)
+                if kept_log is not None:
+                    kept_log.close()
                 self.log_of.pop(child_id, None)
             case _EndOf(child_id):
                 for stream in STREAMS:
