@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import signal
 import socket
 import subprocess
 import sys
@@ -535,3 +536,35 @@ def test_clients_that_ask_for_logs_and_never_read_cannot_make_the_daemon_hold_th
         for client in clients:
             client.close()
     assert daemon.stop() == 0
+
+
+STUBBORN = "".join(
+    f"""
+    [[child]]
+    id = "stubborn{number}"
+    argv = ["sh", "-c", "trap '' TERM; while :; do sleep 0.05; done"]
+    shutdown = 20
+    """
+    for number in range(3)
+)
+"""Three children that ignore SIGTERM, each given 20 s to stop: a graceful stop takes a minute."""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_second_signal_during_the_stop_kills_every_workload_now(tmp_path, running, signum):
+    """An operator's second Ctrl-C (or a second SIGTERM), as Docker and systemd take it: the
+    shutdown seconds are not waited out, every workload gets SIGKILL, and the daemon exits 0
+    with nothing left."""
+    daemon = running(write_tree(tmp_path, STUBBORN))
+    assert daemon.shows(r"stubborn2 \| running"), daemon.lines
+    pids = [int(row["host_pid"]) for row in daemon.status().values()]
+    daemon.process.send_signal(signum)
+    assert daemon.shows(r"tree \| stopping"), daemon.lines
+    time.sleep(0.3)
+    assert all(process_alive(pid) for pid in pids)  # the first signal waits for them
+    asked = time.monotonic()
+    daemon.process.send_signal(signum)
+    assert daemon.process.wait(TIMEOUT) == 0
+    assert time.monotonic() - asked < TIMEOUT / 2  # not the 60 s of their shutdown seconds
+    assert daemon.shows(r"tree \| killing"), daemon.lines
+    assert not any(process_alive(pid) for pid in pids)

@@ -537,3 +537,36 @@ def test_a_reload_some_of_whose_children_fail_to_start_says_which_and_exits_1(tm
     assert words.returncode == 1 and "unready failed to start" in words.stdout, (words.stdout, words.stderr)
     assert wait_until(lambda: status(daemon)["after"]["state"] == "running", TIMEOUT)
     assert daemon.stop() == 0
+
+
+@pytest.mark.timeout(120)
+def test_sighups_that_come_while_a_reload_waits_make_one_more_reload_not_one_each(tmp_path, running):
+    """A reload waits for the start-up (here a readiness check the test holds back). Fifty
+    SIGHUPs meanwhile made fifty threads and fifty reloads; now one thread waits, and the
+    hangups that come while it does make one more reload after it."""
+    go = tmp_path / "go"
+    tree = Path(
+        write_tree(
+            tmp_path,
+            f"""
+            [[child]]
+            id = "held"
+            argv = ["sleep", "600"]
+            ready = {{ command = ["test", "-e", "{go}"], timeout = 60, interval = 0.05 }}
+            """,
+        )
+    )
+    daemon = running(str(tree), "--json")
+    assert wait_until(lambda: daemon.shows(r'"id": "held", "event": "running"'), TIMEOUT), daemon.lines
+    threads_before = len(os.listdir(f"/proc/{daemon.process.pid}/task"))
+    for _ in range(50):
+        daemon.process.send_signal(signal.SIGHUP)
+        time.sleep(0.002)
+    time.sleep(0.5)  # every hangup handled by the loop
+    # one reloader waiting (a spare actor thread or a check may come and go), not one per hangup
+    assert len(os.listdir(f"/proc/{daemon.process.pid}/task")) <= threads_before + 4
+    go.touch()
+    assert wait_until(lambda: events(daemon, "tree", "reloaded"), TIMEOUT), daemon.lines
+    time.sleep(1)
+    assert 1 <= len(events(daemon, "tree", "reloaded")) <= 2
+    assert daemon.stop() == 0

@@ -141,6 +141,10 @@ class Daemon:
         """Supervisor id → times it reached its restart intensity (for ``--metrics``)."""
         self.reload_lock = threading.Lock()
         """Reloads one at a time (the control socket's and SIGHUP's), and none during the start-up."""
+        self.hangups_lock = threading.Lock()
+        self.hangup_pending = False
+        """A SIGHUP not yet acted on: the thread reloading for SIGHUP reloads once more."""
+        self.hangup_reloader: threading.Thread | None = None
         self.notifier: Notifier | None = None
         """systemd's notify socket, when the daemon runs as a ``Type=notify`` service."""
         self.status_sent = ""
@@ -370,8 +374,21 @@ class Daemon:
                     down = True
                 case ("child" | "linx_supervisor" | "report", *_):
                     self.step(message)
+                case ("signal", signum) if signum != signal.SIGHUP:
+                    self.kill_workloads_now(f"signal {signal_name(signum)} again")
         self.report("tree", "stopped", "")
         return 0
+
+    def kill_workloads_now(self, why: str) -> None:
+        """A second SIGINT or SIGTERM while the tree stops (an operator's second Ctrl-C, as
+        Docker and systemd take it): the children's shutdown seconds are not waited out, every
+        workload gets SIGKILL now, and the stop goes on with their outcomes."""
+        self.report("tree", "killing", f"{why}: SIGKILL to every workload")
+        for session in self.state.sessions():
+            try:
+                P.signal(session, signal.SIGKILL)
+            except LinxError:
+                pass  # it has ended already
 
     def is_cut_short(self, child_id: str) -> bool:
         with self.state.lock:
@@ -407,13 +424,15 @@ class Daemon:
     def handle(self, message: Any) -> int | None:
         match message:
             case ("signal", signal.SIGHUP):
-                threading.Thread(target=self.reload_on_signal, name="linx-otp-reload", daemon=True).start()
+                self.reload_for_hangup()
             case ("learn", Tree() as fragment, parent):
                 self.learn(fragment, parent)
             case ("arrange", Tree() as tree):
                 self.state.arrange(tree)
             case ("forget", Tree() as fragment):
                 self.forget(fragment)
+            case ("signal", signum) if self.stopping:
+                self.kill_workloads_now(f"signal {signal_name(signum)} again")
             case ("signal", signum):
                 return self.stop_tree(f"signal {signal_name(signum)}")
             case ("shutdown",):
@@ -645,6 +664,26 @@ class Daemon:
         for child_id in child_ids:
             if self.workloads.pop(child_id, None) is not None:
                 self.output.end_of(child_id)
+
+    def reload_for_hangup(self) -> None:
+        """SIGHUP: reload on a thread of its own (a reload waits for stops and starts). Hangups
+        that come while it reloads make one more reload after it, not a thread and a reload each."""
+        with self.hangups_lock:
+            self.hangup_pending = True
+            if self.hangup_reloader is None:
+                self.hangup_reloader = threading.Thread(
+                    target=self._reload_while_hangups_come, name="linx-otp-reload", daemon=True
+                )
+                self.hangup_reloader.start()
+
+    def _reload_while_hangups_come(self) -> None:
+        while True:
+            with self.hangups_lock:
+                if not self.hangup_pending:
+                    self.hangup_reloader = None
+                    return
+                self.hangup_pending = False
+            self.reload_on_signal()
 
     def reload_on_signal(self) -> None:
         try:
