@@ -169,7 +169,9 @@ class TreeState:
     def sessions(self) -> list[Any]:
         """Every worker's current session (a supervisor's children are in the records too)."""
         with self.lock:
-            return [record.ref for record in self.records.values() if record.kind == "worker" and record.ref is not None]
+            return [
+                record.ref for record in self.records.values() if record.kind == "worker" and record.ref is not None
+            ]
 
     def unready(self, child_ids: list[str] | None = None) -> list[Any]:
         """The sessions that run (or are about to) but have not passed their readiness check yet
