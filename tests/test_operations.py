@@ -293,6 +293,30 @@ def test_a_bad_log_table_names_its_key_paths(tmp_path):
         assert f"{where}: " in result.stderr, result.stderr
 
 
+def test_two_children_logging_to_one_file_is_refused(tmp_path):
+    """They would rotate each other's files early (a .1 of half max_bytes)."""
+    tree = write_tree(
+        tmp_path,
+        f"""
+        [[child]]
+        id = "a"
+        argv = ["true"]
+        stdio = "capture"
+        log = "{tmp_path}/shared.log"
+
+        [[child]]
+        id = "b"
+        argv = ["true"]
+        stdio = "capture"
+        log = {{ path = "{tmp_path}/./shared.log" }}
+        """,
+    )
+    result = subprocess.run([*COMMAND, "run", tree], capture_output=True, text=True, timeout=TIMEOUT)
+    assert result.returncode == 2
+    assert "child[1].log: " in result.stderr and "is also child[0].log" in result.stderr, result.stderr
+    assert not (tmp_path / "shared.log").exists()
+
+
 # -- restart back-off ------------------------------------------------------------------------------
 
 BACKOFF = """

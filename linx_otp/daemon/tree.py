@@ -298,6 +298,8 @@ class _SkipTable(Exception):
 class _Checker:
     def __init__(self) -> None:
         self.ids: set[str] = set()
+        self.log_paths: dict[str, str] = {}
+        """Each log file's absolute path → where in the tree it was given first."""
         self.problems: list[tuple[str, str]] = []
 
     def note(self, where: str, what: str) -> None:
@@ -445,7 +447,13 @@ class _Checker:
             self.note(f"{where}.max_bytes", f"max_bytes is a positive int number of bytes, not {max_bytes!r}")
         if not _is_int(keep) or not 0 <= keep <= LOG_KEEP_MAX:
             self.note(f"{where}.keep", f"keep is an int from 0 to {LOG_KEEP_MAX} (rotated files kept), not {keep!r}")
-        return LogFile(path, max_bytes, keep) if len(self.problems) == problems else None
+        if len(self.problems) != problems:
+            return None
+        first = self.log_paths.setdefault(os.path.abspath(path), where)
+        if first != where:
+            self.note(where, f"{path!r} is also {first}: two children's logs would rotate each other's files")
+            return None
+        return LogFile(path, max_bytes, keep)
 
     def profile(self, table: dict, options: dict[str, Any], where: str) -> Setup | None:
         """Merge ``profile = "container"`` into ``options``; returns the profile's set-up."""
