@@ -21,7 +21,10 @@ from pathlib import Path
 import pytest
 import test_cli
 from support import blocked_in, needs_root, process_alive, run_scoped_name, wait_until
-from test_cli import COMMAND, STAMP, TIMEOUT, logged_text, write_tree
+from test_cli import COMMAND, SMALL_TREE, STAMP, TIMEOUT, logged_text, write_tree
+
+from linx_otp.cli import request
+from linx_otp.errors import LinxError
 
 running = test_cli.running  # the fixture, shared
 
@@ -652,3 +655,28 @@ def test_a_bad_metrics_address_is_refused_before_anything_starts(tmp_path):
     )
     assert result.returncode == 2 and "--metrics takes HOST:PORT, like 127.0.0.1:9100" in result.stderr
     assert not (tmp_path / "c.sock").exists()
+
+
+@pytest.mark.timeout(120)
+def test_racing_restarts_of_one_child_each_restart_it(tmp_path, running):
+    """Ten restarts at once: each stops and starts the child in turn (two racing ones used to
+    both stop it, and then one failed with the supervisor's "terminate_child it first")."""
+    daemon = running(write_tree(tmp_path, SMALL_TREE))
+    assert daemon.shows(r"sleeper \\| running"), daemon.lines
+    replies: list = []
+
+    def restart() -> None:
+        try:
+            replies.append(request(str(daemon.control), {"verb": "restart", "id": "sleeper"}))
+        except LinxError as error:
+            replies.append(error)
+
+    clients = [threading.Thread(target=restart) for _ in range(10)]
+    for client in clients:
+        client.start()
+    for client in clients:
+        client.join(TIMEOUT * 2)
+    assert replies == ["restarted"] * 10, replies
+    row = daemon.status()["sleeper"]
+    assert row["state"] == "running" and row["restarts"] == 10 and process_alive(int(row["host_pid"]))
+    assert daemon.stop() == 0

@@ -141,6 +141,8 @@ class Daemon:
         """Supervisor id → times it reached its restart intensity (for ``--metrics``)."""
         self.reload_lock = threading.Lock()
         """Reloads one at a time (the control socket's and SIGHUP's), and none during the start-up."""
+        self.child_locks: dict[str, threading.Lock] = {}
+        """Per child id: its stop, start and restart requests, one at a time."""
         self.hangups_lock = threading.Lock()
         self.hangup_pending = False
         """A SIGHUP not yet acted on: the thread reloading for SIGHUP reloads once more."""
@@ -661,6 +663,9 @@ class Daemon:
         """Drop what a reload removed (or the old version of what it replaced)."""
         child_ids = [child.id for child in fragment.walk()]
         self.state.forget(child_ids)
+        with self.state.lock:
+            for child_id in child_ids:
+                self.child_locks.pop(child_id, None)
         for child_id in child_ids:
             if self.workloads.pop(child_id, None) is not None:
                 self.output.end_of(child_id)
@@ -752,8 +757,32 @@ class Daemon:
                 return self.rings.read(child_id, last=request.lines, after=request.after)
         if child_id is None:
             raise LinxError(("bad_verb", request.verb), f"{request.verb} needs a child id")
+        if request.verb in ("stop", "start", "restart"):
+            self.state.locate(child_id)  # an id not in the tree is refused before a lock is kept for it
+            with self.child_lock(child_id):  # one at a time per child: each sees the last one's result
+                return self.change_child(request.verb, child_id)
         supervisor, current = self.state.locate(child_id)
         match request.verb:
+            case "attach":
+                if current is None or child_id not in self.workloads or not request.fds:
+                    raise LinxError("not_running", f"{child_id} is not a running workload, or no terminal was passed")
+                outcome = tty.attach(current, terminal=request.fds[0], on_attached=lambda: note("attached"))
+                if isinstance(outcome, tuple):  # it ended while attached: its terminal event came to attach
+                    self.inbox.tell(("child", child_id, ("linx_process", *outcome)))
+                    return describe_exit(outcome)
+                return outcome
+        raise LinxError(("bad_verb", request.verb), f"unknown verb {request.verb!r}")
+
+    def child_lock(self, child_id: str) -> threading.Lock:
+        with self.state.lock:
+            return self.child_locks.setdefault(child_id, threading.Lock())
+
+    def change_child(self, verb: str, child_id: str) -> str:
+        """``stop``, ``start`` or ``restart`` of one child (the caller holds its lock: two racing
+        restarts each stopped it and then one found it started by the other, and said so in the
+        supervisor's words)."""
+        supervisor, current = self.state.locate(child_id)
+        match verb:
             case "stop":
                 self.terminate(supervisor, child_id)
                 return "stopped"
@@ -768,20 +797,11 @@ class Daemon:
                     S.terminate_child(supervisor, child_id)  # waiting out a back-off: now, as systemctl start
                     S.restart_child(supervisor, child_id)
                 return "started"
-            case "restart":
+            case _:  # restart
                 self.terminate(supervisor, child_id)
                 S.restart_child(supervisor, child_id)
                 self.state.count_restart(child_id)
                 return "restarted"
-            case "attach":
-                if current is None or child_id not in self.workloads or not request.fds:
-                    raise LinxError("not_running", f"{child_id} is not a running workload, or no terminal was passed")
-                outcome = tty.attach(current, terminal=request.fds[0], on_attached=lambda: note("attached"))
-                if isinstance(outcome, tuple):  # it ended while attached: its terminal event came to attach
-                    self.inbox.tell(("child", child_id, ("linx_process", *outcome)))
-                    return describe_exit(outcome)
-                return outcome
-        raise LinxError(("bad_verb", request.verb), f"unknown verb {request.verb!r}")
 
     def terminate(self, supervisor: pykka.ActorRef, child_id: str) -> None:
         """``terminate_child``, and a child waiting for its readiness check (its supervisor busy
