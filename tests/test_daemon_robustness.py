@@ -502,7 +502,7 @@ def daemon_rss_mib(pid: int) -> float:
 
 def test_clients_that_ask_for_logs_and_never_read_cannot_make_the_daemon_hold_their_replies(tmp_path, running):
     """A `logs` reply of binary output is several MiB of JSON. Forty clients that ask for it and
-    never read made the daemon hold forty of them (+177 MiB, kept after they left); now replies
+    never read made the daemon hold forty of them (+127 MiB, kept after they left); now replies
     not yet read are bounded (MAX_UNSENT_REPLY_BYTES) and the rest are refused as busy."""
     log = tmp_path / "noisy.log"
     tree = f"""
