@@ -306,6 +306,38 @@ def test_stop_of_a_child_that_waits_for_its_check_after_a_restart_is_prompt(tmp_
     assert daemon.stop() == 0
 
 
+def test_stop_of_a_child_whose_requested_restart_waits_for_its_check_is_prompt(tmp_path, running):
+    """A `restart` asked over the control socket waits for the new incarnation's check (60 s
+    here); a `stop` of that child meanwhile does not wait behind it, and cuts it short."""
+    mark, ready_file = tmp_path / "ran-once", tmp_path / "ready"
+    script = ONLY_THE_FIRST_INCARNATION_MAKES_THE_FILE.format(mark=mark, ready_file=ready_file)
+    tree = f"""
+        [[child]]
+        id = "flaky"
+        argv = ["sh", "-c", "{script}"]
+        ready = {{ file = "{ready_file}", timeout = 60 }}
+    """
+    daemon = running(write_tree(tmp_path, tree), "--json")
+    assert wait_until(lambda: first(daemon, "tree", "up") is not None, TIMEOUT), daemon.lines
+    ready_file.unlink()
+    restart = subprocess.Popen(
+        [*COMMAND, "restart", "flaky", "--control", str(daemon.control)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert wait_until(lambda: len([e for e in events(daemon) if e["event"] == "checkpoint"]) == 2, TIMEOUT)
+        began = time.monotonic()
+        stop = daemon.control_command("stop", "flaky")
+        assert stop.returncode == 0 and stop.stdout.strip() == "stopped", stop.stderr
+        assert time.monotonic() - began < 10.0  # not the check's 60 s
+        assert restart.wait(TIMEOUT) != 0  # the restart it cut short says it failed
+        assert daemon.status()["flaky"]["state"] == "stopped"
+    finally:
+        if restart.poll() is None:
+            restart.kill()
+        restart.wait()
+    assert daemon.stop() == 0
+
+
 def test_a_file_made_before_the_start_passes_once_the_child_changes_it(tmp_path, running):
     ready_file = tmp_path / "ready"
     ready_file.touch()  # left from an earlier run: not a sign that this one is ready

@@ -142,7 +142,7 @@ class Daemon:
         self.reload_lock = threading.Lock()
         """Reloads one at a time (the control socket's and SIGHUP's), and none during the start-up."""
         self.child_locks: dict[str, threading.Lock] = {}
-        """Per child id: its stop, start and restart requests, one at a time."""
+        """Per child id: its start and restart requests, one at a time (a stop waits for neither)."""
         self.hangups_lock = threading.Lock()
         self.hangup_pending = False
         """A SIGHUP not yet acted on: the thread reloading for SIGHUP reloads once more."""
@@ -757,9 +757,11 @@ class Daemon:
                 return self.rings.read(child_id, last=request.lines, after=request.after)
         if child_id is None:
             raise LinxError(("bad_verb", request.verb), f"{request.verb} needs a child id")
-        if request.verb in ("stop", "start", "restart"):
+        if request.verb == "stop":  # never waits behind a start: it cuts one short (a readiness wait, say)
+            return self.change_child(request.verb, child_id)
+        if request.verb in ("start", "restart"):
             self.state.locate(child_id)  # an id not in the tree is refused before a lock is kept for it
-            with self.child_lock(child_id):  # one at a time per child: each sees the last one's result
+            with self.child_lock(child_id):  # one start at a time per child: each sees the last one's result
                 return self.change_child(request.verb, child_id)
         supervisor, current = self.state.locate(child_id)
         match request.verb:
@@ -778,9 +780,9 @@ class Daemon:
             return self.child_locks.setdefault(child_id, threading.Lock())
 
     def change_child(self, verb: str, child_id: str) -> str:
-        """``stop``, ``start`` or ``restart`` of one child (the caller holds its lock: two racing
-        restarts each stopped it and then one found it started by the other, and said so in the
-        supervisor's words)."""
+        """``stop``, ``start`` or ``restart`` of one child. The caller holds the child's lock for
+        a start or restart: two racing restarts each stopped it, and then one found it started by
+        the other, and said so in the supervisor's words."""
         supervisor, current = self.state.locate(child_id)
         match verb:
             case "stop":
