@@ -332,7 +332,7 @@ class Daemon:
         owner = _ChildOwner(child.id, self.inbox, self.output, child.log)
         # The session runs the set-up at ready and then proceeds by itself.
         setup = functools.partial(self.apply_setup, child) if child.setup else None
-        return P.child_spec(
+        spec = P.child_spec(
             owner=owner,
             auto_proceed=True,
             setup=setup,
@@ -341,6 +341,15 @@ class Daemon:
             restart_backoff_max=child.restart_backoff_max,
             **child.options,
         )
+        return dataclasses.replace(spec, start=functools.partial(self.start_unless_stopping, spec.start))
+
+    def start_unless_stopping(self, start: Callable[[], pykka.ActorRef]) -> pykka.ActorRef:
+        """A workload's start, refused once the tree is stopping: a SIGTERM during the start-up
+        ends it there (the supervisor's start fails, and it stops what it had started) instead
+        of starting the rest of the tree only to stop it."""
+        if self.stopping:
+            raise LinxError("stopping", "not started: the tree is stopping")
+        return start()
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self.inbox.tell(("signal", signum))
