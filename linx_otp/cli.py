@@ -392,6 +392,9 @@ def _logs(arguments: argparse.Namespace) -> int:
                     control, {"verb": "logs", "id": arguments.id, "after": reply["next"]}, timeout=arguments.timeout
                 )
             except LinxError as error:
+                if str(error).startswith("busy: "):  # other clients' unread replies: ask again
+                    reply = {"lines": [], "missed": 0, "next": reply["next"]}
+                    continue
                 print(f"linx-otp: {error}", file=sys.stderr)
                 return 0  # the daemon has gone: nothing more will come, as docker logs -f ends
     except KeyboardInterrupt:

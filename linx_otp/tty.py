@@ -51,6 +51,10 @@ TAKE_OVER_SECONDS = 5.0
 """How long a newer attach waits for the one it took over to have recorded its previous owner
 (the statement after its own swap: never near this, but never forever either)."""
 
+TAKEN_OVER_SHOWS_SECONDS = 1.0
+"""How long an attach that is taken over gets to show the output it was told and end; past it
+(a terminal nobody reads), that output's window is given back for the newer attach."""
+
 _WINSIZE = struct.Struct("HHHH")
 
 
@@ -122,6 +126,8 @@ class _Borrowed:
         attach gives the session back to ``previous_owner`` when it ends."""
         self.previous_owner: Any = None
         self._previous_owner_known = threading.Event()
+        self.ended = threading.Event()
+        """Its attach has returned (or raised), and handed back what it was told and did not show."""
 
     def remember_previous_owner(self, owner: Any) -> None:
         self.previous_owner = owner
@@ -134,7 +140,23 @@ class _Borrowed:
         self.taken_over = True
         self.wake()
         self._previous_owner_known.wait(TAKE_OVER_SECONDS)
+        if not self.ended.wait(TAKEN_OVER_SHOWS_SECONDS):
+            # Stuck writing to a terminal nobody reads (a frozen ssh session): the output it was
+            # told and has not shown holds the session's window, and the newer attach would get
+            # nothing. Give that window back; the stuck write ends when the terminal goes.
+            self._give_back_unshown_output()
         return self.previous_owner
+
+    def _give_back_unshown_output(self) -> None:
+        for _ in range(len(self.events)):
+            try:
+                event = self.events.popleft()
+            except IndexError:
+                return  # its pump took the rest meanwhile
+            if event[:2] == ("linx_process", "pty_out"):
+                consumed(event)
+            else:
+                self.events.append(event)  # an outcome or a DOWN is still its pump's to act on
 
     def tell(self, message: Any) -> None:
         self.events.append(message)
@@ -248,7 +270,9 @@ class _Pump:
             P.pty_set_winsize(self.session, size)
 
     def _handle_events(self) -> Any:
-        while self.owner.events:
+        """The events queued now, not those that come meanwhile: a flood of output must not keep
+        the pump from the keyboard (the detach key, Ctrl-C). What is left wakes the next turn."""
+        for _ in range(len(self.owner.events)):
             match event := self.owner.events.popleft():
                 case ("linx_process", "pty_out", data):
                     write_all(self.fd, data)
@@ -257,6 +281,8 @@ class _Pump:
                     return (kind, *details)
                 case ("DOWN", _, _):
                     raise LinxError("no_process", "attach: the session stopped")
+        if self.owner.events:
+            self.owner.wake()
         return None
 
     def _handle_keystrokes(self) -> bool:
@@ -329,6 +355,8 @@ def attach(
         return pump.run(watch_signals=in_main_thread)
     except _ProcessSignal as delivered:
         pending_signal = delivered.signum
+    except (OSError, termios.error) as error:  # setting the terminal up failed: it is gone, or not one
+        raise LinxError("terminal_gone", f"attach: the terminal failed: {error}") from error
     finally:
         if saved_termios is not None:
             _restore_terminal(fd, saved_termios)
@@ -344,6 +372,7 @@ def attach(
         if opened:
             os.close(fd)
         owner.close()
+        owner.ended.set()
     signal.raise_signal(pending_signal)  # the handlers are the previous ones again
     raise LinxError(("signal", pending_signal), f"attach: interrupted by signal {pending_signal}")
 

@@ -571,6 +571,45 @@ def test_a_second_signal_during_the_stop_kills_every_workload_now(tmp_path, runn
     assert not any(process_alive(pid) for pid in pids)
 
 
+NESTED_STUBBORN = """
+[supervisor]
+max_restarts = 1000
+max_seconds = 1
+
+[[child]]
+id = "group"
+type = "supervisor"
+max_restarts = 1000
+max_seconds = 1
+
+[[child.child]]
+id = "nested"
+argv = ["sh", "-c", "trap '' TERM; while :; do sleep 0.05; done"]
+shutdown = 20
+
+[[child]]
+id = "last"
+argv = ["sh", "-c", "trap '' TERM; while :; do sleep 0.05; done"]
+shutdown = 20
+"""
+"""The root stops ``last`` first (20 s), then ``group``. Killed at once, ``nested`` is restarted by its
+own supervisor, which is not stopping yet: that incarnation goes at once too (killed as it starts, or
+aborted at its checkpoint when ``group`` is stopped; which one depends on timing, so this shows the
+whole tree going at once, not which of the two did it)."""
+
+
+def test_a_second_signal_kills_what_a_nested_supervisor_restarts_meanwhile(tmp_path, running):
+    daemon = running(write_tree(tmp_path, NESTED_STUBBORN))
+    assert daemon.shows(r"last \| running"), daemon.lines
+    daemon.process.send_signal(signal.SIGTERM)
+    assert daemon.shows(r"tree \| stopping"), daemon.lines
+    asked = time.monotonic()
+    daemon.process.send_signal(signal.SIGTERM)
+    assert daemon.process.wait(TIMEOUT) == 0
+    assert time.monotonic() - asked < TIMEOUT / 2  # not the nested child's 20 s
+    assert not [line for line in daemon.lines if "internal_error" in line]
+
+
 def many_children(count: int) -> str:
     return "".join(f'\n[[child]]\nid = "c{number}"\nargv = ["sleep", "600"]\n' for number in range(count))
 

@@ -16,7 +16,8 @@ import textwrap
 import threading
 
 import pytest
-from support import process_alive, wait_until, window_size
+from support import child_pids, process_alive, wait_until, window_size
+from test_flow import blocked_in as sleeps_in
 
 import linx_otp
 from linx_otp import process as P
@@ -414,6 +415,55 @@ def test_a_second_attach_takes_over_and_the_session_goes_back_to_its_owner(box):
     finally:
         first.close()
         second.close()
+        session.stop()
+
+
+def test_an_attach_stuck_on_a_terminal_nobody_reads_does_not_starve_the_one_that_takes_over(box):
+    """A frozen ssh session: the first attach's terminal is never read, so it blocks writing a
+    flood of output, holding the session's window. A second attach takes over and gets output
+    all the same; the stuck one ends when its terminal goes, and the session is its owner's again."""
+    session = running_shell(box)
+    frozen_master, frozen_slave = os.openpty()  # nobody reads this terminal's screen
+    fresh = Terminal()
+    outcomes: dict[str, object] = {}
+
+    def attach(name, terminal_fd):
+        def run():
+            try:
+                outcomes[name] = tty.attach(session, terminal=terminal_fd)
+            except LinxError as error:
+                outcomes[name] = error.reason
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        return thread
+
+    try:
+        first = attach("frozen", frozen_slave)
+        assert wait_until(lambda: not termios.tcgetattr(frozen_slave)[3] & termios.ICANON, TIMEOUT)
+        os.write(frozen_master, b"yes flood\r")  # typed; what it prints is never read
+        # the frozen terminal is full, the attach stuck writing to it, the window full: `yes` waits on its pty
+        assert wait_until(
+            lambda: any(sleeps_in(pid, "n_tty_write") for pid in child_pids(P.host_pid(session))), TIMEOUT
+        )
+        second = attach("fresh", fresh.slave)
+        assert fresh.shows(b"flood\r\nflood"), "the newer attach got no output"
+        fresh.type(b"\x03")  # Ctrl-C: the flood stops
+        fresh.type(b"\x10\x11")
+        second.join(TIMEOUT)
+        assert outcomes.get("fresh") == "detached"
+        os.close(frozen_master)  # the frozen session's connection finally goes
+        frozen_master = -1
+        first.join(TIMEOUT)
+        assert outcomes.get("frozen") in ("detached", "terminal_gone"), outcomes
+        box.flush()
+        P.pty_write(session, "exit 7\n")
+        assert box.receive(("linx_process", "exited"), timeout=TIMEOUT) == ("linx_process", "exited", 7)
+    finally:
+        if frozen_master >= 0:
+            os.close(frozen_master)
+        os.close(frozen_slave)
+        fresh.close()
         session.stop()
 
 

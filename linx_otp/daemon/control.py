@@ -54,10 +54,11 @@ MAX_UNSENT_REPLY_BYTES = 16 << 20
 """Replies written and not yet read by their clients, all connections together. A ``logs`` reply
 can be several MiB (a child's last 1 MiB of lines, escaped as JSON); one that would pass this
 while others wait is refused as busy instead of queued, so clients that ask and never read
-cannot make the daemon hold 64 of them. A ``logs`` asked while half of it waits is refused
-before it is built, so the control thread is not kept building them either."""
-ALWAYS_SENT_REPLY_BYTES = 64 << 10
-"""A reply this small is queued whatever is unsent: ``status`` and errors always get through."""
+cannot make the daemon hold 64 of them. A whole ``logs`` (not a follower's next lines) asked
+while half of it waits is refused before it is built, so the control thread is not kept
+building them either. Only ``logs`` is bounded: ``status``, ``shutdown`` and errors always go."""
+SMALL_REPLY_BYTES = 64 << 10
+"""A ``logs`` reply this small is queued whatever is unsent."""
 MAX_CONNECTIONS = 64
 SLOTS_KEPT_FOR_QUICK_VERBS = 8
 """Connections that requests which wait (reload, restart, attach...) may never take, so that
@@ -371,11 +372,12 @@ class ControlServer:
         except BadRequest as error:
             self._finish(connection, {"ok": False, "error": str(error)})
             return
-        if request.verb == "logs" and self._unsent_reply_bytes() >= MAX_UNSENT_REPLY_BYTES // 2:
+        whole_logs = request.verb == "logs" and request.after is None  # a follower's next lines are few
+        if whole_logs and self._unsent_reply_bytes() >= MAX_UNSENT_REPLY_BYTES // 2:
             self._finish(connection, self._busy_with_unread_replies())  # refused before it is built
             return
         if request.verb in QUICK_VERBS:
-            self._finish(connection, self._call(request, lambda note: None))
+            self._finish(connection, self._call(request, lambda note: None), bounded=request.verb == "logs")
             return
         working = sum(other.working for other in self.connections.values())
         if working >= self.max_working:
@@ -403,17 +405,18 @@ class ControlServer:
             self.report("daemon", "control_error", f"{request.verb}: {type(error).__name__}: {error}")
             return {"ok": False, "error": f"internal error: {type(error).__name__}: {error}"}
 
-    def _finish(self, connection: _Connection, reply: dict) -> None:
-        """Queue the final answer; the connection closes once it is written."""
+    def _finish(self, connection: _Connection, reply: dict, bounded: bool = False) -> None:
+        """Queue the final answer; the connection closes once it is written. A ``bounded`` one
+        (``logs``) is refused as busy if it would take the replies not yet read past their bound."""
         connection.close_fds()
         connection.finished = True
         connection.deadline = time.monotonic() + self.request_seconds
-        self._send(connection, reply)
+        self._send(connection, reply, bounded)
 
-    def _send(self, connection: _Connection, reply: dict) -> None:
+    def _send(self, connection: _Connection, reply: dict, bounded: bool = False) -> None:
         encoded = json.dumps(reply).encode() + b"\n"
         unsent = self._unsent_reply_bytes()
-        if len(encoded) > ALWAYS_SENT_REPLY_BYTES and unsent and unsent + len(encoded) > MAX_UNSENT_REPLY_BYTES:
+        if bounded and len(encoded) > SMALL_REPLY_BYTES and unsent and unsent + len(encoded) > MAX_UNSENT_REPLY_BYTES:
             encoded = json.dumps(self._busy_with_unread_replies()).encode() + b"\n"
         connection.outgoing += encoded
         self._flush(connection)

@@ -141,6 +141,8 @@ class Daemon:
         """Supervisor id → times it reached its restart intensity (for ``--metrics``)."""
         self.reload_lock = threading.Lock()
         """Reloads one at a time (the control socket's and SIGHUP's), and none during the start-up."""
+        self.killing = False
+        """A second SIGINT or SIGTERM came during the stop: every workload, and any started meanwhile, gets SIGKILL."""
         self.child_locks: dict[str, threading.Lock] = {}
         """Per child id: its start and restart requests, one at a time (a stop waits for neither)."""
         self.hangups_lock = threading.Lock()
@@ -344,10 +346,12 @@ class Daemon:
         return dataclasses.replace(spec, start=functools.partial(self.start_unless_stopping, spec.start))
 
     def start_unless_stopping(self, start: Callable[[], pykka.ActorRef]) -> pykka.ActorRef:
-        """A workload's start, refused once the tree is stopping: a SIGTERM during the start-up
-        ends it there (the supervisor's start fails, and it stops what it had started) instead
-        of starting the rest of the tree only to stop it."""
-        if self.stopping:
+        """A workload's start, refused if the tree is stopping during its start-up: a SIGTERM
+        then ends the start there (the supervisor's start fails, and it stops what it had
+        started) instead of starting the rest of the tree only to stop it. Once the tree is up,
+        a nested supervisor's restarts go on while the stop reaches it (refused, they would be
+        retried at once, over and over); a second signal kills what they start."""
+        if self.stopping and self.root is None:
             raise LinxError("stopping", "not started: the tree is stopping")
         return start()
 
@@ -395,11 +399,16 @@ class Daemon:
         Docker and systemd take it): the children's shutdown seconds are not waited out, every
         workload gets SIGKILL now, and the stop goes on with their outcomes."""
         self.report("tree", "killing", f"{why}: SIGKILL to every workload")
+        self.killing = True
         for session in self.state.sessions():
-            try:
-                P.signal(session, signal.SIGKILL)
-            except LinxError:
-                pass  # it has ended already
+            self.kill_now(session)
+
+    @staticmethod
+    def kill_now(session: pykka.ActorRef) -> None:
+        try:
+            P.signal(session, signal.SIGKILL)
+        except LinxError:
+            pass  # it has ended already
 
     def is_cut_short(self, child_id: str) -> bool:
         with self.state.lock:
@@ -442,6 +451,9 @@ class Daemon:
                 self.state.arrange(tree)
             case ("forget", Tree() as fragment):
                 self.forget(fragment)
+            case ("forget_output", child_ids):
+                for child_id in child_ids:  # nested ones too: nothing is kept for an id the tree has lost
+                    self.output.forget(child_id)
             case ("signal", signum) if self.stopping:
                 self.kill_workloads_now(f"signal {signal_name(signum)} again")
             case ("signal", signum):
@@ -488,6 +500,8 @@ class Daemon:
             self.report(child_id, kind, shown)
         if kind in ("started", "restarted") and (self.stopping or self.is_cut_short(child_id)):
             self.shut_down_unready([child_id])
+        if kind in ("started", "restarted") and self.killing and worker:
+            self.kill_now(detail)  # a nested supervisor not yet stopping restarted it: it goes too
 
     def child_event(self, child_id: str, kind: str, detail: list) -> None:
         if child_id not in self.workloads:  # a reload removed it: its last incarnation, on its way out
@@ -540,8 +554,9 @@ class Daemon:
                 if new.settings != self.tree.settings:
                     S.change_settings(root, **new.settings)
                     outcome.reconfigured.append(ROOT_ID)
-                for child_id in {child.id for child in self.tree.walk()} - {child.id for child in new.walk()}:
-                    self.output.forget(child_id)  # nested ones too: nothing is kept for an id the tree has lost
+                lost = {child.id for child in self.tree.walk()} - {child.id for child in new.walk()}
+                # through the loop, behind the ("forget", ...) its removals queued: after each child's end_of
+                self.inbox.tell(("forget_output", sorted(lost)))
                 self.tree = Tree(self.tree.file, new.settings, children)
                 self.inbox.tell(("arrange", self.tree))
             finally:
@@ -697,7 +712,12 @@ class Daemon:
                     self.hangup_reloader = None
                     return
                 self.hangup_pending = False
-            self.reload_on_signal()
+            try:
+                self.reload_on_signal()
+            except Exception as error:  # a bug: reported, and the next hangup still reloads
+                self.report_from_thread(
+                    "daemon", "internal_error", f"reload on SIGHUP: {type(error).__name__}: {error}"
+                )
 
     def reload_on_signal(self) -> None:
         try:

@@ -299,7 +299,7 @@ class _Checker:
     def __init__(self) -> None:
         self.ids: set[str] = set()
         self.log_paths: dict[str, str] = {}
-        """Each log file's absolute path → where in the tree it was given first."""
+        """Each log file's resolved path → where in the tree it was given first."""
         self.problems: list[tuple[str, str]] = []
 
     def note(self, where: str, what: str) -> None:
@@ -449,7 +449,7 @@ class _Checker:
             self.note(f"{where}.keep", f"keep is an int from 0 to {LOG_KEEP_MAX} (rotated files kept), not {keep!r}")
         if len(self.problems) != problems:
             return None
-        first = self.log_paths.setdefault(os.path.abspath(path), where)
+        first = self.log_paths.setdefault(os.path.realpath(path), where)  # one file, however it is named
         if first != where:
             self.note(where, f"{path!r} is also {first}: two children's logs would rotate each other's files")
             return None
