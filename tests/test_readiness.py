@@ -281,16 +281,20 @@ def test_restart_over_the_control_socket_answers_once_ready_or_says_why_not(tmp_
     assert daemon.stop() == 0
 
 
-def test_stop_of_a_child_that_waits_for_its_check_after_a_restart_is_prompt(tmp_path, running):
-    mark, ready_file = tmp_path / "ran-once", tmp_path / "ready"
-    script = ONLY_THE_FIRST_INCARNATION_MAKES_THE_FILE.format(mark=mark, ready_file=ready_file)
-    tree = f"""
+def ready_only_once(tmp_path: Path) -> str:
+    """A tree whose one child, ``flaky``, passes its 60 s file check in its first incarnation only:
+    any restart then waits the whole minute for it."""
+    script = ONLY_THE_FIRST_INCARNATION_MAKES_THE_FILE.format(mark=tmp_path / "ran-once", ready_file=tmp_path / "ready")
+    return f"""
         [[child]]
         id = "flaky"
         argv = ["sh", "-c", "{script}"]
-        ready = {{ file = "{ready_file}", timeout = 60 }}
+        ready = {{ file = "{tmp_path / "ready"}", timeout = 60 }}
     """
-    daemon = running(write_tree(tmp_path, tree), "--json")
+
+
+def test_stop_of_a_child_that_waits_for_its_check_after_a_restart_is_prompt(tmp_path, running):
+    daemon = running(write_tree(tmp_path, ready_only_once(tmp_path)), "--json")
     assert wait_until(lambda: first(daemon, "tree", "up") is not None, TIMEOUT), daemon.lines
     os.kill(daemon.status()["flaky"]["host_pid"], 9)  # restarted, and now waits for a file that never comes
     assert wait_until(lambda: len([e for e in events(daemon) if e["event"] == "checkpoint"]) == 2, TIMEOUT)
@@ -309,17 +313,8 @@ def test_stop_of_a_child_that_waits_for_its_check_after_a_restart_is_prompt(tmp_
 def test_stop_of_a_child_whose_requested_restart_waits_for_its_check_is_prompt(tmp_path, running):
     """A `restart` asked over the control socket waits for the new incarnation's check (60 s
     here); a `stop` of that child meanwhile does not wait behind it, and cuts it short."""
-    mark, ready_file = tmp_path / "ran-once", tmp_path / "ready"
-    script = ONLY_THE_FIRST_INCARNATION_MAKES_THE_FILE.format(mark=mark, ready_file=ready_file)
-    tree = f"""
-        [[child]]
-        id = "flaky"
-        argv = ["sh", "-c", "{script}"]
-        ready = {{ file = "{ready_file}", timeout = 60 }}
-    """
-    daemon = running(write_tree(tmp_path, tree), "--json")
+    daemon = running(write_tree(tmp_path, ready_only_once(tmp_path)), "--json")
     assert wait_until(lambda: first(daemon, "tree", "up") is not None, TIMEOUT), daemon.lines
-    ready_file.unlink()
     restart = subprocess.Popen(
         [*COMMAND, "restart", "flaky", "--control", str(daemon.control)], stdout=subprocess.PIPE, text=True
     )
