@@ -72,8 +72,14 @@ class Mailbox:
 
     def _take_first(self, accepts: Callable[[Any], bool]) -> Any:
         """The first queued message that ``accepts`` takes, removed; ``_NOTHING`` if none. The
-        caller holds the lock."""
-        for index, message in enumerate(self._messages):
+        caller holds the lock, which is reentrant: a signal handler that runs on this thread
+        meanwhile may ``tell`` this mailbox (the daemon's does), appending to the queue. So the
+        scan walks a copy (an append moves no earlier message), after a look at the first one,
+        which is what a receive without a pattern takes, copying nothing."""
+        if self._messages and accepts(first := self._messages[0]):
+            self._messages.popleft()
+            return first
+        for index, message in enumerate(list(self._messages)):
             if accepts(message):
                 del self._messages[index]
                 return message
@@ -82,8 +88,9 @@ class Mailbox:
     def flush(self) -> list[Any]:
         """Return and remove every queued message."""
         with self._condition:
-            messages = list(self._messages)
-            self._messages.clear()
+            messages = []
+            while self._messages:  # one at a time: what a signal handler tells meanwhile is taken too, not lost
+                messages.append(self._messages.popleft())
             self._reader = threading.current_thread()
         for message in messages:
             consumed(message)
