@@ -241,14 +241,8 @@ class _Pump:
         self.size = window_size(fd)
 
     def run(self, watch_signals: bool) -> Any:
-        """The outcome, or ``"detached"``; raises ``LinxError("terminal_gone")`` when the
-        terminal fails (every OS error here is the terminal's: a hung-up one gives EIO)."""
-        try:
-            return self._pump(watch_signals)
-        except OSError as error:
-            raise LinxError("terminal_gone", f"attach: the terminal failed: {error}") from error
-
-    def _pump(self, watch_signals: bool) -> Any:
+        """The outcome, or ``"detached"``. Every OS error here is the terminal's (a hung-up one
+        gives EIO): ``attach`` turns it into ``terminal_gone``, with those of the set-up."""
         P.pty_set_winsize(self.session, self.size)
         poll_timeout = None if watch_signals else WINDOW_POLL_SECONDS
         while True:
@@ -355,7 +349,7 @@ def attach(
         return pump.run(watch_signals=in_main_thread)
     except _ProcessSignal as delivered:
         pending_signal = delivered.signum
-    except (OSError, termios.error) as error:  # setting the terminal up failed: it is gone, or not one
+    except (OSError, termios.error) as error:  # the terminal failed, in the set-up or the pump: it is gone
         raise LinxError("terminal_gone", f"attach: the terminal failed: {error}") from error
     finally:
         if saved_termios is not None:

@@ -792,17 +792,16 @@ class Daemon:
             self.state.locate(child_id)  # an id not in the tree is refused before a lock is kept for it
             with self.child_lock(child_id):  # one start at a time per child: each sees the last one's result
                 return self.change_child(request.verb, child_id)
-        supervisor, current = self.state.locate(child_id)
-        match request.verb:
-            case "attach":
-                if current is None or child_id not in self.workloads or not request.fds:
-                    raise LinxError("not_running", f"{child_id} is not a running workload, or no terminal was passed")
-                outcome = tty.attach(current, terminal=request.fds[0], on_attached=lambda: note("attached"))
-                if isinstance(outcome, tuple):  # it ended while attached: its terminal event came to attach
-                    self.inbox.tell(("child", child_id, ("linx_process", *outcome)))
-                    return describe_exit(outcome)
-                return outcome
-        raise LinxError(("bad_verb", request.verb), f"unknown verb {request.verb!r}")
+        _, current = self.state.locate(child_id)
+        if request.verb != "attach":
+            raise LinxError(("bad_verb", request.verb), f"unknown verb {request.verb!r}")
+        if current is None or child_id not in self.workloads or not request.fds:
+            raise LinxError("not_running", f"{child_id} is not a running workload, or no terminal was passed")
+        outcome = tty.attach(current, terminal=request.fds[0], on_attached=lambda: note("attached"))
+        if isinstance(outcome, tuple):  # it ended while attached: its terminal event came to attach
+            self.inbox.tell(("child", child_id, ("linx_process", *outcome)))
+            return describe_exit(outcome)
+        return outcome
 
     def child_lock(self, child_id: str) -> threading.Lock:
         with self.state.lock:
