@@ -112,6 +112,34 @@ def test_event_decoder_handles_any_split():
     assert [e for byte in stream for e in one_at_a_time.feed(bytes([byte]))] == expected
 
 
+def test_the_decoder_makes_one_event_of_one_stream_s_frames_read_together():
+    """Output is a byte stream, so frames of one stream that arrive in one read are one event
+    (at most OUTPUT_CHUNK bytes, as one frame), in order; another stream or any other event
+    ends the run."""
+
+    def output(kind: int, data: bytes) -> bytes:
+        return protocol.frame(bytes([kind]) + data)
+
+    dropped = protocol.frame(bytes([protocol.EVT_OUTPUT_DROPPED]) + struct.pack(">BQ", 1, 5))
+    stdout, stderr = protocol.EVT_STDOUT, protocol.EVT_STDERR
+    stream = (
+        output(stdout, b"a") + output(stdout, b"b") + output(stderr, b"c") + output(stderr, b"d")
+        + output(stdout, b"e") + dropped + output(stdout, b"f") + output(protocol.EVT_PTY_OUT, b"g")
+    )  # fmt: skip
+    assert protocol.EventDecoder().feed(stream) == [
+        ("stdout", b"ab"),
+        ("stderr", b"cd"),
+        ("stdout", b"e"),
+        ("output_dropped", "stdout", 5),
+        ("stdout", b"f"),
+        ("pty_out", b"g"),
+    ]
+    half = protocol.OUTPUT_CHUNK // 2
+    halves = b"".join(output(stdout, bytes([index]) * half) for index in range(3))
+    events = protocol.EventDecoder().feed(halves)
+    assert events == [("stdout", bytes([0]) * half + bytes([1]) * half), ("stdout", bytes([2]) * half)]
+
+
 def test_decoder_reports_malformed_frames_instead_of_raising():
     decoder = protocol.EventDecoder()
     assert decoder.feed(protocol.frame(bytes([protocol.EVT_EXITED, 1]))) == [
