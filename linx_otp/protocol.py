@@ -434,7 +434,8 @@ class EventDecoder:
         if self._partial:
             view = self._complete_partial(view, events)
         position, size = 0, len(view)
-        stream, pieces, merged = 0, [], 0  # the run of output frames not yet made an event
+        stream, merged = 0, 0
+        pieces: list[memoryview] = []  # the run of output frames not yet made an event
         while size - position >= FRAME_HEADER.size:
             (length,) = FRAME_HEADER.unpack_from(view, position)
             start = position + FRAME_HEADER.size
