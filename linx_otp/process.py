@@ -223,6 +223,8 @@ class PtySetWinsize:
 class Session(Actor):
     """The session actor. Use the module's functions rather than messages."""
 
+    stops_in_caller = True  # terminate waits for the agent and tells events: any thread can
+
     def __init__(self, plan: SessionPlan, connection: AgentConnection) -> None:
         super().__init__()
         self._plan = plan

@@ -239,3 +239,83 @@ def test_the_actor_registry_keeps_start_order_and_forgets_each_actor_at_its_stop
     pykka.ActorRegistry.stop_all()
     assert not pykka.ActorRegistry.get_all()
     assert not any(ref.is_alive() for ref in refs)
+
+
+class StopsHere(linx_otp.Actor):
+    """Allows a stop in the caller's thread; records the thread each message and its
+    terminate run on; told "wait", says so on ``busy`` and blocks on ``gate``."""
+
+    stops_in_caller = True
+
+    def __init__(self, gate: threading.Event, busy: threading.Event, log: list) -> None:
+        super().__init__()
+        self.gate, self.busy, self.log = gate, busy, log
+
+    def on_receive(self, message):
+        self.log.append(("message", threading.current_thread()))
+        if message == "wait":
+            self.busy.set()
+            self.gate.wait(5)
+        return message
+
+    def terminate(self, reason):
+        self.log.append((reason, threading.current_thread()))
+
+
+def test_an_idle_actor_that_allows_it_is_stopped_in_the_callers_thread(box):
+    """Its terminate runs in the thread that calls stop(), the monitors are told before stop()
+    returns, and the actor's own thread, woken, ends by itself."""
+    from linx_otp.actor import call
+
+    log: list = []
+    ref = StopsHere.start(threading.Event(), threading.Event(), log)
+    assert call(ref, "hello") == "hello"
+    actor_thread = log[0][1]
+    linx_otp.monitor(ref, box)
+    assert ref.stop() is True
+    assert log[-1] == ("normal", threading.current_thread())
+    assert box.receive(timeout=0) == ("DOWN", ref, "normal")
+    assert not ref.is_alive() and ref.stop() is False
+    with pytest.raises(linx_otp.LinxError) as raised:
+        call(ref, "hello")
+    assert raised.value.reason == "no_process"
+    actor_thread.join(5)
+    assert not actor_thread.is_alive()
+
+
+def test_a_busy_actor_is_stopped_by_its_own_thread_after_the_message_in_hand(box):
+    gate, busy, log = threading.Event(), threading.Event(), []
+    ref = StopsHere.start(gate, busy, log)
+    ref.tell("wait")
+    assert busy.wait(5)
+    stopper = threading.Thread(target=ref.stop)
+    stopper.start()
+    stopper.join(0.2)
+    assert stopper.is_alive() and len(log) == 1  # queued behind "wait", as pykka's stop
+    gate.set()
+    stopper.join(5)
+    assert not stopper.is_alive()
+    actor_thread = log[0][1]
+    assert log == [("message", actor_thread), ("normal", actor_thread)]
+
+
+def test_every_ask_racing_a_stop_in_the_callers_thread_is_answered():
+    """Asks sent by another thread while stop() runs here are answered, by the handler or with
+    ActorDeadError, never left waiting; many times over, for the race's every order."""
+    for _ in range(200):
+        ref = StopsHere.start(threading.Event(), threading.Event(), [])
+        ref.ask("started")
+        answers: list = []
+
+        def ask_many(ref=ref, answers=answers) -> None:
+            answers.extend(ref.ask(number, block=False) for number in range(20))
+
+        asker = threading.Thread(target=ask_many)
+        asker.start()
+        assert ref.stop() is True
+        asker.join(5)
+        for number, answer in enumerate(answers):
+            try:
+                assert answer.get(timeout=5) == number
+            except pykka.ActorDeadError:
+                pass

@@ -322,3 +322,42 @@ def test_a_lingering_session_s_outcome_reaches_its_owner_while_its_thread_is_bus
     assert drained == []
     assert P.wait(session, TIMEOUT) == ("signaled", signal.SIGTERM)
     assert session.stop()
+
+
+def session_thread(session: P.SessionRef) -> threading.Thread:
+    """The thread a session's actor runs on: the one that answers ``info``."""
+    actor, seen = actor_of(session), []
+    on_receive = actor.on_receive
+    actor.on_receive = lambda message: seen.append(threading.current_thread()) or on_receive(message)
+    P.info(session)
+    actor.on_receive = on_receive
+    return seen[0]
+
+
+def test_stopping_an_idle_session_is_done_in_the_callers_thread_and_leaves_nothing(box):
+    """``stop()`` of a session with nothing in hand runs its stop in the caller's thread (two
+    hand-overs between threads fewer: benchmarks/spawn.py, the full cycle). When it returns,
+    the workload and the agent are reaped and the owner has the outcome; the session's own
+    thread, which never handled the stop, ends by itself. Both for an ended session and for a
+    running one (whose stop ends the workload)."""
+    ended = P.spawn(argv=["/bin/true"], auto_proceed=True, owner=box)
+    assert box.receive(("linx_process", "exited"), timeout=TIMEOUT) == ("linx_process", "exited", 0)
+    box.flush()
+    running = P.spawn(argv=["sleep", "1000"], auto_proceed=True, owner=box)
+    box.receive(("linx_process", "running"), timeout=TIMEOUT)
+    workload = P.host_pid(running)
+    for session in (ended, running):
+        actor, thread, terminated_on = actor_of(session), session_thread(session), []
+        terminate = actor.terminate
+        actor.terminate = lambda reason, terminate=terminate, on=terminated_on: (
+            on.append(threading.current_thread()) or terminate(reason)
+        )
+        assert session.stop() is True
+        assert terminated_on == [threading.current_thread()]
+        assert actor._connection.finished.is_set(), "the agent is reaped before stop() returns"
+        with pytest.raises(ChildProcessError):
+            os.waitpid(actor._connection.pid, os.WNOHANG)
+        thread.join(TIMEOUT)
+        assert not thread.is_alive()
+    assert not process_alive(workload)
+    assert box.receive(("linx_process", "signaled"), timeout=0) == ("linx_process", "signaled", signal.SIGKILL)
