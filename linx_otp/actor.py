@@ -293,12 +293,17 @@ class Actor(pykka.ThreadingActor):
         get one from pykka's teardown, which only answers asks."""
         # pykka-internal: pykka's ActorInbox protocol has no non-blocking get; this actor's
         # inbox is a queue.SimpleQueue of envelopes (message, reply_to) (_create_actor_inbox).
-        # Only this thread takes from it, and once the actor has stopped tell refuses new
-        # messages, so emptying it and putting back what stays keeps the order.
+        # Once the actor has stopped tell refuses new messages, so emptying it and putting back
+        # what stays keeps the order. During a stop in a caller's thread the actor's own thread
+        # may take a message meanwhile (it hands it to ``answer_left_tells``), so the inbox is
+        # emptied until it says so, not by a look at empty() first.
         inbox = cast("_Inbox", self.actor_inbox)
         taken, kept = [], []
-        while not inbox.empty():
-            envelope = inbox.get_nowait()
+        while True:
+            try:
+                envelope = inbox.get_nowait()
+            except queue.Empty:
+                break
             if envelope.reply_to is None and selects(envelope.message):
                 taken.append(envelope.message)
                 inbox.unhandled.pop()  # handled by the caller
@@ -307,6 +312,12 @@ class Actor(pykka.ThreadingActor):
         for envelope in kept:
             inbox.put_back(envelope)
         return taken
+
+    def answer_left_tells(self) -> None:
+        """Run by this actor's thread, holding the turn, when it finds the actor stopped in a
+        caller's thread (``stop_in_caller``) with a message in hand, which is back in the
+        inbox: a told message that expects an answer by other means must get it here
+        (``take_queued_tells``), since pykka's teardown only answers asks. Default: nothing."""
 
     def shutdown_requested(self) -> None:
         """A supervisor asks this actor to end with ``"shutdown"``; it has the child spec's
@@ -323,17 +334,19 @@ class Actor(pykka.ThreadingActor):
         cycle: benchmarks/spawn.py)."""
         if not self.stops_in_caller or not self._turn.acquire(blocking=False):
             return False
+        if not self._looping or self.actor_stopped.is_set() or not self.idle():
+            self._turn.release()
+            return False
         try:
-            if not self._looping or self.actor_stopped.is_set() or not self.idle():
-                return False
             # pykka-internal: Actor._stop is what pykka's own stop message runs (unregister,
             # mark stopped, on_stop); here in the caller's thread, holding the turn.
             self._stop()
         finally:
             self._turn.release()
-        # pykka-internal: an Envelope put in the inbox is how pykka's tell sends (tell itself
-        # refuses a stopped actor); woken only now, the thread does not wait out the stop.
-        self.actor_inbox.put(Envelope(_WAKE))
+            # pykka-internal: an Envelope put in the inbox is how pykka's tell sends (tell
+            # refuses a stopped actor). Woken only now, the thread does not wait out the stop;
+            # woken even if the stop was interrupted (Ctrl-C in this thread), it ends.
+            self.actor_inbox.put(Envelope(_WAKE))
         return True
 
     @classmethod
@@ -397,13 +410,14 @@ class Actor(pykka.ThreadingActor):
         # pykka-internal: pykka 4.5's message loop, unchanged but for the turn: each message is
         # handled holding it, so that stop_in_caller can act for a parked actor. A message
         # taken once a caller has stopped the actor goes back for pykka's teardown, which
-        # answers asks with ActorDeadError and drops tells, as for any message that reaches a
-        # stopped actor.
+        # answers asks with ActorDeadError, as for any message that reaches a stopped actor;
+        # told ones that carry their own future are this actor's to answer (answer_left_tells).
         while not self.actor_stopped.is_set():
             envelope = self.actor_inbox.get()
             with self._turn:
                 if self.actor_stopped.is_set():
                     cast("_Inbox", self.actor_inbox).put_back(envelope)
+                    self.answer_left_tells()
                     return
                 self._handle_envelope(envelope)
 

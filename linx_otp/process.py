@@ -307,18 +307,39 @@ class Session(Actor):
     def terminate(self, reason: Any) -> None:
         """The graceful reap: the workload never outlives its session (README, "Using it")."""
         self._stopping = True
-        if not self._connection.finished.is_set():  # when it is, the agent is reaped: DOWN means gone
-            if self._result is None:
-                self._connection.send(protocol.encode_command(protocol.CMD_STOP))
-            # a supervisor's stop outright of a workload that has not ended (after its end, the
-            # agent is only exiting)
-            timeout = KILL_TIMEOUT if reason == "shutdown" and self._result is None else STOP_TIMEOUT
-            if not self._connection.finished.wait(timeout):
-                log.error("agent %d did not reap its workload in %s s; killing it", self._connection.pid, timeout)
-                self._connection.kill()
-                self._connection.finished.wait(STOP_TIMEOUT)
-        self._drain_events()
-        self._answer_queued_waits()
+        try:
+            self._end_agent(reason)
+        except BaseException:
+            # Interrupted (Ctrl-C in the thread that stops this session: stop_in_caller): no
+            # agent outlives its session, and its end, drained below, is the owner's outcome.
+            self._connection.kill()
+            self._connection.finished.wait(KILL_TIMEOUT)
+            raise
+        finally:
+            self._drain_events()
+            self.answer_left_tells()
+
+    def _end_agent(self, reason: Any) -> None:
+        """Have the agent end the workload (if it has not ended) and wait for the agent's exit."""
+        if self._connection.finished.is_set():  # the agent is reaped: DOWN means gone
+            return
+        if self._result is None:
+            self._connection.send(protocol.encode_command(protocol.CMD_STOP))
+        # a supervisor's stop outright of a workload that has not ended (after its end, the
+        # agent is only exiting)
+        timeout = KILL_TIMEOUT if reason == "shutdown" and self._result is None else STOP_TIMEOUT
+        if not self._connection.finished.wait(timeout):
+            log.error("agent %d did not reap its workload in %s s; killing it", self._connection.pid, timeout)
+            self._connection.kill()
+            self._connection.finished.wait(STOP_TIMEOUT)
+
+    def answer_left_tells(self) -> None:
+        """The session has stopped: every ``Wait`` still queued (told, not asked, so pykka's
+        teardown would drop it) gets the outcome, and every waiter without one fails with
+        ``no_process``. Run by ``terminate``, and again by this actor's thread for a ``Wait``
+        it took while a caller's thread stopped the session."""
+        for message in self.take_queued_tells(lambda message: isinstance(message, Wait)):
+            self._add_waiter(message.waiter)
         with self._owner_lock:
             waiters, self._waiters = self._waiters, []
         for waiter in waiters:
@@ -343,12 +364,6 @@ class Session(Actor):
                 raise
             # The agent is gone: its outcome, or its exit, is queued for this actor and ends the
             # session with "shutdown" (not with this error, as a crash for the supervisor).
-
-    def _answer_queued_waits(self) -> None:
-        """``Wait`` is told, not asked, so pykka's teardown would never answer one queued
-        behind the stop: answer those here (the teardown answers asks, and a second stop)."""
-        for message in self.take_queued_tells(lambda message: isinstance(message, Wait)):
-            self._add_waiter(message.waiter)
 
     # -- events from the agent -----------------------------------------------------------
 

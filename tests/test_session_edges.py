@@ -361,3 +361,73 @@ def test_stopping_an_idle_session_is_done_in_the_callers_thread_and_leaves_nothi
         assert not thread.is_alive()
     assert not process_alive(workload)
     assert box.receive(("linx_process", "signaled"), timeout=0) == ("linx_process", "signaled", signal.SIGKILL)
+
+
+def test_a_wait_told_while_a_caller_stops_the_session_is_answered(box, monkeypatch):
+    """A ``Wait`` told just as ``stop()`` begins in the caller's thread (it passes pykka's
+    alive check before the stop marks the session stopped, so the session's own thread takes
+    it and waits for its turn) is answered, not dropped with pykka's teardown, which answers
+    only asks. The window is widened by a slow registry removal, the stop's first step."""
+    import pykka
+
+    session = P.spawn(argv=["sleep", "1000"], auto_proceed=True, owner=box)
+    box.receive(("linx_process", "running"), timeout=TIMEOUT)
+    unregister, in_window = pykka.ActorRegistry.unregister, threading.Event()
+
+    def slow_unregister(ref):
+        in_window.set()
+        time.sleep(0.3)
+        unregister(ref)
+
+    monkeypatch.setattr(pykka.ActorRegistry, "unregister", slow_unregister)
+    answers: list = []
+
+    def wait_for_it() -> None:
+        in_window.wait(TIMEOUT)
+        try:
+            answers.append(P.wait(session))
+        except LinxError as error:
+            answers.append(error.reason)
+
+    waiter = threading.Thread(target=wait_for_it)
+    waiter.start()
+    assert session.stop() is True
+    waiter.join(TIMEOUT)
+    assert not waiter.is_alive(), "the Wait was dropped: wait() blocks forever"
+    assert answers in ([("signaled", signal.SIGKILL)], ["no_process"])
+
+
+class Interrupted(BaseException):
+    """What Ctrl-C is to the thread it lands in."""
+
+
+def test_an_interrupted_stop_kills_the_agent_and_still_ends_the_session(box):
+    """Ctrl-C in the thread that stops a session (the stop runs there) while the agent is slow
+    to end the workload: the interruption reaches the caller, and the session still ends
+    whole: the agent is killed and reaped, the owner gets one terminal event, a waiter its
+    answer, and the session's thread ends."""
+    session = P.spawn(argv=["sleep", "1000"], auto_proceed=True, owner=box)
+    box.receive(("linx_process", "running"), timeout=TIMEOUT)
+    actor, thread, workload = actor_of(session), session_thread(session), P.host_pid(session)
+    waiter: concurrent.futures.Future = concurrent.futures.Future()
+    session.tell(P.Wait(waiter))
+    P.info(session)  # handled after the Wait: the session is idle again
+    os.kill(actor._connection.pid, signal.SIGSTOP)  # slow to act on the stop
+
+    def interrupt(signum, frame):
+        raise Interrupted
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        with pytest.raises(Interrupted):
+            session.stop()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert actor._connection.finished.wait(TIMEOUT), "the agent is killed and reaped"
+    assert wait_until(lambda: not process_alive(workload), TIMEOUT)
+    assert box.receive(("linx_process", "error"), timeout=TIMEOUT)[3] == "agent_died"
+    assert waiter.result(TIMEOUT)[2] == "agent_died"
+    thread.join(TIMEOUT)
+    assert not thread.is_alive() and not session.is_alive()
