@@ -182,6 +182,9 @@ class ScaleRun(Run):
     threads: int
     fds: int
     signal_cpu_ms: float
+    stop_returned_s: float
+    """Part of ``stop_s``: until the last ``stop()`` returned (an idle session is stopped in
+    the caller's thread; its own thread ends after)."""
 
 
 def cpu_seconds() -> float:
@@ -215,8 +218,16 @@ def scale_run(count: int) -> ScaleRun:
     signal_s, cpu_signaled = time.perf_counter() - signalled_at, cpu_seconds()
     stopping_at = time.perf_counter()
     # newest first, as a supervisor stops its children (pykka's registry made that order quadratic)
-    for stopping in [session.stop(block=False) for session in reversed(sessions)]:
-        stopping.get(timeout=60)
+    for session in reversed(sessions):
+        session.stop()
+    stop_returned_s = time.perf_counter() - stopping_at
+    deadline = time.monotonic() + 60
+    while threading.active_count() > threads_before:  # a session stopped in the caller's thread ends its own later
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"{threading.active_count() - threads_before} session threads outlived their stop by 60 s"
+            )
+        time.sleep(0.001)
     stop_s = time.perf_counter() - stopping_at
     box.flush()
     return ScaleRun(
@@ -229,6 +240,7 @@ def scale_run(count: int) -> ScaleRun:
         stop_s=stop_s,
         start_cpu_ms=(cpu_running - cpu_before) / count * 1000,
         signal_cpu_ms=(cpu_signaled - cpu_running) / count * 1000,
+        stop_returned_s=stop_returned_s,
     )
 
 
@@ -328,7 +340,8 @@ def scaling(sizes: list[int], rounds: int) -> list[str]:
 
     lines = [
         "| live sessions | all `running` | per session | Python RSS growth | threads | fds "
-        "| SIGTERM → all `signaled` | per session | stop all, newest first | CPU per session: start / signal |",
+        "| SIGTERM → all `signaled` | per session | stop all, newest first (to the last `stop()`) "
+        "| CPU per session: start / signal |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for size in sizes:
@@ -338,7 +351,7 @@ def scaling(sizes: list[int], rounds: int) -> list[str]:
             f"| {median(size, lambda r: r.rss_mib):.0f} MiB | +{median(size, lambda r: r.threads):.0f} "
             f"| +{median(size, lambda r: r.fds):.0f} | {median(size, lambda r: r.signal_s):.2f} s "
             f"| {median(size, lambda r: r.per_session_ms(r.signal_s)):.3f} ms "
-            f"| {median(size, lambda r: r.stop_s):.2f} s "
+            f"| {median(size, lambda r: r.stop_s):.2f} s ({median(size, lambda r: r.stop_returned_s):.2f} s) "
             f"| {median(size, lambda r: r.start_cpu_ms):.2f} / {median(size, lambda r: r.signal_cpu_ms):.2f} ms |"
         )
     small, large = min(sizes), max(sizes)
