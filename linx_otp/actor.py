@@ -474,8 +474,6 @@ class Actor(pykka.ThreadingActor):
                 return self.shutdown_requested()
             case _Exit(reason):
                 return self.exit(reason)
-            case _Wake():
-                return None
         try:
             return super()._handle_receive(message)
         except SystemExit as error:

@@ -426,9 +426,9 @@ class EventDecoder:
     def feed(self, data: bytes | memoryview) -> list[Event]:
         """The events completed by ``data``; nothing refers to ``data`` afterwards. Output
         frames of one stream that follow each other in ``data`` come out as one event (up to
-        ``OUTPUT_CHUNK`` bytes, as one frame): output is a byte stream, whose chunks mean nothing, and
-        a workload writing 8 KiB at a time would otherwise cost the owner an event per 8 KiB
-        (benchmarks/capture.py)."""
+        ``OUTPUT_CHUNK`` bytes, as one frame): output is a byte stream, whose chunks mean
+        nothing, and a workload writing a line at a time, which the agent relays as it comes,
+        would otherwise cost an owner that lags behind an event per line."""
         events: list[Event] = []
         view = memoryview(data)
         if self._partial:
@@ -443,20 +443,15 @@ class EventDecoder:
             if end > size:
                 break
             kind = view[start] if length else 0
-            if kind in _DATA_EVENTS and (kind == stream or not pieces) and merged + length - 1 <= OUTPUT_CHUNK:
+            if pieces and (kind != stream or merged + length - 1 > OUTPUT_CHUNK):
+                events.append((_DATA_EVENTS[stream], b"".join(pieces)))
+                pieces, merged = [], 0
+            if kind in _DATA_EVENTS:
                 stream = kind
                 pieces.append(view[start + 1 : end])
                 merged += length - 1
             else:
-                if pieces:
-                    events.append((_DATA_EVENTS[stream], b"".join(pieces)))
-                    pieces, merged = [], 0
-                if kind in _DATA_EVENTS:  # a run of another stream, or past the size, starts here
-                    stream = kind
-                    pieces.append(view[start + 1 : end])
-                    merged = length - 1
-                else:
-                    events.append(decode_event(view[start:end]))
+                events.append(decode_event(view[start:end]))
             position = end
         if pieces:
             events.append((_DATA_EVENTS[stream], b"".join(pieces)))
