@@ -169,15 +169,17 @@ class Signal:
 
 @dataclass(frozen=True)
 class Wait:
-    """Tell: set ``waiter``'s result to the outcome once there is one (``wait``). Told, not
-    asked, so that a timeout leaves nothing blocked in the session."""
+    """Tell: set ``waiter``'s result to the outcome once there is one. Told, not asked, so
+    that a timeout leaves nothing blocked in the session. ``wait`` itself registers its waiter
+    directly (``Session.add_waiter``): a message told as the session stops can arrive after
+    pykka's teardown and never be answered."""
 
     waiter: concurrent.futures.Future
 
 
 @dataclass(frozen=True)
 class CancelWait:
-    """Ask: forget ``waiter``; answers the outcome if there is one already (``wait``'s timeout)."""
+    """Ask: forget ``waiter``; answers the outcome if there is one already (``Session.cancel_wait``)."""
 
     waiter: concurrent.futures.Future
 
@@ -239,6 +241,8 @@ class Session(Actor):
         self._setup_failure: Outcome | None = None
         self._setup_release: Any = None
         self._waiters: list[concurrent.futures.Future] = []
+        self._waiters_closed = False
+        """The session has stopped (``answer_left_tells``): no waiter is added any more."""
         self._result: Outcome | None = None
         self._stopping = False
         """The session is ending: ``terminate`` has begun, or ``_finish`` has asked for the exit.
@@ -285,9 +289,9 @@ class Session(Actor):
             case Signal(signum):
                 self._signal(signum)
             case Wait(waiter):
-                self._add_waiter(waiter)
+                self.add_waiter(waiter)
             case CancelWait(waiter):
-                return self._cancel_wait(waiter)
+                return self.cancel_wait(waiter)
             case GetHostPid():
                 return self._get_host_pid()
             case GetInfo():
@@ -339,8 +343,9 @@ class Session(Actor):
         ``no_process``. Run by ``terminate``, and again by this actor's thread for a ``Wait``
         it took while a caller's thread stopped the session."""
         for message in self.take_queued_tells(lambda message: isinstance(message, Wait)):
-            self._add_waiter(message.waiter)
+            self.add_waiter(message.waiter)
         with self._owner_lock:
+            self._waiters_closed = True
             waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             waiter.set_exception(LinxError("no_process", "the session stopped"))
@@ -650,15 +655,22 @@ class Session(Actor):
             live = self._running and self._result is None and not self._stopping
         return live and self.idle() and self._connection.send(protocol.encode_signal(signum))
 
-    def _add_waiter(self, waiter: concurrent.futures.Future) -> None:
+    def add_waiter(self, waiter: concurrent.futures.Future) -> None:
+        """Have ``waiter`` get the outcome, at once if there is one; from any thread (``wait``
+        calls it directly: a message could reach the session after it has stopped, and never
+        be answered). Once the session has stopped, a waiter without an outcome fails with
+        ``no_process``."""
         with self._owner_lock:  # the I/O thread may be recording the outcome (_take_end_directly)
-            outcome = self._result
-            if outcome is None:
+            outcome, closed = self._result, self._waiters_closed
+            if outcome is None and not closed:
                 self._waiters.append(waiter)
         if outcome is not None:
             waiter.set_result(outcome)
+        elif closed:
+            waiter.set_exception(LinxError("no_process", "the session stopped"))
 
-    def _cancel_wait(self, waiter: concurrent.futures.Future) -> Outcome | None:
+    def cancel_wait(self, waiter: concurrent.futures.Future) -> Outcome | None:
+        """Forget ``waiter``; the outcome if there is one (``wait``'s timeout)."""
         with self._owner_lock:
             if waiter in self._waiters:
                 self._waiters.remove(waiter)
@@ -885,15 +897,15 @@ def wait(session: SessionRef, timeout: float | None = None) -> Outcome:
     live after ``timeout`` seconds (the session is unaffected), ``LinxValueError`` for a
     timeout that is not None or finite seconds >= 0."""
     timeout = check_timeout(timeout)
+    actor = actor_of(session)
+    if not isinstance(actor, Session) or not session.is_alive():
+        raise LinxError("no_process", "the session is gone (wait)")
     waiter: concurrent.futures.Future = concurrent.futures.Future()
-    try:
-        session.tell(Wait(waiter))
-    except pykka.ActorDeadError:
-        raise LinxError("no_process", "the session is gone (wait)") from None
+    actor.add_waiter(waiter)
     try:
         return waiter.result(timeout)
     except concurrent.futures.TimeoutError:
-        outcome = _ask(session, CancelWait(waiter))  # also catches an end that raced the timeout
+        outcome = actor.cancel_wait(waiter)  # also catches an end that raced the timeout
         if outcome is not None:
             return outcome
         raise TimeoutError(f"the workload is still live after {timeout} s") from None

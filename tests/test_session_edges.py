@@ -431,3 +431,39 @@ def test_an_interrupted_stop_kills_the_agent_and_still_ends_the_session(box):
     assert waiter.result(TIMEOUT)[2] == "agent_died"
     thread.join(TIMEOUT)
     assert not thread.is_alive() and not session.is_alive()
+
+
+def test_a_wait_racing_a_stop_from_another_thread_always_returns(box):
+    """``wait()`` called over and over from four threads while another stops the session: every
+    call returns, with the outcome or ``no_process``, never left blocked. A ``Wait`` told as
+    the session stopped could pass pykka's alive check and land after the teardown, which never
+    answered it (8 to 23 of 300 rounds at this switch interval); ``wait`` now registers its
+    waiter with the session directly."""
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    try:
+        for _ in range(300):
+            session = P.spawn(argv=["/bin/true"], auto_proceed=True, owner=box)
+            box.receive(("linx_process", "exited"), timeout=TIMEOUT)
+            box.flush()
+            answers: list[list] = [[] for _ in range(4)]
+
+            def wait_until_gone(answers: list, session=session) -> None:
+                while True:
+                    try:
+                        answers.append(P.wait(session))
+                    except LinxError as error:
+                        answers.append(error.reason)
+                        return
+
+            waiters = [threading.Thread(target=wait_until_gone, args=(each,)) for each in answers]
+            for waiter in waiters:
+                waiter.start()
+            session.stop()
+            for waiter in waiters:
+                waiter.join(TIMEOUT)
+                assert not waiter.is_alive(), "a wait() racing the stop never returned"
+            for each in answers:
+                assert each[-1] == "no_process" and set(each[:-1]) <= {("exited", 0)}
+    finally:
+        sys.setswitchinterval(interval)
