@@ -33,6 +33,7 @@ CMD_WINSIZE = 0x06
 CMD_STOP = 0x07
 CMD_CREDIT = 0x08
 CMD_OUTPUT_MODE = 0x09
+CMD_RELAY = 0x0A
 
 EVT_SPAWNED = 0x81
 EVT_READY = 0x82
@@ -83,6 +84,9 @@ STDIO_INHERIT = 0
 STDIO_DEVNULL = 1
 STDIO_CONNECT_UNIX = 2
 STDIO_CAPTURE = 3
+STDIO_CAPTURE_HELD = 4
+"""A capture pipe this process made and reads itself (``held_output``); its two ends travel with
+the request, and the agent relays it only once told ``relay``."""
 
 ORPHAN_KILL = 0
 ORPHAN_LINGER = 1
@@ -292,7 +296,7 @@ def encode_request(request: Request) -> bytes:
 
 def encode_command(command_type: int, body: bytes = b"") -> bytes:
     """A command frame: ``proceed``, ``abort``, ``stop``, ``signal``, ``pty_in``, ``winsize``,
-    ``credit``, ``output_mode``."""
+    ``credit``, ``output_mode``, ``relay``."""
     return frame(bytes((command_type,)) + body)
 
 
@@ -303,6 +307,12 @@ def encode_credit(nbytes: int) -> bytes:
 
 def encode_output_mode(mode: int) -> bytes:
     return encode_command(CMD_OUTPUT_MODE, bytes((mode,)))
+
+
+def encode_relay(stream: int) -> bytes:
+    """Have the agent relay held capture pipe ``stream`` (``OUTPUT_STREAM_STDOUT`` or ``_STDERR``)
+    from now on: this process has stopped reading it."""
+    return encode_command(CMD_RELAY, bytes((stream,)))
 
 
 def encode_signal(signum: int) -> bytes:

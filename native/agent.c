@@ -136,10 +136,42 @@ static void prepare_process(void)
 
 /* ---- step 2: the request --------------------------------------------------------------- */
 
+/* The held capture pipes came with the request (SCM_RIGHTS): for stdout, then stderr, each that
+ * is held, its read end and its write end. Anything else is a malformed request; ends that are
+ * not the two ends of one pipe fail the `capture` stage. */
+static void take_held_pipes(const int *fds, size_t count)
+{
+    size_t next = 0;
+    for (int fd = 1; fd <= 2; fd++) {
+        if (agent.request.stdio[fd].kind != STDIO_CAPTURE_HELD)
+            continue;
+        if (next + 2 > count)
+            fail(EINVAL, "malformed_request", EXIT_MALFORMED);
+        int read_end = fds[next++], write_end = fds[next++];
+        struct stat read_status, write_status;
+        if (fstat(read_end, &read_status) < 0 || fstat(write_end, &write_status) < 0)
+            fail(errno, "capture", EXIT_INFRASTRUCTURE);
+        int read_flags = fcntl(read_end, F_GETFL), write_flags = fcntl(write_end, F_GETFL);
+        if (!S_ISFIFO(read_status.st_mode) || read_status.st_ino != write_status.st_ino ||
+            read_status.st_dev != write_status.st_dev || read_flags < 0 || write_flags < 0 ||
+            (read_flags & O_ACCMODE) != O_RDONLY || (write_flags & O_ACCMODE) != O_WRONLY)
+            fail(EINVAL, "capture", EXIT_INFRASTRUCTURE);
+        if (fcntl(read_end, F_SETFL, read_flags | O_NONBLOCK) < 0)
+            fail(errno, "capture", EXIT_INFRASTRUCTURE);
+        agent.capture_fds[fd] = read_end;
+        agent.stdio_fds[fd] = write_end;
+        agent.held[fd] = true;
+    }
+    if (next != count)
+        fail(EINVAL, "malformed_request", EXIT_MALFORMED);
+}
+
 static void read_request(void)
 {
     size_t length = 0;
-    switch (read_frame(CONTROL_FD, request_buffer, sizeof request_buffer, &length)) {
+    int fds[FRAME_FDS_MAX];
+    size_t fd_count = FRAME_FDS_MAX;
+    switch (read_frame(CONTROL_FD, request_buffer, sizeof request_buffer, &length, fds, &fd_count)) {
     case FRAME_OK:
         break;
     case FRAME_EOF:
@@ -155,6 +187,7 @@ static void read_request(void)
     }
     if (parse_request(request_buffer, length, &agent.request) < 0)
         fail(EINVAL, "malformed_request", EXIT_MALFORMED);
+    take_held_pipes(fds, fd_count);
     agent.output.size = agent.request.output_window;
     agent.output.mode = agent.request.output_mode;
 }
@@ -385,7 +418,7 @@ enum command_result { COMMAND_OK, COMMAND_HANGUP };
 static enum command_result read_command(struct command *command)
 {
     size_t length = 0;
-    switch (read_frame(CONTROL_FD, command_buffer, sizeof command_buffer, &length)) {
+    switch (read_frame(CONTROL_FD, command_buffer, sizeof command_buffer, &length, NULL, NULL)) {
     case FRAME_OK:
         break;
     case FRAME_EOF:
@@ -421,6 +454,10 @@ static enum command_result read_command(struct command *command)
         break;
     case CMD_OUTPUT_MODE:
         well_formed = command->size == 1 && command->body[0] <= OUTPUT_DROP;
+        break;
+    case CMD_RELAY:
+        well_formed = command->size == 1 && (command->body[0] == OUTPUT_STREAM_STDOUT ||
+                                             command->body[0] == OUTPUT_STREAM_STDERR);
         break;
     default:
         well_formed = false;
@@ -461,6 +498,13 @@ static void apply_credit(const struct command *command)
     agent.output.in_flight -= taken < agent.output.in_flight ? taken : agent.output.in_flight;
 }
 
+/* Every held pipe is the agent's to relay from now on (or drop): the Python side has stopped
+ * reading them, or will never read again. */
+static void relay_held_pipes(void)
+{
+    memset(agent.held, 0, sizeof agent.held);
+}
+
 /* The flow-control commands, valid in every phase; any other command is ignored here. */
 static void apply_output_command(const struct command *command)
 {
@@ -468,6 +512,8 @@ static void apply_output_command(const struct command *command)
         apply_credit(command);
     else if (command->type == CMD_OUTPUT_MODE)
         agent.output.mode = command->body[0];
+    else if (command->type == CMD_RELAY)
+        agent.held[command->body[0]] = false; /* not held, or relayed already: nothing changes */
 }
 
 /* ---- step 6: ready ---------------------------------------------------------------------- */
@@ -650,7 +696,8 @@ static void report_dropped(struct output_stream *stream)
  * workload that outpaces its owner blocks in write(2); drop mode always. */
 static bool may_read(const struct output_stream *stream)
 {
-    return stream->readable && stream->left > 0 && (window_room() > 0 || agent.output.mode == OUTPUT_DROP);
+    return stream->readable && !agent.held[stream->id] && stream->left > 0 &&
+           (window_room() > 0 || agent.output.mode == OUTPUT_DROP);
 }
 
 static size_t read_size(const struct output_stream *stream, bool dropping)
@@ -736,8 +783,8 @@ static void relay_streams(struct supervision *supervision, bool workload_gone)
 static void measure_leftover(struct output_stream *stream)
 {
     int queued = 0;
-    if (!stream->readable || stream->id == OUTPUT_STREAM_PTY)
-        return;
+    if (!stream->readable || stream->id == OUTPUT_STREAM_PTY || agent.held[stream->id])
+        return; /* a held pipe is drained by the Python side at the terminal event */
     if (ioctl(stream->fd, FIONREAD, &queued) < 0) {
         fprintf(stderr, "linx-agent: FIONREAD: %s\n", strerror(errno));
         return; /* read it until EAGAIN instead */
@@ -748,7 +795,7 @@ static void measure_leftover(struct output_stream *stream)
 static bool streams_drained(const struct supervision *supervision)
 {
     for (int index = 0; index < STREAM_COUNT; index++)
-        if (supervision->streams[index].readable && supervision->streams[index].left > 0)
+        if (supervision->streams[index].readable && !agent.held[index] && supervision->streams[index].left > 0)
             return false;
     return true;
 }
@@ -811,6 +858,7 @@ static void orphan(struct supervision *supervision)
 {
     agent.control_open = false;
     agent.output.mode = OUTPUT_DROP;
+    relay_held_pipes();
     if (agent.request.orphan_policy == ORPHAN_LINGER)
         return;
     if (signal_child(SIGTERM) < 0 && errno != ESRCH)
@@ -852,6 +900,7 @@ static void handle_running_command(struct supervision *supervision)
     case CMD_STOP:
         kill_workload(supervision);
         agent.output.mode = OUTPUT_DROP; /* the reap never waits for an owner to take output */
+        relay_held_pipes();
         break;
     default:
         apply_output_command(&command); /* proceed or abort after running: nothing to do */

@@ -91,6 +91,8 @@ struct agent {
     struct request request;
     int stdio_fds[3];       /* prepared host-side: devnull, connected sockets, capture pipes' write ends; -1 inherit */
     int capture_fds[3];     /* the read ends of capture pipes (1 and 2 only); -1 none */
+    bool held[3];           /* a held capture pipe (stdio kind 4): the Python side reads it, the agent
+                             * only once told `relay` (or once nobody else will: hangup, stop) */
     int pty_master;
     int pty_slave;
     int report_pipe[2];     /* child -> agent */

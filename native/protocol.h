@@ -23,6 +23,7 @@
 #define CMD_STOP 0x07
 #define CMD_CREDIT 0x08
 #define CMD_OUTPUT_MODE 0x09
+#define CMD_RELAY 0x0a
 
 /* agent -> Python */
 #define EVT_SPAWNED 0x81
@@ -74,6 +75,7 @@
 #define STDIO_DEVNULL 1
 #define STDIO_CONNECT_UNIX 2
 #define STDIO_CAPTURE 3
+#define STDIO_CAPTURE_HELD 4
 
 #define ORPHAN_KILL 0
 #define ORPHAN_LINGER 1

@@ -51,6 +51,7 @@ static int parse_stdio(const struct field *field, struct request *request)
         directive->path = as_string(field->value + 2, field->size - 2);
         return directive->path ? 0 : -1;
     case STDIO_CAPTURE:
+    case STDIO_CAPTURE_HELD:
         return field->size == 2 && field->value[0] != 0 ? 0 : -1; /* stdout or stderr only */
     default:
         return -1;

@@ -63,10 +63,57 @@ ssize_t write_fully(int fd, const void *buffer, size_t size)
     return (ssize_t)done;
 }
 
-enum frame_result read_frame(int fd, uint8_t *buffer, size_t ceiling, size_t *length)
+/* Reads the frame header with recvmsg, taking the fds that came with it (SCM_RIGHTS, close-on-exec)
+ * into fds (capacity *fd_count; on return, how many came). More than fit is an error (EMSGSIZE),
+ * with none kept. */
+static ssize_t read_header_with_fds(int fd, uint8_t *header, size_t size, int *fds, size_t *fd_count)
+{
+    union {
+        struct cmsghdr align;
+        char space[CMSG_SPACE(sizeof(int) * FRAME_FDS_MAX)];
+    } control;
+    struct iovec part = {.iov_base = header, .iov_len = size};
+    struct msghdr message = {.msg_iov = &part, .msg_iovlen = 1, .msg_control = control.space,
+                             .msg_controllen = CMSG_SPACE(sizeof(int) * *fd_count)};
+    ssize_t got;
+    do
+        got = recvmsg(fd, &message, MSG_WAITALL | MSG_CMSG_CLOEXEC);
+    while (got < 0 && errno == EINTR);
+    size_t capacity = *fd_count;
+    *fd_count = 0;
+    if (got < 0)
+        return -1;
+    for (struct cmsghdr *part_header = CMSG_FIRSTHDR(&message); part_header != NULL;
+         part_header = CMSG_NXTHDR(&message, part_header)) {
+        if (part_header->cmsg_level != SOL_SOCKET || part_header->cmsg_type != SCM_RIGHTS)
+            continue;
+        size_t count = (part_header->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (size_t index = 0; index < count; index++) {
+            int received;
+            memcpy(&received, CMSG_DATA(part_header) + index * sizeof(int), sizeof received);
+            if (*fd_count < capacity)
+                fds[(*fd_count)++] = received;
+            else
+                close(received);
+        }
+    }
+    if (message.msg_flags & MSG_CTRUNC || (size_t)got < size) {
+        for (size_t index = 0; index < *fd_count; index++)
+            close(fds[index]);
+        *fd_count = 0;
+        if (message.msg_flags & MSG_CTRUNC) {
+            errno = EMSGSIZE;
+            return -1;
+        }
+    }
+    return got;
+}
+
+enum frame_result read_frame(int fd, uint8_t *buffer, size_t ceiling, size_t *length, int *fds, size_t *fd_count)
 {
     uint8_t header[FRAME_HEADER_SIZE];
-    ssize_t got = read_fully(fd, header, sizeof header);
+    ssize_t got = fds ? read_header_with_fds(fd, header, sizeof header, fds, fd_count)
+                      : read_fully(fd, header, sizeof header);
     if (got < 0)
         return FRAME_FAILED;
     if (got == 0)

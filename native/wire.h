@@ -17,8 +17,12 @@ enum frame_result {
     FRAME_FAILED,     /* a read error; errno says which */
 };
 
-/* Reads one frame from fd into buffer (capacity `ceiling`); its length goes to *length. */
-enum frame_result read_frame(int fd, uint8_t *buffer, size_t ceiling, size_t *length);
+/* Reads one frame from fd into buffer (capacity `ceiling`); its length goes to *length. With
+ * `fds`, the fds that came with the frame (SCM_RIGHTS) are taken too, close-on-exec: at most
+ * *fd_count (FRAME_FDS_MAX at most), and *fd_count says how many came; more is FRAME_FAILED
+ * (EMSGSIZE), with none kept. Without, the kernel closes any that came. */
+#define FRAME_FDS_MAX 4
+enum frame_result read_frame(int fd, uint8_t *buffer, size_t ceiling, size_t *length, int *fds, size_t *fd_count);
 
 /* Reads exactly `size` bytes unless end-of-file comes first. Returns the bytes read, or -1. */
 ssize_t read_fully(int fd, void *buffer, size_t size);

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import array
 import os
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from linx_otp import protocol
@@ -18,9 +20,10 @@ class AgentRun:
     killed_by_signal: bool
 
 
-def run_agent(data: bytes, *, close_after: bool = True, timeout: float = 5.0) -> AgentRun:
-    """Start an agent, send ``data`` (then end-of-file unless ``close_after`` is False), and
-    read every event until the agent exits. A hang raises ``TimeoutError``."""
+def run_agent(data: bytes, *, close_after: bool = True, timeout: float = 5.0, fds: Sequence[int] = ()) -> AgentRun:
+    """Start an agent, send ``data`` (then end-of-file unless ``close_after`` is False), with
+    ``fds`` along with its first bytes (SCM_RIGHTS), and read every event until the agent
+    exits. A hang raises ``TimeoutError``."""
     ours, theirs = socket.socketpair()
     pid = os.posix_spawn(agent_path(), ["linx-agent"], {}, file_actions=[(os.POSIX_SPAWN_DUP2, theirs.fileno(), 3)])
     theirs.close()
@@ -29,6 +32,9 @@ def run_agent(data: bytes, *, close_after: bool = True, timeout: float = 5.0) ->
     events: list[tuple] = []
     try:
         try:
+            if fds:
+                sent = ours.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+                data = data[sent:]
             ours.sendall(data)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the agent gave up on the frame early, as it should for oversized ones
