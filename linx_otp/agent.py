@@ -24,12 +24,13 @@ every event after it, queue up as usual, so events are handed on in the order th
 
 from __future__ import annotations
 
+import array
 import os
 import signal
 import socket
 import stat
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import protocol, spawn_server
@@ -81,11 +82,18 @@ EXIT_STATUS_UNKNOWN = 255
 """The ``agent_exit`` status of an agent whose status another ``wait()`` in this process took."""
 
 
-def _send_now(sock: socket.socket, data: bytes) -> int:
-    """Sends what the socket takes without waiting; the bytes sent."""
+def _send_now(sock: socket.socket, data: bytes, fds: Sequence[int] = ()) -> int:
+    """Sends what the socket takes without waiting, ``fds`` with its first byte (SCM_RIGHTS);
+    the bytes sent."""
     try:
+        if fds:
+            return sock.sendmsg(
+                [data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))], socket.MSG_DONTWAIT
+            )
         return sock.send(data, socket.MSG_DONTWAIT)
     except BlockingIOError:
+        if fds:
+            raise  # a fresh socket takes at least the first bytes: this is not a full buffer
         return 0
 
 
@@ -102,6 +110,12 @@ _live_agents = 0
 _live_agents_lock = threading.Lock()
 
 
+def many_live_agents() -> bool:
+    """Whether this process holds ``SPAWN_SERVER_FROM`` live agent sockets or more: then a session
+    holds no fd but its socket (held capture pipes are not made: ``process``)."""
+    return _live_agents >= SPAWN_SERVER_FROM
+
+
 def _count_live_agents(change: int) -> None:
     """Count an agent socket opened (+1) or closed (-1): the fds a spawn would copy, cheaply."""
     global _live_agents
@@ -109,9 +123,11 @@ def _count_live_agents(change: int) -> None:
         _live_agents += change
 
 
-def _start_agent_process(path: str, request_frame: bytes, may_ask_server: bool) -> tuple[socket.socket, int, bytes]:
+def _start_agent_process(
+    path: str, request_frame: bytes, may_ask_server: bool, fds: Sequence[int] = ()
+) -> tuple[socket.socket, int, bytes]:
     """Start an agent on a new socket pair: our end, its pid, and what of ``request_frame`` is
-    still to be sent. Forked by the spawn server once this process holds many fds and the
+    still to be sent; ``fds`` go with the request (held capture pipes: PROTOCOL.md). Forked by the spawn server once this process holds many fds and the
     server can serve this thread, posix_spawned otherwise. As much of the request as the
     socket takes is in it before the agent starts, so the agent reads it at once instead of
     sleeping until this thread has sent it (README, "The full cycle, and a spawn server that
@@ -123,9 +139,9 @@ def _start_agent_process(path: str, request_frame: bytes, may_ask_server: bool) 
     step = "setsockopt"
     try:
         theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
-        unsent = request_frame[_send_now(ours, request_frame) :]
+        unsent = request_frame[_send_now(ours, request_frame, fds) :]
         pid = None
-        if may_ask_server and _live_agents >= SPAWN_SERVER_FROM:
+        if may_ask_server and many_live_agents():
             step = "the spawn server's fork"
             pid = spawn_server.start_agent(theirs, path)
         if pid is None:
@@ -195,18 +211,19 @@ class AgentConnection:
         """Set once the agent has exited and everything it sent has been queued."""
 
     @classmethod
-    def start(cls, request_frame: bytes, proceed_on_ready: bool = False) -> AgentConnection:
-        """Start an agent and hand it the request. With ``proceed_on_ready`` (auto_proceed)
-        the I/O thread proceeds at ``ready`` itself, sparing a detour through the session."""
+    def start(cls, request_frame: bytes, proceed_on_ready: bool = False, fds: Sequence[int] = ()) -> AgentConnection:
+        """Start an agent and hand it the request, with ``fds`` (the agent has its own copies
+        once this returns). With ``proceed_on_ready`` (auto_proceed) the I/O thread proceeds at
+        ``ready`` itself, sparing a detour through the session."""
         path = agent_path()
         try:
             reactor()  # its first use makes its epoll fd and thread: before any agent exists
         except OSError as error:
             raise spawn_failed(error, "epoll") from error
         try:
-            ours, pid, unsent = _start_agent_process(path, request_frame, may_ask_server=True)
+            ours, pid, unsent = _start_agent_process(path, request_frame, may_ask_server=True, fds=fds)
         except spawn_server.ServerLost:  # its request may sit in a half-made agent: a fresh pair, directly
-            ours, pid, unsent = _start_agent_process(path, request_frame, may_ask_server=False)
+            ours, pid, unsent = _start_agent_process(path, request_frame, may_ask_server=False, fds=fds)
         connection = cls(ours, pid, proceed_on_ready)
         if unsent:
             connection.send(unsent)

@@ -30,6 +30,9 @@ CREDIT_BATCH_FRACTION = 4
 """Credit goes back to the agent once a quarter of the window has been taken: never one frame
 per event, and never so late that the agent waits while the owner has taken everything."""
 
+EVENT_TAG = "linx_process"
+"""The first element of every event a session sends its owner."""
+
 OUTPUT_CREDIT_POLICIES = ("on_tell", "explicit")
 """How an owner that is neither a ``Mailbox`` nor an actor returns credit, read from its
 ``output_credit`` attribute: ``"on_tell"`` (the default) when ``tell`` returns, ``"explicit"``
@@ -130,4 +133,4 @@ def consumed(event: Any) -> None:
             window._give_back(epoch, nbytes)
 
 
-__all__ = ["OUTPUT_CREDIT_POLICIES", "OutputEvent", "OutputWindow", "consumed"]
+__all__ = ["EVENT_TAG", "OUTPUT_CREDIT_POLICIES", "OutputEvent", "OutputWindow", "consumed"]

@@ -1,10 +1,16 @@
 """Mailboxes: where lifecycle events land when the owner is not an actor.
 
 ``receive`` and ``flush`` work on the calling thread's own mailbox, like ``receive`` and
-``flush()`` in iex; ``Mailbox()`` is an explicit one to pass as ``owner``. A mailbox only
-queues and matches messages: it never starts a thread and never drops a message. Handing out
+``flush()`` in iex; ``Mailbox()`` is an explicit one to pass as ``owner``. A mailbox queues
+and matches messages: it never starts a thread and never drops a message. Handing out
 a session's output event gives its window back (``flow.consumed``), so a session whose owner
 is a mailbox sends at most a window of output that nobody has taken.
+
+A mailbox may also hold sessions' capture pipes (``hold``, ``held_output``): then ``receive``,
+while nothing it wants is queued, waits in ``poll`` on those pipes (and an eventfd that ``tell``
+writes to) instead of on its condition, and reads them itself, so captured output reaches the
+thread that takes it with no hand-over between threads. Only one thread polls at a time; the
+others wait on the condition as before.
 
 >>> box = Mailbox()
 >>> box.tell(("linx_process", "running"))
@@ -14,13 +20,19 @@ is a mailbox sends at most a window of output that nobody has taken.
 
 from __future__ import annotations
 
+import os
+import select
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .flow import consumed
+from .flow import EVENT_TAG, consumed
+
+if TYPE_CHECKING:
+    from .held_output import HeldPipe
 
 Match = tuple | Callable[[Any], bool] | None
 
@@ -48,27 +60,161 @@ class Mailbox:
         self._condition = threading.Condition()
         self._reader: threading.Thread | None = None
         """The thread that last took from it (a thread's own mailbox: that thread from the start)."""
+        self._held: list[HeldPipe] = []
+        """Capture pipes this mailbox reads itself (``hold``)."""
+        self._from_pipe: dict[int, HeldPipe] = {}
+        """The pipe each queued output event read from a held pipe came from, by the event's
+        id (it is queued, so alive): taking it gives its bytes back to that pipe's window."""
+        self._polling = False
+        """A receiving thread waits in ``poll`` on the held pipes (and ``_wake_fd``), not on the condition."""
+        self._wake_fd = -1
+        """An eventfd that wakes the polling thread: made when the first pipe is held, closed
+        when the mailbox is collected (never earlier: a poll may still be watching it)."""
 
     def tell(self, message: Any) -> None:
         """Queue a message (never blocks)."""
         with self._condition:
             self._messages.append(message)
             self._condition.notify_all()
+            self._wake_poller()
 
     def receive(self, match: Match = None, timeout: float | None = None) -> Any:
         """Take the first queued message that matches, waiting up to ``timeout`` seconds for
         one; the others stay queued in order. Raises ``TimeoutError``."""
         accepts = _matcher(match)
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self._condition:
-            while (message := self._take_first(accepts)) is _NOTHING:
+        while True:
+            with self._condition:
+                message = self._take_first(accepts)
+                if message is not _NOTHING:
+                    self._reader = threading.current_thread()
+                    break
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise TimeoutError(f"no message matching {match!r} within {timeout} s")
-                self._condition.wait(remaining)
-            self._reader = threading.current_thread()
+                if not self._held or self._polling:
+                    self._condition.wait(remaining)
+                    continue
+                if self._read_held():
+                    continue  # a read before any poll: while output flows, a poll per read cost a third
+                self._polling = True
+                polled = {pipe.read_end: pipe for pipe in self._held if pipe.readable}
+            self._poll_held(polled, remaining)
         consumed(message)
         return message
+
+    # -- held capture pipes (held_output) -----------------------------------------------------
+
+    def prepare_to_hold(self) -> None:
+        """Make what ``hold`` needs (an eventfd, once); raises ``OSError``, and then pipes are
+        not held (the agent relays them)."""
+        with self._condition:
+            if self._wake_fd < 0:
+                self._wake_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+                weakref.finalize(self, os.close, self._wake_fd)
+
+    def hold(self, pipe: HeldPipe) -> None:
+        """Read ``pipe`` from now on, in ``receive`` and ``flush`` (after ``prepare_to_hold``)."""
+        with self._condition:
+            self._held.append(pipe)
+            self._condition.notify_all()  # a receiver waiting on the condition may poll now
+            self._wake_poller()
+
+    def release(self, pipe: HeldPipe) -> None:
+        """Stop reading ``pipe``: what this mailbox has read from it stays queued, in order;
+        nothing more is read once this returns."""
+        with self._condition:
+            if pipe in self._held:
+                self._held.remove(pipe)
+                pipe.on_drained = None
+                self._condition.notify_all()
+                self._wake_poller()
+
+    def finish(self, pipe: HeldPipe, on_drained: Callable[[HeldPipe], None]) -> bool:
+        """``pipe``'s workload has ended: queue what it holds now, its last output, within its
+        window as output is taken, and then let it go. True if that is done already; else
+        ``on_drained(pipe)`` is called once it is (with this mailbox's lock held), and until
+        then the pipe is read as before (but for what is written to it later)."""
+        with self._condition:
+            if pipe not in self._held:
+                return True
+            pipe.left = pipe.queued_in_pipe()
+            self._queue_output(pipe, pipe.read())
+            if pipe.left == 0 or pipe.ended:
+                self._held.remove(pipe)
+                return True
+            pipe.on_drained = on_drained
+            self._wake_poller()
+            return False
+
+    def _read_held(self) -> bool:
+        """Queue what the held pipes give now, within their windows; whether they gave any.
+        Called with the lock held."""
+        before = len(self._messages)
+        for pipe in list(self._held):  # a drained one leaves
+            self._queue_output(pipe, pipe.read())
+        return len(self._messages) > before
+
+    def _queue_output(self, pipe: HeldPipe, chunks: list[bytes]) -> None:
+        """Queue ``chunks`` read from ``pipe`` as its output events, counted into its window; a
+        draining pipe whose last output is all queued is let go. Called with the lock held."""
+        for data in chunks:
+            event = (EVENT_TAG, pipe.stream, data)
+            self._messages.append(event)
+            self._from_pipe[id(event)] = pipe
+            pipe.window.queued += len(data)
+            if pipe.left is not None:
+                pipe.left -= len(data)
+        on_drained = pipe.on_drained
+        if on_drained is not None and (pipe.left == 0 or pipe.ended):
+            self._held.remove(pipe)
+            pipe.on_drained = None
+            on_drained(pipe)
+
+    def _taken(self, message: Any) -> None:
+        """``message`` has left the queue: if it was read from a held pipe, its bytes are room
+        in that pipe's window again, and a poll that left the pipe out (its window was full)
+        takes it in again. Called with the lock held."""
+        pipe = self._from_pipe.pop(id(message), None)
+        if pipe is not None:
+            full = pipe.window.room <= 0
+            pipe.window.queued -= len(message[2])
+            if full and self._polling:
+                self._wake_poller()
+
+    def _wake_poller(self) -> None:
+        """Called with the lock held: a thread polling the held pipes returns from ``poll``."""
+        if self._polling:
+            try:
+                os.eventfd_write(self._wake_fd, 1)
+            except OSError:
+                pass  # the counter is full: the poller is woken already
+
+    def _poll_held(self, polled: dict[int, HeldPipe], timeout: float | None) -> None:
+        """Wait (without the lock) until a polled pipe (by its fd when it was chosen) is
+        readable, a message is told, or the timeout; then, with the lock, queue what the ready
+        pipes that are still held give. A pipe released meanwhile is not read: its fd may have
+        been closed, and even reused."""
+        poller = select.poll()
+        poller.register(self._wake_fd, select.POLLIN)
+        for fd in polled:
+            poller.register(fd, select.POLLIN)
+        ready: list[tuple[int, int]] = []
+        try:
+            ready = poller.poll(None if timeout is None else max(0, int(timeout * 1000 + 0.999)))
+        finally:
+            with self._condition:
+                self._polling = False
+                for fd, _ in ready:
+                    pipe = polled.get(fd)
+                    if pipe is None:
+                        try:
+                            os.eventfd_read(self._wake_fd)
+                        except BlockingIOError:
+                            pass
+                    elif pipe in self._held:
+                        self._queue_output(pipe, pipe.read())
+                self._condition.notify_all()
 
     def _take_first(self, accepts: Callable[[Any], bool]) -> Any:
         """The first queued message that ``accepts`` takes, removed; ``_NOTHING`` if none. The
@@ -78,19 +224,23 @@ class Mailbox:
         which is what a receive without a pattern takes, copying nothing."""
         if self._messages and accepts(first := self._messages[0]):
             self._messages.popleft()
+            self._taken(first)
             return first
         for index, message in enumerate(list(self._messages)):
             if accepts(message):
                 del self._messages[index]
+                self._taken(message)
                 return message
         return _NOTHING
 
     def flush(self) -> list[Any]:
         """Return and remove every queued message."""
         with self._condition:
+            self._read_held()
             messages = []
             while self._messages:  # one at a time: what a signal handler tells meanwhile is taken too, not lost
-                messages.append(self._messages.popleft())
+                messages.append(message := self._messages.popleft())
+                self._taken(message)
             self._reader = threading.current_thread()
         for message in messages:
             consumed(message)

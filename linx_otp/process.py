@@ -34,6 +34,7 @@ True
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import logging
 import math
 import threading
@@ -46,9 +47,10 @@ import pykka
 
 from . import protocol
 from .actor import Actor, ChildSpec, actor_of, call, tell_quietly
-from .agent import AgentConnection
+from .agent import AgentConnection, many_live_agents
 from .errors import LinxError, LinxValueError, describe_outcome
-from .flow import OutputWindow, consumed
+from .flow import EVENT_TAG, OutputWindow, consumed
+from .held_output import DRAINING, HELD, RELAYED, WAITING, HeldPipe, open_held_pipes
 from .mailbox import Mailbox, flush, mailbox, receive
 from .options import SessionOptions, SessionPlan, check_owner, check_target, credit_on_tell, plan_session
 from .reactor import reactor
@@ -56,7 +58,6 @@ from .readiness import Readiness, check_readiness
 
 log = logging.getLogger(__name__)
 
-EVENT_TAG = "linx_process"
 STOP_TIMEOUT = 10.0
 """How long a graceful stop waits for the agent to reap the workload before it kills the agent
 (whose death takes the workload with it)."""
@@ -136,6 +137,13 @@ class _EventsWaiting:
 
 
 _EVENTS_WAITING = _EventsWaiting()
+
+
+@dataclass(frozen=True)
+class _PipeDrained:
+    """From the mailbox holding a pipe: its last output is all queued (``Mailbox.finish``)."""
+
+    pipe: HeldPipe
 
 
 @dataclass(frozen=True)
@@ -227,10 +235,16 @@ class Session(Actor):
 
     stops_in_caller = True  # terminate waits for the agent and tells events: any thread can
 
-    def __init__(self, plan: SessionPlan, connection: AgentConnection) -> None:
+    def __init__(self, plan: SessionPlan, connection: AgentConnection, held_pipes: tuple[HeldPipe, ...] = ()) -> None:
         super().__init__()
         self._plan = plan
         self._connection = connection
+        self._held_pipes = held_pipes
+        """Capture pipes the first owner (a ``Mailbox``) reads itself from ``running`` on
+        (``held_output``); the agent relays them once the owner changes or stops taking."""
+        self._waiting_outcome: Outcome | None = None
+        """The outcome, kept until the mailbox holding the pipes has queued their last output
+        (``_outcome_waits_for_pipes``): as the agent keeps it until it has relayed its pipes'."""
         self._owner = plan.owner
         self._pty = plan.request.pty
         self._host_pid: int | None = None
@@ -304,6 +318,8 @@ class Session(Actor):
                 self._pty_set_winsize(size)
             case _CheckOwner(owner):
                 self._check_owner(owner)
+            case _PipeDrained(pipe):
+                self._pipe_drained(pipe)
             case _:
                 log.warning("session ignoring unexpected message %r", message)
         return None
@@ -321,7 +337,10 @@ class Session(Actor):
             raise
         finally:
             self._drain_events()
+            self._finish_without_pipes()
             self.answer_left_tells()
+            with self._owner_lock:
+                self._close_pipes()
 
     def _end_agent(self, reason: Any) -> None:
         """Have the agent end the workload (if it has not ended) and wait for the agent's exit."""
@@ -386,7 +405,7 @@ class Session(Actor):
 
     def _handle_event(self, event: tuple) -> None:
         kind = event[0]
-        if self._result is not None:
+        if self._result is not None or self._waiting_outcome is not None:
             if kind not in TERMINAL_EVENTS and kind != "agent_exit":
                 log.warning("session dropped %r after its terminal event", event)
             return
@@ -408,6 +427,7 @@ class Session(Actor):
                 self._pending_signals.clear()
                 with self._owner_lock:  # only now may signal_directly send: after the buffered ones
                     self._running = True
+                    self._hold_pipes()
             case ("pty_out" | "stdout" | "stderr", _):
                 with self._owner_lock:
                     gone = self._emit_output(event)
@@ -431,7 +451,7 @@ class Session(Actor):
         actor, in order. It sends nothing to the agent (the I/O thread must not block): an
         owner found gone is left to this actor to deal with (``_CheckOwner``). The agent's exit
         after the outcome needs nothing of this actor either, and wakes it for nothing."""
-        if event[0] == "agent_exit" and self._result is not None:
+        if event[0] == "agent_exit" and (self._result is not None or self._waiting_outcome is not None):
             return True  # what _handle_event does with it: nothing
         if self._result is not None or self._stopping:
             return False
@@ -471,6 +491,7 @@ class Session(Actor):
                         return False
                     self._running = True
                     self._emit("running")
+                    self._hold_pipes()
                 return True
         return False
 
@@ -487,6 +508,8 @@ class Session(Actor):
         with self._owner_lock:  # against shutdown_requested, wait and set_owner
             if self._shutting_down or self._stopping or self._waiters or not self._owner_takes_output_in_io_thread:
                 return False
+            if self._outcome_waits_for_pipes(outcome):
+                return True  # kept: _pipe_drained finishes it
             self._result = outcome
             self._emit(*outcome)
         return True
@@ -553,10 +576,18 @@ class Session(Actor):
             owner,
         )
         self._window.forgive()  # what it held will never be taken; what it is told from now on fills the window
+        with self._owner_lock:
+            relays = self._relay_pipes()
+        for frame in relays:
+            self._connection.send(frame)
         if self._plan.request.output_mode != protocol.OUTPUT_DROP:
             self._connection.send(protocol.encode_output_mode(protocol.OUTPUT_DROP))
+        self._finish_waiting_outcome()
 
     def _finish(self, outcome: Outcome) -> None:
+        with self._owner_lock:
+            if self._outcome_waits_for_pipes(outcome):
+                return  # kept: _pipe_drained finishes it
         if self._setup_failure is not None:  # aborted, or killed with the set-up's cgroup
             outcome = self._setup_failure
         self._release_setup()
@@ -571,6 +602,104 @@ class Session(Actor):
         if self._shutting_down or not self._plan.linger:
             self._stopping = True
             self.exit("shutdown" if self._shutting_down else exit_reason(outcome))
+
+    # -- held capture pipes (held_output) --------------------------------------------------------
+
+    def _hold_pipes(self) -> None:
+        """``running`` has been told: the owner's mailbox reads the waiting pipes from now on (an
+        owner changed before this had them relayed already). Called with ``_owner_lock`` held."""
+        held = False
+        for pipe in self._held_pipes:
+            if pipe.state == WAITING:
+                pipe.holder.hold(pipe)
+                pipe.state = HELD
+                held = True
+        if held:
+            reactor().call_later(OWNER_CHECK_SECONDS, self._check_pipes_holder)
+
+    def _check_pipes_holder(self) -> None:
+        """In the I/O thread, while the pipes are held: once the thread that reads the holding
+        mailbox has ended, nobody will read them, and the session deals with its owner as
+        with one that holds a full window (``_check_owner``)."""
+        holder = next((pipe.holder for pipe in self._held_pipes if pipe.state in (HELD, DRAINING)), None)
+        if holder is None:
+            return
+        if holder.reader_has_ended():
+            tell_quietly(self.actor_ref, _CheckOwner(holder))
+        else:
+            reactor().call_later(OWNER_CHECK_SECONDS, self._check_pipes_holder)
+
+    def _relay_pipes(self) -> list[bytes]:
+        """The owner changes, or has stopped taking output: the agent relays the pipes from now
+        on (through the window, to whoever owns the session), and the mailbox that read them
+        stops. Called with ``_owner_lock`` held; returns the ``relay`` commands, to be sent once
+        it is released (a draining pipe's agent has exited: ``_finish_waiting_outcome``)."""
+        relays = []
+        for pipe in self._held_pipes:
+            if pipe.state in (HELD, DRAINING):
+                pipe.holder.release(pipe)
+            if pipe.state in (WAITING, HELD):
+                relays.append(protocol.encode_relay(pipe.stream_number))
+            if pipe.state in (WAITING, HELD, DRAINING):
+                pipe.state = RELAYED
+        return relays
+
+    def _outcome_waits_for_pipes(self, outcome: Outcome) -> bool:
+        """What each pipe holds at the outcome goes ahead of it, as the agent does at the
+        workload's exit for the pipes it relays: a held pipe's mailbox queues it within the
+        window (``Mailbox.finish``), and while the owner has not taken enough, the outcome is
+        kept and True returned (``_pipe_drained`` finishes it); a relayed pipe's (the agent has
+        exited, and nothing else reads it) goes to the owner here. Then the pipes close. Called
+        with ``_owner_lock`` held."""
+        waiting = self._waiting_outcome is not None
+        for pipe in self._held_pipes:
+            if pipe.state == HELD:
+                if pipe.holder.finish(pipe, self._tell_pipe_drained):
+                    pipe.close()
+                else:
+                    pipe.state = DRAINING
+                    waiting = True
+            elif pipe.state in (WAITING, RELAYED):
+                for data in pipe.drain():
+                    self._emit_output((pipe.stream, data))
+                pipe.close()
+        if waiting and self._waiting_outcome is None:
+            self._waiting_outcome = outcome
+        return waiting
+
+    def _tell_pipe_drained(self, pipe: HeldPipe) -> None:
+        tell_quietly(self.actor_ref, _PipeDrained(pipe))  # from the reading thread, the mailbox's lock held
+
+    def _pipe_drained(self, pipe: HeldPipe) -> None:
+        with self._owner_lock:
+            if pipe.state == DRAINING:
+                pipe.close()
+            drained = all(pipe.state != DRAINING for pipe in self._held_pipes)
+        if drained:
+            self._finish_waiting_outcome()
+
+    def _finish_waiting_outcome(self) -> None:
+        """The kept outcome, finished once no pipe drains any more into a mailbox."""
+        outcome, self._waiting_outcome = self._waiting_outcome, None
+        if outcome is not None:
+            self._finish(outcome)
+
+    def _finish_without_pipes(self) -> None:
+        """The session stops: an outcome kept for its pipes' last output is finished now, and
+        what they still hold is dropped (as the agent drops at a stop)."""
+        with self._owner_lock:
+            for pipe in self._held_pipes:
+                if pipe.state == DRAINING:
+                    pipe.holder.release(pipe)
+                    pipe.close()
+        self._finish_waiting_outcome()
+
+    def _close_pipes(self) -> None:
+        """Called with ``_owner_lock`` held (idempotent)."""
+        for pipe in self._held_pipes:
+            if pipe.state in (HELD, DRAINING):
+                pipe.holder.release(pipe)
+            pipe.close()
 
     # -- checkpoint set-up (docs/hardening.md, "One checkpoint set-up"): ``setup=`` runs at ready, then the session proceeds --------
 
@@ -713,6 +842,7 @@ class Session(Actor):
             if only_from is not _ANY_OWNER and self._owner is not only_from:
                 return self._owner
             previous, self._owner = self._owner, owner
+            relays = self._relay_pipes() if owner is not previous else []
             self._credit_on_tell = credit_on_tell(owner)
             self._owner_takes_output_in_io_thread = takes_output_in_io_thread(owner)
             restore, self._dropping_for_stopped_owner = self._dropping_for_stopped_owner, False
@@ -720,6 +850,9 @@ class Session(Actor):
             credit = self._window.forgive_without_sending() if restore else 0
             if not restore and self._window.full and _can_be_watched(previous):
                 self._watch_owner(previous)  # the new owner gets nothing until the previous one takes its part
+        for frame in relays:
+            self._connection.send(frame)
+        self._finish_waiting_outcome()
         if restore:
             self._window.give_credit(credit)
             if self._plan.request.output_mode != protocol.OUTPUT_DROP:
@@ -749,15 +882,56 @@ class Session(Actor):
 SessionRef = pykka.ActorRef
 
 
-def _start(plan: SessionPlan) -> SessionRef:
-    connection = AgentConnection.start(protocol.encode_request(plan.request), plan.auto_proceed and plan.setup is None)
+def _open_held_pipes(plan: SessionPlan) -> tuple[HeldPipe, ...]:
+    """The capture pipes the owner will read itself (``held_output``): for a plain ``Mailbox``
+    owner whose session blocks past its window, while this process holds few sessions (each
+    pipe is one more fd that every later ``posix_spawn`` copies). None when any of it fails:
+    then the agent makes and relays the pipes, as for any other owner."""
+    request, owner = plan.request, plan.owner
+    if type(owner) is not Mailbox or request.pty or request.output_mode != protocol.OUTPUT_BLOCK:
+        return ()
+    streams = [
+        stream for fd, stream in ((1, "stdout"), (2, "stderr")) if request.stdio[fd].kind == protocol.STDIO_CAPTURE
+    ]
+    if not streams or many_live_agents():
+        return ()
     try:
-        return Session.start(plan, connection)
-    except RuntimeError as error:  # threading's "can't start new thread": out of processes
-        connection.kill()
-        raise LinxError(("spawn_failed", "eagain"), f"starting the session's thread failed: {error}") from error
+        owner.prepare_to_hold()
+        return open_held_pipes(streams, request.output_window, owner)
+    except OSError as error:
+        log.warning("no held capture pipes (%s): the agent relays the output", error)
+        return ()
+
+
+def _with_held_pipes(request: protocol.Request, pipes: tuple[HeldPipe, ...]) -> protocol.Request:
+    stdio = list(request.stdio)
+    for pipe in pipes:
+        stdio[pipe.stream_number] = protocol.StdioDirective(protocol.STDIO_CAPTURE_HELD)
+    return dataclasses.replace(request, stdio=(stdio[0], stdio[1], stdio[2]))
+
+
+def _start(plan: SessionPlan) -> SessionRef:
+    pipes = _open_held_pipes(plan)
+    try:
+        connection = AgentConnection.start(
+            protocol.encode_request(_with_held_pipes(plan.request, pipes) if pipes else plan.request),
+            plan.auto_proceed and plan.setup is None,
+            fds=[end for pipe in pipes for end in (pipe.read_end, pipe.write_end)],
+        )
     except BaseException:
+        for pipe in pipes:
+            pipe.close()
+        raise
+    for pipe in pipes:
+        pipe.close_write_end()  # the agent has its own: the workload's stdout or stderr
+    try:
+        return Session.start(plan, connection, pipes)
+    except BaseException as error:
         connection.kill()
+        for pipe in pipes:
+            pipe.close()
+        if isinstance(error, RuntimeError):  # threading's "can't start new thread": out of processes
+            raise LinxError(("spawn_failed", "eagain"), f"starting the session's thread failed: {error}") from error
         raise
 
 

@@ -249,10 +249,15 @@ def test_keystrokes_reach_a_pty_workload_whose_output_is_unread(box, tmp_path):
     session.stop()
 
 
-def test_set_owner_carries_the_window_over(box):
+class RelayedMailbox(linx_otp.Mailbox):
+    """A Mailbox subclass: its sessions' output is relayed by the agent into it whether it reads
+    or not (only a plain Mailbox reads capture pipes itself: tests/test_held_output.py)."""
+
+
+def test_set_owner_carries_the_window_over():
     """The first owner holds the whole window; the second gets nothing until the first takes
     what it holds. Between them, every byte once, in order."""
-    second = linx_otp.Mailbox()
+    box, second = RelayedMailbox(), linx_otp.Mailbox()
     session = spawn_counting(box, output_window=SMALL_WINDOW)
     pid = wait_holding_the_window(session)
     P.set_owner(session, second)
