@@ -22,8 +22,8 @@ sends to the agent.
 >>> (pipe,) = open_held_pipes(("stdout",), window_size=4096, holder=Mailbox())
 >>> os.write(pipe.write_end, b"hello"); pipe.close_write_end()
 5
->>> pipe.read()
-[b'hello']
+>>> pipe.read(pipe.read_size())
+b'hello'
 >>> pipe.close()
 """
 
@@ -49,8 +49,6 @@ READ_SIZE = 64 * 1024
 past glibc's mmap threshold (128 KiB) is a fresh mapping, faulted in a page at a time and
 unmapped again when the owner drops it (a 256 KiB read loop reached 0.39× of ``Popen`` where a
 64 KiB one reached 1.2×: README, "Benchmarks")."""
-READS_PER_WAKE = 4
-"""Reads of one pipe per wake-up of its reader: enough to empty a 256 KiB pipe."""
 STREAMS = {"stdout": protocol.OUTPUT_STREAM_STDOUT, "stderr": protocol.OUTPUT_STREAM_STDERR}
 
 WAITING, HELD, DRAINING, RELAYED, CLOSED = "waiting", "held", "draining", "relayed", "closed"
@@ -149,23 +147,19 @@ class HeldPipe:
         except OSError:
             return 0
 
-    def read(self) -> list[bytes]:
-        """What the pipe holds now, within the room its window has (the holder counts it in as it
-        queues it, its lock held)."""
-        chunks: list[bytes] = []
-        room = self.window.room if self.left is None else min(self.window.room, self.left)
-        for _ in range(READS_PER_WAKE):
-            size = min(READ_SIZE, room)
-            if size <= 0 or self.read_end < 0 or self.ended:
-                break
-            data = self._read_once(size)
-            if not data:
-                break
-            room -= len(data)
-            chunks.append(data)
-            if len(data) < size:
-                break  # it is empty now
-        return chunks
+    def read_size(self) -> int:
+        """How much the next read may take: a read's worth, within the window's room and, draining,
+        what is left (0: none)."""
+        if self.read_end < 0 or self.ended:
+            return 0
+        size = min(READ_SIZE, self.window.room)
+        return size if self.left is None else min(size, self.left)
+
+    def read(self, size: int) -> bytes:
+        """One read of at most ``size`` bytes; empty if there is nothing now (or at end-of-file).
+        The holder queues it and counts it in at once, its lock held: read ahead into a list, an
+        exception from a signal handler in between would lose what was read."""
+        return self._read_once(size)
 
     def drain(self) -> list[bytes]:
         """Everything the pipe holds at this moment, window or not, in chunks: the workload has

@@ -36,6 +36,9 @@ if TYPE_CHECKING:
 
 Match = tuple | Callable[[Any], bool] | None
 
+READS_PER_WAKE = 4
+"""Reads of one held pipe per look at it (``_read_pipe``): a 256 KiB pipe's worth."""
+
 
 def _matcher(match: Match) -> Callable[[Any], bool]:
     if match is None:
@@ -89,17 +92,15 @@ class Mailbox:
                 if message is not _NOTHING:
                     self._reader = threading.current_thread()
                     break
+                if self._held and not self._polling and self._read_held():
+                    continue  # a read before any poll: while output flows, a poll per read cost a third
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise TimeoutError(f"no message matching {match!r} within {timeout} s")
                 if not self._held or self._polling:
                     self._condition.wait(remaining)
                     continue
-                if self._read_held():
-                    continue  # a read before any poll: while output flows, a poll per read cost a third
-                self._polling = True
-                polled = {pipe.read_end: pipe for pipe in self._held if pipe.readable}
-            self._poll_held(polled, remaining)
+            self._poll_held(remaining)
         consumed(message)
         return message
 
@@ -120,6 +121,22 @@ class Mailbox:
             self._condition.notify_all()  # a receiver waiting on the condition may poll now
             self._wake_poller()
 
+    def adopt_output(self, pipes: list[HeldPipe], claim: Callable[[tuple], Any]) -> int:
+        """``pipes``, released, are relayed by the agent from now on: what this mailbox read from
+        them and still holds becomes ``claim(event)`` in place (an ``OutputEvent`` holding its
+        bytes of the session's window, which taking it gives back to the agent). Returns those
+        bytes."""
+        adopted = 0
+        with self._condition:
+            for index, message in enumerate(self._messages):
+                pipe = self._from_pipe.get(id(message))
+                if pipe is not None and pipe in pipes:
+                    del self._from_pipe[id(message)]
+                    pipe.window.queued -= len(message[2])
+                    self._messages[index] = claim(message)
+                    adopted += len(message[2])
+        return adopted
+
     def release(self, pipe: HeldPipe) -> None:
         """Stop reading ``pipe``: what this mailbox has read from it stays queued, in order;
         nothing more is read once this returns."""
@@ -139,7 +156,7 @@ class Mailbox:
             if pipe not in self._held:
                 return True
             pipe.left = pipe.queued_in_pipe()
-            self._queue_output(pipe, pipe.read())
+            self._read_pipe(pipe)
             if pipe.left == 0 or pipe.ended:
                 self._held.remove(pipe)
                 return True
@@ -152,24 +169,34 @@ class Mailbox:
         Called with the lock held."""
         before = len(self._messages)
         for pipe in list(self._held):  # a drained one leaves
-            self._queue_output(pipe, pipe.read())
+            self._read_pipe(pipe)
         return len(self._messages) > before
 
-    def _queue_output(self, pipe: HeldPipe, chunks: list[bytes]) -> None:
-        """Queue ``chunks`` read from ``pipe`` as its output events, counted into its window; a
-        draining pipe whose last output is all queued is let go. Called with the lock held."""
-        for data in chunks:
-            event = (EVENT_TAG, pipe.stream, data)
-            self._messages.append(event)
-            self._from_pipe[id(event)] = pipe
-            pipe.window.queued += len(data)
-            if pipe.left is not None:
-                pipe.left -= len(data)
+    def _read_pipe(self, pipe: HeldPipe) -> None:
+        """Queue what ``pipe`` holds now, within its window, as its output events, each as it is
+        read; a draining pipe whose last output is all queued is let go. Called with the lock held."""
+        for _ in range(READS_PER_WAKE):
+            size = pipe.read_size()
+            if size <= 0:
+                break
+            data = pipe.read(size)
+            if data:
+                self._queue_output(pipe, data)
+            if len(data) < size:
+                break  # it is empty now
         on_drained = pipe.on_drained
         if on_drained is not None and (pipe.left == 0 or pipe.ended):
             self._held.remove(pipe)
             pipe.on_drained = None
             on_drained(pipe)
+
+    def _queue_output(self, pipe: HeldPipe, data: bytes) -> None:
+        event = (EVENT_TAG, pipe.stream, data)
+        self._messages.append(event)
+        self._from_pipe[id(event)] = pipe
+        pipe.window.queued += len(data)
+        if pipe.left is not None:
+            pipe.left -= len(data)
 
     def _taken(self, message: Any) -> None:
         """``message`` has left the queue: if it was read from a held pipe, its bytes are room
@@ -190,21 +217,30 @@ class Mailbox:
             except OSError:
                 pass  # the counter is full: the poller is woken already
 
-    def _poll_held(self, polled: dict[int, HeldPipe], timeout: float | None) -> None:
-        """Wait (without the lock) until a polled pipe (by its fd when it was chosen) is
-        readable, a message is told, or the timeout; then, with the lock, queue what the ready
-        pipes that are still held give. A pipe released meanwhile is not read: its fd may have
-        been closed, and even reused."""
-        poller = select.poll()
-        poller.register(self._wake_fd, select.POLLIN)
-        for fd in polled:
-            poller.register(fd, select.POLLIN)
+    def _poll_held(self, timeout: float | None) -> None:
+        """Become the polling thread, unless another is; wait (without the lock) until a held
+        pipe that has room (by its fd when it was chosen) is readable, a message is told, or
+        the timeout; then, with the lock, queue what the ready pipes that are still held give.
+        A pipe released meanwhile is not read: its fd may have been closed, and even reused.
+        ``_polling`` is cleared whatever is raised meanwhile (a signal handler's exception)."""
+        polling = False
         ready: list[tuple[int, int]] = []
+        polled: dict[int, HeldPipe] = {}
         try:
+            with self._condition:
+                if self._polling or not self._held:
+                    return
+                self._polling = polling = True
+                polled = {pipe.read_end: pipe for pipe in self._held if pipe.readable}
+            poller = select.poll()
+            poller.register(self._wake_fd, select.POLLIN)
+            for fd in polled:
+                poller.register(fd, select.POLLIN)
             ready = poller.poll(None if timeout is None else max(0, int(timeout * 1000 + 0.999)))
         finally:
             with self._condition:
-                self._polling = False
+                if polling:
+                    self._polling = False
                 for fd, _ in ready:
                     pipe = polled.get(fd)
                     if pipe is None:
@@ -213,7 +249,7 @@ class Mailbox:
                         except BlockingIOError:
                             pass
                     elif pipe in self._held:
-                        self._queue_output(pipe, pipe.read())
+                        self._read_pipe(pipe)
                 self._condition.notify_all()
 
     def _take_first(self, accepts: Callable[[Any], bool]) -> Any:

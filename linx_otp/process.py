@@ -347,6 +347,7 @@ class Session(Actor):
         if self._connection.finished.is_set():  # the agent is reaped: DOWN means gone
             return
         if self._result is None:
+            self._hand_pipes_to_agent()  # it drops them at the stop: one reader, so one order
             self._connection.send(protocol.encode_command(protocol.CMD_STOP))
         # a supervisor's stop outright of a workload that has not ended (after its end, the
         # agent is only exiting)
@@ -576,10 +577,7 @@ class Session(Actor):
             owner,
         )
         self._window.forgive()  # what it held will never be taken; what it is told from now on fills the window
-        with self._owner_lock:
-            relays = self._relay_pipes()
-        for frame in relays:
-            self._connection.send(frame)
+        self._hand_pipes_to_agent()
         if self._plan.request.output_mode != protocol.OUTPUT_DROP:
             self._connection.send(protocol.encode_output_mode(protocol.OUTPUT_DROP))
         self._finish_waiting_outcome()
@@ -610,7 +608,7 @@ class Session(Actor):
         owner changed before this had them relayed already). Called with ``_owner_lock`` held."""
         held = False
         for pipe in self._held_pipes:
-            if pipe.state == WAITING:
+            if pipe.state == WAITING and pipe.holder is self._owner:
                 pipe.holder.hold(pipe)
                 pipe.state = HELD
                 held = True
@@ -626,23 +624,30 @@ class Session(Actor):
             return
         if holder.reader_has_ended():
             tell_quietly(self.actor_ref, _CheckOwner(holder))
-        else:
-            reactor().call_later(OWNER_CHECK_SECONDS, self._check_pipes_holder)
+        # on and on while they are held: another thread may take from the mailbox meanwhile
+        # (_check_owner then leaves them), and end in its turn
+        reactor().call_later(OWNER_CHECK_SECONDS, self._check_pipes_holder)
 
-    def _relay_pipes(self) -> list[bytes]:
-        """The owner changes, or has stopped taking output: the agent relays the pipes from now
-        on (through the window, to whoever owns the session), and the mailbox that read them
-        stops. Called with ``_owner_lock`` held; returns the ``relay`` commands, to be sent once
-        it is released (a draining pipe's agent has exited: ``_finish_waiting_outcome``)."""
-        relays = []
-        for pipe in self._held_pipes:
-            if pipe.state in (HELD, DRAINING):
+    def _hand_pipes_to_agent(self) -> None:
+        """The owner changes, has stopped taking output, or the session stops: the agent relays
+        the pipes from now on (or drops, at a stop), and the mailbox that read them stops at once.
+        What it read and still holds counts in the session's window, and the agent is told so
+        with the first ``relay``: the window carries over. Called without ``_owner_lock``."""
+        with self._owner_lock:
+            handed = [pipe for pipe in self._held_pipes if pipe.state in (WAITING, HELD, DRAINING)]
+            streams = [pipe.stream_number for pipe in handed if pipe.state in (WAITING, HELD)]
+            read = [pipe for pipe in handed if pipe.state in (HELD, DRAINING)]
+            for pipe in read:
                 pipe.holder.release(pipe)
-            if pipe.state in (WAITING, HELD):
-                relays.append(protocol.encode_relay(pipe.stream_number))
-            if pipe.state in (WAITING, HELD, DRAINING):
+            for pipe in handed:
                 pipe.state = RELAYED
-        return relays
+            carried = handed[0].window.queued if handed else 0  # only falls from now on: nothing reads
+        for index, stream in enumerate(streams):
+            self._connection.send(protocol.encode_relay(stream, carried if index == 0 else 0))
+        if read:
+            adopted = read[0].holder.adopt_output(read, self._window.claim)
+            if streams:
+                self._window.give_credit(carried - adopted)  # taken between the count and the adoption
 
     def _outcome_waits_for_pipes(self, outcome: Outcome) -> bool:
         """What each pipe holds at the outcome goes ahead of it, as the agent does at the
@@ -842,7 +847,6 @@ class Session(Actor):
             if only_from is not _ANY_OWNER and self._owner is not only_from:
                 return self._owner
             previous, self._owner = self._owner, owner
-            relays = self._relay_pipes() if owner is not previous else []
             self._credit_on_tell = credit_on_tell(owner)
             self._owner_takes_output_in_io_thread = takes_output_in_io_thread(owner)
             restore, self._dropping_for_stopped_owner = self._dropping_for_stopped_owner, False
@@ -850,8 +854,8 @@ class Session(Actor):
             credit = self._window.forgive_without_sending() if restore else 0
             if not restore and self._window.full and _can_be_watched(previous):
                 self._watch_owner(previous)  # the new owner gets nothing until the previous one takes its part
-        for frame in relays:
-            self._connection.send(frame)
+        if owner is not previous:
+            self._hand_pipes_to_agent()
         self._finish_waiting_outcome()
         if restore:
             self._window.give_credit(credit)

@@ -309,10 +309,11 @@ def encode_output_mode(mode: int) -> bytes:
     return encode_command(CMD_OUTPUT_MODE, bytes((mode,)))
 
 
-def encode_relay(stream: int) -> bytes:
+def encode_relay(stream: int, carried: int = 0) -> bytes:
     """Have the agent relay held capture pipe ``stream`` (``OUTPUT_STREAM_STDOUT`` or ``_STDERR``)
-    from now on: this process has stopped reading it."""
-    return encode_command(CMD_RELAY, bytes((stream,)))
+    from now on: this process has stopped reading it. ``carried``: the bytes read from the held
+    pipes that the owner has not taken, which the agent counts as in flight."""
+    return encode_command(CMD_RELAY, bytes((stream,)) + FRAME_HEADER.pack(carried))
 
 
 def encode_signal(signum: int) -> bytes:

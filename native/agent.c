@@ -177,6 +177,8 @@ static void read_request(void)
     case FRAME_EOF:
         exit(EXIT_CHANNEL); /* nobody to tell */
     case FRAME_FAILED:
+        if (errno == EMSGSIZE) /* more fds than a request can carry: none was kept */
+            fail(EINVAL, "malformed_request", EXIT_MALFORMED);
         fprintf(stderr, "linx-agent: reading the request: %s\n", strerror(errno));
         exit(EXIT_CHANNEL);
     case FRAME_TOO_BIG:
@@ -456,8 +458,8 @@ static enum command_result read_command(struct command *command)
         well_formed = command->size == 1 && command->body[0] <= OUTPUT_DROP;
         break;
     case CMD_RELAY:
-        well_formed = command->size == 1 && (command->body[0] == OUTPUT_STREAM_STDOUT ||
-                                             command->body[0] == OUTPUT_STREAM_STDERR);
+        well_formed = command->size == 5 && load_u32(command->body + 1) <= OUTPUT_WINDOW_MAX &&
+                      (command->body[0] == OUTPUT_STREAM_STDOUT || command->body[0] == OUTPUT_STREAM_STDERR);
         break;
     default:
         well_formed = false;
@@ -505,6 +507,17 @@ static void relay_held_pipes(void)
     memset(agent.held, 0, sizeof agent.held);
 }
 
+/* relay: the pipe is the agent's to relay from now on, and what the Python side read from it
+ * and its owner has not taken yet counts as in flight (the window carries over). */
+static void relay_held_pipe(const struct command *command)
+{
+    uint8_t stream = command->body[0];
+    if (!agent.held[stream])
+        return; /* not held, or relayed already: nothing changes */
+    agent.held[stream] = false;
+    agent.output.in_flight += load_u32(command->body + 1);
+}
+
 /* The flow-control commands, valid in every phase; any other command is ignored here. */
 static void apply_output_command(const struct command *command)
 {
@@ -513,7 +526,7 @@ static void apply_output_command(const struct command *command)
     else if (command->type == CMD_OUTPUT_MODE)
         agent.output.mode = command->body[0];
     else if (command->type == CMD_RELAY)
-        agent.held[command->body[0]] = false; /* not held, or relayed already: nothing changes */
+        relay_held_pipe(command);
 }
 
 /* ---- step 6: ready ---------------------------------------------------------------------- */

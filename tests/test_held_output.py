@@ -5,7 +5,9 @@ relayed output, and nothing left open."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import select
 import stat
 import threading
 import time
@@ -297,7 +299,8 @@ def test_nothing_is_left_open_and_the_workload_gets_only_its_stdio(box):
     session = spawn_parked_writer(box)
     box.receive(("linx_process", "stdout"), timeout=TIMEOUT)
     pid = workload_pid(session)
-    assert sorted(int(fd) for fd in os.listdir(f"/proc/{pid}/fd")) == [0, 1, 2]
+    # sleep's own loader may still hold a file it opens while it starts: wait for it to settle
+    assert wait_until(lambda: sorted(int(fd) for fd in os.listdir(f"/proc/{pid}/fd")) == [0, 1, 2], TIMEOUT)
     assert len(our_pipe_fds() - before) == 1  # the read end
     session.stop()
     assert our_pipe_fds() == before
@@ -368,3 +371,131 @@ def test_a_relay_of_another_stream_is_malformed(stream):
     bad_relay = protocol.encode_command(protocol.CMD_RELAY, bytes((stream,)))
     run = run_agent(request + protocol.encode_command(protocol.CMD_PROCEED) + bad_relay, close_after=False)
     assert run.events[-1] == ("error", 71, "malformed_command")
+
+
+# -- what a hostile review found (each failed before its fix) ------------------------------------
+
+
+def test_stop_while_another_thread_receives_keeps_the_order(box):
+    """stop() hands the pipe to the agent before the stop (which has it drop the rest): with the
+    mailbox still reading too, the agent's relayed bytes could land behind later ones."""
+    expected = numbers(LINES)
+    for _ in range(30):
+        mailbox = linx_otp.Mailbox()
+        session = spawn_counting(mailbox, output_window=4096)
+        events: list = []
+
+        def take(into=events, source=mailbox) -> None:
+            while (event := source.receive(timeout=TIMEOUT))[1] not in P.TERMINAL_EVENTS:
+                into.append(event)
+            into.append(event)
+
+        reader = threading.Thread(target=take)
+        reader.start()
+        time.sleep(0.01)
+        session.stop()
+        reader.join(TIMEOUT)
+        output = b"".join(event[2] for event in events if event[1] == "stdout")
+        assert expected.startswith(output), "output out of order"
+        assert events[-1][1] in P.TERMINAL_EVENTS and mailbox.flush() == []
+
+
+def test_polling_with_a_zero_timeout_reads_the_held_pipes(box):
+    """receive(timeout=0) in a loop gets everything: it reads the pipes before it gives up."""
+    session = spawn_counting(box)
+    output = []
+    while True:
+        try:
+            event = box.receive(timeout=0)
+        except TimeoutError:
+            time.sleep(0.001)
+            continue
+        if event[1] == "stdout":
+            output.append(event[2])
+        elif event[1] in P.TERMINAL_EVENTS:
+            break
+    assert b"".join(output) == numbers(LINES)
+    session.stop()
+
+
+def test_an_exception_raised_in_the_poll_leaves_the_mailbox_working(box, monkeypatch):
+    """A signal handler's exception (Ctrl-C) raised while the owner polls: the mailbox is not
+    left believing that somebody polls, so the next receive reads on."""
+    session = spawn_counting(box)
+    box.receive(("linx_process", "running"), timeout=TIMEOUT)
+    real_poll = select.poll
+
+    class InterruptedPoll:
+        def __init__(self) -> None:
+            self.poll_object = real_poll()
+
+        def register(self, *arguments) -> None:
+            self.poll_object.register(*arguments)
+
+        def poll(self, timeout) -> list:
+            monkeypatch.setattr(select, "poll", real_poll)  # once
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(select, "poll", InterruptedPoll)
+    with contextlib.suppress(KeyboardInterrupt):
+        while True:
+            box.receive(("never",), timeout=TIMEOUT)
+    assert not box._polling
+    output, _, outcome = read_until_outcome(box)
+    assert outcome == ("exited", 0) and len(output["stdout"]) > 0
+    session.stop()
+
+
+def test_set_owner_carries_a_held_window_over(box):
+    """The first owner has read a window and not taken it; after set_owner the agent counts it
+    as in flight, so the second owner gets nothing more until the first takes its part."""
+    second = type("Relayed", (linx_otp.Mailbox,), {})()  # relayed into whether it reads or not
+    session = spawn_counting(box, output_window=SMALL_WINDOW)
+    with pytest.raises(TimeoutError):
+        box.receive(("never",), timeout=1)
+    held = sum(len(message[2]) for message in list(box._messages) if message[1] == "stdout")
+    assert held == SMALL_WINDOW
+    P.set_owner(session, second)
+    time.sleep(1)
+    assert sum(len(message[2]) for message in list(second._messages) if message[1] == "stdout") == 0
+    first = b"".join(event[2] for event in box.flush() if event[1] == "stdout")  # taking it gives the window back
+    output, _, outcome = read_until_outcome(second)
+    assert outcome == ("exited", 0) and first + output["stdout"] == numbers(LINES)
+    session.stop()
+
+
+def test_the_holder_is_checked_on_while_another_thread_takes_over(monkeypatch):
+    """Thread A reads and ends; before the session has looked, thread B takes a message (B is now
+    the reader) and ends too: the checks go on, so the session still finds nobody reading."""
+    real_check_owner = P.Session._check_owner
+    checking = threading.Event()
+    checked = threading.Event()
+
+    def busy_check_owner(self, owner) -> None:
+        checking.set()
+        time.sleep(0.3)  # a busy session actor
+        real_check_owner(self, owner)
+        checked.set()
+
+    monkeypatch.setattr(P.Session, "_check_owner", busy_check_owner)
+    box = linx_otp.Mailbox()
+    session = spawn_counting(box, lines=2_000_000, output_window=SMALL_WINDOW)
+    first = threading.Thread(target=lambda: box.receive(("linx_process", "stdout"), timeout=TIMEOUT))
+    first.start()
+    first.join()
+    assert checking.wait(TIMEOUT)
+    second = threading.Thread(target=lambda: (box.receive(timeout=TIMEOUT), checked.wait(TIMEOUT)))
+    second.start()
+    second.join()
+    assert P.wait(session, TIMEOUT) == ("exited", 0)
+    session.stop()
+
+
+def test_the_agent_refuses_more_fds_than_a_request_carries():
+    ends = [end for _ in range(3) for end in os.pipe()]
+    try:
+        run = run_agent(held_request() + protocol.encode_command(protocol.CMD_PROCEED), fds=ends)
+    finally:
+        for fd in ends:
+            os.close(fd)
+    assert run.events == [("error", 22, "malformed_request")] and run.exit_status == 2
