@@ -110,6 +110,11 @@ class Hoarder(pykka.ThreadingActor):
         pass
 
 
+class RelayedMailbox(linx_otp.Mailbox):
+    """A Mailbox subclass: its sessions' output is relayed by the agent into it whether it reads
+    or not (only a plain Mailbox reads capture pipes itself: tests/test_held_output.py)."""
+
+
 def spawn_counting(owner, *, pty: bool = False, lines: int = LINES, **options) -> pykka.ActorRef:
     stdio = "pty" if pty else {"stdout": "capture"}
     return P.spawn(argv=["seq", "1", str(lines)], stdio=stdio, owner=owner, auto_proceed=True, **options)
@@ -202,9 +207,13 @@ def test_a_blocked_workload_resumes_when_its_owner_takes_output_and_loses_nothin
     session.stop()
 
 
-def test_the_terminal_event_waits_for_the_output_the_pipe_still_holds(box):
-    """96 KiB into a 64 KiB window: the workload exits with 32 KiB left in the pipe; its outcome
-    comes only once the owner has taken enough to let those bytes through, and after them."""
+@pytest.mark.parametrize("relayed", [False, True], ids=["held by a Mailbox", "relayed"])
+def test_the_terminal_event_waits_for_the_output_the_pipe_still_holds(relayed):
+    """96 KiB into a 64 KiB window: the workload exits with output left in the pipe; its outcome
+    comes only once the owner has taken enough to let those bytes through, and after them. A
+    plain Mailbox reads the pipe itself (the outcome waits in the session), any other owner's
+    output is relayed (it waits in the agent)."""
+    box = RelayedMailbox() if relayed else linx_otp.Mailbox()
     size = SMALL_WINDOW + 32 * 1024
     session = P.spawn(
         argv=["head", "-c", str(size), "/dev/zero"],
@@ -247,11 +256,6 @@ def test_keystrokes_reach_a_pty_workload_whose_output_is_unread(box, tmp_path):
     _, outcome = read_until_outcome(box, ("pty_out",))
     assert outcome[0] in ("exited", "signaled")
     session.stop()
-
-
-class RelayedMailbox(linx_otp.Mailbox):
-    """A Mailbox subclass: its sessions' output is relayed by the agent into it whether it reads
-    or not (only a plain Mailbox reads capture pipes itself: tests/test_held_output.py)."""
 
 
 def test_set_owner_carries_the_window_over():

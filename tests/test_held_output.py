@@ -210,27 +210,6 @@ def test_set_owner_before_running_has_the_agent_relay_from_the_start(box):
     session.stop()
 
 
-def test_the_outcome_waits_until_the_owner_has_taken_the_pipe_s_last_output(box):
-    """96 KiB into a 64 KiB window, nobody reading: the workload exits with it all in the
-    pipe; the outcome waits until the owner has taken enough, and comes after every byte."""
-    size = SMALL_WINDOW + 32 * 1024
-    session = P.spawn(
-        argv=["head", "-c", str(size), "/dev/zero"],
-        stdio={"stdout": "capture"},
-        owner=box,
-        auto_proceed=True,
-        output_window=SMALL_WINDOW,
-    )
-    pid = workload_pid(session)
-    assert wait_until(lambda: not process_alive(pid), TIMEOUT)
-    with pytest.raises(TimeoutError):
-        P.wait(session, 0.5)
-    output, _, outcome = read_until_outcome(box)
-    assert outcome == ("exited", 0) and output["stdout"] == bytes(size)
-    assert P.wait(session, TIMEOUT) == ("exited", 0)
-    session.stop()
-
-
 def test_stopping_a_session_whose_outcome_waits_for_its_owner_is_prompt(box):
     session = P.spawn(
         argv=["head", "-c", str(SMALL_WINDOW + 32 * 1024), "/dev/zero"],
