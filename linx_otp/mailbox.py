@@ -128,7 +128,8 @@ class Mailbox:
         bytes."""
         adopted = 0
         with self._condition:
-            for index, message in enumerate(self._messages):
+            for index in range(len(self._messages)):  # by index: a signal handler may tell meanwhile
+                message = self._messages[index]
                 pipe = self._from_pipe.get(id(message))
                 if pipe is not None and pipe in pipes:
                     del self._from_pipe[id(message)]
