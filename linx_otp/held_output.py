@@ -49,7 +49,8 @@ READ_SIZE = 64 * 1024
 past glibc's mmap threshold (128 KiB) is a fresh mapping, faulted in a page at a time and
 unmapped again when the owner drops it (a 256 KiB read loop reached 0.39× of ``Popen`` where a
 64 KiB one reached 1.2×: README, "Benchmarks")."""
-STREAMS = {"stdout": protocol.OUTPUT_STREAM_STDOUT, "stderr": protocol.OUTPUT_STREAM_STDERR}
+STREAMS = {name: number for number, name in protocol.OUTPUT_STREAMS.items() if number != protocol.OUTPUT_STREAM_PTY}
+"""The streams a pipe may hold, by name, and their numbers (which are also their fds)."""
 
 WAITING, HELD, DRAINING, RELAYED, CLOSED = "waiting", "held", "draining", "relayed", "closed"
 
@@ -133,11 +134,6 @@ class HeldPipe:
         self.on_drained: Callable[[HeldPipe], None] | None = None
         """Draining: called (with the holder's lock held) once ``left`` is read."""
 
-    @property
-    def readable(self) -> bool:
-        """Worth polling: open, not at end-of-file, with room in its window and, draining, bytes left."""
-        return self.read_end >= 0 and not self.ended and self.window.room > 0 and self.left != 0
-
     def queued_in_pipe(self) -> int:
         """What the pipe holds now (0 if that cannot be told)."""
         if self.read_end < 0:
@@ -149,29 +145,26 @@ class HeldPipe:
 
     def read_size(self) -> int:
         """How much the next read may take: a read's worth, within the window's room and, draining,
-        what is left (0: none)."""
+        what is left; 0 when it is not worth polling (closed, at end-of-file, no room, nothing left)."""
         if self.read_end < 0 or self.ended:
             return 0
         size = min(READ_SIZE, self.window.room)
         return size if self.left is None else min(size, self.left)
-
-    def read(self, size: int) -> bytes:
-        """One read of at most ``size`` bytes; empty if there is nothing now (or at end-of-file).
-        The holder queues it and counts it in at once, its lock held: read ahead into a list, an
-        exception from a signal handler in between would lose what was read."""
-        return self._read_once(size)
 
     def drain(self) -> list[bytes]:
         """Everything the pipe holds at this moment, window or not, in chunks: the workload has
         ended (its descendants may write on; that is not waited for, as the agent does not)."""
         chunks: list[bytes] = []
         queued = self.queued_in_pipe()
-        while queued > 0 and (data := self._read_once(min(READ_SIZE, queued))):
+        while queued > 0 and (data := self.read(min(READ_SIZE, queued))):
             queued -= len(data)
             chunks.append(data)
         return chunks
 
-    def _read_once(self, size: int) -> bytes:
+    def read(self, size: int) -> bytes:
+        """One read of at most ``size`` bytes; empty if there is nothing now (or at end-of-file).
+        The holder queues it and counts it in at once, its lock held: read ahead into a list, an
+        exception from a signal handler in between would lose what was read."""
         try:
             data = os.read(self.read_end, size)
         except BlockingIOError:

@@ -232,7 +232,7 @@ class Mailbox:
                 if self._polling or not self._held:
                     return
                 self._polling = polling = True
-                polled = {pipe.read_end: pipe for pipe in self._held if pipe.readable}
+                polled = {pipe.read_end: pipe for pipe in self._held if pipe.read_size() > 0}
             poller = select.poll()
             poller.register(self._wake_fd, select.POLLIN)
             for fd in polled:

@@ -50,7 +50,7 @@ from .actor import Actor, ChildSpec, actor_of, call, tell_quietly
 from .agent import AgentConnection, many_live_agents
 from .errors import LinxError, LinxValueError, describe_outcome
 from .flow import EVENT_TAG, OutputWindow, consumed
-from .held_output import DRAINING, HELD, RELAYED, WAITING, HeldPipe, open_held_pipes
+from .held_output import DRAINING, HELD, RELAYED, STREAMS, WAITING, HeldPipe, open_held_pipes
 from .mailbox import Mailbox, flush, mailbox, receive
 from .options import SessionOptions, SessionPlan, check_owner, check_target, credit_on_tell, plan_session
 from .reactor import reactor
@@ -337,10 +337,12 @@ class Session(Actor):
             raise
         finally:
             self._drain_events()
-            self._finish_without_pipes()
-            self.answer_left_tells()
-            with self._owner_lock:
+            with (
+                self._owner_lock
+            ):  # what an outcome kept for them still waits for is dropped, as the agent drops at a stop
                 self._close_pipes()
+            self._finish_waiting_outcome()
+            self.answer_left_tells()
 
     def _end_agent(self, reason: Any) -> None:
         """Have the agent end the workload (if it has not ended) and wait for the agent's exit."""
@@ -689,16 +691,6 @@ class Session(Actor):
         if outcome is not None:
             self._finish(outcome)
 
-    def _finish_without_pipes(self) -> None:
-        """The session stops: an outcome kept for its pipes' last output is finished now, and
-        what they still hold is dropped (as the agent drops at a stop)."""
-        with self._owner_lock:
-            for pipe in self._held_pipes:
-                if pipe.state == DRAINING:
-                    pipe.holder.release(pipe)
-                    pipe.close()
-        self._finish_waiting_outcome()
-
     def _close_pipes(self) -> None:
         """Called with ``_owner_lock`` held (idempotent)."""
         for pipe in self._held_pipes:
@@ -894,9 +886,7 @@ def _open_held_pipes(plan: SessionPlan) -> tuple[HeldPipe, ...]:
     request, owner = plan.request, plan.owner
     if type(owner) is not Mailbox or request.pty or request.output_mode != protocol.OUTPUT_BLOCK:
         return ()
-    streams = [
-        stream for fd, stream in ((1, "stdout"), (2, "stderr")) if request.stdio[fd].kind == protocol.STDIO_CAPTURE
-    ]
+    streams = [stream for stream, fd in STREAMS.items() if request.stdio[fd].kind == protocol.STDIO_CAPTURE]
     if not streams or many_live_agents():
         return ()
     try:
