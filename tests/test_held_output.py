@@ -344,6 +344,38 @@ def test_the_agent_leaves_a_held_pipe_to_python_and_relays_it_once_told():
         os.close(read_end)
 
 
+def test_at_a_hang_up_the_agent_drops_a_held_pipe_so_the_workload_never_blocks():
+    """The Python process is gone (kill -9: its end of the socket closes) with the held pipe
+    unread: the agent takes the pipe over and drops it, so a workload writing far more than the
+    pipe holds finishes, and the drop is reported to the byte."""
+    size = 4 * 1024 * 1024
+    request = protocol.encode_request(
+        protocol.Request(
+            mode=protocol.MODE_SPAWN,
+            argv=(b"/usr/bin/head", b"-c", str(size).encode(), b"/dev/zero"),
+            env=(),
+            stdio=(
+                protocol.StdioDirective(),
+                protocol.StdioDirective(protocol.STDIO_CAPTURE_HELD),
+                protocol.StdioDirective(),
+            ),
+            orphan_policy=(protocol.ORPHAN_LINGER, 0),
+        )
+    )
+    read_end, write_end = os.pipe()
+    try:
+        run = run_agent(
+            request + protocol.encode_command(protocol.CMD_PROCEED), fds=[read_end, write_end], timeout=TIMEOUT
+        )
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    assert run.events[-1] == ("exited", 0)
+    dropped = sum(event[2] for event in run.events if event[0] == "output_dropped")
+    delivered = sum(len(event[1]) for event in run.events if event[0] == "stdout")
+    assert dropped + delivered == size and dropped > 0
+
+
 @pytest.mark.parametrize("stream", [0, 3])
 def test_a_relay_of_another_stream_is_malformed(stream):
     request = protocol.encode_request(protocol.Request(mode=protocol.MODE_SPAWN, argv=(b"/bin/sleep", b"5"), env=()))
