@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import io
 import logging
 import os
 import termios
@@ -44,11 +45,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-READ_SIZE = 64 * 1024
-"""The most one read, and one event, takes. Larger reads cost more, not less: a ``bytes`` object
-past glibc's mmap threshold (128 KiB) is a fresh mapping, faulted in a page at a time and
-unmapped again when the owner drops it (a 256 KiB read loop reached 0.39× of ``Popen`` where a
-64 KiB one reached 1.2×: README, "Benchmarks")."""
+READ_SIZE = 120 * 1024
+"""The most one read, and one event, takes: as large as it may be, since each event costs the
+owner a few microseconds of Python, and no larger, since a ``bytes`` object past glibc's mmap
+threshold (128 KiB, the object's header included) is a fresh mapping, faulted in a page at a
+time and unmapped again when the owner drops it (a 256 KiB read loop reached 0.39× of ``Popen``
+where a 64 KiB one reached 1.2×; 120 KiB events beat 64 KiB ones by a tenth: README, "Benchmarks")."""
 STREAMS = {name: number for number, name in protocol.OUTPUT_STREAMS.items() if number != protocol.OUTPUT_STREAM_PTY}
 """The streams a pipe may hold, by name, and their numbers (which are also their fds)."""
 
@@ -121,6 +123,8 @@ class HeldPipe:
         self.stream = stream
         self.stream_number = STREAMS[stream]
         self.read_end = read_end
+        self._reader = io.BufferedReader(io.FileIO(read_end, closefd=False), buffer_size=1)
+        """Reads in C until a read's worth or the pipe is empty (``read``); it keeps nothing back."""
         self.write_end = write_end
         """Ours until the request that carries it has been sent; -1 after."""
         self.window = window
@@ -162,16 +166,22 @@ class HeldPipe:
         return chunks
 
     def read(self, size: int) -> bytes:
-        """One read of at most ``size`` bytes; empty if there is nothing now (or at end-of-file).
-        The holder queues it and counts it in at once, its lock held: read ahead into a list, an
-        exception from a signal handler in between would lose what was read."""
+        """At most ``size`` bytes: what the pipe holds, and what the workload writes while they
+        are read, up to ``size``; empty if there is nothing now (or at end-of-file). The holder
+        queues it and counts it in at once, its lock held: read ahead into a list, an exception
+        from a signal handler in between would lose what was read.
+
+        The reads are gathered in C, by a ``BufferedReader`` one byte "buffered", so that it
+        never keeps bytes back: a workload writing 8 KiB at a time then costs one event per
+        several writes, not one per write (a Python loop of ``os.read`` costs a call per write;
+        README, "Benchmarks")."""
         try:
-            data = os.read(self.read_end, size)
-        except BlockingIOError:
-            return b""
+            data = self._reader.read(size)
         except OSError as error:
             log.error("reading a captured %s: %s; the rest of it is lost", self.stream, error)
             self.ended = True
+            return b""
+        if data is None:  # the pipe is empty
             return b""
         if not data:
             self.ended = True
@@ -186,6 +196,7 @@ class HeldPipe:
         """Close both ends we hold (idempotent)."""
         self.close_write_end()
         if self.read_end >= 0:
+            self._reader.close()  # a read after this raises, rather than read whatever reuses the fd
             os.close(self.read_end)
             self.read_end = -1
         self.state = CLOSED

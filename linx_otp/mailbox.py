@@ -37,12 +37,17 @@ if TYPE_CHECKING:
 Match = tuple | Callable[[Any], bool] | None
 
 READS_PER_WAKE = 4
-"""Reads of one held pipe per look at it (``_read_pipe``): a 256 KiB pipe's worth."""
+"""Reads of one held pipe per look at it (``_read_pipe``), at most ``READ_SIZE`` each: a busy
+pipe does not keep the owner, or the other pipes, waiting."""
+
+
+def _anything(message: Any) -> bool:
+    return True
 
 
 def _matcher(match: Match) -> Callable[[Any], bool]:
     if match is None:
-        return lambda message: True
+        return _anything
     if callable(match):
         return match
     if isinstance(match, tuple):
@@ -60,7 +65,10 @@ class Mailbox:
 
     def __init__(self) -> None:
         self._messages: deque[Any] = deque()
-        self._condition = threading.Condition()
+        self._lock = threading.RLock()
+        """Guards everything here; entered directly, not through the condition (a Python-level
+        ``__enter__``: two calls more on every message taken)."""
+        self._condition = threading.Condition(self._lock)
         self._reader: threading.Thread | None = None
         """The thread that last took from it (a thread's own mailbox: that thread from the start)."""
         self._held: list[HeldPipe] = []
@@ -76,7 +84,7 @@ class Mailbox:
 
     def tell(self, message: Any) -> None:
         """Queue a message (never blocks)."""
-        with self._condition:
+        with self._lock:
             self._messages.append(message)
             self._condition.notify_all()
             self._wake_poller()
@@ -87,13 +95,14 @@ class Mailbox:
         accepts = _matcher(match)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            with self._condition:
+            with self._lock:
                 message = self._take_first(accepts)
+                # A read before any poll: while output flows, a poll per read cost a third.
+                while message is _NOTHING and self._held and not self._polling and self._read_held():
+                    message = self._take_first(accepts)
                 if message is not _NOTHING:
                     self._reader = threading.current_thread()
                     break
-                if self._held and not self._polling and self._read_held():
-                    continue  # a read before any poll: while output flows, a poll per read cost a third
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise TimeoutError(f"no message matching {match!r} within {timeout} s")
@@ -109,14 +118,14 @@ class Mailbox:
     def prepare_to_hold(self) -> None:
         """Make what ``hold`` needs (an eventfd, once); raises ``OSError``, and then pipes are
         not held (the agent relays them)."""
-        with self._condition:
+        with self._lock:
             if self._wake_fd < 0:
                 self._wake_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
                 weakref.finalize(self, os.close, self._wake_fd)
 
     def hold(self, pipe: HeldPipe) -> None:
         """Read ``pipe`` from now on, in ``receive`` and ``flush`` (after ``prepare_to_hold``)."""
-        with self._condition:
+        with self._lock:
             self._held.append(pipe)
             self._condition.notify_all()  # a receiver waiting on the condition may poll now
             self._wake_poller()
@@ -127,7 +136,7 @@ class Mailbox:
         bytes of the session's window, which taking it gives back to the agent). Returns those
         bytes."""
         adopted = 0
-        with self._condition:
+        with self._lock:
             for index in range(len(self._messages)):  # by index: a signal handler may tell meanwhile
                 message = self._messages[index]
                 pipe = self._from_pipe.get(id(message))
@@ -141,7 +150,7 @@ class Mailbox:
     def release(self, pipe: HeldPipe) -> None:
         """Stop reading ``pipe``: what this mailbox has read from it stays queued, in order;
         nothing more is read once this returns."""
-        with self._condition:
+        with self._lock:
             if pipe in self._held:
                 self._held.remove(pipe)
                 pipe.on_drained = None
@@ -153,7 +162,7 @@ class Mailbox:
         window as output is taken, and then let it go. True if that is done already; else
         ``on_drained(pipe)`` is called once it is (with this mailbox's lock held), and until
         then the pipe is read as before (but for what is written to it later)."""
-        with self._condition:
+        with self._lock:
             if pipe not in self._held:
                 return True
             pipe.left = pipe.queued_in_pipe()
@@ -228,7 +237,7 @@ class Mailbox:
         ready: list[tuple[int, int]] = []
         polled: dict[int, HeldPipe] = {}
         try:
-            with self._condition:
+            with self._lock:
                 if self._polling or not self._held:
                     return
                 self._polling = polling = True
@@ -239,7 +248,7 @@ class Mailbox:
                 poller.register(fd, select.POLLIN)
             ready = poller.poll(None if timeout is None else max(0, int(timeout * 1000 + 0.999)))
         finally:
-            with self._condition:
+            with self._lock:
                 if polling:
                     self._polling = False
                 for fd, _ in ready:
@@ -272,7 +281,7 @@ class Mailbox:
 
     def flush(self) -> list[Any]:
         """Return and remove every queued message."""
-        with self._condition:
+        with self._lock:
             self._read_held()
             messages = []
             while self._messages:  # one at a time: what a signal handler tells meanwhile is taken too, not lost
@@ -291,7 +300,7 @@ class Mailbox:
         return reader is not None and not reader.is_alive()
 
     def __len__(self) -> int:
-        with self._condition:
+        with self._lock:
             return len(self._messages)
 
     def __repr__(self) -> str:

@@ -19,7 +19,7 @@ from support import process_alive, wait_until
 import linx_otp
 from linx_otp import agent, protocol
 from linx_otp import process as P
-from linx_otp.held_output import DEPTH_MAX
+from linx_otp.held_output import DEPTH_MAX, READ_SIZE, open_held_pipes
 
 TIMEOUT = 20
 SMALL_WINDOW = 64 * 1024
@@ -132,14 +132,31 @@ def test_stdout_and_stderr_both_held_each_whole(box):
 
 
 def test_events_are_at_most_one_read_each(box):
-    """Held output comes in events of at most 64 KiB (larger ones cost page faults: READ_SIZE)."""
+    """Held output comes in events of at most READ_SIZE (larger ones cost page faults)."""
     session = spawn_counting(box, lines=1_000_000)
     sizes = []
     while (event := box.receive(timeout=TIMEOUT))[1] not in P.TERMINAL_EVENTS:
         if event[1] == "stdout":
             sizes.append(len(event[2]))
-    assert sum(sizes) == len(numbers(1_000_000)) and max(sizes) <= 64 * 1024
+    assert sum(sizes) == len(numbers(1_000_000)) and max(sizes) <= READ_SIZE
     session.stop()
+
+
+def test_a_read_takes_what_many_writes_left_and_keeps_nothing_back(box):
+    """A read gathers (in C) across the workload's writes, and what it does not return stays in
+    the pipe: bytes kept back in a buffer would be lost when the agent takes the pipe over."""
+    (pipe,) = open_held_pipes(("stdout",), window_size=SMALL_WINDOW, holder=box)
+    try:
+        written = b"".join(bytes([65 + index]) * 1000 for index in range(10))
+        for index in range(10):
+            os.write(pipe.write_end, written[index * 1000 : (index + 1) * 1000])
+        assert pipe.read(3500) == written[:3500]
+        assert pipe.queued_in_pipe() == 6500
+        pipe.close_write_end()
+        assert pipe.read(READ_SIZE) == written[3500:]  # up to the end of the file, not the size
+        assert pipe.read(READ_SIZE) == b"" and pipe.ended
+    finally:
+        pipe.close()
 
 
 def test_one_mailbox_holds_several_sessions_each_in_order(box):
