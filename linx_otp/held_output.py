@@ -66,11 +66,13 @@ class HeldWindow:
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self.queued = 0
+        self.room = size
+        """What may still be read: the window less what is queued and not taken (an attribute,
+        not computed: it is looked at on every read and every take)."""
 
     @property
-    def room(self) -> int:
-        return self.size - self.queued
+    def queued(self) -> int:
+        return self.size - self.room
 
 
 def open_held_pipes(streams: Sequence[str], window_size: int, holder: Mailbox) -> tuple[HeldPipe, ...]:

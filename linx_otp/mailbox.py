@@ -142,7 +142,7 @@ class Mailbox:
                 pipe = self._from_pipe.get(id(message))
                 if pipe is not None and pipe in pipes:
                     del self._from_pipe[id(message)]
-                    pipe.window.queued -= len(message[2])
+                    pipe.window.room += len(message[2])
                     self._messages[index] = claim(message)
                     adopted += len(message[2])
         return adopted
@@ -204,7 +204,7 @@ class Mailbox:
         event = (EVENT_TAG, pipe.stream, data)
         self._messages.append(event)
         self._from_pipe[id(event)] = pipe
-        pipe.window.queued += len(data)
+        pipe.window.room -= len(data)
         if pipe.left is not None:
             pipe.left -= len(data)
 
@@ -215,7 +215,7 @@ class Mailbox:
         pipe = self._from_pipe.pop(id(message), None)
         if pipe is not None:
             full = pipe.window.room <= 0
-            pipe.window.queued -= len(message[2])
+            pipe.window.room += len(message[2])
             if full and self._polling:
                 self._wake_poller()
 
