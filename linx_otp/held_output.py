@@ -49,8 +49,8 @@ READ_SIZE = 120 * 1024
 """The most one read, and one event, takes: as large as it may be, since each event costs the
 owner a few microseconds of Python, and no larger, since a ``bytes`` object past glibc's mmap
 threshold (128 KiB, the object's header included) is a fresh mapping, faulted in a page at a
-time and unmapped again when the owner drops it (a 256 KiB read loop reached 0.39× of ``Popen``
-where a 64 KiB one reached 1.2×; 120 KiB events beat 64 KiB ones by a tenth: README, "Benchmarks")."""
+time and unmapped again when the owner drops it (248 KiB events took 7,000-9,000 page faults a
+200 MiB capture where 120 KiB ones took none, and lost a fifth: README, "Benchmarks")."""
 STREAMS = {name: number for number, name in protocol.OUTPUT_STREAMS.items() if number != protocol.OUTPUT_STREAM_PTY}
 """The streams a pipe may hold, by name, and their numbers (which are also their fds)."""
 
@@ -84,8 +84,14 @@ def open_held_pipes(streams: Sequence[str], window_size: int, holder: Mailbox) -
     try:
         for stream in streams:
             read_end, write_end = os.pipe2(os.O_CLOEXEC)
-            pipes.append(HeldPipe(stream, read_end, write_end, window, holder))
-            os.set_blocking(read_end, False)
+            try:
+                os.set_blocking(read_end, False)
+                pipe = HeldPipe(stream, read_end, write_end, window, holder)
+            except BaseException:
+                os.close(read_end)
+                os.close(write_end)
+                raise
+            pipes.append(pipe)
             deepen(read_end, window_size)
     except BaseException:
         for pipe in pipes:

@@ -70,6 +70,8 @@ class Mailbox:
         ``__enter__``: two calls more on every message taken)."""
         self._condition = threading.Condition(self._lock)
         self._reader: threading.Thread | None = None
+        self._takers: set[int] = set()
+        """The threads inside ``receive`` or ``flush``, by ident (``_taker``)."""
         """The thread that last took from it (a thread's own mailbox: that thread from the start)."""
         self._held: list[HeldPipe] = []
         """Capture pipes this mailbox reads itself (``hold``)."""
@@ -94,22 +96,27 @@ class Mailbox:
         one; the others stay queued in order. Raises ``TimeoutError``."""
         accepts = _matcher(match)
         deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            with self._lock:
-                message = self._take_first(accepts)
-                # A read before any poll: while output flows, a poll per read cost a third.
-                while message is _NOTHING and self._held and not self._polling and self._read_held():
+        taker = self._taker()
+        try:
+            self._takers.add(taker)
+            while True:
+                with self._lock:
                     message = self._take_first(accepts)
-                if message is not _NOTHING:
-                    self._reader = threading.current_thread()
-                    break
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    raise TimeoutError(f"no message matching {match!r} within {timeout} s")
-                if not self._held or self._polling:
-                    self._condition.wait(remaining)
-                    continue
-            self._poll_held(remaining)
+                    # A read before any poll: while output flows, a poll per read cost a third.
+                    while message is _NOTHING and self._held and not self._polling and self._read_held():
+                        message = self._take_first(accepts)
+                    if message is not _NOTHING:
+                        self._reader = threading.current_thread()
+                        break
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        raise TimeoutError(f"no message matching {match!r} within {timeout} s")
+                    if not self._held or self._polling:
+                        self._condition.wait(remaining)
+                        continue
+                self._poll_held(remaining)
+        finally:
+            self._takers.discard(taker)
         consumed(message)
         return message
 
@@ -281,16 +288,35 @@ class Mailbox:
 
     def flush(self) -> list[Any]:
         """Return and remove every queued message."""
-        with self._lock:
-            self._read_held()
-            messages = []
-            while self._messages:  # one at a time: what a signal handler tells meanwhile is taken too, not lost
-                messages.append(message := self._messages.popleft())
-                self._taken(message)
-            self._reader = threading.current_thread()
+        taker = self._taker()
+        try:
+            self._takers.add(taker)
+            with self._lock:
+                self._read_held()
+                messages = []
+                while self._messages:  # one at a time: what a signal handler tells meanwhile is taken too, not lost
+                    messages.append(message := self._messages.popleft())
+                    self._taken(message)
+                self._reader = threading.current_thread()
+        finally:
+            self._takers.discard(taker)
         for message in messages:
             consumed(message)
         return messages
+
+    def _taker(self) -> int:
+        """This thread's ident, for ``_takers``, unless it is taking already: then this is a
+        signal handler that interrupted its ``receive`` or ``flush``, and taking now could queue
+        output behind newer output or take from under the interrupted scan, so it is refused
+        (a handler may ``tell``). The caller counts it in inside its ``try``: an exception in
+        between (a handler's, again) must not leave it counted for good."""
+        taker = threading.get_ident()
+        if taker in self._takers:
+            raise RuntimeError(
+                "receive or flush of a Mailbox from a signal handler that interrupted a receive or flush "
+                "of the same mailbox: a signal handler may only tell it"
+            )
+        return taker
 
     def reader_has_ended(self) -> bool:
         """Whether the thread that last took from this mailbox (for a thread's own mailbox, that

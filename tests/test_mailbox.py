@@ -76,3 +76,30 @@ def test_a_signal_handler_on_the_receiving_thread_may_tell_the_mailbox(box):
     # every one, none lost (a handler can itself be interrupted by the next alarm, so not in order)
     alarms = sorted(number for kind, number in box.flush() if kind == "alarm")
     assert alarms == list(range(told))
+
+
+@pytest.mark.parametrize("take", ["receive", "flush"])
+def test_a_signal_handler_may_not_take_from_a_mailbox_its_thread_is_taking_from(box, take):
+    """A handler that receives or flushes while the thread it interrupted is inside a receive
+    would take from under that receive's scan, or queue held output behind newer output: it gets
+    a clear error, raised where the handler interrupted, and the mailbox goes on working."""
+    attempts = []
+
+    def on_alarm(signum, frame):
+        attempts.append(take)
+        box.flush() if take == "flush" else box.receive(timeout=0)
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, 0.05)
+    try:
+        with pytest.raises(RuntimeError, match="a signal handler may only tell it"):
+            box.receive(("never",), timeout=5)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert attempts == [take]
+    box.tell(("after",))
+    assert box.receive(timeout=1) == ("after",)  # neither thread nor mailbox is left marked as taking
+    box.tell(("later",))
+    on_alarm(signal.SIGALRM, None)  # outside any take, a handler's take is an ordinary one
+    assert box.flush() == []
