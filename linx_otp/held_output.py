@@ -49,8 +49,8 @@ READ_SIZE = 120 * 1024
 """The most one read, and one event, takes: as large as it may be, since each event costs the
 owner a few microseconds of Python, and no larger, since a ``bytes`` object past glibc's mmap
 threshold (128 KiB, the object's header included) is a fresh mapping, faulted in a page at a
-time and unmapped again when the owner drops it (248 KiB events took 7,000-9,000 page faults a
-200 MiB capture where 120 KiB ones took none, and lost a fifth: README, "Benchmarks")."""
+time and unmapped again when the owner drops it (248 KiB events took 6,900-8,800 page faults a
+200 MiB capture where 120 KiB ones took a handful, and lost a fifth: README, "Benchmarks")."""
 STREAMS = {name: number for number, name in protocol.OUTPUT_STREAMS.items() if number != protocol.OUTPUT_STREAM_PTY}
 """The streams a pipe may hold, by name, and their numbers (which are also their fds)."""
 

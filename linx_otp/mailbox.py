@@ -70,9 +70,9 @@ class Mailbox:
         ``__enter__``: two calls more on every message taken)."""
         self._condition = threading.Condition(self._lock)
         self._reader: threading.Thread | None = None
+        """The thread that last took from it (a thread's own mailbox: that thread from the start)."""
         self._takers: set[int] = set()
         """The threads inside ``receive`` or ``flush``, by ident (``_taker``)."""
-        """The thread that last took from it (a thread's own mailbox: that thread from the start)."""
         self._held: list[HeldPipe] = []
         """Capture pipes this mailbox reads itself (``hold``)."""
         self._from_pipe: dict[int, HeldPipe] = {}
