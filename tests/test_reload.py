@@ -334,8 +334,10 @@ def test_a_reload_during_a_back_off_replaces_the_waiting_restart(tmp_path, runni
     tree.write_text(textwrap.dedent(BACKING_OFF.format(script="exec sleep 600", delay=6.0)))
     assert request(str(daemon.control), {"verb": "reload"})["changed"] == ["crasher"]
     assert wait_until(lambda: status(daemon)["crasher"]["state"] == "running", TIMEOUT)
+    # status answers from the tree's state; the event's line reaches stdout (and this test) just after
+    assert wait_until(lambda: len(events(daemon, "crasher", "running")) == 2, TIMEOUT), daemon.lines
     backoff, running = events(daemon, "crasher", "backoff")[0], events(daemon, "crasher", "running")
-    assert len(running) == 2 and running[1]["time"] < backoff["time"] + 6.0  # at once, not after the old delay
+    assert running[1]["time"] < backoff["time"] + 6.0  # at once, not after the old delay
     pid = status(daemon)["crasher"]["host_pid"]
     time.sleep(
         max(0.0, backoff["time"] + 6.2 - time.time())
