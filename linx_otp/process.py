@@ -337,9 +337,8 @@ class Session(Actor):
             raise
         finally:
             self._drain_events()
-            with (
-                self._owner_lock
-            ):  # what an outcome kept for them still waits for is dropped, as the agent drops at a stop
+            # what an outcome kept for the pipes still waits for is dropped, as the agent drops at a stop
+            with self._owner_lock:
                 self._close_pipes()
             self._finish_waiting_outcome()
             self.answer_left_tells()

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -20,8 +22,10 @@ import json, sys, time
 import linx_otp
 from linx_otp import process as P
 
-argv, policy, proceed, then = json.loads(sys.argv[1])
+argv, policy, proceed, then, stdio = json.loads(sys.argv[1])
 options = {} if policy is None else {"orphan_policy": tuple(policy) if isinstance(policy, list) else policy}
+if stdio is not None:
+    options["stdio"] = stdio
 session = P.spawn(argv=argv, auto_proceed=proceed, **options)
 linx_otp.receive(("linx_process", "ready"), timeout=10)
 if proceed:
@@ -36,9 +40,9 @@ if then == "sleep":
 class Host:
     """A Python process owning one session; the workload's host pid is read from it."""
 
-    def __init__(self, argv, policy=None, proceed=True, then="sleep"):
+    def __init__(self, argv, policy=None, proceed=True, then="sleep", stdio=None):
         self.process = subprocess.Popen(
-            [sys.executable, "-c", HOST_SCRIPT, json.dumps([argv, policy, proceed, then])],
+            [sys.executable, "-c", HOST_SCRIPT, json.dumps([argv, policy, proceed, then, stdio])],
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -115,6 +119,33 @@ def test_linger_policy_leaves_the_workload_running(hosts, tmp_path):
     # instead (an end stops the wait as it happens; a SIGTERM leaves `termed`).
     assert not ends_within(host.workload, 0.5) and not termed.exists()
     assert process_alive(host.workload)
+
+
+def pipe_inode(path: str) -> int | None:
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return status.st_ino if stat.S_ISFIFO(status.st_mode) else None
+
+
+def test_a_workload_blocked_on_an_unread_held_pipe_finishes_after_its_host_is_killed(hosts, tmp_path):
+    """The host's own mailbox owns the session, so the host reads the capture pipe itself (held
+    output) and, never reading, leaves the workload blocked in write(2). After kill -9 of the host
+    the agent takes the pipe over at its socket's hang-up and drops what comes: with linger, the
+    workload runs to its end instead of blocking for good."""
+    marker = tmp_path / "finished"
+    script = f"head -c {8 * 1024 * 1024} /dev/zero; touch {marker}"  # 8 windows: blocks while unread
+    host = hosts(["/bin/sh", "-c", script], policy="linger", stdio={"stdout": "capture"})
+    children = pathlib.Path(f"/proc/{host.workload}/task/{host.workload}/children")
+    assert wait_until(lambda: children.read_text().split(), 10)
+    writer = int(children.read_text().split()[0])  # head, the shell's child
+    assert wait_until(lambda: "pipe_write" in pathlib.Path(f"/proc/{writer}/wchan").read_text(), 10)
+    held = {pipe_inode(f"/proc/{host.process.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{host.process.pid}/fd")}
+    assert pipe_inode(f"/proc/{writer}/fd/1") in held, "the host holds the pipe's read end: held, not relayed"
+    host.kill()
+    assert wait_until(marker.exists, 10), "the workload stayed blocked after its host died"
+    assert wait_until(lambda: not process_alive(host.workload), 5)
 
 
 def test_a_parked_child_never_runs_when_the_host_dies(hosts, tmp_path):
