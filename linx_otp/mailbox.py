@@ -29,7 +29,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .flow import EVENT_TAG, consumed
+from .flow import EVENT_TAG, OutputEvent, consumed
 
 if TYPE_CHECKING:
     from .held_output import HeldPipe
@@ -41,13 +41,8 @@ READS_PER_WAKE = 4
 pipe does not keep the owner, or the other pipes, waiting."""
 
 
-def _anything(message: Any) -> bool:
-    return True
-
-
-def _matcher(match: Match) -> Callable[[Any], bool]:
-    if match is None:
-        return _anything
+def _matcher(match: tuple | Callable[[Any], bool]) -> Callable[[Any], bool]:
+    """What ``receive`` takes, as a predicate (for no match at all, ``_take_first`` takes None)."""
     if callable(match):
         return match
     if isinstance(match, tuple):
@@ -71,8 +66,8 @@ class Mailbox:
         self._condition = threading.Condition(self._lock)
         self._reader: threading.Thread | None = None
         """The thread that last took from it (a thread's own mailbox: that thread from the start)."""
-        self._takers: set[int] = set()
-        """The threads inside ``receive`` or ``flush``, by ident (``_taker``)."""
+        self._takers: set[threading.Thread] = set()
+        """The threads inside ``receive`` or ``flush`` (``_taker``)."""
         self._held: list[HeldPipe] = []
         """Capture pipes this mailbox reads itself (``hold``)."""
         self._from_pipe: dict[int, HeldPipe] = {}
@@ -94,8 +89,8 @@ class Mailbox:
     def receive(self, match: Match = None, timeout: float | None = None) -> Any:
         """Take the first queued message that matches, waiting up to ``timeout`` seconds for
         one; the others stay queued in order. Raises ``TimeoutError``."""
-        accepts = _matcher(match)
-        deadline = None if timeout is None else time.monotonic() + timeout
+        accepts = None if match is None else _matcher(match)  # None: the first message
+        deadline = None  # set once it has to wait: a receive that finds its message at once reads no clock
         taker = self._taker()
         try:
             self._takers.add(taker)
@@ -106,18 +101,23 @@ class Mailbox:
                     while message is _NOTHING and self._held and not self._polling and self._read_held():
                         message = self._take_first(accepts)
                     if message is not _NOTHING:
-                        self._reader = threading.current_thread()
+                        self._reader = taker
                         break
-                    remaining = None if deadline is None else deadline - time.monotonic()
-                    if remaining is not None and remaining <= 0:
-                        raise TimeoutError(f"no message matching {match!r} within {timeout} s")
+                    remaining = None
+                    if timeout is not None:
+                        now = time.monotonic()
+                        deadline = now + timeout if deadline is None else deadline
+                        remaining = deadline - now
+                        if remaining <= 0:
+                            raise TimeoutError(f"no message matching {match!r} within {timeout} s")
                     if not self._held or self._polling:
                         self._condition.wait(remaining)
                         continue
                 self._poll_held(remaining)
         finally:
             self._takers.discard(taker)
-        consumed(message)
+        if type(message) is OutputEvent:  # the only kind that holds a window (a call less per message)
+            consumed(message)
         return message
 
     # -- held capture pipes (held_output) -----------------------------------------------------
@@ -191,14 +191,21 @@ class Mailbox:
 
     def _read_pipe(self, pipe: HeldPipe) -> None:
         """Queue what ``pipe`` holds now, within its window, as its output events, each as it is
-        read; a draining pipe whose last output is all queued is let go. Called with the lock held."""
+        read (its bytes counted out of the window, and out of what is ``left`` of a draining
+        pipe); a draining pipe whose last output is all queued is let go. Called with the lock held."""
+        window = pipe.window
         for _ in range(READS_PER_WAKE):
             size = pipe.read_size()
             if size <= 0:
                 break
             data = pipe.read(size)
             if data:
-                self._queue_output(pipe, data)
+                event = (EVENT_TAG, pipe.stream, data)
+                self._messages.append(event)
+                self._from_pipe[id(event)] = pipe
+                window.room -= len(data)
+                if pipe.left is not None:
+                    pipe.left -= len(data)
             if len(data) < size:
                 break  # it is empty now
         on_drained = pipe.on_drained
@@ -206,25 +213,6 @@ class Mailbox:
             self._held.remove(pipe)
             pipe.on_drained = None
             on_drained(pipe)
-
-    def _queue_output(self, pipe: HeldPipe, data: bytes) -> None:
-        event = (EVENT_TAG, pipe.stream, data)
-        self._messages.append(event)
-        self._from_pipe[id(event)] = pipe
-        pipe.window.room -= len(data)
-        if pipe.left is not None:
-            pipe.left -= len(data)
-
-    def _taken(self, message: Any) -> None:
-        """``message`` has left the queue: if it was read from a held pipe, its bytes are room
-        in that pipe's window again, and a poll that left the pipe out (its window was full)
-        takes it in again. Called with the lock held."""
-        pipe = self._from_pipe.pop(id(message), None)
-        if pipe is not None:
-            full = pipe.window.room <= 0
-            pipe.window.room += len(message[2])
-            if full and self._polling:
-                self._wake_poller()
 
     def _wake_poller(self) -> None:
         """Called with the lock held: a thread polling the held pipes returns from ``poll``."""
@@ -269,22 +257,35 @@ class Mailbox:
                         self._read_pipe(pipe)
                 self._condition.notify_all()
 
-    def _take_first(self, accepts: Callable[[Any], bool]) -> Any:
-        """The first queued message that ``accepts`` takes, removed; ``_NOTHING`` if none. The
-        caller holds the lock, which is reentrant: a signal handler that runs on this thread
+    def _take_first(self, accepts: Callable[[Any], bool] | None) -> Any:
+        """The first queued message that ``accepts`` takes (None: the first one), removed;
+        ``_NOTHING`` if none. If it was read from a held pipe, its bytes are room in that pipe's
+        window again, and a poll that left the pipe out (its window was full) takes it in again.
+
+        The caller holds the lock, which is reentrant: a signal handler that runs on this thread
         meanwhile may ``tell`` this mailbox (the daemon's does), appending to the queue. So the
         scan walks a copy (an append moves no earlier message), after a look at the first one,
-        which is what a receive without a pattern takes, copying nothing."""
-        if self._messages and accepts(first := self._messages[0]):
-            self._messages.popleft()
-            self._taken(first)
-            return first
-        for index, message in enumerate(list(self._messages)):
-            if accepts(message):
-                del self._messages[index]
-                self._taken(message)
-                return message
-        return _NOTHING
+        which is all a receive without a pattern looks at."""
+        messages = self._messages
+        if messages and (accepts is None or accepts(messages[0])):
+            message = messages.popleft()
+        elif accepts is None:
+            return _NOTHING
+        else:
+            for index, message in enumerate(list(messages)):
+                if accepts(message):
+                    del messages[index]
+                    break
+            else:
+                return _NOTHING
+        pipe = self._from_pipe.pop(id(message), None)
+        if pipe is not None:
+            window = pipe.window
+            full = window.room <= 0
+            window.room += len(message[2])
+            if full and self._polling:
+                self._wake_poller()
+        return message
 
     def flush(self) -> list[Any]:
         """Return and remove every queued message."""
@@ -294,23 +295,23 @@ class Mailbox:
             with self._lock:
                 self._read_held()
                 messages = []
-                while self._messages:  # one at a time: what a signal handler tells meanwhile is taken too, not lost
-                    messages.append(message := self._messages.popleft())
-                    self._taken(message)
-                self._reader = threading.current_thread()
+                # one at a time: what a signal handler tells meanwhile is taken too, not lost
+                while (message := self._take_first(None)) is not _NOTHING:
+                    messages.append(message)
+                self._reader = taker
         finally:
             self._takers.discard(taker)
         for message in messages:
             consumed(message)
         return messages
 
-    def _taker(self) -> int:
-        """This thread's ident, for ``_takers``, unless it is taking already: then this is a
+    def _taker(self) -> threading.Thread:
+        """This thread, for ``_takers``, unless it is taking already: then this is a
         signal handler that interrupted its ``receive`` or ``flush``, and taking now could queue
         output behind newer output or take from under the interrupted scan, so it is refused
         (a handler may ``tell``). The caller counts it in inside its ``try``: an exception in
         between (a handler's, again) must not leave it counted for good."""
-        taker = threading.get_ident()
+        taker = _this_thread.thread
         if taker in self._takers:
             raise RuntimeError(
                 "receive or flush of a Mailbox from a signal handler that interrupted a receive or flush "
@@ -333,15 +334,24 @@ class Mailbox:
         return f"<Mailbox {len(self)} queued>"
 
 
-_thread_local = threading.local()
+class _ThisThread(threading.local):
+    """What each thread keeps for itself: its ``Thread``, found once (``current_thread`` is a
+    Python call, and each ``receive`` records its taker), and its own mailbox, once asked for."""
+
+    def __init__(self) -> None:
+        self.thread = threading.current_thread()
+        self.mailbox: Mailbox | None = None
+
+
+_this_thread = _ThisThread()
 
 
 def mailbox() -> Mailbox:
     """The calling thread's own mailbox (what ``self()`` is in Elixir)."""
-    own = getattr(_thread_local, "mailbox", None)
+    own = _this_thread.mailbox
     if own is None:
-        own = _thread_local.mailbox = Mailbox()
-        own._reader = threading.current_thread()
+        own = _this_thread.mailbox = Mailbox()
+        own._reader = _this_thread.thread
     return own
 
 
