@@ -20,6 +20,7 @@ others wait on the condition as before.
 
 from __future__ import annotations
 
+import itertools
 import os
 import select
 import threading
@@ -90,7 +91,7 @@ class Mailbox:
         """Take the first queued message that matches, waiting up to ``timeout`` seconds for
         one; the others stay queued in order. Raises ``TimeoutError``."""
         accepts = None if match is None else _matcher(match)  # None: the first message
-        deadline = None  # set once it has to wait: a receive that finds its message at once reads no clock
+        deadline = None if timeout is None else time.monotonic() + timeout
         taker = self._taker()
         try:
             self._takers.add(taker)
@@ -103,20 +104,16 @@ class Mailbox:
                     if message is not _NOTHING:
                         self._reader = taker
                         break
-                    remaining = None
-                    if timeout is not None:
-                        now = time.monotonic()
-                        deadline = now + timeout if deadline is None else deadline
-                        remaining = deadline - now
-                        if remaining <= 0:
-                            raise TimeoutError(f"no message matching {match!r} within {timeout} s")
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        raise TimeoutError(f"no message matching {match!r} within {timeout} s")
                     if not self._held or self._polling:
                         self._condition.wait(remaining)
                         continue
                 self._poll_held(remaining)
         finally:
             self._takers.discard(taker)
-        if type(message) is OutputEvent:  # the only kind that holds a window (a call less per message)
+        if type(message) is OutputEvent:  # a relayed event's claim (a held one gave its room back when taken)
             consumed(message)
         return message
 
@@ -265,14 +262,15 @@ class Mailbox:
         The caller holds the lock, which is reentrant: a signal handler that runs on this thread
         meanwhile may ``tell`` this mailbox (the daemon's does), appending to the queue. So the
         scan walks a copy (an append moves no earlier message), after a look at the first one,
-        which is all a receive without a pattern looks at."""
+        which is all a receive without a pattern looks at, and which the scan skips: a predicate
+        sees each message once a scan."""
         messages = self._messages
         if messages and (accepts is None or accepts(messages[0])):
             message = messages.popleft()
         elif accepts is None:
             return _NOTHING
         else:
-            for index, message in enumerate(list(messages)):
+            for index, message in enumerate(itertools.islice(list(messages), 1, None), start=1):
                 if accepts(message):
                     del messages[index]
                     break

@@ -30,6 +30,28 @@ def test_receive_times_out_with_timeouterror(box):
     assert len(box) == 1
 
 
+def test_the_timeout_counts_from_the_call_not_from_the_first_wait(box):
+    """A scan that outlasts the timeout ends the receive, not a timeout more; it looks at each message once."""
+    box.tell(("other",))
+    looked_at = []
+
+    def slow_no(message):
+        looked_at.append(message)
+        time.sleep(0.15)
+        return False
+
+    with pytest.raises(TimeoutError):
+        box.receive(slow_no, timeout=0.1)
+    assert looked_at == [("other",)]
+
+
+def test_a_bad_timeout_is_refused_even_when_the_message_is_there(box):
+    box.tell(("here",))
+    with pytest.raises(TypeError):
+        box.receive(timeout="1")
+    assert box.flush() == [("here",)]
+
+
 def test_receive_wakes_when_a_matching_message_arrives(box):
     threading.Timer(0.05, box.tell, [("late",)]).start()
     assert box.receive(("late",), timeout=5) == ("late",)
