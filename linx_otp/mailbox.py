@@ -30,6 +30,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from .errors import LinxValueError
 from .flow import EVENT_TAG, OutputEvent, consumed
 
 if TYPE_CHECKING:
@@ -40,6 +41,30 @@ Match = tuple | Callable[[Any], bool] | None
 READS_PER_WAKE = 4
 """Reads of one held pipe per look at it (``_read_pipe``), at most ``READ_SIZE`` each: a busy
 pipe does not keep the owner, or the other pipes, waiting."""
+
+
+LONGEST_WAIT = 86400.0
+"""The longest a receive waits at once, in seconds: a longer timeout is waited in these slices
+(``poll`` refuses one past 2**31 ms, 24.8 days)."""
+
+
+_TIMEOUT_MAX = threading.TIMEOUT_MAX
+
+
+def check_timeout(timeout: Any) -> float | None:
+    """A ``timeout``: None (wait forever) or seconds, finite, from 0 to ``threading.TIMEOUT_MAX``;
+    raises ``LinxValueError(("bad_timeout", value))``.
+
+    >>> check_timeout(None), check_timeout(2)
+    (None, 2.0)
+    """
+    if timeout is None:
+        return None
+    if isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and 0 <= timeout <= _TIMEOUT_MAX:
+        return float(timeout)  # (NaN and infinity fail the range)
+    raise LinxValueError(
+        ("bad_timeout", timeout), f"timeout must be None (wait forever) or finite seconds >= 0, not {timeout!r}"
+    )
 
 
 def _matcher(match: tuple | Callable[[Any], bool]) -> Callable[[Any], bool]:
@@ -89,8 +114,10 @@ class Mailbox:
 
     def receive(self, match: Match = None, timeout: float | None = None) -> Any:
         """Take the first queued message that matches, waiting up to ``timeout`` seconds for
-        one; the others stay queued in order. Raises ``TimeoutError``."""
+        one (None: for ever); the others stay queued in order. Raises ``TimeoutError``, and
+        ``LinxValueError(("bad_timeout", timeout))`` before taking anything (``check_timeout``)."""
         accepts = None if match is None else _matcher(match)  # None: the first message
+        timeout = check_timeout(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         taker = self._taker()
         try:
@@ -105,8 +132,10 @@ class Mailbox:
                         self._reader = taker
                         break
                     remaining = None if deadline is None else deadline - time.monotonic()
-                    if remaining is not None and remaining <= 0:
-                        raise TimeoutError(f"no message matching {match!r} within {timeout} s")
+                    if remaining is not None:
+                        if remaining <= 0:
+                            raise TimeoutError(f"no message matching {match!r} within {timeout} s")
+                        remaining = min(remaining, LONGEST_WAIT)
                     if not self._held or self._polling:
                         self._condition.wait(remaining)
                         continue

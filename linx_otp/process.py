@@ -36,7 +36,6 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import logging
-import math
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -51,7 +50,7 @@ from .agent import AgentConnection, many_live_agents
 from .errors import LinxError, LinxValueError, describe_outcome
 from .flow import EVENT_TAG, OutputWindow, consumed
 from .held_output import DRAINING, HELD, RELAYED, STREAMS, WAITING, HeldPipe, open_held_pipes
-from .mailbox import Mailbox, flush, mailbox, receive
+from .mailbox import Mailbox, check_timeout, flush, mailbox, receive
 from .options import SessionOptions, SessionPlan, check_owner, check_target, credit_on_tell, plan_session
 from .reactor import reactor
 from .readiness import Readiness, check_readiness
@@ -1036,27 +1035,6 @@ def signal(session: SessionRef, signum: int) -> None:
     if isinstance(actor, Session) and actor.signal_directly(int(signum)):
         return
     _ask(session, Signal(int(signum)))
-
-
-def check_timeout(timeout: Any) -> float | None:
-    """A ``timeout``: None (wait forever) or seconds, finite, from 0 to ``threading.TIMEOUT_MAX``;
-    raises ``LinxValueError(("bad_timeout", value))``.
-
-    >>> check_timeout(None), check_timeout(2)
-    (None, 2.0)
-    """
-    if timeout is None:
-        return None
-    if (
-        isinstance(timeout, (int, float))
-        and not isinstance(timeout, bool)
-        and math.isfinite(timeout)
-        and 0 <= timeout <= threading.TIMEOUT_MAX
-    ):
-        return float(timeout)
-    raise LinxValueError(
-        ("bad_timeout", timeout), f"timeout must be None (wait forever) or finite seconds >= 0, not {timeout!r}"
-    )
 
 
 def wait(session: SessionRef, timeout: float | None = None) -> Outcome:

@@ -111,6 +111,21 @@ def test_other_owners_and_modes_are_relayed_by_the_agent(owner_kind, monkeypatch
     session.stop()
 
 
+@pytest.mark.parametrize("timeout", [30 * 86400, threading.TIMEOUT_MAX])
+def test_a_receive_with_no_end_in_sight_polls_the_pipe(box, timeout):
+    """A timeout past what ``poll`` takes (2**31 ms: 24.8 days) is waited in slices."""
+    session = P.spawn(
+        argv=["sh", "-c", "sleep 0.3; echo late; exec sleep 30"],
+        stdio={"stdout": "capture"},
+        owner=box,
+        auto_proceed=True,
+    )
+    assert box.receive(("linx_process", "running"), timeout=TIMEOUT)
+    assert held_by_this_process(workload_pid(session))
+    assert box.receive(("linx_process", "stdout"), timeout=timeout)[2] == b"late\n"
+    session.stop()
+
+
 def test_output_is_whole_in_order_between_running_and_the_outcome(box):
     session = spawn_counting(box)
     output, kinds, outcome = read_until_outcome(box)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import signal
 import threading
 import time
@@ -45,11 +46,20 @@ def test_the_timeout_counts_from_the_call_not_from_the_first_wait(box):
     assert looked_at == [("other",)]
 
 
-def test_a_bad_timeout_is_refused_even_when_the_message_is_there(box):
+@pytest.mark.parametrize("timeout", [float("nan"), math.inf, -1, -0.001, True, "1", 1e30])
+def test_a_bad_timeout_is_refused_and_nothing_is_taken(box, timeout):
+    """The rule ``P.wait`` keeps: None, or finite seconds from 0 to ``threading.TIMEOUT_MAX``."""
     box.tell(("here",))
-    with pytest.raises(TypeError):
-        box.receive(timeout="1")
+    with pytest.raises(linx_otp.LinxValueError, match="timeout must be None") as refused:
+        box.receive(timeout=timeout)
+    reason, value = refused.value.reason
+    assert reason == "bad_timeout" and value is timeout
     assert box.flush() == [("here",)]
+
+
+def test_the_longest_timeout_is_taken(box):
+    threading.Timer(0.05, box.tell, [("late",)]).start()
+    assert box.receive(("late",), timeout=threading.TIMEOUT_MAX) == ("late",)
 
 
 def test_receive_wakes_when_a_matching_message_arrives(box):
