@@ -11,6 +11,7 @@ import contextlib
 import os
 import select
 import socket
+import stat
 import string
 import sys
 import tempfile
@@ -95,6 +96,15 @@ def orphaned_agent_pids() -> set[int]:
         and int(fields[19]) >= started
         and (int(fields[1]) == 1 or table.get(int(fields[1]), ("", [""] * 4))[1][3] != session)
     }
+
+
+def pipe_inode(path: str) -> int | None:
+    """The inode of the pipe ``path`` (an fd under ``/proc``) opens; None if it is not a pipe or is gone."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return status.st_ino if stat.S_ISFIFO(status.st_mode) else None
 
 
 def process_alive(pid: int) -> bool:

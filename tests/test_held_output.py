@@ -8,13 +8,12 @@ from __future__ import annotations
 import contextlib
 import os
 import select
-import stat
 import threading
 import time
 
 import pytest
 from agent_driver import run_agent
-from support import process_alive, wait_until
+from support import pipe_inode, process_alive, wait_until
 
 import linx_otp
 from linx_otp import agent, protocol
@@ -28,14 +27,6 @@ LINES = 300_000
 
 def numbers(count: int) -> bytes:
     return b"".join(b"%d\n" % number for number in range(1, count + 1))
-
-
-def pipe_inode(path: str) -> int | None:
-    try:
-        status = os.stat(path)
-    except OSError:
-        return None
-    return status.st_ino if stat.S_ISFIFO(status.st_mode) else None
 
 
 def held_by_this_process(workload_pid: int, fd: int = 1) -> bool:

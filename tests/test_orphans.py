@@ -9,13 +9,12 @@ import json
 import os
 import pathlib
 import signal
-import stat
 import subprocess
 import sys
 import time
 
 import pytest
-from support import ends_within, process_alive, wait_until
+from support import ends_within, pipe_inode, process_alive, wait_until
 
 HOST_SCRIPT = r"""
 import json, sys, time
@@ -119,14 +118,6 @@ def test_linger_policy_leaves_the_workload_running(hosts, tmp_path):
     # instead (an end stops the wait as it happens; a SIGTERM leaves `termed`).
     assert not ends_within(host.workload, 0.5) and not termed.exists()
     assert process_alive(host.workload)
-
-
-def pipe_inode(path: str) -> int | None:
-    try:
-        status = os.stat(path)
-    except OSError:
-        return None
-    return status.st_ino if stat.S_ISFIFO(status.st_mode) else None
 
 
 def test_a_workload_blocked_on_an_unread_held_pipe_finishes_after_its_host_is_killed(hosts, tmp_path):
