@@ -48,9 +48,6 @@ LONGEST_WAIT = 86400.0
 (``poll`` refuses one past 2**31 ms, 24.8 days)."""
 
 
-_TIMEOUT_MAX = threading.TIMEOUT_MAX
-
-
 def check_timeout(timeout: Any) -> float | None:
     """A ``timeout``: None (wait forever) or seconds, finite, from 0 to ``threading.TIMEOUT_MAX``;
     raises ``LinxValueError(("bad_timeout", value))``.
@@ -60,7 +57,7 @@ def check_timeout(timeout: Any) -> float | None:
     """
     if timeout is None:
         return None
-    if isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and 0 <= timeout <= _TIMEOUT_MAX:
+    if isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and 0 <= timeout <= threading.TIMEOUT_MAX:
         return float(timeout)  # (NaN and infinity fail the range)
     raise LinxValueError(
         ("bad_timeout", timeout), f"timeout must be None (wait forever) or finite seconds >= 0, not {timeout!r}"
